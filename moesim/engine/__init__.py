@@ -1,0 +1,1 @@
+"""Discrete-event engine: flow-level network with max-min fair sharing, compute streams, step timeline."""

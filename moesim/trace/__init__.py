@@ -1,0 +1,1 @@
+"""Router traces: format and I/O, import from logs, statistics, capture, synthesis."""
