@@ -1,0 +1,45 @@
+"""The `moesim` command: one sub-module per command group, each with `add_parser` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from moesim import __version__
+from moesim.errors import MoesimError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every command group registered."""
+    from moesim.cli import collective, run, trace
+
+    parser = argparse.ArgumentParser(
+        prog="moesim",
+        description="Simulate Mixture-of-Experts serving on multi-GPU clusters from real router traces.",
+    )
+    parser.add_argument("--version", action="version", version=f"moesim {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (run, trace, collective):
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run the command, turn user errors into one line and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.handler(args)
+    except MoesimError as exc:
+        print(f"moesim: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

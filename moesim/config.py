@@ -1,0 +1,76 @@
+"""Reading input files: the one place that parses YAML and JSON into pydantic models.
+
+Every user-facing file (scenario, topology, model config, grid) goes through `read_mapping`
+and `parse_model`, so a malformed file always yields one `ConfigError` that names the
+file, the field and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from moesim.errors import ConfigError
+
+__all__ = ["read_mapping", "parse_model", "load_model_file", "format_validation_error"]
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def read_mapping(path: str | Path, what: str = "input") -> dict[str, Any]:
+    """Parse a YAML or JSON file whose top level must be a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{what} file {path} is not valid JSON: {exc.msg} at line {exc.lineno}"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{what} file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{what} file {path} is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what} file {path} must hold a mapping of fields at top level, "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One readable message per pydantic error: `source: field.path: problem`."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; check its spelling against the documented fields"
+        lines.append(f"{source}: field '{loc}': {msg}")
+    return "; ".join(lines)
+
+
+def parse_model(model: type[ModelT], data: dict[str, Any], source: str) -> ModelT:
+    """Validate `data` into `model`, turning pydantic errors into one ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_model_file(model: type[ModelT], path: str | Path, what: str) -> ModelT:
+    """Read and validate a YAML/JSON file into `model`."""
+    return parse_model(model, read_mapping(path, what), f"{what} file {path}")
