@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moesim.errors import ConfigError
 
-__all__ = ["read_mapping", "parse_model", "load_model_file", "format_validation_error"]
+__all__ = [
+    "read_mapping",
+    "parse_model",
+    "load_model_file",
+    "format_validation_error",
+    "Scenario",
+    "load_scenario",
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -74,3 +81,43 @@ def parse_model(model: type[ModelT], data: dict[str, Any], source: str) -> Model
 def load_model_file(model: type[ModelT], path: str | Path, what: str) -> ModelT:
     """Read and validate a YAML/JSON file into `model`."""
     return parse_model(model, read_mapping(path, what), f"{what} file {path}")
+
+
+class Scenario(BaseModel):
+    """One simulation input: model, trace, placement, topology and workload; flags override it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "scenario"
+    description: str = ""
+    model: str = "mixtral-8x7b"
+    trace: str = "bundled:mixtral8x7b_humaneval_decode"
+    placement: str | dict[str, int] = "EP8"
+    topology: str | None = None
+    phase: Literal["prefill", "decode"] = "prefill"
+    act_dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
+    dedup: Literal["none", "gpu", "node"] = "none"
+    sp_variant: Literal["ring", "allgather"] = "ring"
+    batch: int | None = Field(None, ge=1)
+    context: int | None = Field(None, ge=1)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read a scenario YAML; relative trace/topology/model paths resolve against its folder."""
+    path = Path(path)
+    scenario = load_model_file(Scenario, path, "scenario")
+    updates: dict[str, Any] = {}
+    for field_name in ("trace", "topology", "model"):
+        value = getattr(scenario, field_name)
+        if isinstance(value, str) and _looks_like_path(value):
+            candidate = path.parent / value
+            if candidate.exists():
+                updates[field_name] = str(candidate)
+    return scenario.model_copy(update=updates) if updates else scenario
+
+
+def _looks_like_path(value: str) -> bool:
+    """A value with a file suffix or a slash names a file rather than a preset."""
+    return not value.startswith("bundled:") and (
+        "/" in value or Path(value).suffix in {".npz", ".yaml", ".yml", ".json"}
+    )

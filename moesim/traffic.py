@@ -1,0 +1,390 @@
+"""Traffic: a router trace on a placement becomes exact bytes per layer, phase and rank pair.
+
+Everything here is counting: no time, no topology beyond `gpus_per_node` for node dedup.
+
+MoE all-to-all (DESIGN.md): per (token, selected expert) one hidden vector of
+`hidden * act_bytes` goes from the token's dispatching rank to the expert's rank (dispatch)
+and back (combine). Byte matrices are `[layer, src_rank, dst_rank]`; the diagonal holds local
+copies (no link bytes, reported as local). Combine is the exact reverse of dispatch, so
+`combine_bytes[l] == dispatch_bytes[l].T`.
+
+Dispatch dedup:
+- `none`: one vector per (token, expert) pair;
+- `gpu`: one vector per (token, destination rank), as kernels that send one copy per rank;
+- `node`: one vector per (token, destination node) crosses nodes, to the rank on that node with
+  the sender's local index (the relay), which forwards one copy to each other destination rank
+  on its node (DeepEP-style); destinations on the sender's node are served as with `gpu`.
+
+Tensor and sequence parallel volumes are built from ring collectives (`GroupCollective`), the
+algorithm NCCL uses for these sizes, so their byte matrices are exact for that algorithm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from moesim.models import ModelSpec
+from moesim.placement import (
+    Parallelism,
+    block_sizes,
+    check_fits_model,
+    expert_home_rank,
+    token_source_rank,
+)
+from moesim.trace.format import RouterTrace
+from moesim.errors import TraceError, PlacementError
+
+__all__ = [
+    "ACT_DTYPE_BYTES",
+    "Dedup",
+    "SpVariant",
+    "Phase",
+    "GroupCollective",
+    "Traffic",
+    "compute_traffic",
+    "check_trace_fits_model",
+    "ring_bytes_matrix",
+]
+
+ACT_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+Dedup = Literal["none", "gpu", "node"]
+SpVariant = Literal["ring", "allgather"]
+Phase = Literal["prefill", "decode"]
+
+
+@dataclass(frozen=True)
+class GroupCollective:
+    """One ring collective among `ranks`; `chunk_bytes[i]` is rank i's share of the buffer.
+
+    For a reduce-scatter the buffer is each rank's input and rank i ends with chunk i reduced;
+    for an all-gather rank i contributes chunk i and every rank ends with the whole buffer.
+    """
+
+    phase: str
+    op: Literal["reducescatter", "allgather"]
+    ranks: tuple[int, ...]
+    chunk_bytes: tuple[int, ...]
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Whole buffer size, as nccl-tests counts it."""
+        return int(sum(self.chunk_bytes))
+
+
+def ring_bytes_matrix(coll: GroupCollective, world: int) -> np.ndarray:
+    """Exact bytes `[src, dst]` a ring collective sends.
+
+    Ring reduce-scatter: rank i sends to i+1 every chunk except its own; ring all-gather: every
+    chunk except its successor's (the successor already has it).
+    """
+    matrix = np.zeros((world, world), dtype=np.int64)
+    n = len(coll.ranks)
+    if n < 2:
+        return matrix
+    chunks = np.asarray(coll.chunk_bytes, dtype=np.int64)
+    src = np.asarray(coll.ranks)
+    dst = np.roll(src, -1)
+    excluded = chunks if coll.op == "reducescatter" else np.roll(chunks, -1)
+    matrix[src, dst] = chunks.sum() - excluded
+    return matrix
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Exact traffic of one step of a trace on a placement."""
+
+    parallelism: Parallelism
+    num_experts: int
+    top_k: int
+    hidden_bytes: int  # bytes of one hidden vector: hidden * act_bytes
+    dedup: str
+    dispatch_bytes: np.ndarray  # [L, W, W] int64, diagonal = local copies
+    moe_tp_gather_bytes: np.ndarray  # [L, W, W] int64, zero unless moe_tp > 1
+    attn_collectives: tuple[GroupCollective, ...]  # attention TP, same every layer
+    sp_bytes: np.ndarray  # [W, W] int64, sequence-parallel attention exchange per layer
+    expert_load: np.ndarray  # [L, E] tokens per expert (top-k assignments)
+    rank_expert_tokens: np.ndarray  # [L, W, E/ep] tokens each rank's local experts process
+    tokens_per_rank: np.ndarray  # [W] tokens each rank dispatches
+
+    @property
+    def num_layers(self) -> int:
+        """MoE layers L."""
+        return int(self.dispatch_bytes.shape[0])
+
+    @property
+    def world(self) -> int:
+        """Ranks W."""
+        return int(self.dispatch_bytes.shape[1])
+
+    @property
+    def combine_bytes(self) -> np.ndarray:
+        """Combine is dispatch reversed: `[L, W, W]`."""
+        return self.dispatch_bytes.transpose(0, 2, 1)
+
+    @property
+    def moe_tp_scatter_bytes(self) -> np.ndarray:
+        """The MoE-TP reduce-scatter returns what the all-gather brought: `[L, W, W]`."""
+        return self.moe_tp_gather_bytes.transpose(0, 2, 1)
+
+    @property
+    def attn_tp_bytes(self) -> np.ndarray:
+        """Bytes `[W, W]` of the attention-TP collectives of one layer."""
+        total = np.zeros((self.world, self.world), dtype=np.int64)
+        for coll in self.attn_collectives:
+            total += ring_bytes_matrix(coll, self.world)
+        return total
+
+    def attn_collective_bytes(self, phase: str) -> int:
+        """Bytes per layer of the attention-TP collectives tagged `phase`."""
+        return int(
+            sum(
+                ring_bytes_matrix(coll, self.world).sum()
+                for coll in self.attn_collectives
+                if coll.phase == phase
+            )
+        )
+
+    def dispatch_cross_bytes(self) -> np.ndarray:
+        """Cross-rank dispatch bytes per layer `[L]`."""
+        per_layer = self.dispatch_bytes.sum(axis=(1, 2))
+        return per_layer - self.dispatch_local_bytes()
+
+    def dispatch_local_bytes(self) -> np.ndarray:
+        """Local (same-rank) dispatch bytes per layer `[L]`."""
+        return np.trace(self.dispatch_bytes, axis1=1, axis2=2)
+
+    def a2a_bytes_per_layer(self) -> np.ndarray:
+        """Cross-rank dispatch plus combine bytes per layer `[L]`."""
+        return 2 * self.dispatch_cross_bytes()
+
+    def local_bytes_per_layer(self) -> np.ndarray:
+        """Local dispatch plus combine copies per layer `[L]`."""
+        return 2 * self.dispatch_local_bytes()
+
+    def rank_load(self) -> np.ndarray:
+        """Token-expert pairs each rank's experts process, per layer `[L, W]`."""
+        return self.rank_expert_tokens.sum(axis=2)
+
+
+def check_trace_fits_model(trace: RouterTrace, model: ModelSpec) -> None:
+    """Raise TraceError unless the trace's layers, k and expert ids fit `model`."""
+    if trace.max_expert_id >= model.num_experts:
+        raise TraceError(
+            f"trace holds expert id {trace.max_expert_id} but model {model.name} has "
+            f"{model.num_experts} experts (ids 0..{model.num_experts - 1}); pass the model the "
+            "trace was recorded from (--model)"
+        )
+    if trace.num_layers != model.num_moe_layers:
+        raise TraceError(
+            f"trace has {trace.num_layers} MoE layers but model {model.name} has "
+            f"{model.num_moe_layers}; pass the matching --model or trace"
+        )
+    if trace.top_k != model.top_k:
+        raise TraceError(
+            f"trace has top-k {trace.top_k} but model {model.name} routes to top-{model.top_k}; "
+            "pass the matching --model or trace"
+        )
+    if trace.num_tokens == 0:
+        raise TraceError("trace holds no tokens; give a trace with at least one token")
+
+
+def _pair_counts(
+    num_layers: int, world: int, src: np.ndarray, dst: np.ndarray, keep: np.ndarray
+) -> np.ndarray:
+    """Count (layer, src, dst) triples where `keep`; src/dst broadcast to `keep`'s [L, T, k]."""
+    layer = np.arange(num_layers).reshape(-1, 1, 1)
+    flat = (layer * world + src) * world + dst
+    counts = np.bincount(flat[keep], minlength=num_layers * world * world)
+    return counts.reshape(num_layers, world, world).astype(np.int64)
+
+
+def _dispatch_counts(
+    src: np.ndarray, dst: np.ndarray, world: int, gpus_per_node: int, dedup: str
+) -> np.ndarray:
+    """Vectors sent per (layer, src, dst) for dispatch; `src` [T], `dst` [L, T, k]."""
+    num_layers = dst.shape[0]
+    s = src.reshape(1, -1, 1)
+    if dedup == "none":
+        return _pair_counts(num_layers, world, s, dst, np.ones(dst.shape, dtype=bool))
+    d = np.sort(dst, axis=2)
+    first_rank = np.ones(d.shape, dtype=bool)
+    first_rank[:, :, 1:] = d[:, :, 1:] != d[:, :, :-1]
+    if dedup == "gpu":
+        return _pair_counts(num_layers, world, s, d, first_rank)
+    node_d, node_s = d // gpus_per_node, s // gpus_per_node
+    same_node = node_d == node_s
+    first_node = np.ones(d.shape, dtype=bool)
+    first_node[:, :, 1:] = node_d[:, :, 1:] != node_d[:, :, :-1]
+    relay = node_d * gpus_per_node + s % gpus_per_node
+    direct = _pair_counts(num_layers, world, s, d, first_rank & same_node)
+    to_relay = _pair_counts(num_layers, world, s, relay, first_node & ~same_node)
+    forward = _pair_counts(num_layers, world, relay, d, first_rank & ~same_node & (d != relay))
+    return direct + to_relay + forward
+
+
+def _rank_expert_tokens(
+    par: Parallelism, num_experts: int, src: np.ndarray, experts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens per expert globally `[L, E]` and per rank's local experts `[L, W, E/ep]`."""
+    num_layers = experts.shape[0]
+    replica = np.broadcast_to((src // (par.moe_tp * par.moe_ep)).reshape(1, -1, 1), experts.shape)
+    layer = np.arange(num_layers).reshape(-1, 1, 1)
+    flat = (layer * par.moe_dp + replica) * num_experts + experts
+    per_replica = np.bincount(flat.ravel(), minlength=num_layers * par.moe_dp * num_experts)
+    per_replica = per_replica.reshape(num_layers, par.moe_dp, par.moe_ep, -1)  # [L, dp, ep, E/ep]
+    ranks = par.ranks()
+    rank_replica = ranks // (par.moe_tp * par.moe_ep)
+    rank_ep = (ranks // par.moe_tp) % par.moe_ep
+    rank_tokens = per_replica[:, rank_replica, rank_ep, :]  # [L, W, E/ep]
+    expert_load = per_replica.sum(axis=1).reshape(num_layers, num_experts)
+    return expert_load.astype(np.int64), rank_tokens.astype(np.int64)
+
+
+def _moe_tp_gather(par: Parallelism, unique_rows: np.ndarray, hidden_bytes: int) -> np.ndarray:
+    """All-gather of the tokens each MoE-TP shard received: `[L, W, W]` bytes.
+
+    `unique_rows[l, r]` is the number of distinct tokens rank r received in layer l.
+    """
+    num_layers, world = unique_rows.shape
+    gather = np.zeros((num_layers, world, world), dtype=np.int64)
+    if par.moe_tp == 1:
+        return gather
+    ranks = par.ranks()
+    group = ranks // par.moe_tp
+    same_group = (group[:, None] == group[None, :]) & (ranks[:, None] != ranks[None, :])
+    gather[:] = unique_rows[:, :, None] * hidden_bytes * same_group[None, :, :]
+    return gather
+
+
+def _attn_collectives(
+    par: Parallelism, num_tokens: int, hidden_bytes: int
+) -> tuple[GroupCollective, ...]:
+    """Attention-TP reduce-scatter (after attention) and all-gather (after combine), per group."""
+    if par.attn_tp == 1:
+        return ()
+    colls: list[GroupCollective] = []
+    for group, group_tokens in enumerate(block_sizes(num_tokens, par.token_groups)):
+        ranks = tuple(range(group * par.attn_tp, (group + 1) * par.attn_tp))
+        chunks = tuple(int(n) * hidden_bytes for n in block_sizes(int(group_tokens), par.attn_tp))
+        colls.append(GroupCollective("attn_comm", "reducescatter", ranks, chunks))
+        colls.append(GroupCollective("moe_comm", "allgather", ranks, chunks))
+    return tuple(colls)
+
+
+def _sp_bytes(
+    par: Parallelism,
+    tokens_per_rank_group: np.ndarray,
+    model: ModelSpec,
+    act_bytes: int,
+    phase: str,
+    variant: str,
+) -> np.ndarray:
+    """Sequence-parallel attention exchange per layer `[W, W]`.
+
+    Prefill: each SP rank's K/V block goes to the other SP ranks of its group (`allgather`:
+    directly to each; `ring`: passed around the ring, every block except the receiver's own).
+    Decode: the KV cache is sharded over SP ranks; each token's query goes to every other SP rank
+    and a partial output (plus fp32 log-sum-exp per head) comes back.
+    KV heads are sharded over attention TP, so per-rank sizes are divided by `attn_tp`.
+    """
+    world = par.world
+    matrix = np.zeros((world, world), dtype=np.int64)
+    if par.attn_sp == 1:
+        return matrix
+    ranks = par.ranks()
+    sp_index = (ranks // par.attn_tp) % par.attn_sp
+    # ranks of one SP group share the DP index and the TP index
+    sp_group = (ranks // (par.attn_tp * par.attn_sp)) * par.attn_tp + ranks % par.attn_tp
+    peers = (sp_group[:, None] == sp_group[None, :]) & (ranks[:, None] != ranks[None, :])
+    tokens = tokens_per_rank_group[ranks // par.attn_tp]  # tokens of each rank's group block
+    if phase == "prefill":
+        block = tokens * (model.kv_bytes_per_token_per_layer(act_bytes) // _kv_shards(model, par))
+        if variant == "allgather":
+            return block[:, None] * peers
+        # rank r = dp*(tp*sp) + sp_index*tp + tp_index; its ring successor has sp_index + 1
+        successor = ranks + (((sp_index + 1) % par.attn_sp) - sp_index) * par.attn_tp
+        group_total = np.bincount(sp_group, weights=block).astype(np.int64)[sp_group]
+        matrix[ranks, successor] = group_total - block[successor]
+        return matrix
+    heads = model.num_attention_heads // par.attn_tp
+    q_bytes = heads * _query_head_dim(model) * act_bytes
+    out_bytes = heads * (_value_head_dim(model) * act_bytes + 4)
+    return tokens[:, None] * q_bytes * peers + tokens[None, :] * out_bytes * peers
+
+
+def _kv_shards(model: ModelSpec, par: Parallelism) -> int:
+    """How many TP ranks split a token's KV: GQA heads shard up to kv_heads; MLA latent is shared."""
+    if model.attention == "mla":
+        return 1
+    return min(par.attn_tp, model.num_kv_heads)
+
+
+def _query_head_dim(model: ModelSpec) -> int:
+    """Size of one query head (MLA: no-position plus rotary part)."""
+    if model.attention == "mla":
+        return model.qk_nope_head_dim + model.qk_rope_head_dim
+    return model.head_dim
+
+
+def _value_head_dim(model: ModelSpec) -> int:
+    """Size of one attention output head."""
+    return model.v_head_dim if model.attention == "mla" else model.head_dim
+
+
+def compute_traffic(
+    trace: RouterTrace,
+    model: ModelSpec,
+    par: Parallelism,
+    *,
+    act_dtype: str = "bf16",
+    dedup: str = "none",
+    gpus_per_node: int | None = None,
+    phase: str = "prefill",
+    sp_variant: str = "ring",
+) -> Traffic:
+    """Exact traffic and per-rank expert work of one step that runs every token of `trace`."""
+    if act_dtype not in ACT_DTYPE_BYTES:
+        raise PlacementError(
+            f"act_dtype '{act_dtype}' is unknown; use one of {sorted(ACT_DTYPE_BYTES)}"
+        )
+    if dedup not in ("none", "gpu", "node"):
+        raise PlacementError(f"dedup '{dedup}' is unknown; use none, gpu or node")
+    if sp_variant not in ("ring", "allgather"):
+        raise PlacementError(f"sp_variant '{sp_variant}' is unknown; use ring or allgather")
+    if phase not in ("prefill", "decode"):
+        raise PlacementError(f"phase '{phase}' is unknown; use prefill or decode")
+    check_fits_model(par, model.num_experts)
+    check_trace_fits_model(trace, model)
+    gpus_per_node = gpus_per_node or par.world
+    if par.world % gpus_per_node:
+        raise PlacementError(
+            f"world {par.world} is not a multiple of gpus_per_node {gpus_per_node}; "
+            "use whole nodes"
+        )
+    act_bytes = ACT_DTYPE_BYTES[act_dtype]
+    hidden_bytes = model.hidden_size * act_bytes
+    experts = trace.experts.astype(np.int64)  # [L, T, k]
+    src = token_source_rank(par, trace.num_tokens)  # [T]
+    dst = expert_home_rank(par, model.num_experts, src.reshape(1, -1, 1), experts)  # [L, T, k]
+    dispatch = _dispatch_counts(src, dst, par.world, gpus_per_node, dedup) * hidden_bytes
+    unique_rows = _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
+    expert_load, rank_tokens = _rank_expert_tokens(par, model.num_experts, src, experts)
+    group_tokens = block_sizes(trace.num_tokens, par.token_groups)
+    return Traffic(
+        parallelism=par,
+        num_experts=model.num_experts,
+        top_k=model.top_k,
+        hidden_bytes=hidden_bytes,
+        dedup=dedup,
+        dispatch_bytes=dispatch,
+        moe_tp_gather_bytes=_moe_tp_gather(par, unique_rows, hidden_bytes),
+        attn_collectives=_attn_collectives(par, trace.num_tokens, hidden_bytes),
+        sp_bytes=_sp_bytes(par, group_tokens, model, act_bytes, phase, sp_variant),
+        expert_load=expert_load,
+        rank_expert_tokens=rank_tokens,
+        tokens_per_rank=np.bincount(src, minlength=par.world).astype(np.int64),
+    )
