@@ -1,0 +1,522 @@
+"""Model specs: the shapes of a Mixture-of-Experts transformer and the sizes derived from them.
+
+A `ModelSpec` holds only what a Hugging Face `config.json` says (hidden size, layers, heads,
+experts, ...). Everything else (parameters, bytes, FLOPs per token) is derived here, in one
+place, so a reader finds where a number comes from in one hop.
+
+Counting conventions (all derived sizes are exact integers):
+- FFNs and experts are SwiGLU: gate, up and down projections, `3 * hidden * ffn` parameters.
+- Linear layers have no biases; RMSNorm weights (two per block, one final, plus MLA's latent
+  norms) are counted in `total_params` and `active_params`.
+- Ignored because no field carries them (each well under 0.01% of the model): Qwen3's and
+  OLMoE's per-head q/k norms, DeepSeek-V3's router score bias, Qwen2-MoE's shared-expert gate
+  and qkv biases. DeepSeek-V3's multi-token-prediction module is not part of the main model.
+- FLOPs are 2 per multiply-accumulate; MLA projections are counted unabsorbed (as in prefill).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, model_validator
+
+from moesim.config import load_model_file, parse_model, read_mapping
+from moesim.errors import ModelError
+
+__all__ = [
+    "ModelSpec",
+    "PRESETS",
+    "get_model",
+    "list_models",
+    "load_model",
+    "model_from_hf_config",
+    "model_spec_from_mapping",
+]
+
+_MLA_FIELDS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+
+class ModelSpec(BaseModel):
+    """Shapes of one MoE transformer, as its Hugging Face config gives them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    hidden_size: PositiveInt
+    num_layers: PositiveInt  # all transformer blocks, dense and MoE
+    vocab_size: PositiveInt
+    tie_embeddings: bool = False
+    first_dense_layers: NonNegativeInt = 0  # leading blocks with a dense FFN (DeepSeek-V3: 3)
+    dense_ffn_size: NonNegativeInt = 0  # intermediate size of those dense FFNs
+    attention: Literal["gqa", "mla"] = "gqa"
+    num_attention_heads: PositiveInt
+    num_kv_heads: PositiveInt  # MLA: equal to num_attention_heads (K/V expanded per head)
+    head_dim: PositiveInt  # MLA: qk_nope_head_dim + qk_rope_head_dim (the q.k dimension)
+    q_lora_rank: NonNegativeInt = 0  # MLA only; 0 means q is projected directly (V2-Lite)
+    kv_lora_rank: NonNegativeInt = 0
+    qk_nope_head_dim: NonNegativeInt = 0
+    qk_rope_head_dim: NonNegativeInt = 0
+    v_head_dim: NonNegativeInt = 0
+    num_experts: PositiveInt  # routed experts per MoE layer
+    top_k: PositiveInt
+    expert_ffn_size: PositiveInt  # intermediate size of one routed expert
+    num_shared_experts: NonNegativeInt = 0
+    shared_expert_ffn_size: NonNegativeInt = 0  # intermediate size of one shared expert
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ModelSpec:
+        """Cross-field rules; each message names the field and the fix."""
+        problem = _consistency_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    # ---- parameters -------------------------------------------------------------------
+
+    @property
+    def num_moe_layers(self) -> int:
+        """Blocks whose FFN is a routed MoE layer."""
+        return self.num_layers - self.first_dense_layers
+
+    @property
+    def params_per_expert(self) -> int:
+        """Parameters of one routed expert (SwiGLU: 3 * hidden * expert_ffn_size)."""
+        return 3 * self.hidden_size * self.expert_ffn_size
+
+    @property
+    def params_per_shared_expert(self) -> int:
+        """Parameters of one shared expert (SwiGLU)."""
+        return 3 * self.hidden_size * self.shared_expert_ffn_size
+
+    @property
+    def dense_ffn_params(self) -> int:
+        """Parameters of one dense FFN in the leading dense blocks (SwiGLU)."""
+        return 3 * self.hidden_size * self.dense_ffn_size
+
+    @property
+    def attention_params_per_layer(self) -> int:
+        """Attention parameters of one block: q, k, v, o projections (MLA: and latent norms)."""
+        return self._attention_matmul_params() + self._attention_norm_params()
+
+    @property
+    def router_params_per_layer(self) -> int:
+        """Router (gate) parameters of one MoE block: hidden * num_experts."""
+        return self.hidden_size * self.num_experts
+
+    @property
+    def norm_params_per_layer(self) -> int:
+        """RMSNorm weights around attention and FFN in one block (2 * hidden)."""
+        return 2 * self.hidden_size
+
+    @property
+    def embedding_params(self) -> int:
+        """Input embedding plus output head (one matrix when tied)."""
+        matrices = 1 if self.tie_embeddings else 2
+        return matrices * self.vocab_size * self.hidden_size
+
+    @property
+    def total_params(self) -> int:
+        """Every parameter of the main model (embeddings and norms included, MTP excluded)."""
+        moe_layer = (
+            self.num_experts * self.params_per_expert
+            + self.num_shared_experts * self.params_per_shared_expert
+            + self.router_params_per_layer
+        )
+        return self._common_params() + self.num_moe_layers * moe_layer
+
+    @property
+    def non_embedding_params(self) -> int:
+        """total_params without the input embedding and output head."""
+        return self.total_params - self.embedding_params
+
+    @property
+    def active_params(self) -> int:
+        """Parameters used per token, counting BOTH embedding matrices in full.
+
+        Attention, norms, dense FFNs, shared experts, top_k routed experts and the router of
+        every block, plus the whole input embedding and output head. This is how Mistral
+        (12.9B for Mixtral-8x7B) and Qwen (3.3B for Qwen3-30B-A3B) count; DeepSeek counts
+        without the input embedding, see `active_compute_params`.
+        """
+        moe_layer = (
+            self.top_k * self.params_per_expert
+            + self.num_shared_experts * self.params_per_shared_expert
+            + self.router_params_per_layer
+        )
+        return self._common_params() + self.num_moe_layers * moe_layer
+
+    @property
+    def active_compute_params(self) -> int:
+        """active_params without the input embedding, a row lookup that multiplies nothing.
+
+        DeepSeek's convention (36.6B for DeepSeek-V3, "including 0.9B for the output head");
+        2 * this is the weight FLOPs of one token outside the attention scores.
+        """
+        lookup = 0 if self.tie_embeddings else self.vocab_size * self.hidden_size
+        return self.active_params - lookup
+
+    def weight_bytes(self, dtype_bytes: float = 2) -> int:
+        """Bytes of all weights (total_params) stored at `dtype_bytes` per parameter."""
+        return math.ceil(self.total_params * dtype_bytes)
+
+    def expert_weight_bytes(self, dtype_bytes: float = 2) -> int:
+        """Bytes of one routed expert's weights at `dtype_bytes` per parameter."""
+        return math.ceil(self.params_per_expert * dtype_bytes)
+
+    # ---- per-token bytes and FLOPs ------------------------------------------------------
+
+    def kv_bytes_per_token_per_layer(self, kv_dtype_bytes: float = 2) -> int:
+        """KV-cache bytes one token adds to one block (MLA caches the latent and rope key)."""
+        if self.attention == "mla":
+            values = self.kv_lora_rank + self.qk_rope_head_dim
+        else:
+            values = 2 * self.num_kv_heads * self.head_dim
+        return math.ceil(values * kv_dtype_bytes)
+
+    def kv_bytes_per_token(self, kv_dtype_bytes: float = 2) -> int:
+        """KV-cache bytes one token adds over all blocks."""
+        return self.num_layers * self.kv_bytes_per_token_per_layer(kv_dtype_bytes)
+
+    @property
+    def attention_proj_flops_per_token(self) -> int:
+        """FLOPs of one block's attention projections for one token (2 * their weights)."""
+        return 2 * self._attention_matmul_params()
+
+    @property
+    def expert_flops_per_token(self) -> int:
+        """FLOPs of one routed expert for one token (2 * params_per_expert)."""
+        return 2 * self.params_per_expert
+
+    @property
+    def shared_expert_flops_per_token(self) -> int:
+        """FLOPs of all shared experts of one block for one token."""
+        return 2 * self.num_shared_experts * self.params_per_shared_expert
+
+    @property
+    def router_flops_per_token(self) -> int:
+        """FLOPs of one block's router for one token."""
+        return 2 * self.router_params_per_layer
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _attention_matmul_params(self) -> int:
+        """Weights of the attention projections of one block, without norms."""
+        hidden, heads = self.hidden_size, self.num_attention_heads
+        if self.attention == "gqa":
+            q_and_o = 2 * hidden * heads * self.head_dim
+            k_and_v = 2 * hidden * self.num_kv_heads * self.head_dim
+            return q_and_o + k_and_v
+        q_out = heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
+        if self.q_lora_rank:
+            q_proj = hidden * self.q_lora_rank + self.q_lora_rank * q_out
+        else:
+            q_proj = hidden * q_out
+        kv_down = hidden * (self.kv_lora_rank + self.qk_rope_head_dim)
+        kv_up = self.kv_lora_rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        o_proj = heads * self.v_head_dim * hidden
+        return q_proj + kv_down + kv_up + o_proj
+
+    def _attention_norm_params(self) -> int:
+        """MLA's RMSNorms on the compressed q and kv latents (DeepSeek-V2/V3); none for GQA."""
+        if self.attention == "gqa":
+            return 0
+        return self.q_lora_rank + self.kv_lora_rank
+
+    def _common_params(self) -> int:
+        """Parameters outside MoE layers: attention, norms, dense FFNs, embeddings."""
+        per_block = self.attention_params_per_layer + self.norm_params_per_layer
+        final_norm = self.hidden_size
+        dense = self.first_dense_layers * self.dense_ffn_params
+        return self.num_layers * per_block + dense + self.embedding_params + final_norm
+
+
+def _consistency_problem(spec: ModelSpec) -> str | None:
+    """The first cross-field rule `spec` breaks, as a message naming the field, or None."""
+    if spec.top_k > spec.num_experts:
+        return f"top_k ({spec.top_k}) must be <= num_experts ({spec.num_experts})"
+    if spec.first_dense_layers >= spec.num_layers:
+        return (
+            f"first_dense_layers ({spec.first_dense_layers}) must be < num_layers "
+            f"({spec.num_layers}): at least one block must be MoE"
+        )
+    if (spec.first_dense_layers > 0) != (spec.dense_ffn_size > 0):
+        return "first_dense_layers and dense_ffn_size must both be > 0 or both be 0"
+    if (spec.num_shared_experts > 0) != (spec.shared_expert_ffn_size > 0):
+        return "num_shared_experts and shared_expert_ffn_size must both be > 0 or both be 0"
+    if spec.attention == "mla":
+        return _mla_problem(spec)
+    if spec.num_attention_heads % spec.num_kv_heads:
+        return (
+            f"num_attention_heads ({spec.num_attention_heads}) must be a multiple of "
+            f"num_kv_heads ({spec.num_kv_heads})"
+        )
+    set_fields = [f for f in ("q_lora_rank", *_MLA_FIELDS) if getattr(spec, f)]
+    if set_fields:
+        return (f"{', '.join(set_fields)} set but attention is gqa; "
+                "remove them or set attention: mla")
+    return None
+
+
+def _mla_problem(spec: ModelSpec) -> str | None:
+    """The first MLA rule `spec` breaks, or None."""
+    missing = [f for f in _MLA_FIELDS if not getattr(spec, f)]
+    if missing:
+        return f"attention: mla needs {', '.join(missing)} > 0"
+    qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim
+    if spec.head_dim != qk_dim:
+        return f"attention: mla needs head_dim == qk_nope_head_dim + qk_rope_head_dim ({qk_dim})"
+    if spec.num_kv_heads != spec.num_attention_heads:
+        return "attention: mla needs num_kv_heads == num_attention_heads"
+    return None
+
+
+def model_spec_from_mapping(data: dict[str, Any], source: str = "model spec") -> ModelSpec:
+    """Validate a mapping of ModelSpec fields; errors are one ConfigError naming the field."""
+    return parse_model(ModelSpec, data, source)
+
+
+# ---- presets -----------------------------------------------------------------------------
+# Every size below is copied from the model's Hugging Face config.json, named per preset;
+# the published totals each must reproduce are tested in tests/test_models.py.
+
+PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
+    # huggingface.co/mistralai/Mixtral-8x7B-v0.1, file config.json (head_dim = 4096 / 32).
+    # Published: 46.7B total, 12.9B per token (mistral.ai/news/mixtral-of-experts).
+    "Mixtral-8x7B": ModelSpec(
+        name="Mixtral-8x7B", hidden_size=4096, num_layers=32, vocab_size=32000,
+        num_attention_heads=32, num_kv_heads=8, head_dim=128,
+        num_experts=8, top_k=2, expert_ffn_size=14336,
+    ),
+    # huggingface.co/mistralai/Mixtral-8x22B-v0.1, file config.json (vocab 32768, the v3
+    # tokenizer; an earlier community conversion had 32000; head_dim = 6144 / 48).
+    # Published: 141B total, 39B active (mistral.ai/news/mixtral-8x22b).
+    "Mixtral-8x22B": ModelSpec(
+        name="Mixtral-8x22B", hidden_size=6144, num_layers=56, vocab_size=32768,
+        num_attention_heads=48, num_kv_heads=8, head_dim=128,
+        num_experts=8, top_k=2, expert_ffn_size=16384,
+    ),
+    # huggingface.co/deepseek-ai/DeepSeek-V3, file config.json (num_hidden_layers 61 excludes
+    # the num_nextn_predict_layers=1 MTP module; one shared expert of moe_intermediate_size).
+    # Published: 671B total, 37B activated (arXiv 2412.19437); 36.6B incl. output head but
+    # not the input embedding (DeepSeek-V3 README_WEIGHTS.md).
+    "DeepSeek-V3": ModelSpec(
+        name="DeepSeek-V3", hidden_size=7168, num_layers=61, vocab_size=129280,
+        first_dense_layers=3, dense_ffn_size=18432,
+        attention="mla", num_attention_heads=128, num_kv_heads=128, head_dim=192,
+        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+        v_head_dim=128,
+        num_experts=256, top_k=8, expert_ffn_size=2048,
+        num_shared_experts=1, shared_expert_ffn_size=2048,
+    ),
+    # huggingface.co/Qwen/Qwen3-30B-A3B, file config.json (decoder_sparse_step 1,
+    # mlp_only_layers [], so every block is MoE; no shared expert).
+    # Published: 30.5B total, 29.9B non-embedding, 3.3B activated (Qwen3-30B-A3B model card).
+    "Qwen3-30B-A3B": ModelSpec(
+        name="Qwen3-30B-A3B", hidden_size=2048, num_layers=48, vocab_size=151936,
+        num_attention_heads=32, num_kv_heads=4, head_dim=128,
+        num_experts=128, top_k=8, expert_ffn_size=768,
+    ),
+})
+
+_ALIASES: dict[str, str] = {
+    "mixtral-8x7b": "Mixtral-8x7B",
+    "mixtral-8x7b-v0.1": "Mixtral-8x7B",
+    "mixtral-8x7b-instruct-v0.1": "Mixtral-8x7B",
+    "mixtral-8x22b": "Mixtral-8x22B",
+    "mixtral-8x22b-v0.1": "Mixtral-8x22B",
+    "mixtral-8x22b-instruct-v0.1": "Mixtral-8x22B",
+    "deepseek-v3": "DeepSeek-V3",
+    "deepseek-v3-base": "DeepSeek-V3",
+    "deepseek-v3-0324": "DeepSeek-V3",
+    "qwen3-30b-a3b": "Qwen3-30B-A3B",
+    "qwen3-30b-a3b-base": "Qwen3-30B-A3B",
+    "qwen3-30b-a3b-instruct-2507": "Qwen3-30B-A3B",
+}
+
+
+def list_models() -> list[str]:
+    """Names of the built-in presets."""
+    return list(PRESETS)
+
+
+def _preset_key(name: str) -> str | None:
+    """The preset a (case-insensitive, optionally `org/`-prefixed) name refers to, or None."""
+    key = name.strip().lower().replace("_", "-").rsplit("/", 1)[-1]
+    return _ALIASES.get(key)
+
+
+def get_model(name: str) -> ModelSpec:
+    """The preset called `name` (case-insensitive; HF repo ids such as mistralai/... work)."""
+    key = _preset_key(name)
+    if key is None:
+        raise ModelError(
+            f"unknown model '{name}'; presets: {', '.join(list_models())} "
+            "(or give a path to a Hugging Face config.json or a YAML model file)"
+        )
+    return PRESETS[key]
+
+
+def load_model(spec: str) -> ModelSpec:
+    """A preset name, an HF config.json (or its folder), or a YAML/JSON file of ModelSpec fields."""
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if path.is_file():
+        return _load_model_path(path)
+    if _preset_key(spec) is None and path.suffix.lower() in (".json", ".yaml", ".yml"):
+        raise ModelError(f"model file {spec} does not exist")
+    return get_model(spec)
+
+
+def _load_model_path(path: Path) -> ModelSpec:
+    """Load a model file: ModelSpec fields (YAML or JSON) or a Hugging Face config.json."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return load_model_file(ModelSpec, path, "model")
+    data = read_mapping(path, "model")
+    if "expert_ffn_size" in data:  # our own schema written as JSON
+        return model_spec_from_mapping(data, f"model file {path}")
+    return model_from_hf_config(path)
+
+# ---- Hugging Face config.json ------------------------------------------------------------
+# Key names follow transformers' MixtralConfig, Qwen2MoeConfig/Qwen3MoeConfig, OlmoeConfig and
+# DeepSeek's configuration_deepseek.py (DeepseekV2Config/DeepseekV3Config).
+
+_MOE_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
+
+
+def model_from_hf_config(
+    path_or_mapping: str | Path | dict[str, Any], name: str | None = None
+) -> ModelSpec:
+    """A ModelSpec from a Mixtral, Qwen2/3-MoE, OLMoE or DeepSeek-V2/V3 `config.json`."""
+    if isinstance(path_or_mapping, dict):
+        cfg, source, path = path_or_mapping, "Hugging Face config", None
+    else:
+        path = Path(path_or_mapping)
+        cfg, source = read_mapping(path, "Hugging Face config"), f"Hugging Face config {path}"
+    if not any(k in cfg for k in _MOE_KEYS) and isinstance(cfg.get("text_config"), dict):
+        cfg = cfg["text_config"]  # multimodal wrappers keep the language model here
+    if not any(k in cfg for k in _MOE_KEYS):
+        raise ModelError(
+            f"{source} has no MoE key: expected 'num_local_experts' (Mixtral), 'num_experts' "
+            "(Qwen2/3-MoE, OLMoE) or 'n_routed_experts' (DeepSeek-V2/V3); "
+            "moesim models Mixture-of-Experts models only"
+        )
+    fields = {"name": name or _hf_name(cfg, path), **_hf_common_fields(cfg, source)}
+    if "n_routed_experts" in cfg:
+        fields.update(_deepseek_fields(cfg, source))
+    elif "num_local_experts" in cfg:
+        fields.update(num_experts=_need(cfg, "num_local_experts", source),
+                      expert_ffn_size=_need(cfg, "intermediate_size", source))
+    elif "moe_intermediate_size" in cfg:
+        fields.update(_qwen_moe_fields(cfg, source))
+    else:  # OLMoE: num_experts, and intermediate_size is the per-expert size
+        fields.update(num_experts=_need(cfg, "num_experts", source),
+                      expert_ffn_size=_need(cfg, "intermediate_size", source))
+    return model_spec_from_mapping(fields, source)
+
+
+def _need(cfg: dict[str, Any], key: str, source: str) -> Any:
+    """cfg[key], or a ModelError naming the missing key."""
+    if cfg.get(key) is None:
+        raise ModelError(f"{source} has no '{key}', which this model family needs")
+    return cfg[key]
+
+
+def _opt(cfg: dict[str, Any], key: str, default: Any = 0) -> Any:
+    """cfg[key], with `default` where it is missing or null."""
+    value = cfg.get(key)
+    return default if value is None else value
+
+
+def _hf_name(cfg: dict[str, Any], path: Path | None) -> str:
+    """A readable name: the repo id it was saved from, else its folder or file name."""
+    if cfg.get("_name_or_path"):
+        return str(cfg["_name_or_path"]).rstrip("/").rsplit("/", 1)[-1]
+    if path is not None:
+        return path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+    return str(cfg.get("model_type", "hf-model"))
+
+
+def _hf_common_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """Fields every family spells the same way."""
+    hidden = _need(cfg, "hidden_size", source)
+    heads = _need(cfg, "num_attention_heads", source)
+    head_dim = cfg.get("head_dim")
+    if head_dim is None:
+        if not isinstance(hidden, int) or not isinstance(heads, int) or hidden % heads:
+            raise ModelError(f"{source} has no 'head_dim' and hidden_size / num_attention_heads "
+                             "is not a whole number")
+        head_dim = hidden // heads
+    return {
+        "hidden_size": hidden,
+        "num_layers": _need(cfg, "num_hidden_layers", source),
+        "vocab_size": _need(cfg, "vocab_size", source),
+        # These families' config classes default to untied embeddings.
+        "tie_embeddings": _opt(cfg, "tie_word_embeddings", False),
+        "num_attention_heads": heads,
+        "num_kv_heads": _opt(cfg, "num_key_value_heads", heads),
+        "head_dim": head_dim,
+        "top_k": _need(cfg, "num_experts_per_tok", source),
+    }
+
+
+def _qwen_moe_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """Qwen2-MoE / Qwen3-MoE: routed experts, an optional shared expert, leading dense blocks."""
+    if _opt(cfg, "decoder_sparse_step", 1) != 1:
+        raise ModelError(f"{source}: decoder_sparse_step {cfg['decoder_sparse_step']} interleaves "
+                         "dense and MoE blocks; ModelSpec models leading dense blocks only")
+    dense = sorted(_opt(cfg, "mlp_only_layers", []))
+    if dense != list(range(len(dense))):
+        raise ModelError(f"{source}: mlp_only_layers {dense} are not the leading blocks "
+                         "0..k-1; ModelSpec models leading dense blocks only")
+    shared_ffn = _opt(cfg, "shared_expert_intermediate_size")
+    return {
+        "num_experts": _need(cfg, "num_experts", source),
+        "expert_ffn_size": _need(cfg, "moe_intermediate_size", source),
+        "num_shared_experts": 1 if shared_ffn else 0,
+        "shared_expert_ffn_size": shared_ffn,
+        "first_dense_layers": len(dense),
+        "dense_ffn_size": _need(cfg, "intermediate_size", source) if dense else 0,
+    }
+
+
+def _deepseek_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """DeepSeek-V2/V3: routed and shared experts, leading dense blocks, MLA when configured."""
+    if _opt(cfg, "moe_layer_freq", 1) != 1:
+        raise ModelError(f"{source}: moe_layer_freq {cfg['moe_layer_freq']} interleaves dense "
+                         "and MoE blocks; ModelSpec models leading dense blocks only")
+    expert_ffn = _need(cfg, "moe_intermediate_size", source)
+    shared = _opt(cfg, "n_shared_experts")
+    dense = _opt(cfg, "first_k_dense_replace")
+    fields: dict[str, Any] = {
+        "num_experts": _need(cfg, "n_routed_experts", source),
+        "expert_ffn_size": expert_ffn,
+        "num_shared_experts": shared,
+        "shared_expert_ffn_size": expert_ffn if shared else 0,
+        "first_dense_layers": dense,
+        "dense_ffn_size": _need(cfg, "intermediate_size", source) if dense else 0,
+    }
+    if cfg.get("kv_lora_rank"):
+        fields.update(_mla_fields(cfg, source))
+    return fields
+
+
+def _mla_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """MLA sizes; K/V are expanded to every head, q.k uses the nope and rope parts."""
+    nope = _need(cfg, "qk_nope_head_dim", source)
+    rope = _need(cfg, "qk_rope_head_dim", source)
+    heads = _need(cfg, "num_attention_heads", source)
+    return {
+        "attention": "mla",
+        "q_lora_rank": _opt(cfg, "q_lora_rank"),
+        "kv_lora_rank": cfg["kv_lora_rank"],
+        "qk_nope_head_dim": nope,
+        "qk_rope_head_dim": rope,
+        "v_head_dim": _need(cfg, "v_head_dim", source),
+        "head_dim": nope + rope if isinstance(nope, int) and isinstance(rope, int) else nope,
+        "num_kv_heads": heads,
+    }
