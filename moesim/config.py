@@ -100,6 +100,8 @@ class Scenario(BaseModel):
     sp_variant: Literal["ring", "allgather"] = "ring"
     batch: int | None = Field(None, ge=1)
     context: int | None = Field(None, ge=1)
+    weight_dtype: Literal["bf16", "fp8"] = "bf16"
+    fidelity: Literal["des", "analytic"] = "des"
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -15,7 +15,13 @@ import numpy as np
 
 from moesim.traffic import Traffic
 
-__all__ = ["LayerImbalance", "layer_imbalance", "traffic_result"]
+__all__ = [
+    "LayerImbalance",
+    "layer_imbalance",
+    "traffic_result",
+    "latency_result",
+    "merge_layer_times",
+]
 
 IMBALANCE_METRICS = ("expert_max_over_mean", "rank_max_over_mean", "expert_cv")
 
@@ -90,3 +96,48 @@ def traffic_result(traffic: Traffic, inputs: dict[str, Any]) -> dict[str, Any]:
         },
         "tokens_per_rank": traffic.tokens_per_rank.tolist(),
     }
+
+
+def latency_result(
+    timelines: dict[str, Any], steps: dict[str, Any], main_phase: str, first_dense_layers: int
+) -> dict[str, Any]:
+    """Latency keys of a Result from the prefill and decode StepTimelines.
+
+    `latency` describes the scenario's own phase: `step_s`, `per_phase_s` (the critical rank's
+    seconds per phase; with `lm_head_s` they sum to `step_s`), `critical_rank`, `per_block`
+    (every transformer block's duration and slowest-rank phase times) and `rank_phase_s`
+    (per phase, each rank's total: the hot rank's longer `experts` shows here). `ttft_s` is the
+    prefill step, `tpot_s` the decode step, `tokens_per_s` decode output tokens per second.
+    """
+    main = timelines[main_phase]
+    prefill, decode = timelines["prefill"], timelines["decode"]
+    rank_totals = main.phase_s.sum(axis=0)  # [W, phases]
+    from moesim.engine.plan import PHASES
+
+    return {
+        "latency": {
+            "phase": main_phase,
+            "fidelity": main.fidelity,
+            "step_s": main.step_s,
+            "per_phase_s": main.phase_totals_s(),
+            "lm_head_s": float(main.lm_head_s[main.critical_rank]),
+            "critical_rank": main.critical_rank,
+            "rank_phase_s": {
+                name: rank_totals[:, i].tolist() for i, name in enumerate(PHASES)
+            },
+            "per_block": main.per_layer(),
+        },
+        "ttft_s": prefill.step_s,
+        "tpot_s": decode.step_s,
+        "tokens_per_s": steps["decode"].num_sequences / decode.step_s,
+        "prefill_tokens_per_s": steps["prefill"].num_tokens / prefill.step_s,
+    }
+
+
+def merge_layer_times(result: dict[str, Any], first_dense_layers: int) -> None:
+    """Copy each MoE layer's block time and phase maxima into `per_layer` (in place)."""
+    blocks = result["latency"]["per_block"]
+    for row in result["per_layer"]:
+        block = blocks[first_dense_layers + row["layer"]]
+        row["time_s"] = block["time_s"]
+        row["phase_s"] = block["phase_max_s"]

@@ -1,0 +1,58 @@
+"""Human-readable tables (and, later, plots) of a Result dict. matplotlib is imported only here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["format_run_table", "format_bytes"]
+
+
+def format_bytes(num_bytes: float) -> str:
+    """Bytes in the largest unit that keeps the number >= 1 (decimal units: kB, MB, GB)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(num_bytes) >= scale:
+            return f"{num_bytes / scale:.2f} {unit}"
+    return f"{num_bytes:.0f} B"
+
+
+def _header(inputs: dict[str, Any]) -> list[str]:
+    return [
+        f"model {inputs['model']}  placement {inputs['placement']} (world {inputs['world']})  "
+        f"phase {inputs['phase']}  act {inputs['act_dtype']}  dedup {inputs['dedup']}",
+        f"trace {inputs['trace']}: {inputs['tokens']} tokens x {inputs['layers']} MoE layers, "
+        f"top-{inputs['top_k']}"
+        + (f"  topology {inputs['topology']}" if inputs.get("topology") else ""),
+    ]
+
+
+def format_run_table(result: dict[str, Any]) -> str:
+    """Per-layer traffic and imbalance, then totals."""
+    lines = _header(result["inputs"])
+    lines.append("")
+    lines.append(
+        f"{'layer':>5} {'a2a':>11} {'local':>11} {'attn comm':>11} {'moe comm':>11} "
+        f"{'expert max/mean':>15} {'rank max/mean':>13} {'expert CV':>9}"
+    )
+    for row in result["per_layer"]:
+        imb = row["imbalance"]
+        lines.append(
+            f"{row['layer']:>5} {format_bytes(row['a2a_bytes']):>11} "
+            f"{format_bytes(row['local_bytes']):>11} {format_bytes(row['attn_comm_bytes']):>11} "
+            f"{format_bytes(row['moe_comm_bytes']):>11} {imb['expert_max_over_mean']:>15.3f} "
+            f"{imb['rank_max_over_mean']:>13.3f} {imb['expert_cv']:>9.3f}"
+        )
+    imb = result["imbalance"]
+    lines.append("")
+    lines.append(
+        f"all-to-all {format_bytes(result['a2a_bytes'])} cross-rank "
+        f"({result['a2a_bytes']} B), local {format_bytes(result['local_bytes'])}; "
+        f"attention comm {format_bytes(result['attn_comm_bytes'])}, "
+        f"MoE comm {format_bytes(result['moe_comm_bytes'])}"
+    )
+    lines.append(
+        "imbalance max/mean over layers: expert "
+        f"{imb['expert_max_over_mean']['max']:.3f}/{imb['expert_max_over_mean']['mean']:.3f}, "
+        f"rank {imb['rank_max_over_mean']['max']:.3f}/{imb['rank_max_over_mean']['mean']:.3f}, "
+        f"expert CV {imb['expert_cv']['max']:.3f}/{imb['expert_cv']['mean']:.3f}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""One run end to end: resolve a Scenario's inputs, build the step, count traffic, time it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moesim.config import Scenario, parse_model
+from moesim.errors import PlacementError
+from moesim.models import ModelSpec, load_model
+from moesim.placement import Parallelism, parse_placement
+from moesim.result import latency_result, merge_layer_times, traffic_result
+from moesim.trace.format import RouterTrace, load_trace
+from moesim.traffic import Traffic, compute_traffic
+from moesim.workload import StepWorkload, build_step
+
+__all__ = [
+    "RunInputs",
+    "resolve_inputs",
+    "resolve_trace",
+    "resolve_placement",
+    "step_traffic",
+    "time_step",
+    "run_scenario",
+]
+
+BUNDLED_PREFIX = "bundled:"
+WEIGHT_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """A scenario's inputs, loaded and checked."""
+
+    scenario: Scenario
+    model: ModelSpec
+    trace: RouterTrace
+    trace_source: str
+    parallelism: Parallelism
+    topology: Any | None  # moesim.topology.Topology when the scenario names one
+    gpus_per_node: int
+
+
+def resolve_trace(spec: str) -> tuple[RouterTrace, str]:
+    """Load `bundled:NAME` from the package or a `.npz` path; return the trace and its source."""
+    if spec.startswith(BUNDLED_PREFIX):
+        from moesim.trace.bundled import bundled_trace_path
+
+        return load_trace(bundled_trace_path(spec[len(BUNDLED_PREFIX) :])), spec
+    return load_trace(Path(spec)), str(spec)
+
+
+def resolve_placement(spec: str | dict[str, int]) -> Parallelism:
+    """A preset name (`EP4xDP2`) or a mapping of explicit product-form sizes."""
+    if isinstance(spec, str):
+        return parse_placement(spec)
+    return parse_model(Parallelism, dict(spec), "scenario field 'placement'")
+
+
+def resolve_inputs(scenario: Scenario) -> RunInputs:
+    """Load the model, trace, placement and topology a scenario names, checking they agree."""
+    model = load_model(scenario.model)
+    trace, source = resolve_trace(scenario.trace)
+    par = resolve_placement(scenario.placement)
+    topology = None
+    gpus_per_node = par.world
+    if scenario.topology:
+        from moesim.topology import load_topology
+
+        topology = load_topology(scenario.topology)
+        if topology.num_gpus < par.world:
+            raise PlacementError(
+                f"placement {par.label} needs {par.world} GPUs but topology "
+                f"{scenario.topology} has {topology.num_gpus}; pick a smaller layout or a "
+                "larger topology"
+            )
+        gpus_per_node = min(topology.gpus_per_node, par.world)
+    return RunInputs(scenario, model, trace, source, par, topology, gpus_per_node)
+
+
+def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:
+    """Traffic of one step of the scenario."""
+    sc = inputs.scenario
+    return compute_traffic(
+        step.trace,
+        inputs.model,
+        inputs.parallelism,
+        act_dtype=sc.act_dtype,
+        dedup=sc.dedup,
+        gpus_per_node=inputs.gpus_per_node,
+        phase=step.phase,
+        sp_variant=sc.sp_variant,
+    )
+
+
+def time_step(inputs: RunInputs, step: StepWorkload, traffic: Traffic):  # type: ignore[no-untyped-def]
+    """Simulate one step on the scenario's topology; returns a StepTimeline."""
+    from moesim.engine.plan import build_step_plan
+    from moesim.engine.step import simulate_step
+
+    sc = inputs.scenario
+    plan = build_step_plan(
+        step,
+        traffic,
+        inputs.model,
+        inputs.topology.gpu_spec,
+        act_dtype=sc.act_dtype,
+        weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype],
+    )
+    return simulate_step(plan, inputs.topology, sc.fidelity)
+
+
+def describe_inputs(inputs: RunInputs, step: StepWorkload) -> dict[str, Any]:
+    """The `inputs` block of a Result: what was run, so every number can be traced back."""
+    par = inputs.parallelism
+    sc = inputs.scenario
+    return {
+        "scenario": sc.name,
+        "model": inputs.model.name,
+        "trace": inputs.trace_source,
+        "trace_metadata": dict(inputs.trace.metadata),
+        "trace_tokens": inputs.trace.num_tokens,
+        "tokens": step.num_tokens,
+        "sequences": step.num_sequences,
+        "batch": sc.batch,
+        "context": sc.context,
+        "layers": inputs.trace.num_layers,
+        "top_k": inputs.trace.top_k,
+        "placement": par.label,
+        "parallelism": par.model_dump(exclude={"name"}),
+        "world": par.world,
+        "topology": sc.topology,
+        "gpus_per_node": inputs.gpus_per_node,
+        "phase": sc.phase,
+        "act_dtype": sc.act_dtype,
+        "weight_dtype": sc.weight_dtype,
+        "dedup": sc.dedup,
+        "sp_variant": sc.sp_variant,
+        "fidelity": sc.fidelity if inputs.topology is not None else None,
+        "ownership": "default: contiguous token blocks per attention DP/SP group in trace order; "
+        "expert e on EP rank e // (E / ep)",
+        "notes": list(step.notes),
+    }
+
+
+def run_scenario(scenario: Scenario) -> dict[str, Any]:
+    """Run one scenario and return its Result dict (latency keys only with a topology)."""
+    inputs = resolve_inputs(scenario)
+    step = build_step(inputs.trace, scenario.phase, scenario.batch, scenario.context)
+    traffic = step_traffic(inputs, step)
+    result = traffic_result(traffic, describe_inputs(inputs, step))
+    if inputs.topology is None:
+        return result
+    timelines = {scenario.phase: time_step(inputs, step, traffic)}
+    other = "decode" if scenario.phase == "prefill" else "prefill"
+    other_step = build_step(inputs.trace, other, scenario.batch, scenario.context)
+    timelines[other] = time_step(inputs, other_step, step_traffic(inputs, other_step))
+    steps = {scenario.phase: step, other: other_step}
+    result.update(latency_result(timelines, steps, scenario.phase, inputs.model.first_dense_layers))
+    merge_layer_times(result, inputs.model.first_dense_layers)
+    return result

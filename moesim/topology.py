@@ -1,0 +1,458 @@
+"""Topology: a cluster as a directed graph of devices and links, with GPU-to-GPU routes.
+
+`build_topology(spec)` expands a `TopologySpec` (see `moesim.topology_spec`) into a
+`networkx.DiGraph`: nodes are devices with a `kind` attribute (gpu, nvswitch, pcie_switch,
+cpu, hostmem, nic, net_switch); edges are directed links carrying `bandwidth_bytes_per_s`
+(per direction), `latency_s`, `medium` and `origin` (the spec field that made them).
+GPUs are `gpu0..gpu{N-1}` in rank order; rank r lives on server `r // gpus_per_node`.
+
+Routing: traffic between two GPUs follows every shortest path by hop count (ties kept,
+so the engine can spread a flow over them). GPUs may forward traffic (NVLink rings,
+NCCL's PXN over NVSwitch), so a path may pass through a third GPU. If either endpoint
+has `p2p` false, the transfer is staged through host memory: from the source GPU to its
+nearest `hostmem` node (ties broken by name), then from there to the destination, so the
+host-memory links carry it both ways.
+
+Presets live in `moesim/presets/topologies/<name>.yaml` (package data, so an installed
+moesim has them); `load_topology("dgx-h100")` finds them by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from moesim.config import load_model_file
+from moesim.errors import TopologyError
+from moesim.topology_spec import (
+    GpuSpec,
+    LinkSpec,
+    LoopbackFabric,
+    NetworkFabric,
+    NvSwitchFabric,
+    PcieTreeFabric,
+    TopologySpec,
+)
+
+__all__ = [
+    "PRESET_DIR",
+    "Edge",
+    "Route",
+    "Topology",
+    "build_topology",
+    "list_presets",
+    "load_topology",
+    "resolve_topology_path",
+]
+
+PRESET_DIR = Path(__file__).parent / "presets" / "topologies"
+
+Edge = tuple[str, str]
+Route = list[Edge]  # a route: directed edges from source GPU to destination GPU
+
+
+class Topology:
+    """A built cluster: frozen graph, GPU spec and cached GPU-to-GPU routes.
+
+    Usually made by `build_topology`; constructing one directly freezes `graph` in place
+    (copy it with `graph.copy()` to derive a modified one, e.g. when calibrating).
+    """
+
+    def __init__(self, spec: TopologySpec, graph: nx.DiGraph) -> None:
+        self.spec = spec
+        self.graph = nx.freeze(graph)  # routes are cached, so the graph must not change
+        self.gpu_spec: GpuSpec = spec.gpu_spec
+        self.gpus_per_node = spec.gpus_per_node
+        self.num_gpus = spec.nodes * spec.gpus_per_node
+        self.gpu_nodes = [f"gpu{rank}" for rank in range(self.num_gpus)]
+        self._cached_routes = functools.lru_cache(maxsize=None)(self._compute_routes)
+
+    def __repr__(self) -> str:
+        return (
+            f"Topology({self.name!r}, {self.num_gpus} GPUs, "
+            f"{self.graph.number_of_nodes()} nodes, {self.graph.number_of_edges()} links)"
+        )
+
+    @property
+    def name(self) -> str:
+        """The topology's name from its spec."""
+        return self.spec.name
+
+    def node_of(self, rank: int) -> int:
+        """Server index of GPU `rank`."""
+        self._check_rank(rank)
+        return rank // self.gpus_per_node
+
+    def p2p(self, rank: int) -> bool:
+        """Whether GPU `rank` can send to peers directly (else it stages via host memory)."""
+        self._check_rank(rank)
+        return bool(self.graph.nodes[self.gpu_nodes[rank]].get("p2p", True))
+
+    def staging_node(self, rank: int) -> str:
+        """The host-memory node nearest GPU `rank` (fewest hops, then name)."""
+        self._check_rank(rank)
+        return _nearest_hostmem(self.graph, self.gpu_nodes[rank], self.name)
+
+    def routes(self, src_rank: int, dst_rank: int) -> list[Route]:
+        """All equal-cost shortest routes between two GPUs; `[[]]` when they are one GPU."""
+        self._check_rank(src_rank)
+        self._check_rank(dst_rank)
+        return [list(path) for path in self._cached_routes(src_rank, dst_rank)]
+
+    def path_latency_s(self, path: Sequence[Edge]) -> float:
+        """Sum of the link latencies along `path` (0 for an empty path)."""
+        return float(sum(self.graph.edges[edge]["latency_s"] for edge in path))
+
+    def path_bottleneck_bytes_per_s(self, path: Sequence[Edge]) -> float:
+        """Smallest link bandwidth along `path` (infinite for an empty path)."""
+        return min((self.graph.edges[e]["bandwidth_bytes_per_s"] for e in path), default=math.inf)
+
+    def _check_rank(self, rank: int) -> None:
+        if not 0 <= rank < self.num_gpus:
+            raise TopologyError(
+                f"rank {rank} is out of range: topology '{self.name}' has {self.num_gpus} "
+                f"GPUs (ranks 0..{self.num_gpus - 1}); use fewer GPUs or a larger topology"
+            )
+
+    def _compute_routes(self, src_rank: int, dst_rank: int) -> tuple[tuple[Edge, ...], ...]:
+        if src_rank == dst_rank:
+            return ((),)
+        src, dst = self.gpu_nodes[src_rank], self.gpu_nodes[dst_rank]
+        if self.p2p(src_rank) and self.p2p(dst_rank):
+            node_paths = _shortest_paths(self.graph, src, dst)
+        else:
+            staging = self.staging_node(src_rank)
+            node_paths = [
+                head + tail[1:]
+                for head in _shortest_paths(self.graph, src, staging)
+                for tail in _shortest_paths(self.graph, staging, dst)
+            ]
+        return tuple(sorted(tuple(itertools.pairwise(path)) for path in node_paths))
+
+
+def _shortest_paths(graph: nx.DiGraph, src: str, dst: str) -> list[list[str]]:
+    try:
+        return [list(path) for path in nx.all_shortest_paths(graph, src, dst)]
+    except nx.NetworkXNoPath:
+        raise TopologyError(f"no directed path from {src} to {dst}") from None
+
+
+def _nearest_hostmem(graph: nx.DiGraph, start: str, topology: str) -> str:
+    distances = nx.single_source_shortest_path_length(graph, start)
+    kinds = graph.nodes(data="kind")
+    found = [(hops, node) for node, hops in distances.items() if kinds[node] == "hostmem"]
+    if not found:
+        raise TopologyError(
+            f"topology '{topology}': {start} has p2p false but reaches no hostmem node to "
+            f"stage through; add a pcie_tree fabric block or a hostmem device with links"
+        )
+    return min(found)[1]
+
+
+# --- building the graph -------------------------------------------------------------
+
+
+@dataclass
+class _Builder:
+    """Adds devices and links to a graph, naming the spec field in every error."""
+
+    graph: nx.DiGraph
+    source: str
+
+    def error(self, field: str, message: str) -> TopologyError:
+        return TopologyError(f"{self.source}: field '{field}': {message}")
+
+    def device(self, name: str, kind: str, field: str) -> str:
+        existing = self.graph.nodes.get(name)
+        if existing is not None and existing["kind"] != kind:
+            raise self.error(field, f"device '{name}' is a {existing['kind']}, not a {kind}")
+        self.graph.add_node(name, kind=kind)
+        return name
+
+    def link(
+        self, src: str, dst: str, bandwidth: float, latency: float, medium: str, field: str
+    ) -> None:
+        if src == dst:
+            raise self.error(field, f"link from {src} to itself")
+        if self.graph.has_edge(src, dst):
+            origin = self.graph.edges[src, dst]["origin"]
+            raise self.error(field, f"link {src}->{dst} is already defined by '{origin}'")
+        self.graph.add_edge(
+            src,
+            dst,
+            bandwidth_bytes_per_s=float(bandwidth),
+            latency_s=float(latency),
+            medium=medium,
+            origin=field,
+        )
+
+    def connect(
+        self, a: str, b: str, bandwidth: float, latency: float, medium: str, field: str
+    ) -> None:
+        self.link(a, b, bandwidth, latency, medium, field)
+        self.link(b, a, bandwidth, latency, medium, field)
+
+
+def _split(total: int, parts: int, what: str, b: _Builder, field: str) -> int:
+    """`total / parts` when it divides evenly, else a TopologyError naming `field`."""
+    if total % parts:
+        raise b.error(field, f"{total} {what} do not split evenly into {parts}")
+    return total // parts
+
+
+def _gpu(spec: TopologySpec, server: int, local: int) -> str:
+    return f"gpu{server * spec.gpus_per_node + local}"
+
+
+def _build_nvswitch(b: _Builder, spec: TopologySpec, block: NvSwitchFabric, field: str) -> None:
+    for server in range(spec.nodes):
+        switch = b.device(f"nvswitch{server}", "nvswitch", field)
+        for local in range(spec.gpus_per_node):
+            b.connect(
+                _gpu(spec, server, local),
+                switch,
+                block.port_bandwidth_bytes_per_s,
+                block.latency_s,
+                "nvlink",
+                field,
+            )
+
+
+def _build_loopback(b: _Builder, spec: TopologySpec, block: LoopbackFabric, field: str) -> None:
+    for server in range(spec.nodes):
+        memory = b.device(f"hostmem{server}", "hostmem", field)
+        for local in range(spec.gpus_per_node):
+            b.connect(
+                _gpu(spec, server, local),
+                memory,
+                block.port_bandwidth_bytes_per_s,
+                block.latency_s,
+                "loopback",
+                field,
+            )
+
+
+def _p2p_flags(b: _Builder, spec: TopologySpec, block: PcieTreeFabric, field: str) -> list[bool]:
+    if isinstance(block.p2p, bool):
+        return [block.p2p] * spec.gpus_per_node
+    if len(block.p2p) != spec.gpus_per_node:
+        raise b.error(
+            f"{field}.p2p",
+            f"has {len(block.p2p)} flags but gpus_per_node is "
+            f"{spec.gpus_per_node}; give one flag per GPU of a server or a single bool",
+        )
+    return list(block.p2p)
+
+
+def _build_pcie_tree(b: _Builder, spec: TopologySpec, block: PcieTreeFabric, field: str) -> None:
+    per_socket = _split(spec.gpus_per_node, block.sockets, "GPUs per node", b, f"{field}.sockets")
+    per_switch = per_socket
+    if block.switches_per_socket:
+        per_switch = _split(
+            per_socket,
+            block.switches_per_socket,
+            "GPUs per socket",
+            b,
+            f"{field}.switches_per_socket",
+        )
+        if block.switch_uplink_bandwidth_bytes_per_s is None:
+            raise b.error(
+                f"{field}.switch_uplink_bandwidth_bytes_per_s",
+                "required when switches_per_socket > 0",
+            )
+    if block.sockets > 1 and block.socket_link_bandwidth_bytes_per_s is None:
+        raise b.error(f"{field}.socket_link_bandwidth_bytes_per_s", "required when sockets > 1")
+    p2p = _p2p_flags(b, spec, block, field)
+    for server in range(spec.nodes):
+        parents = _pcie_sockets(b, spec, block, field, server)
+        for local in range(spec.gpus_per_node):
+            gpu = _gpu(spec, server, local)
+            b.connect(
+                gpu,
+                parents[local // per_switch],
+                block.gpu_link_bandwidth_bytes_per_s,
+                block.pcie_latency_s,
+                "pcie",
+                field,
+            )
+            b.graph.nodes[gpu]["p2p"] = p2p[local]
+
+
+def _pcie_sockets(
+    b: _Builder, spec: TopologySpec, block: PcieTreeFabric, field: str, server: int
+) -> list[str]:
+    """One server's CPUs, host memories and PCIe switches; returns the GPUs' parents."""
+    cpus: list[str] = []
+    parents: list[str] = []
+    for socket in range(block.sockets):
+        index = server * block.sockets + socket
+        cpu = b.device(f"cpu{index}", "cpu", field)
+        b.connect(
+            cpu,
+            b.device(f"hostmem{index}", "hostmem", field),
+            block.hostmem_bandwidth_bytes_per_s,
+            block.hostmem_latency_s,
+            "memory",
+            field,
+        )
+        for other in cpus:
+            b.connect(
+                other,
+                cpu,
+                block.socket_link_bandwidth_bytes_per_s or 0.0,
+                block.socket_link_latency_s,
+                "socket_link",
+                field,
+            )
+        cpus.append(cpu)
+        if not block.switches_per_socket:
+            parents.append(cpu)
+        for k in range(block.switches_per_socket):
+            name = f"pcie_sw{server}_{socket * block.switches_per_socket + k}"
+            switch = b.device(name, "pcie_switch", field)
+            b.connect(
+                switch,
+                cpu,
+                block.switch_uplink_bandwidth_bytes_per_s or 0.0,
+                block.pcie_latency_s,
+                "pcie",
+                field,
+            )
+            parents.append(switch)
+    return parents
+
+
+def _build_network(b: _Builder, spec: TopologySpec, block: NetworkFabric, field: str) -> None:
+    nics = _split(
+        spec.gpus_per_node, block.gpus_per_nic, "GPUs per node", b, f"{field}.gpus_per_nic"
+    )
+    if block.spines and block.spine_bandwidth_bytes_per_s is None:
+        raise b.error(f"{field}.spine_bandwidth_bytes_per_s", "required when spines > 0")
+    names = [f"rail{k}" for k in range(nics)] if block.rail_optimized else ["netsw0"]
+    switches = [b.device(name, "net_switch", field) for name in names]
+    for server in range(spec.nodes):
+        for k in range(nics):
+            nic = b.device(f"nic{server * nics + k}", "nic", field)
+            b.connect(
+                nic,
+                switches[k % len(switches)],
+                block.nic_bandwidth_bytes_per_s,
+                block.nic_latency_s,
+                "network",
+                field,
+            )
+            for local in range(k * block.gpus_per_nic, (k + 1) * block.gpus_per_nic):
+                b.connect(
+                    _gpu(spec, server, local),
+                    nic,
+                    block.gpu_nic_bandwidth_bytes_per_s,
+                    block.gpu_nic_latency_s,
+                    "pcie",
+                    field,
+                )
+    for s in range(block.spines):
+        spine = b.device(f"spine{s}", "net_switch", field)
+        for switch in switches:
+            b.connect(
+                switch,
+                spine,
+                block.spine_bandwidth_bytes_per_s or 0.0,
+                block.spine_latency_s,
+                "network",
+                field,
+            )
+
+
+_BUILDERS: dict[str, Callable[[_Builder, TopologySpec, Any, str], None]] = {
+    "nvswitch": _build_nvswitch,
+    "pcie_tree": _build_pcie_tree,
+    "network": _build_network,
+    "loopback": _build_loopback,
+}
+
+
+def _add_explicit_link(b: _Builder, link: LinkSpec, field: str) -> None:
+    for end in ("src", "dst"):
+        name = getattr(link, end)
+        if name not in b.graph:
+            raise b.error(
+                f"{field}.{end}",
+                f"unknown device '{name}'; declare it under "
+                f"extra_devices or use a GPU (gpu0..) or a fabric-made device",
+            )
+    add = b.connect if link.bidirectional else b.link
+    add(link.src, link.dst, link.bandwidth_bytes_per_s, link.latency_s, link.medium, field)
+
+
+def _check_connected(b: _Builder, gpus: list[str]) -> None:
+    """Every GPU reaches gpu0 and back (GPUs forward, so then every pair is joined)."""
+    if len(gpus) < 2:
+        return
+    first = gpus[0]
+    reachable, reaching = nx.descendants(b.graph, first), nx.ancestors(b.graph, first)
+    for gpu in gpus[1:]:
+        for ok, a, z in ((gpu in reachable, first, gpu), (gpu in reaching, gpu, first)):
+            if not ok:
+                raise b.error(
+                    "fabric/links",
+                    f"{a} cannot reach {z} (no directed path); "
+                    "add a fabric block (e.g. network) or links joining them",
+                )
+
+
+def build_topology(spec: TopologySpec, source: str = "topology") -> Topology:
+    """Expand a spec into a validated `Topology`; errors name `source` and the field."""
+    b = _Builder(nx.DiGraph(name=spec.name), source)
+    gpus = [f"gpu{rank}" for rank in range(spec.nodes * spec.gpus_per_node)]
+    for rank, gpu in enumerate(gpus):
+        b.graph.add_node(gpu, kind="gpu", rank=rank, p2p=True)
+    for name, kind in spec.extra_devices.items():
+        b.device(name, kind, f"extra_devices.{name}")
+    for index, block in enumerate(spec.fabric):
+        _BUILDERS[block.kind](b, spec, block, f"fabric[{index}]")
+    for index, link in enumerate(spec.links):
+        _add_explicit_link(b, link, f"links[{index}]")
+    _check_connected(b, gpus)
+    for gpu in gpus:
+        if not b.graph.nodes[gpu]["p2p"]:
+            try:
+                _nearest_hostmem(b.graph, gpu, spec.name)
+            except TopologyError as exc:
+                raise b.error("fabric", str(exc)) from None
+    return Topology(spec, b.graph)
+
+
+# --- files and presets --------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped topology presets."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_topology_path(path_or_name: str | Path) -> Path:
+    """A topology file path, or the preset file of that name."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{path_or_name}.yaml"
+    if isinstance(path_or_name, str) and "/" not in path_or_name and preset.is_file():
+        return preset
+    raise TopologyError(
+        f"topology '{path_or_name}' is neither a file nor a preset name; "
+        f"presets: {', '.join(list_presets())}"
+    )
+
+
+def load_topology(path_or_name: str | Path) -> Topology:
+    """Load and build a topology from a YAML/JSON file or a preset name like 'dgx-h100'."""
+    path = resolve_topology_path(path_or_name)
+    spec = load_model_file(TopologySpec, path, "topology")
+    return build_topology(spec, source=f"topology file {path}")

@@ -1,0 +1,146 @@
+"""Topology input files: the pydantic schema a user writes a cluster preset in.
+
+A topology file names one GPU model (`gpu_spec`), how many servers (`nodes`) with how many
+GPUs each (`gpus_per_node`), and the fabric joining them as a list of building blocks,
+each a `kind:`-tagged mapping expanded into directed links by `moesim.topology`:
+
+- `nvswitch`: every GPU of a server has one port to that server's switch node.
+- `pcie_tree`: GPUs under PCIe switches under CPU root complexes, sockets joined by a
+  socket link (UPI / xGMI), each socket with its host memory.
+- `network`: one NIC per GPU (or per group of GPUs) to a network switch, rail-optimised
+  (one switch per local NIC index) or a single switch, optionally under spine switches.
+- `loopback`: processes on one host talking through host memory (gloo on CPUs).
+
+Extra devices (`extra_devices`) and explicit directed `links` describe any other graph.
+Bandwidths are bytes/s per direction, latencies seconds per traversed link.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "DeviceKind",
+    "GpuSpec",
+    "LinkSpec",
+    "NvSwitchFabric",
+    "PcieTreeFabric",
+    "NetworkFabric",
+    "LoopbackFabric",
+    "FabricBlock",
+    "TopologySpec",
+]
+
+DeviceKind = Literal["nvswitch", "pcie_switch", "cpu", "hostmem", "nic", "net_switch"]
+
+Bandwidth = Annotated[float, Field(gt=0, description="bytes/s per direction")]
+Latency = Annotated[float, Field(ge=0, description="seconds per traversed link")]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class _Frozen(BaseModel):
+    """Base of every topology input model: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GpuSpec(_Frozen):
+    """One accelerator's compute and memory: datasheet peaks plus reachable fractions."""
+
+    name: str
+    peak_bf16_flops_per_s: float = Field(gt=0, description="dense, no sparsity")
+    peak_fp8_flops_per_s: float | None = Field(
+        default=None, gt=0, description="dense, no sparsity; None where FP8 is unsupported"
+    )
+    memory_bandwidth_bytes_per_s: Bandwidth
+    memory_bytes: float = Field(gt=0)
+    compute_efficiency: Fraction = Field(description="fraction of peak large GEMMs reach")
+    memory_efficiency: Fraction = Field(description="fraction of peak streaming reaches")
+    kernel_launch_s: float = Field(ge=0, description="fixed overhead per operation")
+
+
+class LinkSpec(_Frozen):
+    """One explicit link; `bidirectional` adds the reverse edge with the same figures."""
+
+    src: str
+    dst: str
+    bandwidth_bytes_per_s: Bandwidth
+    latency_s: Latency
+    bidirectional: bool = True
+    medium: str = "link"
+
+
+class NvSwitchFabric(_Frozen):
+    """Per server: each GPU has one port of `port_bandwidth_bytes_per_s` to `nvswitch{n}`."""
+
+    kind: Literal["nvswitch"]
+    port_bandwidth_bytes_per_s: Bandwidth
+    latency_s: Latency
+
+
+class PcieTreeFabric(_Frozen):
+    """Per server: GPUs under PCIe switches under CPU sockets joined by a socket link.
+
+    Local GPU i sits under socket `i // (gpus_per_node / sockets)`; with
+    `switches_per_socket: 0` GPUs hang directly off the CPU root complex.
+    `p2p` (one flag, or one per local GPU) says whether a GPU may DMA to a peer; pairs
+    without it are staged through host memory.
+    """
+
+    kind: Literal["pcie_tree"]
+    sockets: int = Field(default=1, ge=1)
+    switches_per_socket: int = Field(default=0, ge=0)
+    gpu_link_bandwidth_bytes_per_s: Bandwidth
+    switch_uplink_bandwidth_bytes_per_s: Bandwidth | None = None
+    pcie_latency_s: Latency
+    socket_link_bandwidth_bytes_per_s: Bandwidth | None = None
+    socket_link_latency_s: Latency = 0.0
+    hostmem_bandwidth_bytes_per_s: Bandwidth
+    hostmem_latency_s: Latency = 0.0
+    p2p: bool | tuple[bool, ...] = True
+
+
+class NetworkFabric(_Frozen):
+    """Across servers: NICs to network switches (one per rail, or one in all), opt. spines."""
+
+    kind: Literal["network"]
+    gpus_per_nic: int = Field(default=1, ge=1)
+    gpu_nic_bandwidth_bytes_per_s: Bandwidth
+    gpu_nic_latency_s: Latency
+    nic_bandwidth_bytes_per_s: Bandwidth
+    nic_latency_s: Latency
+    rail_optimized: bool = True
+    spines: int = Field(default=0, ge=0)
+    spine_bandwidth_bytes_per_s: Bandwidth | None = None
+    spine_latency_s: Latency = 0.0
+
+
+class LoopbackFabric(_Frozen):
+    """Per server: each process has one port to that host's memory `hostmem{n}` (gloo)."""
+
+    kind: Literal["loopback"]
+    port_bandwidth_bytes_per_s: Bandwidth
+    latency_s: Latency
+
+
+FabricBlock = Annotated[
+    Union[NvSwitchFabric, PcieTreeFabric, NetworkFabric, LoopbackFabric],  # noqa: UP007
+    Field(discriminator="kind"),
+]
+
+
+class TopologySpec(_Frozen):
+    """A whole cluster: GPU model, server count and shape, fabric blocks, explicit links."""
+
+    name: str
+    description: str = ""
+    sources: tuple[str, ...] = ()
+    gpu_price_per_hour_usd: float | None = Field(default=None, ge=0)
+    gpu_spec: GpuSpec
+    nodes: int = Field(default=1, ge=1)
+    gpus_per_node: int = Field(ge=1)
+    fabric: tuple[FabricBlock, ...] = ()
+    extra_devices: dict[str, DeviceKind] = Field(default_factory=dict)
+    links: tuple[LinkSpec, ...] = ()
