@@ -1,0 +1,44 @@
+"""Real router traces shipped inside the package (see moesim/data/README.md for provenance).
+
+Both come from Mixtral-8x7B-Instruct-v0.1 served by vLLM on HumanEval prompts, logged by the
+public repository Mario928/speculative-moe, converted with `moesim trace convert`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from moesim.errors import TraceError
+from moesim.trace.format import RouterTrace, load_trace
+
+__all__ = ["BUNDLED_TRACES", "DEFAULT_BUNDLED_TRACE", "bundled_trace_path", "load_bundled_trace"]
+
+BUNDLED_TRACES: dict[str, str] = {
+    "mixtral8x7b_humaneval_decode": (
+        "Mixtral-8x7B-Instruct, HumanEval problems 0 and 1, decode tokens only: "
+        "333 tokens x 32 layers, top-2"
+    ),
+    "mixtral8x7b_humaneval0_prefill_decode": (
+        "Mixtral-8x7B-Instruct, HumanEval problem 0, prefill and decode, only tokens logged at "
+        "all 32 layers: 94 tokens (59 prefill, 35 decode), top-2"
+    ),
+}
+DEFAULT_BUNDLED_TRACE = "mixtral8x7b_humaneval_decode"
+
+
+def bundled_trace_path(name: str = DEFAULT_BUNDLED_TRACE) -> Path:
+    """Filesystem path of the bundled trace `name` (a key of BUNDLED_TRACES)."""
+    if name not in BUNDLED_TRACES:
+        raise TraceError(f"no bundled trace named {name!r}; choose one of "
+                         f"{', '.join(sorted(BUNDLED_TRACES))}")
+    path = Path(str(resources.files("moesim") / "data" / f"{name}.npz"))
+    if not path.is_file():
+        raise TraceError(f"bundled trace {path} is missing from the installation; "
+                         "reinstall moesim")
+    return path
+
+
+def load_bundled_trace(name: str = DEFAULT_BUNDLED_TRACE) -> RouterTrace:
+    """Load the bundled trace `name`."""
+    return load_trace(bundled_trace_path(name))
