@@ -1,4 +1,4 @@
-"""moesim: simulate Mixture-of-Experts serving and training on multi-GPU clusters from real router traces."""
+"""moesim: simulate Mixture-of-Experts serving on multi-GPU clusters from real router traces."""
 
 from __future__ import annotations
 

@@ -53,8 +53,12 @@ def roofline_time_s(
     return max(compute_s, memory_s) + launches * gpu.kernel_launch_s
 
 
-def _op(flops: float, bytes_moved: float, gpu: GpuSpec, weight_bytes: float, launches: int = 1) -> OpCost:
-    return OpCost(flops, bytes_moved, roofline_time_s(flops, bytes_moved, gpu, weight_bytes, launches))
+def _op(
+    flops: float, bytes_moved: float, gpu: GpuSpec, weight_bytes: float, launches: int = 1
+) -> OpCost:
+    return OpCost(
+        flops, bytes_moved, roofline_time_s(flops, bytes_moved, gpu, weight_bytes, launches)
+    )
 
 
 def _attention_dims(model: ModelSpec) -> tuple[int, int]:
@@ -117,7 +121,11 @@ def experts_cost(
     peak = _peak_flops_per_s(gpu, weight_bytes) * gpu.compute_efficiency
     bandwidth = gpu.memory_bandwidth_bytes_per_s * gpu.memory_efficiency
     per_expert_s = np.maximum(flops / peak, bytes_moved / bandwidth)
-    return OpCost(float(flops.sum()), float(bytes_moved.sum()), float(per_expert_s.sum()) + gpu.kernel_launch_s)
+    return OpCost(
+        float(flops.sum()),
+        float(bytes_moved.sum()),
+        float(per_expert_s.sum()) + gpu.kernel_launch_s,
+    )
 
 
 def dense_ffn_cost(

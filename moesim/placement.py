@@ -177,7 +177,7 @@ def token_source_rank(par: Parallelism, num_tokens: int) -> np.ndarray:
 def expert_home_rank(
     par: Parallelism, num_experts: int, src_rank: np.ndarray, experts: np.ndarray
 ) -> np.ndarray:
-    """MoE rank that serves `experts` (any shape broadcasting with `src_rank`) for tokens of `src_rank`."""
+    """MoE rank serving `experts` for tokens dispatched by `src_rank` (arrays broadcast)."""
     experts_per_ep = num_experts // par.moe_ep
     moe_tp_index = src_rank % par.moe_tp
     moe_dp_index = src_rank // (par.moe_tp * par.moe_ep)

@@ -28,7 +28,7 @@ IMBALANCE_METRICS = ("expert_max_over_mean", "rank_max_over_mean", "expert_cv")
 
 @dataclass(frozen=True)
 class LayerImbalance:
-    """Per-layer imbalance arrays `[L]`: expert and rank max/mean, expert coefficient of variation."""
+    """Per-layer imbalance `[L]`: expert and rank max/mean, expert coefficient of variation."""
 
     expert_max_over_mean: np.ndarray
     rank_max_over_mean: np.ndarray
@@ -122,9 +122,7 @@ def latency_result(
             "per_phase_s": main.phase_totals_s(),
             "lm_head_s": float(main.lm_head_s[main.critical_rank]),
             "critical_rank": main.critical_rank,
-            "rank_phase_s": {
-                name: rank_totals[:, i].tolist() for i, name in enumerate(PHASES)
-            },
+            "rank_phase_s": {name: rank_totals[:, i].tolist() for i, name in enumerate(PHASES)},
             "per_block": main.per_layer(),
         },
         "ttft_s": prefill.step_s,

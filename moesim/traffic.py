@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from moesim.errors import PlacementError, TraceError
 from moesim.models import ModelSpec
 from moesim.placement import (
     Parallelism,
@@ -35,7 +36,6 @@ from moesim.placement import (
     token_source_rank,
 )
 from moesim.trace.format import RouterTrace
-from moesim.errors import TraceError, PlacementError
 
 __all__ = [
     "ACT_DTYPE_BYTES",
@@ -317,7 +317,7 @@ def _sp_bytes(
 
 
 def _kv_shards(model: ModelSpec, par: Parallelism) -> int:
-    """How many TP ranks split a token's KV: GQA heads shard up to kv_heads; MLA latent is shared."""
+    """TP ranks splitting a token's KV: GQA heads shard up to kv_heads; MLA latent is shared."""
     if model.attention == "mla":
         return 1
     return min(par.attn_tp, model.num_kv_heads)
@@ -362,8 +362,7 @@ def compute_traffic(
     gpus_per_node = gpus_per_node or par.world
     if par.world % gpus_per_node:
         raise PlacementError(
-            f"world {par.world} is not a multiple of gpus_per_node {gpus_per_node}; "
-            "use whole nodes"
+            f"world {par.world} is not a multiple of gpus_per_node {gpus_per_node}; use whole nodes"
         )
     act_bytes = ACT_DTYPE_BYTES[act_dtype]
     hidden_bytes = model.hidden_size * act_bytes

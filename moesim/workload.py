@@ -37,7 +37,9 @@ class StepWorkload:
         return self.trace.num_tokens
 
 
-def _take(trace: RouterTrace, index: np.ndarray, seq_id: np.ndarray, pos: np.ndarray) -> RouterTrace:
+def _take(
+    trace: RouterTrace, index: np.ndarray, seq_id: np.ndarray, pos: np.ndarray
+) -> RouterTrace:
     """The trace's tokens at `index`, renumbered as sequences `seq_id` at positions `pos`."""
     picked = trace.select_tokens(index)
     return RouterTrace(
@@ -76,7 +78,9 @@ def build_step(
         pos = np.tile(np.arange(context), batch)
         seq_id = np.repeat(np.arange(batch), context)
         step = _take(trace, index, seq_id, pos)
-        return StepWorkload(phase, step, pos.astype(np.int64) + 1, batch, _tiling_note(needed, total))
+        return StepWorkload(
+            phase, step, pos.astype(np.int64) + 1, batch, _tiling_note(needed, total)
+        )
     context = context if context is not None else int(trace.pos.max()) + 1
     if batch <= total:
         index = np.linspace(0, total - 1, batch).round().astype(np.int64)

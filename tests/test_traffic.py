@@ -64,7 +64,12 @@ def test_ep2xdp2_dispatch_every_byte() -> None:
     traffic = _traffic("EP2xDP2")
     layer0 = np.zeros((4, 4), dtype=np.int64)
     layer0[0, 0], layer0[1, 0], layer0[1, 1], layer0[2, 3], layer0[3, 2], layer0[3, 3] = (
-        2, 1, 1, 2, 1, 1,
+        2,
+        1,
+        1,
+        2,
+        1,
+        1,
     )
     layer1 = np.zeros((4, 4), dtype=np.int64)
     layer1[0, 1], layer1[1, 0], layer1[2, 2], layer1[3, 3], layer1[3, 2] = 2, 2, 2, 1, 1

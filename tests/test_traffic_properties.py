@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.placement import Parallelism
+from moesim.trace.format import RouterTrace
 from moesim.traffic import compute_traffic
 from tests.helpers import tiny_model
-from moesim.trace.format import RouterTrace
 
 NUM_EXPERTS = 8
 
@@ -93,7 +93,7 @@ def test_pure_tp_and_ep1_have_no_all_to_all(trace: RouterTrace, tp: int) -> None
 @settings(max_examples=40, deadline=None)
 @given(trace=traces(), par=layouts())
 def test_dedup_never_adds_cross_node_bytes(trace: RouterTrace, par: Parallelism) -> None:
-    """gpu dedup sends at most what none sends; node dedup sends at most gpu's bytes across nodes."""
+    """gpu dedup sends at most what none sends; node dedup at most gpu's bytes across nodes."""
     gpn = 2 if par.world % 2 == 0 else 1
     model = _model(trace)
     by_mode = {

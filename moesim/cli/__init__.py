@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="moesim",
-        description="Simulate Mixture-of-Experts serving on multi-GPU clusters from real router traces.",
+        description="Simulate MoE serving on multi-GPU clusters from real router traces.",
     )
     parser.add_argument("--version", action="version", version=f"moesim {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

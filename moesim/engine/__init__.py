@@ -1,1 +1,1 @@
-"""Discrete-event engine: flow-level network with max-min fair sharing, compute streams, step timeline."""
+"""Discrete-event engine: max-min fair flow network, compute streams, step timeline."""

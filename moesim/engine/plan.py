@@ -86,8 +86,14 @@ def build_step_plan(
     attention_s = np.array(
         [
             attention_cost(
-                model, gpu, tokens=int(n), keys_attended=float(k), kv_cache_tokens_read=float(kv),
-                attn_tp=par.attn_tp, weight_bytes=weight_bytes, act_bytes=act_bytes,
+                model,
+                gpu,
+                tokens=int(n),
+                keys_attended=float(k),
+                kv_cache_tokens_read=float(kv),
+                attn_tp=par.attn_tp,
+                weight_bytes=weight_bytes,
+                act_bytes=act_bytes,
             ).time_s
             for n, k, kv in zip(group_tokens, group_keys, kv_read, strict=True)
         ]
@@ -95,45 +101,71 @@ def build_step_plan(
     dense_ffn_s = np.array(
         [
             dense_ffn_cost(
-                model, gpu, tokens=int(n), ffn_size=model.dense_ffn_size, count=1,
-                tp=par.attn_tp, weight_bytes=weight_bytes, act_bytes=act_bytes,
+                model,
+                gpu,
+                tokens=int(n),
+                ffn_size=model.dense_ffn_size,
+                count=1,
+                tp=par.attn_tp,
+                weight_bytes=weight_bytes,
+                act_bytes=act_bytes,
             ).time_s
             for n in group_tokens
         ]
     )
     router_s = np.array(
-        [router_cost(model, gpu, tokens=int(n), act_bytes=act_bytes).time_s
-         for n in traffic.tokens_per_rank]
+        [
+            router_cost(model, gpu, tokens=int(n), act_bytes=act_bytes).time_s
+            for n in traffic.tokens_per_rank
+        ]
     )
     shared_s = np.array(
         [
             dense_ffn_cost(
-                model, gpu, tokens=int(n) * par.moe_tp, ffn_size=model.shared_expert_ffn_size,
-                count=model.num_shared_experts, tp=par.moe_tp, weight_bytes=weight_bytes,
+                model,
+                gpu,
+                tokens=int(n) * par.moe_tp,
+                ffn_size=model.shared_expert_ffn_size,
+                count=model.num_shared_experts,
+                tp=par.moe_tp,
+                weight_bytes=weight_bytes,
                 act_bytes=act_bytes,
             ).time_s
             for n in traffic.tokens_per_rank
         ]
     )
-    experts_s = np.array(
-        [
+    experts_s = (
+        np.array(
             [
-                experts_cost(
-                    model, gpu, tokens_per_expert=traffic.rank_expert_tokens[layer, rank],
-                    moe_tp=par.moe_tp, weight_bytes=weight_bytes, act_bytes=act_bytes,
-                ).time_s
-                for rank in ranks
+                [
+                    experts_cost(
+                        model,
+                        gpu,
+                        tokens_per_expert=traffic.rank_expert_tokens[layer, rank],
+                        moe_tp=par.moe_tp,
+                        weight_bytes=weight_bytes,
+                        act_bytes=act_bytes,
+                    ).time_s
+                    for rank in ranks
+                ]
+                for layer in range(traffic.num_layers)
             ]
-            for layer in range(traffic.num_layers)
-        ]
-    ) + shared_s[None, :]
+        )
+        + shared_s[None, :]
+    )
     last = np.r_[workload.trace.seq_id[1:] != workload.trace.seq_id[:-1], True]
     logits_tokens = last if workload.phase == "prefill" else np.ones(workload.num_tokens, bool)
     lm_tokens = _group_sums(logits_tokens.astype(np.float64), par.token_groups)[group]
     lm_head_s = np.array(
         [
-            lm_head_cost(model, gpu, tokens=int(n), tp=par.attn_tp, weight_bytes=weight_bytes,
-                         act_bytes=act_bytes).time_s
+            lm_head_cost(
+                model,
+                gpu,
+                tokens=int(n),
+                tp=par.attn_tp,
+                weight_bytes=weight_bytes,
+                act_bytes=act_bytes,
+            ).time_s
             for n in lm_tokens
         ]
     )

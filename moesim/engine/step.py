@@ -50,7 +50,7 @@ class StepTimeline:
         return int(np.argmax(self.block_end_s[-1] + self.lm_head_s))
 
     def phase_totals_s(self) -> dict[str, float]:
-        """Critical rank's seconds per phase over all blocks (they sum to the step, less LM head)."""
+        """Critical rank's seconds per phase over all blocks (sum: the step less the LM head)."""
         rank = self.critical_rank
         return {name: float(self.phase_s[:, rank, i].sum()) for i, name in enumerate(PHASES)}
 
@@ -106,7 +106,9 @@ class _Pairwise:
         off = np.array(matrix, dtype=np.float64)
         np.fill_diagonal(off, 0.0)
         src, dst = np.nonzero(off)
-        self.flows = {(int(s), int(d)): (float(off[s, d]), env.event()) for s, d in zip(src, dst)}
+        self.flows = {
+            (int(s), int(d)): (float(off[s, d]), env.event()) for s, d in zip(src, dst, strict=True)
+        }
         self.touching: list[list[simpy.Event]] = [[] for _ in range(step.plan.world)]
         for (s, d), (_, ev) in self.flows.items():
             self.touching[s].append(ev)
@@ -140,8 +142,13 @@ class _GroupRing:
         self.arrived += 1
         if self.arrived == len(self.ranks):
             fn = reducescatter if self.op == "reducescatter" else allgather
-            run = fn(self.step.net, self.step.topo, self.ranks, self.size_bytes,
-                     launch_s=self.step.launch_s)
+            run = fn(
+                self.step.net,
+                self.step.topo,
+                self.ranks,
+                self.size_bytes,
+                launch_s=self.step.launch_s,
+            )
             for r, ev in zip(self.ranks, run.rank_done, strict=True):
                 ev.callbacks.append(lambda _e, r=r: self.done[r].succeed())
         return self.done[rank]
@@ -204,7 +211,11 @@ class _DesStep:
                 steps.append(("moe_comm", self._ring("allgather", block, rank)))
             for phase, what in steps:
                 begin = env.now
-                yield env.timeout(float(what)) if isinstance(what, (float, np.floating)) else what.arrive(rank)
+                yield (
+                    env.timeout(float(what))
+                    if isinstance(what, (float, np.floating))
+                    else what.arrive(rank)
+                )
                 self.phase_s[block, rank, _P[phase]] += env.now - begin
             self.block_end_s[block, rank] = env.now
         yield env.timeout(float(plan.lm_head_s[rank]))
@@ -215,8 +226,13 @@ class _DesStep:
         self.env.run()
         end = self.block_end_s[-1] + self.plan.lm_head_s
         return StepTimeline(
-            self.phase_s, self.block_end_s, self.plan.lm_head_s.copy(), float(end.max()), "des",
-            self.plan.num_dense_blocks, events=self.net.num_flows_started,
+            self.phase_s,
+            self.block_end_s,
+            self.plan.lm_head_s.copy(),
+            float(end.max()),
+            "des",
+            self.plan.num_dense_blocks,
+            events=self.net.num_flows_started,
         )
 
 
@@ -295,6 +311,10 @@ def _analytic_step(
         block_end[block] = now
     end = now + plan.lm_head_s
     return StepTimeline(
-        phase_s, block_end, plan.lm_head_s.copy(), float(end.max()), "analytic",
+        phase_s,
+        block_end,
+        plan.lm_head_s.copy(),
+        float(end.max()),
+        "analytic",
         plan.num_dense_blocks,
     )

@@ -57,7 +57,8 @@ class RouterTrace:
             weights = np.asarray(self.weights, dtype=np.float32)
             if weights.shape != experts.shape:
                 raise TraceError(
-                    f"trace field 'weights' must match 'experts' {experts.shape}, got {weights.shape}"
+                    f"trace field 'weights' must match 'experts' {experts.shape}, "
+                    f"got {weights.shape}"
                 )
             object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "metadata", {str(k): str(v) for k, v in self.metadata.items()})
