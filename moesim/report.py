@@ -55,4 +55,24 @@ def format_run_table(result: dict[str, Any]) -> str:
         f"rank {imb['rank_max_over_mean']['max']:.3f}/{imb['rank_max_over_mean']['mean']:.3f}, "
         f"expert CV {imb['expert_cv']['max']:.3f}/{imb['expert_cv']['mean']:.3f}"
     )
+    if "latency" in result:
+        lines.extend(_latency_lines(result))
+    for note in result["inputs"].get("notes", []):
+        lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _latency_lines(result: dict[str, Any]) -> list[str]:
+    """Step time, its phase breakdown on the critical rank, TTFT/TPOT and throughput."""
+    lat = result["latency"]
+    phases = ", ".join(
+        f"{name} {seconds * 1e3:.3f}" for name, seconds in lat["per_phase_s"].items() if seconds
+    )
+    return [
+        "",
+        f"{lat['phase']} step {lat['step_s'] * 1e3:.3f} ms ({lat['fidelity']}, critical rank "
+        f"{lat['critical_rank']}); ms per phase: {phases}, lm_head {lat['lm_head_s'] * 1e3:.3f}",
+        f"TTFT {result['ttft_s'] * 1e3:.2f} ms   TPOT {result['tpot_s'] * 1e3:.3f} ms   "
+        f"decode {result['tokens_per_s']:.0f} tokens/s   "
+        f"prefill {result['prefill_tokens_per_s']:.0f} tokens/s",
+    ]
