@@ -1,0 +1,369 @@
+"""Collectives as flows: all-to-all, all-reduce, all-gather and reduce-scatter on a FlowNetwork.
+
+Each collective starts at the current simulation time, pays one launch latency `launch_s`,
+then runs as flows between GPU ranks (split over equal-cost routes). A rank's part ends when
+all its sends and receives are done. Algorithms (alpha-beta, as NCCL documents them):
+
+- all-to-all: direct, one flow per ordered pair with nonzero bytes, all at once; the
+  diagonal is a local copy and costs no network time (HBM copies are not modelled).
+- ring all-reduce: reduce-scatter then all-gather, 2(n-1) steps of S/n to the next rank
+  in ring order; a rank starts step s+1 when its step-s send and receive are both done,
+  so every step pays the path latency once.
+- ring all-gather / reduce-scatter: n-1 steps of S/n, S the full gathered buffer.
+- tree all-reduce: NCCL's double binary tree, modelled in its pipelined steady state:
+  two complementary heap-ordered binary trees (the second over the reversed ring order),
+  each reducing up and broadcasting down half the buffer; all tree-edge flows stream at
+  once (pipelining) and the pipeline fill costs 2*depth path latencies in total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from moesim.engine.network import FlowNetwork, Routing
+from moesim.errors import TopologyError
+
+__all__ = [
+    "NCCL_LAUNCH_S",
+    "OPS",
+    "CollectiveResult",
+    "CollectiveRun",
+    "alltoall",
+    "allreduce",
+    "allgather",
+    "reducescatter",
+    "double_binary_tree_edges",
+    "tree_depth",
+    "check_ranks",
+    "busbw_factor",
+    "nccl_tests_alltoall_matrix",
+    "simulate_collective",
+    "predict_collective",
+]
+
+# Fixed cost of one NCCL collective before bytes move: NCCL's own tuning model uses a base
+# latency of 8.4 us for Ring/Simple (NVIDIA/nccl src/graph/tuning.cc, `baseLat`, NCCL 2.1x;
+# LL protocols 6.6-6.8 us). We take 8.4 us for every collective here.
+NCCL_LAUNCH_S = 8.4e-6
+
+OPS = ("alltoall", "allreduce", "allgather", "reducescatter")
+
+
+@dataclass(frozen=True)
+class CollectiveResult:
+    """Outcome of one collective: per-rank end times and bytes that crossed the network."""
+
+    op: str
+    ranks: tuple[int, ...]
+    start_s: float
+    end_times_s: np.ndarray  # [n] absolute end time of each rank's part, seconds
+    network_bytes: float  # bytes sent GPU-to-GPU (each byte once, however many hops)
+    algorithm: str = "direct"
+
+    @property
+    def time_s(self) -> float:
+        """Collective time: from start until the last rank is done."""
+        return float(self.end_times_s.max() - self.start_s)
+
+    @property
+    def rank_times_s(self) -> np.ndarray:
+        """Per-rank duration from the collective's start, seconds."""
+        return self.end_times_s - self.start_s
+
+
+@dataclass
+class CollectiveRun:
+    """A collective in flight: per-rank completion events (value: end time) and its bytes."""
+
+    op: str
+    ranks: tuple[int, ...]
+    start_s: float
+    rank_done: list[simpy.Event]
+    done: simpy.Event
+    network_bytes: float
+    algorithm: str
+
+    def result(self) -> CollectiveResult:
+        """The result once `done` has fired."""
+        if not all(ev.triggered for ev in self.rank_done):
+            raise RuntimeError("collective has not finished; run the environment until run.done")
+        ends = np.array([ev.value for ev in self.rank_done], dtype=float)
+        return CollectiveResult(
+            self.op, self.ranks, self.start_s, ends, self.network_bytes, self.algorithm
+        )
+
+
+# ---- all-to-all ---------------------------------------------------------------------------
+
+
+def alltoall(
+    net: FlowNetwork,
+    topo: Routing,
+    ranks: Sequence[int],
+    bytes_matrix: np.ndarray,
+    *,
+    launch_s: float = NCCL_LAUNCH_S,
+) -> CollectiveRun:
+    """Direct all-to-all: `bytes_matrix[i, j]` bytes from `ranks[i]` to `ranks[j]`, all at once."""
+    ranks = check_ranks(ranks)
+    n = len(ranks)
+    matrix = np.asarray(bytes_matrix, dtype=float)
+    if matrix.shape != (n, n) or np.any(matrix < 0) or not np.all(np.isfinite(matrix)):
+        raise ValueError(f"bytes_matrix must be a finite non-negative [{n}, {n}] array")
+    env = net.env
+    rank_done = [env.event() for _ in range(n)]
+    offdiag = matrix * (1 - np.eye(n))
+    src_idx, dst_idx = np.nonzero(offdiag)
+
+    def start(_ev: simpy.Event) -> None:
+        per_rank: list[list[simpy.Event]] = [[] for _ in range(n)]
+        for i, j in zip(src_idx.tolist(), dst_idx.tolist(), strict=True):
+            flow = net.transfer_multipath(topo.routes(ranks[i], ranks[j]), offdiag[i, j])
+            per_rank[i].append(flow)
+            per_rank[j].append(flow)
+        for k in range(n):
+            _succeed_when_all(env, per_rank[k], rank_done[k])
+
+    env.timeout(launch_s).callbacks.append(start)
+    return _run("alltoall", ranks, env, rank_done, float(offdiag.sum()), "direct")
+
+
+# ---- ring algorithms -----------------------------------------------------------------------
+
+
+def allreduce(
+    net: FlowNetwork,
+    topo: Routing,
+    ranks: Sequence[int],
+    size_bytes: float,
+    *,
+    algorithm: str = "ring",
+    launch_s: float = NCCL_LAUNCH_S,
+) -> CollectiveRun:
+    """All-reduce of a `size_bytes` buffer on every rank, by `ring` or double binary `tree`."""
+    ranks = check_ranks(ranks)
+    n = len(ranks)
+    if algorithm == "ring":
+        return _ring(net, topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s)
+    if algorithm == "tree":
+        return _tree_allreduce(net, topo, ranks, size_bytes, launch_s)
+    raise ValueError(f"allreduce algorithm must be 'ring' or 'tree', got {algorithm!r}")
+
+
+def allgather(
+    net: FlowNetwork,
+    topo: Routing,
+    ranks: Sequence[int],
+    size_bytes: float,
+    *,
+    launch_s: float = NCCL_LAUNCH_S,
+) -> CollectiveRun:
+    """Ring all-gather; `size_bytes` is the full gathered buffer (each rank contributes 1/n)."""
+    ranks = check_ranks(ranks)
+    n = len(ranks)
+    return _ring(net, topo, "allgather", ranks, size_bytes / n, n - 1, launch_s)
+
+
+def reducescatter(
+    net: FlowNetwork,
+    topo: Routing,
+    ranks: Sequence[int],
+    size_bytes: float,
+    *,
+    launch_s: float = NCCL_LAUNCH_S,
+) -> CollectiveRun:
+    """Ring reduce-scatter; `size_bytes` is the full input buffer (each rank keeps 1/n)."""
+    ranks = check_ranks(ranks)
+    n = len(ranks)
+    return _ring(net, topo, "reducescatter", ranks, size_bytes / n, n - 1, launch_s)
+
+
+def _ring(
+    net: FlowNetwork,
+    topo: Routing,
+    op: str,
+    ranks: tuple[int, ...],
+    chunk_bytes: float,
+    num_steps: int,
+    launch_s: float,
+) -> CollectiveRun:
+    """`num_steps` ring steps of `chunk_bytes` from ranks[i] to ranks[i+1], step-synchronised."""
+    env = net.env
+    n = len(ranks)
+    sent = [[env.event() for _ in range(num_steps)] for _ in range(n)]
+    rank_done = [env.event() for _ in range(n)]
+    routes = [topo.routes(ranks[i], ranks[(i + 1) % n]) for i in range(n)] if n > 1 else []
+
+    def rank_process(i: int) -> Generator[simpy.Event, object, None]:
+        yield env.timeout(launch_s)
+        for step in range(num_steps):
+            flow = net.transfer_multipath(routes[i], chunk_bytes)
+            _succeed_when_all(env, [flow], sent[i][step])
+            yield sent[i][step] & sent[(i - 1) % n][step]
+        rank_done[i].succeed(env.now)
+
+    for i in range(n):
+        env.process(rank_process(i))
+    network_bytes = chunk_bytes * num_steps * n if n > 1 else 0.0
+    return _run(op, ranks, env, rank_done, network_bytes, "ring")
+
+
+# ---- double binary tree ------------------------------------------------------------------
+
+
+def tree_depth(n: int) -> int:
+    """Depth (edges from root to deepest leaf) of a heap-ordered binary tree of n nodes."""
+    return max(n, 1).bit_length() - 1
+
+
+def double_binary_tree_edges(n: int) -> list[tuple[int, int]]:
+    """(child, parent) positions of both trees: heap order, then heap order over n-1-position."""
+    first = [(p, (p - 1) // 2) for p in range(1, n)]
+    second = [(n - 1 - c, n - 1 - q) for c, q in first]
+    return first + second
+
+
+def _tree_allreduce(
+    net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
+) -> CollectiveRun:
+    env = net.env
+    n = len(ranks)
+    half = size_bytes / 2
+    edges = double_binary_tree_edges(n)
+    rank_done = [env.event() for _ in range(n)]
+    path_lat = [
+        max(net.path_latency_s(p) for p in topo.routes(ranks[c], ranks[q])) for c, q in edges
+    ]
+    fill_s = (2 * tree_depth(n) - 1) * max(path_lat) if edges else 0.0
+
+    def start(_ev: simpy.Event) -> None:
+        flows = []
+        for c, q in edges:  # reduce up and broadcast down stream concurrently (pipelined)
+            flows.append(net.transfer_multipath(topo.routes(ranks[c], ranks[q]), half))
+            flows.append(net.transfer_multipath(topo.routes(ranks[q], ranks[c]), half))
+        env.process(finish(flows))
+
+    def finish(flows: list[simpy.Event]) -> Generator[simpy.Event, object, None]:
+        yield env.all_of(flows)
+        yield env.timeout(fill_s)
+        for ev in rank_done:
+            ev.succeed(env.now)
+
+    env.timeout(launch_s).callbacks.append(start)
+    return _run("allreduce", ranks, env, rank_done, 2 * half * len(edges), "tree")
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
+    """The group as a tuple of ints; TopologyError if empty or a rank repeats."""
+    ranks = tuple(int(r) for r in ranks)
+    if not ranks or len(set(ranks)) != len(ranks):
+        raise TopologyError(f"a collective needs distinct ranks, got {list(ranks)}")
+    return ranks
+
+
+def _succeed_when_all(
+    env: simpy.Environment, events: list[simpy.Event], target: simpy.Event
+) -> None:
+    """Fire `target` with the time at which every event in `events` has fired (now if none)."""
+
+    def fire(_ev: simpy.Event | None = None) -> None:
+        target.succeed(env.now)
+
+    if events:
+        env.all_of(events).callbacks.append(fire)
+    else:
+        fire()
+
+
+def _run(
+    op: str,
+    ranks: tuple[int, ...],
+    env: simpy.Environment,
+    rank_done: list[simpy.Event],
+    network_bytes: float,
+    algorithm: str,
+) -> CollectiveRun:
+    done = env.all_of(rank_done)
+    return CollectiveRun(op, ranks, env.now, rank_done, done, network_bytes, algorithm)
+
+
+# ---- nccl-tests conventions and one-shot runs -------------------------------------------
+
+
+def busbw_factor(op: str, n: int) -> float:
+    """nccl-tests bus-bandwidth factor (doc/PERFORMANCE.md): busbw = algbw * factor."""
+    if op == "allreduce":
+        return 2 * (n - 1) / n
+    if op in ("alltoall", "allgather", "reducescatter"):
+        return (n - 1) / n
+    raise ValueError(f"unknown collective {op!r}; choose one of {', '.join(OPS)}")
+
+
+def nccl_tests_alltoall_matrix(n: int, size_bytes: float) -> np.ndarray:
+    """alltoall_perf's traffic: each rank's `size_bytes` send buffer split evenly, self included."""
+    return np.full((n, n), size_bytes / n)
+
+
+def simulate_collective(
+    topo: Routing,
+    op: str,
+    ranks: Sequence[int],
+    *,
+    size_bytes: float | None = None,
+    bytes_matrix: np.ndarray | None = None,
+    algorithm: str = "ring",
+    launch_s: float = NCCL_LAUNCH_S,
+) -> CollectiveResult:
+    """Run one collective alone on an idle network in a fresh simpy environment."""
+    env = simpy.Environment()
+    net = FlowNetwork(env, topo.graph)
+    if op == "alltoall":
+        if bytes_matrix is None:
+            raise ValueError("alltoall needs bytes_matrix")
+        run = alltoall(net, topo, ranks, bytes_matrix, launch_s=launch_s)
+    elif size_bytes is None:
+        raise ValueError(f"{op} needs size_bytes")
+    elif op == "allreduce":
+        run = allreduce(net, topo, ranks, size_bytes, algorithm=algorithm, launch_s=launch_s)
+    elif op == "allgather":
+        run = allgather(net, topo, ranks, size_bytes, launch_s=launch_s)
+    elif op == "reducescatter":
+        run = reducescatter(net, topo, ranks, size_bytes, launch_s=launch_s)
+    else:
+        raise ValueError(f"unknown collective {op!r}; choose one of {', '.join(OPS)}")
+    env.run(until=run.done)
+    return run.result()
+
+
+def predict_collective(
+    topo: Routing,
+    op: str,
+    ranks: Sequence[int],
+    *,
+    size_bytes: float | None = None,
+    bytes_matrix: np.ndarray | None = None,
+    algorithm: str = "ring",
+    launch_s: float = NCCL_LAUNCH_S,
+    fidelity: str = "des",
+) -> CollectiveResult:
+    """One collective at the chosen fidelity: `des` (flows, max-min) or `analytic` (closed form)."""
+    if fidelity == "des":
+        return simulate_collective(
+            topo, op, ranks, size_bytes=size_bytes, bytes_matrix=bytes_matrix,
+            algorithm=algorithm, launch_s=launch_s,
+        )
+    if fidelity == "analytic":
+        from moesim.engine import analytic  # analytic imports this module for the result type
+
+        return analytic.predict(
+            topo, op, ranks, size_bytes=size_bytes, bytes_matrix=bytes_matrix,
+            algorithm=algorithm, launch_s=launch_s,
+        )
+    raise ValueError(f"fidelity must be 'des' or 'analytic', got {fidelity!r}")

@@ -1,0 +1,299 @@
+"""Flow-level network: transfers are fluid flows that share directed links max-min fairly.
+
+A *flow* carries `size_bytes` along a path of directed edges of a topology graph. It first
+waits the path latency (sum of the edges' `latency_s`), then streams at a rate set by
+max-min fair sharing (progressive filling) over every flow active at that moment. Rates
+are recomputed only when a flow starts or ends; a single timer, guarded by a generation
+counter, fires at the next predicted completion, so there is no polling and no time step.
+
+The water-filling works on a flows x links incidence held as two parallel index arrays,
+so one rate update costs a few numpy passes over all (flow, link) pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import networkx as nx
+import numpy as np
+import simpy
+
+from moesim.errors import TopologyError
+
+__all__ = ["Edge", "Routing", "Links", "FlowNetwork", "max_min_fair_rates"]
+
+Edge = tuple[str, str]
+
+# Two bottleneck shares closer than this (relative) are one level: avoids extra rounds
+# caused by floating-point noise in cap_left / count.
+_SHARE_RTOL = 1e-12
+# A flow with this fraction of its bytes (or less) left counts as finished.
+_DONE_RTOL = 1e-12
+
+
+class Routing(Protocol):
+    """What the network and collectives need from a topology: the graph and equal-cost routes."""
+
+    graph: nx.DiGraph
+
+    def routes(self, src_rank: int, dst_rank: int) -> list[list[Edge]]:
+        """Equal-cost shortest paths from one GPU rank to another, as lists of directed edges."""
+        ...
+
+
+def max_min_fair_rates(
+    flow_of_pair: np.ndarray,
+    link_of_pair: np.ndarray,
+    num_flows: int,
+    capacity_bytes_per_s: np.ndarray,
+) -> np.ndarray:
+    """Max-min fair rate of each flow; pair k says flow `flow_of_pair[k]` crosses `link_of_pair[k]`.
+
+    Parallel bottleneck algorithm. A link's fair share is its capacity left over its unfixed
+    flows. A link whose share is no larger than the share of any link its flows cross is a
+    bottleneck of all of them: a link's saturation level never falls below its current share,
+    so none of its flows can be frozen lower elsewhere. Each round fixes every such link's
+    flows at once (the globally smallest share is always one), removes their rates from the
+    other links, and repeats. Flows that cross no link get `inf`.
+    """
+    rates = np.full(num_flows, np.inf)
+    cap_left = np.asarray(capacity_bytes_per_s, dtype=float).copy()
+    num_links = cap_left.size
+    flows, links = flow_of_pair, link_of_pair
+    while flows.size:
+        count = np.bincount(links, minlength=num_links)
+        share = cap_left / np.maximum(count, 1)  # [L]; links without flows never looked up
+        flow_min = np.full(num_flows, np.inf)  # [F] tightest share on each flow's path
+        np.minimum.at(flow_min, flows, share[links])
+        link_min = np.full(num_links, np.inf)  # [L] tightest flow_min among the link's flows
+        np.minimum.at(link_min, links, flow_min[flows])
+        is_bottleneck = share <= link_min * (1.0 + _SHARE_RTOL)
+        fixed = np.zeros(num_flows, dtype=bool)
+        fixed[flows[is_bottleneck[links]]] = True
+        rates[fixed] = flow_min[fixed]
+        leaving = fixed[flows]
+        cap_left -= np.bincount(links[leaving], weights=rates[flows[leaving]], minlength=num_links)
+        np.maximum(cap_left, 0.0, out=cap_left)
+        flows, links = flows[~leaving], links[~leaving]
+    return rates
+
+
+@dataclass(frozen=True)
+class Links:
+    """The graph's directed edges as arrays: index, capacity and latency of each link."""
+
+    edges: list[Edge]
+    index: dict[Edge, int]
+    capacity_bytes_per_s: np.ndarray  # [L]
+    latency_s: np.ndarray  # [L]
+
+    @classmethod
+    def from_graph(cls, graph: nx.DiGraph) -> Links:
+        """Index every edge; raise TopologyError if one lacks a positive bandwidth or a latency."""
+        edges: list[Edge] = list(graph.edges)
+        capacity = np.array([_edge_attr(graph, e, "bandwidth_bytes_per_s") for e in edges])
+        latency = np.array([_edge_attr(graph, e, "latency_s") for e in edges])
+        if np.any(capacity <= 0) or np.any(latency < 0):
+            raise TopologyError(
+                "every link needs bandwidth_bytes_per_s > 0 and latency_s >= 0; fix the topology"
+            )
+        index = {e: i for i, e in enumerate(edges)}
+        return cls(edges, index, capacity.reshape(-1), latency.reshape(-1))
+
+    def ids(self, path: Sequence[Edge]) -> np.ndarray:
+        """Link indices of a path (a sequence of directed edges)."""
+        try:
+            return np.array([self.index[(e[0], e[1])] for e in path], dtype=np.int64)
+        except KeyError as exc:
+            raise TopologyError(f"path uses link {exc.args[0]} which is not in the graph") from None
+
+
+class FlowNetwork:
+    """Fluid flows over a directed graph with `bandwidth_bytes_per_s` and `latency_s` per edge."""
+
+    def __init__(
+        self, env: simpy.Environment, graph: nx.DiGraph, *, time_quantum_s: float = 0.0
+    ) -> None:
+        """Index the graph's edges; no flow is active yet.
+
+        `time_quantum_s` > 0 trades exactness for speed: flows predicted to end within that
+        long after the next completion end with it (at most that much early), so one rate
+        update serves them all. 0 (default) is exact.
+        """
+        if time_quantum_s < 0:
+            raise ValueError(f"time_quantum_s must be >= 0, got {time_quantum_s}")
+        self.env = env
+        self.time_quantum_s = time_quantum_s
+        self.links = Links.from_graph(graph)
+        self._link_bytes = np.zeros(len(self.links.edges))
+        # Slot arrays: one slot per active flow, reused through a free list.
+        self._size = np.zeros(0)
+        self._remaining = np.zeros(0)
+        self._rate = np.zeros(0)
+        self._alive = np.zeros(0, dtype=bool)
+        self._done_event: list[simpy.Event | None] = []
+        self._free_slots: list[int] = []
+        self._pair_flow = np.zeros(0, dtype=np.int64)
+        self._pair_link = np.zeros(0, dtype=np.int64)
+        self._pending: list[tuple[int, np.ndarray]] = []
+        self._last_update_s = env.now
+        self._generation = 0
+        self._settle_queued = False
+        self.num_flows_started = 0
+        self.num_rate_updates = 0
+
+    # ---- public API -------------------------------------------------------------------
+
+    @property
+    def link_bytes(self) -> dict[Edge, float]:
+        """Bytes carried so far by each link (finished flows only), links with traffic only."""
+        return {self.links.edges[i]: float(b) for i, b in enumerate(self._link_bytes) if b > 0}
+
+    @property
+    def num_active_flows(self) -> int:
+        """Flows past their latency and still streaming."""
+        return int(self._alive.sum())
+
+    def path_latency_s(self, path: Sequence[Edge]) -> float:
+        """Sum of the latencies of the path's links."""
+        return float(self.links.latency_s[self.links.ids(path)].sum())
+
+    def transfer(self, path: Sequence[Edge], size_bytes: float) -> simpy.Event:
+        """Start one flow now; the event fires (value: finish time) when its last byte arrives."""
+        if size_bytes < 0:
+            raise ValueError(f"size_bytes must be >= 0, got {size_bytes}")
+        links = self.links.ids(path)
+        done = self.env.event()
+        self.num_flows_started += 1
+        latency = self.env.timeout(float(self.links.latency_s[links].sum()))
+        streams = size_bytes > 0 and links.size > 0
+
+        def after_latency(_ev: simpy.Event) -> None:
+            if streams:
+                self._enqueue(links, float(size_bytes), done)
+            else:
+                done.succeed(self.env.now)
+
+        latency.callbacks.append(after_latency)
+        return done
+
+    def transfer_multipath(self, paths: Sequence[Sequence[Edge]], size_bytes: float) -> simpy.Event:
+        """Split the bytes evenly over equal-cost paths; the event fires when every part is done."""
+        if not paths:
+            raise ValueError("transfer_multipath needs at least one path")
+        if len(paths) == 1:
+            return self.transfer(paths[0], size_bytes)
+        part = size_bytes / len(paths)
+        return self.env.all_of([self.transfer(p, part) for p in paths])
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _enqueue(self, links: np.ndarray, size_bytes: float, done: simpy.Event) -> None:
+        """A flow has paid its latency: join the active set at the next settle (one per instant)."""
+        slot = self._take_slot()
+        self._size[slot] = self._remaining[slot] = size_bytes
+        self._rate[slot] = 0.0
+        self._done_event[slot] = done
+        self._pending.append((slot, links))
+        if not self._settle_queued:
+            self._settle_queued = True
+            self.env.timeout(0).callbacks.append(self._on_queued_settle)
+
+    def _take_slot(self) -> int:
+        if not self._free_slots:
+            old = self._size.size
+            new = max(16, 2 * old)
+            self._size = np.concatenate([self._size, np.zeros(new - old)])
+            self._remaining = np.concatenate([self._remaining, np.zeros(new - old)])
+            self._rate = np.concatenate([self._rate, np.zeros(new - old)])
+            self._alive = np.concatenate([self._alive, np.zeros(new - old, dtype=bool)])
+            self._done_event.extend([None] * (new - old))
+            self._free_slots.extend(range(new - 1, old - 1, -1))
+        return self._free_slots.pop()
+
+    def _on_queued_settle(self, _ev: simpy.Event) -> None:
+        self._settle_queued = False
+        self._settle(finishing=None)
+
+    def _on_timer(self, generation: int, finishing: np.ndarray) -> None:
+        if generation == self._generation:  # stale timers (rates changed since) do nothing
+            self._settle(finishing=finishing)
+
+    def _settle(self, finishing: np.ndarray | None) -> None:
+        """Advance bytes to now, retire finished flows, admit pending ones, re-rate, re-arm."""
+        elapsed_s = self.env.now - self._last_update_s
+        self._last_update_s = self.env.now
+        alive = self._alive
+        self._remaining[alive] -= self._rate[alive] * elapsed_s
+        if finishing is not None:
+            self._remaining[finishing] = 0.0
+        self._retire(np.flatnonzero(alive & (self._remaining <= _DONE_RTOL * self._size)))
+        self._admit()
+        self._rerate()
+        self._arm_timer()
+
+    def _retire(self, slots: np.ndarray) -> None:
+        if slots.size == 0:
+            return
+        gone = np.zeros(self._alive.size, dtype=bool)
+        gone[slots] = True
+        pair_gone = gone[self._pair_flow]
+        self._link_bytes += np.bincount(
+            self._pair_link[pair_gone],
+            weights=self._size[self._pair_flow[pair_gone]],
+            minlength=self._link_bytes.size,
+        )
+        self._pair_flow = self._pair_flow[~pair_gone]
+        self._pair_link = self._pair_link[~pair_gone]
+        self._alive[slots] = False
+        for slot in slots.tolist():
+            event = self._done_event[slot]
+            self._done_event[slot] = None
+            self._free_slots.append(slot)
+            assert event is not None
+            event.succeed(self.env.now)
+
+    def _admit(self) -> None:
+        if not self._pending:
+            return
+        slots = np.array([slot for slot, _ in self._pending], dtype=np.int64)
+        lengths = [links.size for _, links in self._pending]
+        self._pair_flow = np.concatenate([self._pair_flow, np.repeat(slots, lengths)])
+        self._pair_link = np.concatenate([self._pair_link] + [links for _, links in self._pending])
+        self._alive[slots] = True
+        self._pending.clear()
+
+    def _rerate(self) -> None:
+        self.num_rate_updates += 1
+        self._rate[:] = 0.0
+        slots = np.flatnonzero(self._alive)
+        if slots.size == 0:
+            return
+        compact = np.full(self._alive.size, -1, dtype=np.int64)
+        compact[slots] = np.arange(slots.size)
+        rates = max_min_fair_rates(
+            compact[self._pair_flow], self._pair_link, slots.size, self.links.capacity_bytes_per_s
+        )
+        self._rate[slots] = rates
+
+    def _arm_timer(self) -> None:
+        self._generation += 1
+        slots = np.flatnonzero(self._alive)
+        if slots.size == 0:
+            return
+        eta_s = self._remaining[slots] / self._rate[slots]
+        next_s = float(eta_s.min())
+        finishing = slots[eta_s <= next_s * (1.0 + 1e-9) + self.time_quantum_s]
+        generation = self._generation
+        self.env.timeout(next_s).callbacks.append(
+            lambda _ev: self._on_timer(generation, finishing)
+        )
+
+
+def _edge_attr(graph: nx.DiGraph, edge: Edge, name: str) -> float:
+    try:
+        return float(graph.edges[edge][name])
+    except KeyError:
+        raise TopologyError(f"link {edge} has no '{name}'; every link needs one") from None
