@@ -37,6 +37,7 @@ __all__ = [
     "token_source_rank",
     "expert_home_rank",
     "check_fits_model",
+    "check_tp_fits_model",
 ]
 
 
@@ -146,6 +147,20 @@ def check_fits_model(par: Parallelism, num_experts: int) -> None:
         raise PlacementError(
             f"placement {par.label}: {num_experts} experts are not divisible by moe_ep="
             f"{par.moe_ep}; choose moe_ep among the divisors of {num_experts}"
+        )
+
+
+def check_tp_fits_model(par: Parallelism, num_attention_heads: int, expert_ffn_size: int) -> None:
+    """Raise PlacementError unless heads divide over attn_tp and expert FFNs over moe_tp."""
+    if num_attention_heads % par.attn_tp:
+        raise PlacementError(
+            f"placement {par.label}: the model's {num_attention_heads} attention heads are not "
+            f"divisible by attn_tp={par.attn_tp}; choose a TP size that divides them"
+        )
+    if expert_ffn_size % par.moe_tp:
+        raise PlacementError(
+            f"placement {par.label}: expert FFN size {expert_ffn_size} is not divisible by "
+            f"moe_tp={par.moe_tp}; choose a TP size that divides it"
         )
 
 

@@ -32,6 +32,7 @@ from moesim.placement import (
     Parallelism,
     block_sizes,
     check_fits_model,
+    check_tp_fits_model,
     expert_home_rank,
     token_source_rank,
 )
@@ -358,6 +359,7 @@ def compute_traffic(
     if phase not in ("prefill", "decode"):
         raise PlacementError(f"phase '{phase}' is unknown; use prefill or decode")
     check_fits_model(par, model.num_experts)
+    check_tp_fits_model(par, model.num_attention_heads, model.expert_ffn_size)
     check_trace_fits_model(trace, model)
     gpus_per_node = gpus_per_node or par.world
     if par.world % gpus_per_node:

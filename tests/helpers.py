@@ -17,7 +17,7 @@ def tiny_model(
         hidden_size=hidden_size,
         num_layers=num_layers,
         vocab_size=10,
-        num_attention_heads=2,
+        num_attention_heads=32,
         num_kv_heads=1,
         head_dim=2,
         num_experts=num_experts,

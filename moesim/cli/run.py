@@ -24,6 +24,8 @@ _OVERRIDES = {
     "act_dtype": "act_dtype",
     "dedup": "dedup",
     "sp_variant": "sp_variant",
+    "weight_dtype": "weight_dtype",
+    "fidelity": "fidelity",
 }
 
 
@@ -46,6 +48,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16", "fp8"])
     parser.add_argument("--dedup", choices=["none", "gpu", "node"])
     parser.add_argument("--sp-variant", dest="sp_variant", choices=["ring", "allgather"])
+    parser.add_argument("--weight-dtype", dest="weight_dtype", choices=["bf16", "fp8"])
+    parser.add_argument(
+        "--fidelity", choices=["des", "analytic"], help="des: flows and stragglers; analytic: fast"
+    )
     parser.add_argument("--json", metavar="OUT", help="write the Result JSON here ('-' for stdout)")
     parser.add_argument("--quiet", action="store_true", help="no table")
     parser.set_defaults(handler=_run)
