@@ -372,7 +372,12 @@ def compute_traffic(
     src = token_source_rank(par, trace.num_tokens)  # [T]
     dst = expert_home_rank(par, model.num_experts, src.reshape(1, -1, 1), experts)  # [L, T, k]
     dispatch = _dispatch_counts(src, dst, par.world, gpus_per_node, dedup) * hidden_bytes
-    unique_rows = _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
+    # distinct tokens each rank received: only the MoE-TP all-gather needs them
+    unique_rows = (
+        _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
+        if par.moe_tp > 1
+        else np.zeros((trace.num_layers, par.world), dtype=np.int64)
+    )
     expert_load, rank_tokens = _rank_expert_tokens(par, model.num_experts, src, experts)
     group_tokens = block_sizes(trace.num_tokens, par.token_groups)
     return Traffic(

@@ -6,8 +6,10 @@ bytes matrix into per-link loads with one `bincount` (no Python loop over pairs 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
 
 from moesim.engine.network import Edge, Links, Routing
@@ -34,10 +36,48 @@ class RouteTable:
         return np.bincount(self.link_of_entry, weights=weights, minlength=len(self.links.edges))
 
     def pair_drain_s(self, link_drain_s: np.ndarray) -> np.ndarray:
-        """Per pair, the longest drain time of any link on its routes: `[world * world]`."""
+        """Per pair, the longest drain time of any link on its routes: `[world * world]`.
+
+        Entries are stored grouped by pair, so one `maximum.reduceat` over the segments does it.
+        """
         worst = np.zeros(self.world * self.world)
-        np.maximum.at(worst, self.pair_of_entry, link_drain_s[self.link_of_entry])
+        if self.pair_of_entry.size:
+            starts = np.flatnonzero(np.r_[True, np.diff(self.pair_of_entry) != 0])
+            segment_max = np.maximum.reduceat(link_drain_s[self.link_of_entry], starts)
+            worst[self.pair_of_entry[starts]] = segment_max
         return worst
+
+
+def _routes_from(graph: nx.DiGraph, src: str, targets: list[str]) -> list[list[list[Edge]]]:
+    """All shortest (hop count) routes from `src` to each target, sorted, from one BFS."""
+    preds = nx.predecessor(graph, src)
+    memo: dict[str, list[tuple[str, ...]]] = {src: [(src,)]}
+
+    def node_paths(node: str) -> list[tuple[str, ...]]:
+        if node not in memo:
+            memo[node] = [head + (node,) for p in preds[node] for head in node_paths(p)]
+        return memo[node]
+
+    return [sorted(list(itertools.pairwise(path)) for path in node_paths(dst)) for dst in targets]
+
+
+def _all_routes(topo: Routing, world: int) -> dict[tuple[int, int], list[list[Edge]]]:
+    """Routes of every ordered pair: one BFS per source where every GPU has P2P (the same
+    all-equal-cost-shortest-paths rule as `Topology.routes`), else the topology's own routes."""
+    gpus = [f"gpu{rank}" for rank in range(world)]
+    graph = topo.graph
+    fast = all(graph.nodes[g].get("p2p", True) for g in gpus) and all(
+        graph.nodes[g].get("kind") == "gpu" for g in gpus
+    )
+    paths: dict[tuple[int, int], list[list[Edge]]] = {}
+    for src in range(world):
+        others = [dst for dst in range(world) if dst != src]
+        if fast:
+            found = _routes_from(graph, gpus[src], [gpus[d] for d in others])
+        else:
+            found = [topo.routes(src, dst) for dst in others]
+        paths.update({(src, dst): routes for dst, routes in zip(others, found, strict=True)})
+    return paths
 
 
 def build_route_table(topo: Routing, world: int) -> RouteTable:
@@ -45,13 +85,12 @@ def build_route_table(topo: Routing, world: int) -> RouteTable:
     links = Links.from_graph(topo.graph)
     pairs, link_ids, shares = [], [], []
     latency = np.zeros(world * world)
-    paths: dict[tuple[int, int], list[list[Edge]]] = {}
+    paths = _all_routes(topo, world)  # pairs in src-major order: entries stay grouped by pair
     for src in range(world):
         for dst in range(world):
             if src == dst:
                 continue
-            routes = topo.routes(src, dst)
-            paths[(src, dst)] = routes
+            routes = paths[(src, dst)]
             pair = src * world + dst
             for path in routes:
                 ids = links.ids(path)

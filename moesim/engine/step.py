@@ -112,24 +112,24 @@ class _Pairwise:
         self.step = step
         off = np.array(matrix, dtype=np.float64)
         np.fill_diagonal(off, 0.0)
+        world = step.plan.world
+        self.sends: list[list[tuple[int, float, simpy.Event]]] = [[] for _ in range(world)]
+        self.touching: list[list[simpy.Event]] = [[] for _ in range(world)]
         src, dst = np.nonzero(off)
-        self.flows = {
-            (int(s), int(d)): (float(off[s, d]), env.event()) for s, d in zip(src, dst, strict=True)
-        }
-        self.touching: list[list[simpy.Event]] = [[] for _ in range(step.plan.world)]
-        for (s, d), (_, ev) in self.flows.items():
-            self.touching[s].append(ev)
-            self.touching[d].append(ev)
+        for s, d, size in zip(src.tolist(), dst.tolist(), off[src, dst].tolist(), strict=True):
+            done = env.event()
+            self.sends[s].append((d, size, done))
+            self.touching[s].append(done)
+            self.touching[d].append(done)
 
     def arrive(self, rank: int) -> simpy.Event:
         """Start `rank`'s sends after the launch latency; fires when its sends and receives end."""
         env, net, paths = self.step.env, self.step.net, self.step.routes.paths
 
         def start(_ev: simpy.Event) -> None:
-            for (s, d), (size, done) in self.flows.items():
-                if s == rank:
-                    flow = net.transfer_multipath(paths[(s, d)], size)
-                    flow.callbacks.append(lambda _f, done=done: done.succeed())
+            for dst, size, done in self.sends[rank]:
+                flow = net.transfer_multipath(paths[(rank, dst)], size)
+                flow.callbacks.append(lambda _f, done=done: done.succeed())
 
         launch = env.timeout(self.step.launch_s)
         launch.callbacks.append(start)
