@@ -1,9 +1,9 @@
 """Simulator speed and memory: one step of Mixtral-8x7B on 8 GPUs and DeepSeek-V3 on 64/256.
 
-Prints, per case: fidelity, tokens, flows, wall seconds (route table + step), flows per second,
-simulated step time, and the process's peak resident memory so far (ru_maxrss). Targets (issue 3): the 8-GPU 16k-token prefill
-step under 0.2 s, the 256-GPU step under 5 s, memory under 2 GB, cost growing no faster than
-the number of flows.
+Prints, per case: fidelity, tokens, flows, wall seconds (preparation, route table, step),
+flows per second, simulated step time, and the process's peak resident memory so far
+(ru_maxrss). Targets (issue 3): the 8-GPU 16k-token prefill step under 0.2 s, the 256-GPU step
+under 5 s, memory under 2 GB, cost growing no faster than the number of flows.
 
     python benchmarks/bench_step.py [--skip-large] [--des-large]
 """
@@ -11,8 +11,8 @@ the number of flows.
 from __future__ import annotations
 
 import argparse
-import time
 import resource
+import time
 
 import numpy as np
 
