@@ -100,6 +100,7 @@ class Scenario(BaseModel):
     sp_variant: Literal["ring", "allgather"] = "ring"
     batch: int | None = Field(None, ge=1)
     context: int | None = Field(None, ge=1)
+    decode_steps: int = Field(1, ge=1, le=4096)  # TPOT averages this many consecutive steps
     weight_dtype: Literal["bf16", "fp8"] = "bf16"
     fidelity: Literal["des", "analytic"] = "des"
 

@@ -153,10 +153,28 @@ def run_scenario(scenario: Scenario) -> dict[str, Any]:
     if inputs.topology is None:
         return result
     timelines = {scenario.phase: time_step(inputs, step, traffic)}
-    other = "decode" if scenario.phase == "prefill" else "prefill"
-    other_step = build_step(inputs.trace, other, scenario.batch, scenario.context)
-    timelines[other] = time_step(inputs, other_step, step_traffic(inputs, other_step))
-    steps = {scenario.phase: step, other: other_step}
+    steps = {scenario.phase: step}
+    if scenario.phase == "decode":
+        timelines["prefill"], steps["prefill"] = _timed(inputs, "prefill")
+    decode_times = [] if scenario.phase != "decode" else [timelines["decode"].step_s]
+    for index in range(len(decode_times), scenario.decode_steps):
+        timeline, decode = _timed(inputs, "decode", index)
+        timelines.setdefault("decode", timeline)
+        steps.setdefault("decode", decode)
+        decode_times.append(timeline.step_s)
     result.update(latency_result(timelines, steps, scenario.phase, inputs.model.first_dense_layers))
+    result["tpot_s"] = float(sum(decode_times) / len(decode_times))
+    result["tpot_steps_s"] = decode_times
+    result["tokens_per_s"] = steps["decode"].num_sequences / result["tpot_s"]
+    result["inputs"]["notes"] = [
+        f"{phase}: {note}" for phase, step in steps.items() for note in step.notes
+    ]
     merge_layer_times(result, inputs.model.first_dense_layers)
     return result
+
+
+def _timed(inputs: RunInputs, phase: str, decode_step: int = 0):  # type: ignore[no-untyped-def]
+    """Build, count and time one step of `phase` (decode step `decode_step`)."""
+    sc = inputs.scenario
+    step = build_step(inputs.trace, phase, sc.batch, sc.context, decode_step=decode_step)
+    return time_step(inputs, step, step_traffic(inputs, step)), step

@@ -1,13 +1,19 @@
 """Workload: the tokens of one step (prefill or decode), drawn from a router trace.
 
-- prefill, `batch` B sequences of `context` C tokens: B*C consecutive trace tokens (locality
-  within a sequence kept), token i of a sequence attends to i+1 keys;
-- decode, B sequences at context C: B trace tokens spread evenly over the trace (different
-  sequences), each attends to C+1 keys read from the KV cache;
+The trace's sequences are its runs of equal `seq_id`. Sequence b of a step replays trace
+sequence `b mod S` (S sequences in the trace), so locality within a sequence (consecutive
+tokens repeating experts, Mixtral paper Table 5) is kept:
+- prefill, `batch` B sequences of `context` C tokens: sequence b takes the first C tokens of its
+  trace sequence; token i attends to i+1 keys;
+- decode step s (0, 1, ...) of B sequences at context C: sequence b takes the token at offset
+  `o_b + s` of its trace sequence and attends to C+s+1 cached keys, so consecutive decode steps
+  walk along real sequences and the context grows; `o_b` spreads sequences that reuse the same
+  trace sequence apart;
 - no batch/context: the whole trace is one step; prefill tokens attend to pos+1 keys, decode
   tokens to pos+1 cached keys.
 
-A trace shorter than the step is tiled, and the step says so in `notes` (never silently).
+A trace sequence shorter than what a step needs is tiled (wrapped), and a trace with fewer
+sequences than the batch is reused; the step says so in `notes`, never silently.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 
 from moesim.trace.format import RouterTrace
 
-__all__ = ["StepWorkload", "build_step"]
+__all__ = ["StepWorkload", "build_step", "trace_sequences"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,13 @@ class StepWorkload:
         return self.trace.num_tokens
 
 
+def trace_sequences(trace: RouterTrace) -> tuple[np.ndarray, np.ndarray]:
+    """Start index and length of each run of equal `seq_id` in trace order."""
+    starts = np.flatnonzero(np.r_[True, trace.seq_id[1:] != trace.seq_id[:-1]])
+    lengths = np.diff(np.r_[starts, trace.num_tokens])
+    return starts, lengths
+
+
 def _take(
     trace: RouterTrace, index: np.ndarray, seq_id: np.ndarray, pos: np.ndarray
 ) -> RouterTrace:
@@ -51,41 +64,55 @@ def _take(
     )
 
 
-def _tiling_note(needed: int, available: int) -> tuple[str, ...]:
-    if needed <= available:
-        return ()
-    return (
-        f"the trace has {available} tokens but the step needs {needed}: the trace was tiled "
-        f"{needed / available:.1f}x (repeated routing); capture or synthesise a longer trace "
-        "(`moesim trace synth`) for independent tokens",
-    )
+def _reuse_notes(
+    batch: int, lengths: np.ndarray, wrapped: np.ndarray, needed: int
+) -> tuple[str, ...]:
+    """Say when trace sequences are reused (batch > sequences) or wrapped (`wrapped` per b)."""
+    notes = []
+    if batch > lengths.size:
+        notes.append(
+            f"the trace has {lengths.size} sequences but the batch has {batch}: trace sequences "
+            "are reused (same routing for several sequences); capture or synthesise more "
+            "sequences (`moesim trace synth`) for independent ones"
+        )
+    if np.any(wrapped):
+        used = lengths[np.arange(batch) % lengths.size]
+        notes.append(
+            f"trace sequences of {int(used.min())}..{int(used.max())} tokens were tiled to the "
+            f"{needed} tokens a sequence needs (routing repeats); use a longer trace"
+        )
+    return tuple(notes)
 
 
 def build_step(
-    trace: RouterTrace, phase: str, batch: int | None = None, context: int | None = None
+    trace: RouterTrace,
+    phase: str,
+    batch: int | None = None,
+    context: int | None = None,
+    decode_step: int = 0,
 ) -> StepWorkload:
     """The step of `phase` for `batch` sequences at `context` tokens, drawn from `trace`."""
-    total = trace.num_tokens
     if batch is None and context is None:
         keys = trace.pos.astype(np.int64) + 1
-        sequences = int(np.unique(trace.seq_id).size)
-        return StepWorkload(phase, trace, keys, sequences)
+        return StepWorkload(phase, trace, keys, int(np.unique(trace.seq_id).size))
+    starts, lengths = trace_sequences(trace)
     batch = batch or 1
+    seq = np.arange(batch) % starts.size  # trace sequence replayed by each step sequence
     if phase == "prefill":
-        context = context or max(total // batch, 1)
-        needed = batch * context
-        index = np.arange(needed) % total
+        context = context or int(lengths.max())
+        offset = np.arange(context)[None, :] % lengths[seq][:, None]  # [B, C]
+        index = (starts[seq][:, None] + offset).reshape(-1)
         pos = np.tile(np.arange(context), batch)
-        seq_id = np.repeat(np.arange(batch), context)
-        step = _take(trace, index, seq_id, pos)
-        return StepWorkload(
-            phase, step, pos.astype(np.int64) + 1, batch, _tiling_note(needed, total)
-        )
+        step = _take(trace, index, np.repeat(np.arange(batch), context), pos)
+        notes = _reuse_notes(batch, lengths, lengths[seq] < context, context)
+        return StepWorkload(phase, step, pos.astype(np.int64) + 1, batch, notes)
     context = context if context is not None else int(trace.pos.max()) + 1
-    if batch <= total:
-        index = np.linspace(0, total - 1, batch).round().astype(np.int64)
-    else:
-        index = np.arange(batch) % total
-    step = _take(trace, index, np.arange(batch), np.full(batch, context))
-    keys = np.full(batch, context + 1, dtype=np.int64)
-    return StepWorkload(phase, step, keys, batch, _tiling_note(batch, total))
+    reuse = np.arange(batch) // starts.size  # how many times this trace sequence was used before
+    spread = (reuse * lengths[seq]) // max(int(np.ceil(batch / starts.size)), 1)
+    offset = (spread + decode_step) % lengths[seq]
+    index = starts[seq] + offset
+    step = _take(trace, index, np.arange(batch), np.full(batch, context + decode_step))
+    keys = np.full(batch, context + decode_step + 1, dtype=np.int64)
+    wrapped = spread + decode_step >= lengths[seq]
+    notes = _reuse_notes(batch, lengths, wrapped, int((spread + decode_step).max()) + 1)
+    return StepWorkload(phase, step, keys, batch, notes)

@@ -26,6 +26,7 @@ _OVERRIDES = {
     "sp_variant": "sp_variant",
     "weight_dtype": "weight_dtype",
     "fidelity": "fidelity",
+    "decode_steps": "decode_steps",
 }
 
 
@@ -48,6 +49,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16", "fp8"])
     parser.add_argument("--dedup", choices=["none", "gpu", "node"])
     parser.add_argument("--sp-variant", dest="sp_variant", choices=["ring", "allgather"])
+    parser.add_argument(
+        "--decode-steps", dest="decode_steps", type=int, help="average TPOT over N decode steps"
+    )
     parser.add_argument("--weight-dtype", dest="weight_dtype", choices=["bf16", "fp8"])
     parser.add_argument(
         "--fidelity", choices=["des", "analytic"], help="des: flows and stragglers; analytic: fast"
