@@ -83,28 +83,37 @@ def _all_routes(topo: Routing, world: int) -> dict[tuple[int, int], list[list[Ed
 def build_route_table(topo: Routing, world: int) -> RouteTable:
     """Route every ordered pair of the first `world` GPUs once."""
     links = Links.from_graph(topo.graph)
-    pairs, link_ids, shares = [], [], []
-    latency = np.zeros(world * world)
     paths = _all_routes(topo, world)  # pairs in src-major order: entries stay grouped by pair
-    for src in range(world):
-        for dst in range(world):
-            if src == dst:
-                continue
-            routes = paths[(src, dst)]
-            pair = src * world + dst
-            for path in routes:
-                ids = links.ids(path)
-                pairs.append(np.full(ids.size, pair))
-                link_ids.append(ids)
-                shares.append(np.full(ids.size, 1.0 / len(routes)))
-                latency[pair] = max(latency[pair], float(links.latency_s[ids].sum()))
-    empty = np.zeros(0, dtype=np.int64)
+    pair_list: list[int] = []
+    edge_list: list[Edge] = []
+    share_list: list[float] = []
+    path_of_entry: list[int] = []
+    path_pair: list[int] = []
+    for (src, dst), routes in paths.items():
+        pair = src * world + dst
+        share = 1.0 / len(routes)
+        for path in routes:
+            path_pair.append(pair)
+            pair_list.extend([pair] * len(path))
+            share_list.extend([share] * len(path))
+            path_of_entry.extend([len(path_pair) - 1] * len(path))
+            edge_list.extend(path)
+    link_ids = np.fromiter(
+        (links.index[e] for e in edge_list), dtype=np.int64, count=len(edge_list)
+    )
+    path_latency = np.bincount(
+        np.asarray(path_of_entry, dtype=np.int64),
+        weights=links.latency_s[link_ids],
+        minlength=len(path_pair),
+    )
+    latency = np.zeros(world * world)
+    np.maximum.at(latency, np.asarray(path_pair, dtype=np.int64), path_latency)
     return RouteTable(
         world=world,
         links=links,
-        pair_of_entry=np.concatenate(pairs) if pairs else empty,
-        link_of_entry=np.concatenate(link_ids) if link_ids else empty,
-        share_of_entry=np.concatenate(shares) if shares else np.zeros(0),
+        pair_of_entry=np.asarray(pair_list, dtype=np.int64),
+        link_of_entry=link_ids,
+        share_of_entry=np.asarray(share_list, dtype=np.float64),
         pair_latency_s=latency,
         paths=paths,
     )

@@ -1,0 +1,208 @@
+"""`moesim validate live|compare`: run the predicted traffic live, then hold it against moesim.
+
+`live` needs torch (`pip install 'moesim[live]'`) and writes a measurement JSON; `compare`
+needs no torch: it recomputes the simulator's bytes for the measurement's recorded inputs and
+exits 1 when any layer, rank or phase differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import ConfigError
+
+__all__ = ["add_parser", "parse_scale", "compare_summary"]
+
+_OTHER_COMM = ("sp_exchange", "attn_reduce_scatter", "moe_tp_gather", "moe_tp_scatter",
+               "attn_all_gather")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `moesim validate live` and `moesim validate compare`."""
+    parser = commands.add_parser(
+        "validate", help="run the predicted traffic live (torch.distributed) and compare",
+        description="Live validation: execute the exact traffic moesim predicts and compare.",
+    )
+    sub = parser.add_subparsers(dest="validate_command", metavar="SUBCOMMAND", required=True)
+    _add_live(sub)
+    _add_compare(sub)
+
+
+def _add_live(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Flags of `moesim validate live`."""
+    live = sub.add_parser(
+        "live", help="spawn ranks on this host and run the trace's traffic per layer",
+        description="Spawn one process per rank on this host (loopback only) and run each MoE "
+        "layer's dispatch, expert GEMMs, combine and TP/SP collectives with the simulator's "
+        "exact sizes; write the measured bytes and times per layer, rank and phase.",
+    )
+    live.add_argument("--model", default="mixtral-8x7b", help="preset name or model file")
+    live.add_argument("--trace", default="bundled:mixtral8x7b_humaneval_decode",
+                      help="trace .npz or bundled:NAME")
+    live.add_argument("--placement", required=True, help="EP4, EP2xDP2, TP4, SP4, TP2xEP2, ...")
+    live.add_argument("--backend", choices=["gloo", "nccl"], default="gloo",
+                      help="gloo: CPU processes; nccl: one GPU per rank")
+    live.add_argument("--nproc", type=int, help="ranks (must equal the placement's world)")
+    live.add_argument("--scale", type=parse_scale,
+                      help="width scale of hidden/ffn/head sizes, e.g. 1/32 "
+                      "(default: 1/32 on gloo, 1 on nccl)")
+    live.add_argument("--layers", type=int, help="run the first N MoE layers (default: all)")
+    live.add_argument("--tokens", type=int, help="run the first N trace tokens (default: all)")
+    live.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    live.add_argument("--repeats", type=int, default=3, help="timed passes (median reported)")
+    live.add_argument("--dedup", choices=["none", "gpu"], default="none")
+    live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
+                      default="bf16")
+    live.add_argument("--phase", choices=["prefill", "decode"], default="prefill",
+                      help="sets the SP exchange (K/V blocks or queries and partial outputs)")
+    live.add_argument("--sp-variant", dest="sp_variant", choices=["ring", "allgather"],
+                      default="ring")
+    live.add_argument("--timeout-s", dest="timeout_s", type=float, default=300.0,
+                      help="limit for the whole run and for each collective")
+    live.add_argument("--inject-failure", dest="inject_failure", metavar="RANK[:hang]",
+                      help="testing the harness: make RANK raise (or hang) after joining")
+    live.add_argument("-o", "--output", required=True, help="measurement JSON to write")
+    live.set_defaults(handler=_live)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Flags of `moesim validate compare`."""
+    compare = sub.add_parser(
+        "compare", help="measured vs predicted bytes (and times) per layer",
+        description="Recompute the simulator's traffic for a measurement's recorded inputs and "
+        "compare every layer, rank and phase; exit 1 when bytes differ.",
+    )
+    compare.add_argument("measurement", help="measurement JSON from `moesim validate live`")
+    compare.add_argument("--topology", help="topology for time predictions (when connected)")
+    compare.add_argument("--json", metavar="OUT", help="write the comparison JSON ('-': stdout)")
+    compare.set_defaults(handler=_compare)
+
+
+def parse_scale(text: str) -> float:
+    """A scale written as a fraction (1/32) or a decimal (0.03125), in (0, 1]."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"cannot read scale {text!r}; write 1/32 or 0.03125"
+        ) from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"scale {text} must be in (0, 1]")
+    return value
+
+
+def _parse_injection(text: str | None) -> tuple[int, str] | None:
+    """`RANK` or `RANK:hang` -> (rank, mode)."""
+    if text is None:
+        return None
+    rank, _, mode = text.partition(":")
+    if not rank.isdigit() or mode not in ("", "raise", "hang"):
+        raise ConfigError(f"--inject-failure {text!r}: write RANK, RANK:raise or RANK:hang")
+    return int(rank), mode or "raise"
+
+
+def _live(args: argparse.Namespace) -> int:
+    """Handler of `moesim validate live`."""
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError("`moesim validate live` needs torch: pip install 'moesim[live]'")
+    from moesim.cli.run import write_json
+    from validate.launch import run_live
+
+    scale = args.scale if args.scale is not None else (1.0 if args.backend == "nccl" else 1 / 32)
+    measurement = run_live(
+        model=args.model, trace=args.trace, placement=args.placement, backend=args.backend,
+        scale=scale, layers=args.layers, tokens=args.tokens, act_dtype=args.act_dtype,
+        dedup=args.dedup, phase=args.phase, sp_variant=args.sp_variant, warmup=args.warmup,
+        repeats=args.repeats, timeout_s=args.timeout_s, nproc=args.nproc,
+        inject_failure=_parse_injection(args.inject_failure),
+    )
+    write_json(measurement, args.output)
+    totals = measurement["totals"]
+    print(f"{measurement['inputs']['world']} ranks, {measurement['inputs']['layers']} layers: "
+          f"step {measurement['step_time_s'] * 1e3:.3f} ms, a2a {totals['a2a_bytes']} B, "
+          f"local {totals['local_bytes']} B, wall {measurement['wall_s']:.1f} s; "
+          f"wrote {args.output}")
+    return 0
+
+
+def compare_summary(measurement: dict[str, Any], topology: str | None = None) -> dict[str, Any]:
+    """Measured vs predicted bytes per layer, the mismatches, and predicted times (or None)."""
+    from validate.measurement import (
+        PHASES,
+        check_bytes,
+        expected_bytes,
+        measured_bytes,
+        predicted_times,
+        traffic_for_inputs,
+    )
+
+    traffic = traffic_for_inputs(measurement["inputs"])
+    mismatches = check_bytes(measurement, traffic)
+    measured, predicted = measured_bytes(measurement), expected_bytes(traffic)
+    a2a = [PHASES.index(p) for p in ("dispatch", "combine")]
+    other = [PHASES.index(p) for p in _OTHER_COMM]
+
+    def layer_bytes(counts: np.ndarray, layer: int) -> dict[str, int]:
+        return {"a2a_bytes": int(counts[layer, :, a2a, 0].sum()),
+                "local_bytes": int(counts[layer, :, a2a, 2].sum()),
+                "other_comm_bytes": int(counts[layer, :, other, 0].sum())}
+
+    per_layer = [
+        {"layer": layer, "measured": layer_bytes(measured, layer),
+         "predicted": layer_bytes(predicted, layer),
+         "measured_time_s": _layer_time_s(measurement["per_layer"][layer]),
+         "bytes_match": not any(m.layer == layer for m in mismatches)}
+        for layer in range(measured.shape[0])
+    ]
+    return {
+        "bytes_match": not mismatches,
+        "mismatches": [vars(m) for m in mismatches],
+        "per_layer": per_layer,
+        "predicted_times": predicted_times(measurement, traffic, topology),
+    }
+
+
+def _layer_time_s(layer_entry: dict[str, Any]) -> float:
+    """Sum over phases of the slowest rank's median time."""
+    phases = layer_entry["ranks"][0]["phases"]
+    return float(sum(max(r["phases"][p]["time_s"] for r in layer_entry["ranks"]) for p in phases))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Handler of `moesim validate compare`."""
+    from moesim.cli.run import write_json
+    from validate.measurement import load_measurement
+
+    summary = compare_summary(load_measurement(args.measurement), args.topology)
+    if args.json != "-":
+        print(_format_compare(summary))
+    if args.json:
+        write_json(summary, args.json)
+    return 0 if summary["bytes_match"] else 1
+
+
+def _format_compare(summary: dict[str, Any]) -> str:
+    """Human table: bytes per layer measured / predicted, then the verdict."""
+    lines = [f"{'layer':>5} {'a2a meas':>11} {'a2a pred':>11} {'local meas':>11} "
+             f"{'local pred':>11} {'tp/sp meas':>11} {'tp/sp pred':>11} {'time ms':>9}  match"]
+    for row in summary["per_layer"]:
+        m, p = row["measured"], row["predicted"]
+        lines.append(
+            f"{row['layer']:>5} {m['a2a_bytes']:>11} {p['a2a_bytes']:>11} {m['local_bytes']:>11} "
+            f"{p['local_bytes']:>11} {m['other_comm_bytes']:>11} {p['other_comm_bytes']:>11} "
+            f"{row['measured_time_s'] * 1e3:>9.3f}  {'yes' if row['bytes_match'] else 'NO'}"
+        )
+    for mismatch in summary["mismatches"][:20]:
+        lines.append("mismatch: layer {layer} rank {rank} {phase} {field}: measured {measured}, "
+                     "predicted {predicted}".format(**mismatch))
+    if len(summary["mismatches"]) > 20:
+        lines.append(f"... {len(summary['mismatches']) - 20} more mismatches")
+    lines.append(f"bytes_match: {str(summary['bytes_match']).lower()}")
+    if summary["predicted_times"] is None:
+        lines.append("time predictions: not available yet (engine not connected)")
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Live harness on gloo (CPU processes over loopback): measured bytes equal the prediction exactly,
+and a failing or hanging rank ends the run with one clear error and no process left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from validate.launch import LiveRunError, run_live
+from validate.measurement import PHASES, check_bytes, expected_bytes, traffic_for_inputs
+
+pytest.importorskip("torch")  # validate.launch imports torch only when a run starts
+pytestmark = pytest.mark.live
+
+TRACE = "bundled:mixtral8x7b_humaneval_decode"
+SMALL = {"model": "mixtral-8x7b", "trace": TRACE, "scale": 1 / 64, "layers": 2, "tokens": 48,
+         "warmup": 0, "repeats": 1, "timeout_s": 60.0}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize(
+    ("placement", "extra", "comm_phases"),
+    [
+        ("EP2", {}, ("dispatch", "combine")),
+        ("EP4", {}, ("dispatch", "combine")),
+        ("EP2xDP2", {}, ("dispatch", "combine")),
+        ("TP4", {}, ("attn_reduce_scatter", "moe_tp_gather", "moe_tp_scatter", "attn_all_gather")),
+        ("SP4", {"phase": "decode"}, ("sp_exchange", "dispatch", "combine")),
+    ],
+)
+def test_live_bytes_match_prediction_exactly(placement: str, extra: dict, comm_phases: tuple,
+                                             tmp_path: Path) -> None:
+    """Every rank's sent/received/local bytes per layer and phase, counted from the split sizes
+    handed to torch, equal the simulator's Traffic for the recorded (scaled) inputs."""
+    measurement = run_live(placement=placement, workdir=tmp_path, **SMALL, **extra)
+    traffic = traffic_for_inputs(measurement["inputs"])
+    assert check_bytes(measurement, traffic) == []
+    assert measurement["inputs"]["hidden_size"] == 64  # 4096 / 64
+    predicted = expected_bytes(traffic)
+    for phase in comm_phases:  # the phases this layout exercises really moved bytes
+        assert predicted[:, :, PHASES.index(phase), 0].sum() > 0, phase
+    times = np.array([[[r["phases"][p]["time_s"] for p in PHASES] for r in layer["ranks"]]
+                      for layer in measurement["per_layer"]])
+    assert times.shape == (2, traffic.world, len(PHASES))
+    assert (times >= 0).all() and times[:, :, PHASES.index("experts")].min() > 0
+    assert not list(tmp_path.iterdir())  # plan files are removed after a good run
+
+
+def test_failing_rank_gives_one_error_and_no_orphans(tmp_path: Path) -> None:
+    """A rank that raises ends the run with LiveRunError naming that rank and its error, and
+    every rank process is gone when run_live returns."""
+    with pytest.raises(LiveRunError, match=r"rank 1 failed: RuntimeError: injected failure"):
+        run_live(placement="EP2", workdir=tmp_path, inject_failure=(1, "raise"), **SMALL)
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_hanging_rank_hits_timeout_and_no_orphans(tmp_path: Path) -> None:
+    """A rank that hangs ends the run at --timeout-s with LiveRunError; nothing is left running."""
+    settings = {**SMALL, "timeout_s": 6.0}
+    with pytest.raises(LiveRunError, match=r"exceeded --timeout-s 6"):
+        run_live(placement="EP2", workdir=tmp_path, inject_failure=(0, "hang"), **settings)
+    assert _processes_mentioning(str(tmp_path)) == []

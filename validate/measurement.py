@@ -1,0 +1,332 @@
+"""Measurement: what a live run recorded, as one JSON document, and the check of its bytes.
+
+A measurement holds, per MoE layer, per rank and per *measured phase*, the median time over the
+repeats (`time_s`, plus `time_s_min`) and the bytes the rank passed to torch: `sent_bytes` and
+`recv_bytes` cross ranks, `local_bytes` stay on the rank (the diagonal of an all-to-all).
+Its `inputs` block records everything needed to ask the simulator for the same traffic: the
+model, the scale and the scaled sizes (`model_update`), the trace and the slice of it that ran,
+the placement, dtype, dedup, phase. `check_bytes` recomputes that Traffic and compares every
+layer, rank, phase and byte field exactly. This module never imports torch.
+
+Measured phases, in the order a layer runs them (`ENGINE_PHASE` maps each to the engine's):
+`sp_exchange` (SP attention exchange), `attn_reduce_scatter` (attention-TP ring reduce-scatter),
+`dispatch`, `moe_tp_gather`, `experts`, `moe_tp_scatter`, `combine`, `attn_all_gather`.
+Attention and router compute are not run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moesim.config import read_mapping
+from moesim.errors import ConfigError
+from moesim.models import ModelSpec, load_model
+from moesim.simulate import resolve_placement, resolve_trace
+from moesim.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic, ring_bytes_matrix
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "PHASES",
+    "ENGINE_PHASE",
+    "BYTE_FIELDS",
+    "Mismatch",
+    "scaled_model_update",
+    "live_inputs",
+    "traffic_for_inputs",
+    "phase_byte_matrices",
+    "expected_bytes",
+    "build_measurement",
+    "load_measurement",
+    "measured_bytes",
+    "check_bytes",
+    "predicted_times",
+]
+
+SCHEMA = "moesim-measurement"
+SCHEMA_VERSION = 1
+PHASES: tuple[str, ...] = (
+    "sp_exchange",
+    "attn_reduce_scatter",
+    "dispatch",
+    "moe_tp_gather",
+    "experts",
+    "moe_tp_scatter",
+    "combine",
+    "attn_all_gather",
+)
+# Measured phase -> engine phase (moesim.engine.plan.PHASES) it is compared with.
+ENGINE_PHASE: dict[str, str] = {
+    "sp_exchange": "attn_comm",
+    "attn_reduce_scatter": "attn_comm",
+    "dispatch": "dispatch",
+    "moe_tp_gather": "dispatch",
+    "experts": "experts",
+    "moe_tp_scatter": "combine",
+    "combine": "combine",
+    "attn_all_gather": "moe_comm",
+}
+BYTE_FIELDS: tuple[str, ...] = ("sent_bytes", "recv_bytes", "local_bytes")
+_SCALED_FIELDS = ("hidden_size", "expert_ffn_size", "shared_expert_ffn_size", "dense_ffn_size")
+_MLA_SCALED_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                      "v_head_dim")
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One byte count that differs between the measurement and the simulator."""
+
+    layer: int
+    rank: int
+    phase: str
+    field: str
+    measured: int
+    predicted: int
+
+    def __str__(self) -> str:
+        return (f"layer {self.layer} rank {self.rank} {self.phase} {self.field}: measured "
+                f"{self.measured}, predicted {self.predicted}")
+
+
+def _scaled(value: int, scale: float) -> int:
+    """`value * scale` rounded, at least 1 (0 stays 0: an absent part of the model)."""
+    return 0 if value == 0 else max(1, round(value * scale))
+
+
+def scaled_model_update(model: ModelSpec, scale: float, layers: int) -> dict[str, int]:
+    """ModelSpec fields to replace: widths times `scale`, head counts kept, `layers` MoE blocks."""
+    if not 0 < scale <= 1:
+        raise ConfigError(f"--scale {scale} must be in (0, 1]; e.g. 1/32 on CPU, 1 on GPUs")
+    update = {name: _scaled(getattr(model, name), scale) for name in _SCALED_FIELDS}
+    if model.attention == "mla":
+        update.update({name: _scaled(getattr(model, name), scale) for name in _MLA_SCALED_FIELDS})
+        update["head_dim"] = update["qk_nope_head_dim"] + update["qk_rope_head_dim"]
+    else:
+        update["head_dim"] = _scaled(model.head_dim, scale)
+    update["num_layers"] = model.first_dense_layers + layers
+    return update
+
+
+def live_inputs(
+    *,
+    model: str,
+    trace: str,
+    placement: str,
+    backend: str,
+    scale: float,
+    layers: int | None = None,
+    tokens: int | None = None,
+    act_dtype: str = "bf16",
+    dedup: str = "none",
+    phase: str = "prefill",
+    sp_variant: str = "ring",
+    warmup: int = 1,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """The `inputs` block of a live run, checked: resolves the model, trace slice and placement."""
+    spec = load_model(model)
+    router_trace, source = resolve_trace(trace)
+    if not source.startswith("bundled:"):
+        source = str(Path(source).resolve())
+    layers = router_trace.num_layers if layers is None else layers
+    tokens = router_trace.num_tokens if tokens is None else tokens
+    if not 1 <= layers <= router_trace.num_layers:
+        raise ConfigError(f"--layers {layers} must be in 1..{router_trace.num_layers} "
+                          f"(the trace's MoE layers)")
+    if not 1 <= tokens <= router_trace.num_tokens:
+        raise ConfigError(f"--tokens {tokens} must be in 1..{router_trace.num_tokens} "
+                          f"(the trace's tokens)")
+    if act_dtype not in ACT_DTYPE_BYTES or act_dtype == "fp8":
+        raise ConfigError(f"--act-dtype {act_dtype}: the live harness runs fp32, bf16 or fp16")
+    update = scaled_model_update(spec, scale, layers)
+    par = resolve_placement(placement)
+    return {
+        "model": model,
+        "model_name": spec.name,
+        "model_update": update,
+        "trace": source,
+        "tokens": tokens,
+        "layers": layers,
+        "placement": placement,
+        "parallelism": par.model_dump(exclude={"name"}),
+        "world": par.world,
+        "scale": scale,
+        "hidden_size_full": spec.hidden_size,
+        "hidden_size": update["hidden_size"],
+        "expert_ffn_size": update["expert_ffn_size"],
+        "act_dtype": act_dtype,
+        "act_bytes": ACT_DTYPE_BYTES[act_dtype],
+        "dedup": dedup,
+        "phase": phase,
+        "sp_variant": sp_variant,
+        "backend": backend,
+        "nproc": par.world,
+        "warmup": warmup,
+        "repeats": repeats,
+    }
+
+
+def traffic_for_inputs(inputs: dict[str, Any]) -> Traffic:
+    """The simulator's Traffic for a live run's recorded inputs (scaled model, trace slice)."""
+    model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
+    trace, _ = resolve_trace(inputs["trace"])
+    trace = trace.select_tokens(np.arange(int(inputs["tokens"])))
+    layers = int(inputs["layers"])
+    if layers < trace.num_layers:
+        trace = type(trace)(experts=trace.experts[:layers], seq_id=trace.seq_id, pos=trace.pos,
+                            weights=None if trace.weights is None else trace.weights[:layers],
+                            metadata=dict(trace.metadata))
+    par = resolve_placement(inputs["placement"])
+    return compute_traffic(trace, model, par, act_dtype=inputs["act_dtype"],
+                           dedup=inputs["dedup"], gpus_per_node=par.world,
+                           phase=inputs["phase"], sp_variant=inputs["sp_variant"])
+
+
+def _ring_matrix(traffic: Traffic, op: str) -> np.ndarray:
+    """Bytes `[W, W]` of one layer's attention-TP ring collectives of kind `op`."""
+    total = np.zeros((traffic.world, traffic.world), dtype=np.int64)
+    for coll in traffic.attn_collectives:
+        if coll.op == op:
+            total += ring_bytes_matrix(coll, traffic.world)
+    return total
+
+
+def phase_byte_matrices(traffic: Traffic) -> dict[str, np.ndarray]:
+    """Per measured phase the bytes `[L, W, W]` (src, dst) the simulator predicts."""
+    shape = traffic.dispatch_bytes.shape
+    per_layer = {
+        "sp_exchange": traffic.sp_bytes,
+        "attn_reduce_scatter": _ring_matrix(traffic, "reducescatter"),
+        "attn_all_gather": _ring_matrix(traffic, "allgather"),
+        "experts": np.zeros(shape[1:], dtype=np.int64),
+    }
+    matrices = {name: np.broadcast_to(m, shape) for name, m in per_layer.items()}
+    matrices.update(
+        dispatch=traffic.dispatch_bytes,
+        moe_tp_gather=traffic.moe_tp_gather_bytes,
+        moe_tp_scatter=traffic.moe_tp_scatter_bytes,
+        combine=traffic.combine_bytes,
+    )
+    return {name: matrices[name] for name in PHASES}
+
+
+def expected_bytes(traffic: Traffic) -> np.ndarray:
+    """Predicted `[L, W, P, 3]` bytes: (sent, received, local) per layer, rank and phase."""
+    out = np.zeros((traffic.num_layers, traffic.world, len(PHASES), 3), dtype=np.int64)
+    for p, matrix in enumerate(phase_byte_matrices(traffic).values()):
+        local = np.diagonal(matrix, axis1=1, axis2=2)  # [L, W]
+        out[:, :, p, 0] = matrix.sum(axis=2) - local
+        out[:, :, p, 1] = matrix.sum(axis=1) - local
+        out[:, :, p, 2] = local
+    return out
+
+
+def build_measurement(
+    inputs: dict[str, Any],
+    time_s: np.ndarray,
+    byte_counts: np.ndarray,
+    step_time_s: np.ndarray,
+    wall_s: float,
+) -> dict[str, Any]:
+    """Assemble the JSON document from `time_s[R, L, W, P]` (repeats), `byte_counts[L, W, P, 3]`
+    and `step_time_s[R, W]` (each rank's time over all layers per repeat)."""
+    median, fastest = np.median(time_s, axis=0), time_s.min(axis=0)
+    num_layers, world = byte_counts.shape[:2]
+
+    def record(layer: int, rank: int, p: int) -> dict[str, Any]:
+        counts = byte_counts[layer, rank, p]
+        return {"time_s": float(median[layer, rank, p]),
+                "time_s_min": float(fastest[layer, rank, p]),
+                **{field: int(counts[i]) for i, field in enumerate(BYTE_FIELDS)}}
+
+    per_layer = [
+        {"layer": layer, "ranks": [
+            {"rank": rank, "phases": {phase: record(layer, rank, p)
+                                      for p, phase in enumerate(PHASES)}}
+            for rank in range(world)]}
+        for layer in range(num_layers)
+    ]
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "inputs": inputs,
+        "phases": list(PHASES),
+        "engine_phase": ENGINE_PHASE,
+        "per_layer": per_layer,
+        "totals": _totals(median, byte_counts),
+        "step_time_s": float(np.median(step_time_s.max(axis=1))),
+        "wall_s": float(wall_s),
+    }
+
+
+def _totals(median_s: np.ndarray, byte_counts: np.ndarray) -> dict[str, Any]:
+    """Per phase: time (sum over layers of the slowest rank) and bytes summed over everything."""
+    phases = {
+        phase: {"time_s": float(median_s[:, :, p].max(axis=1).sum()),
+                **{f: int(byte_counts[:, :, p, i].sum()) for i, f in enumerate(BYTE_FIELDS)}}
+        for p, phase in enumerate(PHASES)
+    }
+    a2a = ("dispatch", "combine")
+    return {
+        "phases": phases,
+        "a2a_bytes": sum(phases[p]["sent_bytes"] for p in a2a),
+        "local_bytes": sum(phases[p]["local_bytes"] for p in a2a),
+    }
+
+
+def load_measurement(path: str | Path) -> dict[str, Any]:
+    """Read a measurement JSON, checking its schema and shape."""
+    data = read_mapping(path, "measurement")
+    if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(
+            f"measurement file {path}: schema {data.get('schema')!r} version "
+            f"{data.get('schema_version')!r} is not {SCHEMA!r} version {SCHEMA_VERSION}; "
+            "write it with `moesim validate live`"
+        )
+    for key in ("inputs", "per_layer"):
+        if key not in data:
+            raise ConfigError(f"measurement file {path}: field '{key}' is missing")
+    return data
+
+
+def measured_bytes(measurement: dict[str, Any]) -> np.ndarray:
+    """The measurement's bytes as `[L, W, P, 3]` (sent, received, local)."""
+    layers = measurement["per_layer"]
+    world = len(layers[0]["ranks"]) if layers else 0
+    out = np.zeros((len(layers), world, len(PHASES), 3), dtype=np.int64)
+    for entry in layers:
+        for rank_entry in entry["ranks"]:
+            for p, phase in enumerate(PHASES):
+                record = rank_entry["phases"].get(phase, {})
+                out[entry["layer"], rank_entry["rank"], p] = [record.get(f, 0) for f in BYTE_FIELDS]
+    return out
+
+
+def check_bytes(measurement: dict[str, Any], traffic: Traffic) -> list[Mismatch]:
+    """Every (layer, rank, phase, field) whose measured bytes differ from `traffic`'s."""
+    measured, predicted = measured_bytes(measurement), expected_bytes(traffic)
+    if measured.shape != predicted.shape:
+        raise ConfigError(
+            f"measurement has {measured.shape[0]} layers x {measured.shape[1]} ranks but the "
+            f"simulator's traffic has {predicted.shape[0]} x {predicted.shape[1]}; compare a "
+            "measurement with the inputs it records"
+        )
+    where = np.argwhere(measured != predicted)
+    return [
+        Mismatch(int(layer), int(rank), PHASES[p], BYTE_FIELDS[f],
+                 int(measured[layer, rank, p, f]), int(predicted[layer, rank, p, f]))
+        for layer, rank, p, f in where
+    ]
+
+
+def predicted_times(measurement: dict[str, Any], traffic: Traffic,
+                    topology: str | None = None) -> dict[str, Any] | None:
+    """The engine's predicted time per layer and measured phase for this run; None until the
+    engine is connected (then: {"per_layer": [{phase: seconds}], "step_time_s": seconds})."""
+    del measurement, traffic, topology
+    return None
+
