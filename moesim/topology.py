@@ -4,6 +4,9 @@
 `networkx.DiGraph`: nodes are devices with a `kind` attribute (gpu, nvswitch, pcie_switch,
 cpu, hostmem, nic, net_switch); edges are directed links carrying `bandwidth_bytes_per_s`
 (per direction), `latency_s`, `medium` and `origin` (the spec field that made them).
+An edge's `bandwidth_bytes_per_s` is its `nominal_bandwidth_bytes_per_s` (the spec's figure)
+times `link_efficiency[medium]` (1 if absent), the fraction collectives reach, as
+`moesim calibrate` fits it.
 GPUs are `gpu0..gpu{N-1}` in rank order; rank r lives on server `r // gpus_per_node`.
 
 Routing: traffic between two GPUs follows every shortest path by hop count (ties kept,
@@ -23,7 +26,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,7 @@ class Topology:
         self.gpus_per_node = spec.gpus_per_node
         self.num_gpus = spec.nodes * spec.gpus_per_node
         self.gpu_nodes = [f"gpu{rank}" for rank in range(self.num_gpus)]
+        self.collective_launch_s: float | None = spec.collective_launch_s
         self._cached_routes = functools.lru_cache(maxsize=None)(self._compute_routes)
 
     def __repr__(self) -> str:
@@ -165,6 +169,7 @@ class _Builder:
 
     graph: nx.DiGraph
     source: str
+    efficiency: dict[str, float] = field(default_factory=dict)  # per medium, 1 if absent
 
     def error(self, field: str, message: str) -> TopologyError:
         return TopologyError(f"{self.source}: field '{field}': {message}")
@@ -187,7 +192,8 @@ class _Builder:
         self.graph.add_edge(
             src,
             dst,
-            bandwidth_bytes_per_s=float(bandwidth),
+            bandwidth_bytes_per_s=float(bandwidth) * self.efficiency.get(medium, 1.0),
+            nominal_bandwidth_bytes_per_s=float(bandwidth),
             latency_s=float(latency),
             medium=medium,
             origin=field,
@@ -407,9 +413,20 @@ def _check_connected(b: _Builder, gpus: list[str]) -> None:
                 )
 
 
+def _check_efficiency_media(b: _Builder) -> None:
+    """Every `link_efficiency` key names a medium some link has (catches typos)."""
+    media = sorted({medium for _, _, medium in b.graph.edges(data="medium")})
+    for medium in b.efficiency:
+        if medium not in media:
+            raise b.error(
+                f"link_efficiency.{medium}",
+                f"no link has medium '{medium}'; this topology's media: {', '.join(media)}",
+            )
+
+
 def build_topology(spec: TopologySpec, source: str = "topology") -> Topology:
     """Expand a spec into a validated `Topology`; errors name `source` and the field."""
-    b = _Builder(nx.DiGraph(name=spec.name), source)
+    b = _Builder(nx.DiGraph(name=spec.name), source, dict(spec.link_efficiency))
     gpus = [f"gpu{rank}" for rank in range(spec.nodes * spec.gpus_per_node)]
     for rank, gpu in enumerate(gpus):
         b.graph.add_node(gpu, kind="gpu", rank=rank, p2p=True)
@@ -420,6 +437,7 @@ def build_topology(spec: TopologySpec, source: str = "topology") -> Topology:
     for index, link in enumerate(spec.links):
         _add_explicit_link(b, link, f"links[{index}]")
     _check_connected(b, gpus)
+    _check_efficiency_media(b)
     for gpu in gpus:
         if not b.graph.nodes[gpu]["p2p"]:
             try:

@@ -144,3 +144,13 @@ class TopologySpec(_Frozen):
     fabric: tuple[FabricBlock, ...] = ()
     extra_devices: dict[str, DeviceKind] = Field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
+    link_efficiency: dict[str, Fraction] = Field(
+        default_factory=dict,
+        description="per link medium (nvlink, pcie, network, ...): fraction of the nominal "
+        "bandwidth collectives reach; 1 where absent (fitted by `moesim calibrate`)",
+    )
+    collective_launch_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="fixed cost of one collective before bytes move; None: NCCL's default",
+    )

@@ -24,9 +24,9 @@ import re
 from typing import Any
 
 from moesim.engine.collectives import (
-    NCCL_LAUNCH_S,
     OPS,
     busbw_factor,
+    collective_launch_s,
     nccl_tests_alltoall_matrix,
     predict_collective,
 )
@@ -93,7 +93,10 @@ def collective_report(
         args: dict[str, Any] = {"bytes_matrix": nccl_tests_alltoall_matrix(n, size_bytes)}
     else:
         args = {"size_bytes": size_bytes}
-    result = predict_collective(topo, op, ranks, algorithm=algorithm, fidelity=fidelity, **args)
+    launch_s = collective_launch_s(topo)
+    result = predict_collective(
+        topo, op, ranks, algorithm=algorithm, fidelity=fidelity, launch_s=launch_s, **args
+    )
     algbw = size_bytes / result.time_s
     return {
         "op": op,
@@ -106,7 +109,7 @@ def collective_report(
         "fidelity": fidelity,
         "topology": topology,
         "network_bytes": result.network_bytes,
-        "launch_s": NCCL_LAUNCH_S,
+        "launch_s": launch_s,
     }
 
 

@@ -29,6 +29,7 @@ from moesim.errors import TopologyError
 
 __all__ = [
     "NCCL_LAUNCH_S",
+    "collective_launch_s",
     "OPS",
     "CollectiveResult",
     "CollectiveRun",
@@ -49,6 +50,12 @@ __all__ = [
 # latency of 8.4 us for Ring/Simple (NVIDIA/nccl src/graph/tuning.cc, `baseLat`, NCCL 2.1x;
 # LL protocols 6.6-6.8 us). We take 8.4 us for every collective here.
 NCCL_LAUNCH_S = 8.4e-6
+
+
+def collective_launch_s(topo: object) -> float:
+    """The topology's calibrated collective launch latency, else NCCL_LAUNCH_S."""
+    launch_s = getattr(topo, "collective_launch_s", None)
+    return NCCL_LAUNCH_S if launch_s is None else float(launch_s)
 
 OPS = ("alltoall", "allreduce", "allgather", "reducescatter")
 

@@ -21,7 +21,7 @@ import numpy as np
 import simpy
 
 from moesim.engine import analytic
-from moesim.engine.collectives import NCCL_LAUNCH_S, allgather, reducescatter
+from moesim.engine.collectives import allgather, collective_launch_s, reducescatter
 from moesim.engine.network import FlowNetwork, Routing
 from moesim.engine.plan import PHASES, StepPlan
 from moesim.engine.routes import RouteTable, build_route_table
@@ -83,11 +83,13 @@ def simulate_step(
     plan: StepPlan,
     topo: Routing,
     fidelity: str = "des",
-    launch_s: float = NCCL_LAUNCH_S,
+    launch_s: float | None = None,
     routes: RouteTable | None = None,
     time_quantum_s: float = DES_TIME_QUANTUM_S,
 ) -> StepTimeline:
-    """Run one step at `fidelity` (`des` or `analytic`)."""
+    """Run one step at `fidelity` (`des` or `analytic`); launch latency from the topology."""
+    if launch_s is None:
+        launch_s = collective_launch_s(topo)
     routes = routes or build_route_table(topo, plan.world)
     if fidelity == "des":
         return _DesStep(plan, topo, routes, launch_s, time_quantum_s).run()

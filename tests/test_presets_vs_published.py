@@ -1,0 +1,104 @@
+"""Presets against published nccl-tests measurements (8x H100 NVSwitch).
+
+Sources (transcribed, with their citations, in tests/data/nccl_tests/):
+- h100_8gpu_nvswitch_xxrjun.txt: github.com/xxrjun/nccl-tests-cluster, single-node log
+  nccl_N1_G8_cnode2-003.log, 8x H100 80GB HBM3, one GPU per process, NCCL 2.28.7;
+  alltoall, all_gather, reduce_scatter and (NVLS) all_reduce, 32 MiB-16 GiB.
+- h100_8gpu_ring_allreduce_together.txt: github.com/togethercomputer/together-nccl-tests,
+  benchmarks/H100/results/20260305_220043/all_reduce_ring.out, 8x H100, one process,
+  NCCL 2.26.2, ring all-reduce, 8 B-8 GiB.
+
+The dgx-h100 preset's `link_efficiency.nvlink` and `collective_launch_s` were fitted to these
+same rows (1 MiB-1 GiB), so the 15% checks below are in-sample: they prove the preset and the
+model reproduce the published curves, not that they extrapolate. The cross-check test fits
+one log and predicts the other cluster's. No published 8x H100 alltoall rows below 32 MiB
+were found, so alltoall is checked from 32 MiB. NVLS all-reduce is not modelled (xfail).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moesim.calibrate import (
+    Measurement,
+    calibrated_spec,
+    fit_topology,
+    measurements_from_sections,
+    predict_times_s,
+    read_nccl_tests,
+    topology_launch_s,
+)
+from moesim.config import load_model_file
+from moesim.engine.collectives import nccl_tests_alltoall_matrix, predict_collective
+from moesim.topology import build_topology, load_topology, resolve_topology_path
+from moesim.topology_spec import TopologySpec
+
+DATA = Path(__file__).parent / "data" / "nccl_tests"
+XXRJUN = DATA / "h100_8gpu_nvswitch_xxrjun.txt"
+TOGETHER = DATA / "h100_8gpu_ring_allreduce_together.txt"
+MIB = 2**20
+TOLERANCE = 0.15
+
+
+def _published(path: Path, op: str, low: int, high: int) -> list[Measurement]:
+    rows = measurements_from_sections(read_nccl_tests(path), min_size_bytes=low,
+                                      max_size_bytes=high)
+    return [m for m in rows if m.op == op]
+
+
+def _predicted_s(m: Measurement) -> float:
+    """`moesim collective --topology dgx-h100` for this row, DES, launch from the topology."""
+    topo = load_topology("dgx-h100")
+    if m.op == "alltoall":
+        args: dict = {"bytes_matrix": nccl_tests_alltoall_matrix(m.num_ranks, m.size_bytes)}
+    else:
+        args = {"size_bytes": m.size_bytes}
+    result = predict_collective(topo, m.op, range(m.num_ranks), fidelity="des",
+                                launch_s=topology_launch_s(topo), **args)
+    return result.time_s
+
+
+@pytest.mark.parametrize("m", _published(XXRJUN, "alltoall", 32 * MIB, 256 * MIB),
+                         ids=lambda m: f"{int(m.size_bytes) // MIB}MiB")
+def test_dgx_h100_alltoall_matches_published(m):
+    """8-GPU alltoall 32-256 MiB within 15% of the xxrjun H100 log (busbw 235-310 GB/s)."""
+    assert _predicted_s(m) == pytest.approx(m.time_s, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("op", ["allgather", "reducescatter"])
+def test_dgx_h100_allgather_reducescatter_match_published(op):
+    """8-GPU ring all-gather / reduce-scatter 32-256 MiB within 15% of the xxrjun H100 log."""
+    for m in _published(XXRJUN, op, 32 * MIB, 256 * MIB):
+        assert _predicted_s(m) == pytest.approx(m.time_s, rel=TOLERANCE), m
+
+
+@pytest.mark.parametrize("m", _published(TOGETHER, "allreduce", 1 * MIB, 256 * MIB),
+                         ids=lambda m: f"{int(m.size_bytes) // MIB}MiB")
+def test_dgx_h100_ring_allreduce_matches_published(m):
+    """8-GPU ring all-reduce 1-256 MiB within 15% of Together's H100 log (busbw 39-348 GB/s)."""
+    assert _predicted_s(m) == pytest.approx(m.time_s, rel=TOLERANCE)
+
+
+def test_fit_on_one_cluster_predicts_the_other():
+    """Fitted to xxrjun's alltoall/all-gather/reduce-scatter alone, the model predicts
+    Together's ring all-reduce (another cluster, NCCL version and launch mode) within 15% at
+    8-256 MiB; below that the two runs' launch floors differ (multi- vs single-process)."""
+    spec = load_model_file(TopologySpec, resolve_topology_path("dgx-h100"), "topology")
+    train = [m for m in measurements_from_sections(read_nccl_tests(XXRJUN), max_size_bytes=2**30)
+             if m.op != "allreduce"]
+    fit = fit_topology(spec, train, fidelity="analytic")
+    topo = build_topology(calibrated_spec(spec, fit.efficiency_by_medium, fit.launch_s))
+    test = _published(TOGETHER, "allreduce", 8 * MIB, 256 * MIB)
+    predicted = predict_times_s(topo, test, launch_s=fit.launch_s, fidelity="analytic")
+    for m, p in zip(test, predicted, strict=True):
+        assert p == pytest.approx(m.time_s, rel=TOLERANCE), m
+
+
+@pytest.mark.xfail(strict=True, reason="NVLS (NVLink SHARP) all-reduce is not modelled: the "
+                   "ring model is 15-43% slower than NCCL's default all-reduce on H100")
+def test_dgx_h100_default_nvls_allreduce_matches_published():
+    """NCCL's default (NVLS) all-reduce, 32-256 MiB of the xxrjun log, within 15%."""
+    for m in _published(XXRJUN, "allreduce", 32 * MIB, 256 * MIB):
+        assert _predicted_s(m) == pytest.approx(m.time_s, rel=TOLERANCE), m
