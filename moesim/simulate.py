@@ -100,15 +100,18 @@ def time_step(inputs: RunInputs, step: StepWorkload, traffic: Traffic):  # type:
     from moesim.engine.step import simulate_step
 
     sc = inputs.scenario
+    topology = inputs.topology
+    if topology is None:
+        raise ValueError("time_step needs a scenario with a topology")
     plan = build_step_plan(
         step,
         traffic,
         inputs.model,
-        inputs.topology.gpu_spec,
+        topology.gpu_spec,
         act_dtype=sc.act_dtype,
         weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype],
     )
-    return simulate_step(plan, inputs.topology, sc.fidelity)
+    return simulate_step(plan, topology, sc.fidelity)
 
 
 def describe_inputs(inputs: RunInputs, step: StepWorkload) -> dict[str, Any]:
@@ -152,8 +155,8 @@ def run_scenario(scenario: Scenario) -> dict[str, Any]:
     result = traffic_result(traffic, describe_inputs(inputs, step))
     if inputs.topology is None:
         return result
-    timelines = {scenario.phase: time_step(inputs, step, traffic)}
-    steps = {scenario.phase: step}
+    timelines: dict[str, Any] = {scenario.phase: time_step(inputs, step, traffic)}
+    steps: dict[str, StepWorkload] = {scenario.phase: step}
     if scenario.phase == "decode":
         timelines["prefill"], steps["prefill"] = _timed(inputs, "prefill")
     decode_times = [] if scenario.phase != "decode" else [timelines["decode"].step_s]

@@ -14,6 +14,7 @@ On uncontended, balanced cases the two agree (tested).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,15 @@ def _crosses(matrix: np.ndarray) -> bool:
 # ---- discrete-event fidelity ---------------------------------------------------------------
 
 
+def _succeed_callback(target: simpy.Event) -> Callable[[simpy.Event], None]:
+    """A simpy callback that fires `target` (used to chain a flow's end to a phase's event)."""
+
+    def callback(_ev: simpy.Event) -> None:
+        target.succeed()
+
+    return callback
+
+
 class _Pairwise:
     """A direct exchange of `matrix[src, dst]` bytes in which each rank starts on arrival."""
 
@@ -131,7 +141,7 @@ class _Pairwise:
         def start(_ev: simpy.Event) -> None:
             for dst, size, done in self.sends[rank]:
                 flow = net.transfer_multipath(paths[(rank, dst)], size)
-                flow.callbacks.append(lambda _f, done=done: done.succeed())
+                flow.callbacks.append(_succeed_callback(done))
 
         launch = env.timeout(self.step.launch_s)
         launch.callbacks.append(start)
@@ -159,7 +169,7 @@ class _GroupRing:
                 launch_s=self.step.launch_s,
             )
             for r, ev in zip(self.ranks, run.rank_done, strict=True):
-                ev.callbacks.append(lambda _e, r=r: self.done[r].succeed())
+                ev.callbacks.append(_succeed_callback(self.done[r]))
         return self.done[rank]
 
 
