@@ -9,12 +9,12 @@ import yaml
 from pydantic import ValidationError
 
 from moesim.errors import ConfigError, ModelError
+from moesim.hf_config import model_from_hf_config
 from moesim.models import (
     ModelSpec,
     get_model,
     list_models,
     load_model,
-    model_from_hf_config,
     model_spec_from_mapping,
 )
 

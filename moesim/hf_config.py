@@ -1,0 +1,152 @@
+"""Hugging Face `config.json` to ModelSpec, for Mixtral, Qwen2/3-MoE, OLMoE and DeepSeek-V2/V3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from moesim.config import read_mapping
+from moesim.errors import ModelError
+from moesim.models import ModelSpec, model_spec_from_mapping
+
+__all__ = ["model_from_hf_config"]
+
+# ---- Hugging Face config.json ------------------------------------------------------------
+# Key names follow transformers' MixtralConfig, Qwen2MoeConfig/Qwen3MoeConfig, OlmoeConfig and
+# DeepSeek's configuration_deepseek.py (DeepseekV2Config/DeepseekV3Config).
+
+_MOE_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
+
+
+def model_from_hf_config(
+    path_or_mapping: str | Path | dict[str, Any], name: str | None = None
+) -> ModelSpec:
+    """A ModelSpec from a Mixtral, Qwen2/3-MoE, OLMoE or DeepSeek-V2/V3 `config.json`."""
+    if isinstance(path_or_mapping, dict):
+        cfg, source, path = path_or_mapping, "Hugging Face config", None
+    else:
+        path = Path(path_or_mapping)
+        cfg, source = read_mapping(path, "Hugging Face config"), f"Hugging Face config {path}"
+    if not any(k in cfg for k in _MOE_KEYS) and isinstance(cfg.get("text_config"), dict):
+        cfg = cfg["text_config"]  # multimodal wrappers keep the language model here
+    if not any(k in cfg for k in _MOE_KEYS):
+        raise ModelError(
+            f"{source} has no MoE key: expected 'num_local_experts' (Mixtral), 'num_experts' "
+            "(Qwen2/3-MoE, OLMoE) or 'n_routed_experts' (DeepSeek-V2/V3); "
+            "moesim models Mixture-of-Experts models only"
+        )
+    fields = {"name": name or _hf_name(cfg, path), **_hf_common_fields(cfg, source)}
+    if "n_routed_experts" in cfg:
+        fields.update(_deepseek_fields(cfg, source))
+    elif "num_local_experts" in cfg:
+        fields.update(num_experts=_need(cfg, "num_local_experts", source),
+                      expert_ffn_size=_need(cfg, "intermediate_size", source))
+    elif "moe_intermediate_size" in cfg:
+        fields.update(_qwen_moe_fields(cfg, source))
+    else:  # OLMoE: num_experts, and intermediate_size is the per-expert size
+        fields.update(num_experts=_need(cfg, "num_experts", source),
+                      expert_ffn_size=_need(cfg, "intermediate_size", source))
+    return model_spec_from_mapping(fields, source)
+
+
+def _need(cfg: dict[str, Any], key: str, source: str) -> Any:
+    """cfg[key], or a ModelError naming the missing key."""
+    if cfg.get(key) is None:
+        raise ModelError(f"{source} has no '{key}', which this model family needs")
+    return cfg[key]
+
+
+def _opt(cfg: dict[str, Any], key: str, default: Any = 0) -> Any:
+    """cfg[key], with `default` where it is missing or null."""
+    value = cfg.get(key)
+    return default if value is None else value
+
+
+def _hf_name(cfg: dict[str, Any], path: Path | None) -> str:
+    """A readable name: the repo id it was saved from, else its folder or file name."""
+    if cfg.get("_name_or_path"):
+        return str(cfg["_name_or_path"]).rstrip("/").rsplit("/", 1)[-1]
+    if path is not None:
+        return path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+    return str(cfg.get("model_type", "hf-model"))
+
+
+def _hf_common_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """Fields every family spells the same way."""
+    hidden = _need(cfg, "hidden_size", source)
+    heads = _need(cfg, "num_attention_heads", source)
+    head_dim = cfg.get("head_dim")
+    if head_dim is None:
+        if not isinstance(hidden, int) or not isinstance(heads, int) or hidden % heads:
+            raise ModelError(f"{source} has no 'head_dim' and hidden_size / num_attention_heads "
+                             "is not a whole number")
+        head_dim = hidden // heads
+    return {
+        "hidden_size": hidden,
+        "num_layers": _need(cfg, "num_hidden_layers", source),
+        "vocab_size": _need(cfg, "vocab_size", source),
+        # These families' config classes default to untied embeddings.
+        "tie_embeddings": _opt(cfg, "tie_word_embeddings", False),
+        "num_attention_heads": heads,
+        "num_kv_heads": _opt(cfg, "num_key_value_heads", heads),
+        "head_dim": head_dim,
+        "top_k": _need(cfg, "num_experts_per_tok", source),
+    }
+
+
+def _qwen_moe_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """Qwen2-MoE / Qwen3-MoE: routed experts, an optional shared expert, leading dense blocks."""
+    if _opt(cfg, "decoder_sparse_step", 1) != 1:
+        raise ModelError(f"{source}: decoder_sparse_step {cfg['decoder_sparse_step']} interleaves "
+                         "dense and MoE blocks; ModelSpec models leading dense blocks only")
+    dense = sorted(_opt(cfg, "mlp_only_layers", []))
+    if dense != list(range(len(dense))):
+        raise ModelError(f"{source}: mlp_only_layers {dense} are not the leading blocks "
+                         "0..k-1; ModelSpec models leading dense blocks only")
+    shared_ffn = _opt(cfg, "shared_expert_intermediate_size")
+    return {
+        "num_experts": _need(cfg, "num_experts", source),
+        "expert_ffn_size": _need(cfg, "moe_intermediate_size", source),
+        "num_shared_experts": 1 if shared_ffn else 0,
+        "shared_expert_ffn_size": shared_ffn,
+        "first_dense_layers": len(dense),
+        "dense_ffn_size": _need(cfg, "intermediate_size", source) if dense else 0,
+    }
+
+
+def _deepseek_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """DeepSeek-V2/V3: routed and shared experts, leading dense blocks, MLA when configured."""
+    if _opt(cfg, "moe_layer_freq", 1) != 1:
+        raise ModelError(f"{source}: moe_layer_freq {cfg['moe_layer_freq']} interleaves dense "
+                         "and MoE blocks; ModelSpec models leading dense blocks only")
+    expert_ffn = _need(cfg, "moe_intermediate_size", source)
+    shared = _opt(cfg, "n_shared_experts")
+    dense = _opt(cfg, "first_k_dense_replace")
+    fields: dict[str, Any] = {
+        "num_experts": _need(cfg, "n_routed_experts", source),
+        "expert_ffn_size": expert_ffn,
+        "num_shared_experts": shared,
+        "shared_expert_ffn_size": expert_ffn if shared else 0,
+        "first_dense_layers": dense,
+        "dense_ffn_size": _need(cfg, "intermediate_size", source) if dense else 0,
+    }
+    if cfg.get("kv_lora_rank"):
+        fields.update(_mla_fields(cfg, source))
+    return fields
+
+
+def _mla_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """MLA sizes; K/V are expanded to every head, q.k uses the nope and rope parts."""
+    nope = _need(cfg, "qk_nope_head_dim", source)
+    rope = _need(cfg, "qk_rope_head_dim", source)
+    heads = _need(cfg, "num_attention_heads", source)
+    return {
+        "attention": "mla",
+        "q_lora_rank": _opt(cfg, "q_lora_rank"),
+        "kv_lora_rank": cfg["kv_lora_rank"],
+        "qk_nope_head_dim": nope,
+        "qk_rope_head_dim": rope,
+        "v_head_dim": _need(cfg, "v_head_dim", source),
+        "head_dim": nope + rope if isinstance(nope, int) and isinstance(rope, int) else nope,
+        "num_kv_heads": heads,
+    }
