@@ -1,0 +1,100 @@
+"""`moesim sweep GRID.yaml -o OUT.csv|OUT.parquet`: every point of a grid to one row each."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "plot_pareto"]
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `moesim sweep`."""
+    parser = commands.add_parser(
+        "sweep",
+        help="run a grid of scenarios to CSV/parquet (resumable; process pool or Ray)",
+        description="Run every point of a grid (models x traces x placements x batches x "
+        "contexts x topologies) and write one row per point. Rows are appended as they "
+        "finish; rerunning with the same output skips points already there.",
+    )
+    parser.add_argument("grid", help="grid YAML (see scenarios/grid-mixtral.yaml)")
+    parser.add_argument("-o", "--out", required=True, help="output .csv or .parquet")
+    parser.add_argument("--workers", type=int, help="local processes (default: all cores)")
+    parser.add_argument(
+        "--ray", metavar="ADDRESS", help="run on Ray: a cluster address, or 'local'"
+    )
+    parser.add_argument(
+        "--fidelity", choices=["analytic", "des"], help="override the grid's fidelity"
+    )
+    parser.add_argument("--max-points", type=int, help="stop after this many new points")
+    parser.add_argument("--plot", metavar="DIR", help="write the Pareto front plot here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from moesim.errors import ConfigError
+    from moesim.sweep import expand_grid, load_grid, parse_row, read_rows, run_sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    points = expand_grid(load_grid(args.grid), fidelity=args.fidelity)
+    summary = run_sweep(
+        points,
+        args.out,
+        workers=args.workers,
+        ray_address=args.ray,
+        max_points=args.max_points,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{summary.points} points: {summary.computed} computed, {summary.resumed} already in "
+        f"{summary.out}, {summary.feasible} feasible, {summary.remaining} left; "
+        f"{summary.wall_s:.1f} s -> {summary.out}"
+    )
+    if args.plot:
+        rows = [parse_row(row) for row in read_rows(summary.out)]
+        print(f"wrote {plot_pareto(rows, Path(args.plot))}")
+    return 0
+
+
+def plot_pareto(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Scatter of throughput per GPU against TPOT, Pareto front highlighted; returns the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from moesim.sweep import pareto_front
+
+    timed = [r for r in rows if r.get("feasible") and r.get("tpot_s") is not None]
+    front = pareto_front(timed)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter(
+        [r["tpot_s"] * 1e3 for r in timed],
+        [r["tokens_per_s_per_gpu"] for r in timed],
+        s=12,
+        color="0.7",
+        label="feasible points",
+    )
+    ax.plot(
+        [r["tpot_s"] * 1e3 for r in front],
+        [r["tokens_per_s_per_gpu"] for r in front],
+        "o-",
+        color="tab:red",
+        label="Pareto front",
+    )
+    for r in front:
+        label = f"{r['placement']} {r['topology']} b{r['batch']}"
+        ax.annotate(label, (r["tpot_s"] * 1e3, r["tokens_per_s_per_gpu"]), fontsize=7)
+    ax.set_xlabel("time per output token, TPOT (ms)")
+    ax.set_ylabel("decode throughput per GPU (tokens/s/GPU)")
+    ax.set_title("Sweep: throughput per GPU vs TPOT")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "pareto.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
