@@ -227,22 +227,38 @@ def _dispatch_counts(
     return direct + to_relay + forward
 
 
-def _rank_expert_tokens(
-    par: Parallelism, num_experts: int, src: np.ndarray, experts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens per expert globally `[L, E]` and per rank's local experts `[L, W, E/ep]`."""
+def _src_expert_counts(
+    src: np.ndarray, experts: np.ndarray, world: int, num_experts: int
+) -> np.ndarray:
+    """Token-expert pairs per (layer, dispatching rank, expert): `[L, W, E]`, one bincount."""
     num_layers = experts.shape[0]
-    replica = np.broadcast_to((src // (par.moe_tp * par.moe_ep)).reshape(1, -1, 1), experts.shape)
+    layer = np.arange(num_layers, dtype=np.int64).reshape(-1, 1, 1)
+    flat = (layer * world + src.reshape(1, -1, 1)) * num_experts + experts
+    counts = np.bincount(flat.ravel(), minlength=num_layers * world * num_experts)
+    return counts.reshape(num_layers, world, num_experts).astype(np.int64)
+
+
+def _dispatch_from_counts(par: Parallelism, counts: np.ndarray, num_experts: int) -> np.ndarray:
+    """Dedup `none` dispatch vectors `[L, W, W]` from per-(layer, src, expert) counts."""
+    num_layers, world, _ = counts.shape
+    ranks = par.ranks()
+    dst = expert_home_rank(par, num_experts, ranks[:, None], np.arange(num_experts)[None, :])
     layer = np.arange(num_layers).reshape(-1, 1, 1)
-    flat = (layer * par.moe_dp + replica) * num_experts + experts
-    per_replica = np.bincount(flat.ravel(), minlength=num_layers * par.moe_dp * num_experts)
-    per_replica = per_replica.reshape(num_layers, par.moe_dp, par.moe_ep, -1)  # [L, dp, ep, E/ep]
+    flat = (layer * world + ranks.reshape(1, -1, 1)) * world + dst[None, :, :]
+    out = np.bincount(flat.ravel(), weights=counts.ravel(), minlength=num_layers * world * world)
+    return out.reshape(num_layers, world, world).round().astype(np.int64)
+
+
+def _rank_expert_tokens(par: Parallelism, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens per expert globally `[L, E]` and per rank's local experts `[L, W, E/ep]`."""
+    num_layers, world, num_experts = counts.shape
+    replicas = counts.reshape(num_layers, par.moe_dp, world // par.moe_dp, num_experts).sum(axis=2)
+    per_replica = replicas.reshape(num_layers, par.moe_dp, par.moe_ep, -1)  # [L, dp, ep, E/ep]
     ranks = par.ranks()
     rank_replica = ranks // (par.moe_tp * par.moe_ep)
     rank_ep = (ranks // par.moe_tp) % par.moe_ep
     rank_tokens = per_replica[:, rank_replica, rank_ep, :]  # [L, W, E/ep]
-    expert_load = per_replica.sum(axis=1).reshape(num_layers, num_experts)
-    return expert_load.astype(np.int64), rank_tokens.astype(np.int64)
+    return counts.sum(axis=1), rank_tokens
 
 
 def _moe_tp_gather(par: Parallelism, unique_rows: np.ndarray, hidden_bytes: int) -> np.ndarray:
@@ -368,17 +384,20 @@ def compute_traffic(
         )
     act_bytes = ACT_DTYPE_BYTES[act_dtype]
     hidden_bytes = model.hidden_size * act_bytes
-    experts = trace.experts.astype(np.int64)  # [L, T, k]
+    experts = trace.experts  # [L, T, k] int16
     src = token_source_rank(par, trace.num_tokens)  # [T]
-    dst = expert_home_rank(par, model.num_experts, src.reshape(1, -1, 1), experts)  # [L, T, k]
-    dispatch = _dispatch_counts(src, dst, par.world, gpus_per_node, dedup) * hidden_bytes
-    # distinct tokens each rank received: only the MoE-TP all-gather needs them
-    unique_rows = (
-        _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
-        if par.moe_tp > 1
-        else np.zeros((trace.num_layers, par.world), dtype=np.int64)
-    )
-    expert_load, rank_tokens = _rank_expert_tokens(par, model.num_experts, src, experts)
+    counts = _src_expert_counts(src, experts, par.world, model.num_experts)  # [L, W, E]
+    unique_rows = np.zeros((trace.num_layers, par.world), dtype=np.int64)
+    if dedup == "none":
+        dispatch = _dispatch_from_counts(par, counts, model.num_experts)
+    if dedup != "none" or par.moe_tp > 1:  # per-token destinations are needed
+        dst = expert_home_rank(par, model.num_experts, src.reshape(1, -1, 1), experts)
+        if dedup != "none":
+            dispatch = _dispatch_counts(src, dst, par.world, gpus_per_node, dedup)
+        if par.moe_tp > 1:  # distinct tokens each rank received, for the MoE-TP all-gather
+            unique_rows = _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
+    dispatch = dispatch * hidden_bytes
+    expert_load, rank_tokens = _rank_expert_tokens(par, counts)
     group_tokens = block_sizes(trace.num_tokens, par.token_groups)
     return Traffic(
         parallelism=par,
