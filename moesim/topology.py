@@ -220,6 +220,9 @@ def _gpu(spec: TopologySpec, server: int, local: int) -> str:
 def _build_nvswitch(b: _Builder, spec: TopologySpec, block: NvSwitchFabric, field: str) -> None:
     for server in range(spec.nodes):
         switch = b.device(f"nvswitch{server}", "nvswitch", field)
+        b.graph.nodes[switch]["nvls"] = block.nvls  # read by the NVLS all-reduce
+        b.graph.nodes[switch]["nvls_efficiency"] = block.nvls_efficiency
+        b.graph.nodes[switch]["nvls_latency_s"] = block.nvls_latency_s
         for local in range(spec.gpus_per_node):
             b.connect(
                 _gpu(spec, server, local),

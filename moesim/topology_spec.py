@@ -73,11 +73,20 @@ class LinkSpec(_Frozen):
 
 
 class NvSwitchFabric(_Frozen):
-    """Per server: each GPU has one port of `port_bandwidth_bytes_per_s` to `nvswitch{n}`."""
+    """Per server: each GPU has one port of `port_bandwidth_bytes_per_s` to `nvswitch{n}`.
+
+    `nvls` says the switch reduces in-network (NVLink SHARP, NVSwitch gen 3+ with H100/H200),
+    so all-reduce within the server may run NCCL's NVLS algorithm; `nvls_efficiency` is the
+    fraction of the nominal port bandwidth NVLS traffic reaches (None: as other traffic) and
+    `nvls_latency_s` a fixed cost an NVLS all-reduce pays on top of the collective launch.
+    """
 
     kind: Literal["nvswitch"]
     port_bandwidth_bytes_per_s: Bandwidth
     latency_s: Latency
+    nvls: bool = False
+    nvls_efficiency: Fraction | None = None
+    nvls_latency_s: Latency = 0.0
 
 
 class PcieTreeFabric(_Frozen):

@@ -13,6 +13,7 @@ from moesim.cli.collective import parse_bytes
 from moesim.engine import analytic
 from moesim.engine.collectives import (
     OPS,
+    allreduce,
     alltoall,
     busbw_factor,
     double_binary_tree_edges,
@@ -21,6 +22,10 @@ from moesim.engine.collectives import (
     simulate_collective,
 )
 from moesim.engine.network import FlowNetwork
+from moesim.errors import TopologyError
+from moesim.topology import build_topology
+from moesim.topology_spec import TopologySpec
+from tests.conftest import ROUND_GPU
 
 S = 1e9  # bytes
 B = 100e9  # bytes/s per direction, every fixture link
@@ -211,3 +216,110 @@ def test_cli_rejects_bad_size_and_too_many_gpus(capsys):
     assert main(["collective", "--topology", "dgx-h100", "--op", "alltoall", "--gpus", "64",
                  "--bytes", "1M"]) == 2
     assert "--gpus 64" in capsys.readouterr().err
+
+
+# ---- NVLS (NVLink SHARP) all-reduce --------------------------------------------------------
+
+
+def _nvls_switch(n=8, *, nvls=True, nvls_efficiency=None, nvls_latency_s=0.0,
+                 link_efficiency=None):
+    """n GPUs on one nvswitch fabric block (B per port direction, LAT per port)."""
+    block = {"kind": "nvswitch", "port_bandwidth_bytes_per_s": B, "latency_s": LAT,
+             "nvls": nvls, "nvls_efficiency": nvls_efficiency, "nvls_latency_s": nvls_latency_s}
+    spec = TopologySpec.model_validate({
+        "name": "nvls_switch", "gpu_spec": ROUND_GPU, "gpus_per_node": n, "fabric": [block],
+        "link_efficiency": link_efficiency or {},
+    })
+    return build_topology(spec, source="fixture nvls_switch")
+
+
+def test_nvls_allreduce_closed_form():
+    """NVLS: every port carries S(n+1)/n each way at once; the first chunk crosses a port four
+    times, so t = S(n+1)/n / B + 4 lat, and S(n+1) bytes go into the switch."""
+    n = 8
+    expected = S * (n + 1) / n / B + 4 * LAT
+    for result in _both(_nvls_switch(n), "allreduce", n, size_bytes=S, algorithm="nvls"):
+        assert result.algorithm == "nvls"
+        assert result.time_s == pytest.approx(expected, rel=1e-9)
+        np.testing.assert_allclose(result.rank_times_s, expected, rtol=1e-9)
+        assert result.network_bytes == pytest.approx((n + 1) * S)
+
+
+def test_nvls_busbw_tends_to_2_n_minus_1_over_n_plus_1_of_port():
+    """nccl-tests busbw of NVLS = algbw * 2(n-1)/n -> B * 2(n-1)/(n+1): 14/9 B at n=8, the
+    '~480 GB/s on 8 GPUs' of NVIDIA/nccl-tests issue 212 from a ~309 GB/s effective port."""
+    n, size = 8, 1e13
+    result = simulate_collective(_nvls_switch(n), "allreduce", range(n), size_bytes=size,
+                                 algorithm="nvls")
+    busbw = size / result.time_s * busbw_factor("allreduce", n)
+    assert busbw == pytest.approx(B * 2 * (n - 1) / (n + 1), rel=1e-4)
+
+
+def test_nvls_efficiency_and_latency_are_nominal_relative_and_additive():
+    """nvls_efficiency scales the NOMINAL port (whatever link_efficiency says for other
+    traffic); nvls_latency_s is added once: t = S(n+1)/n / (0.8 B) + 4 lat + 5 us."""
+    n = 4
+    topo = _nvls_switch(n, nvls_efficiency=0.8, nvls_latency_s=5e-6,
+                        link_efficiency={"nvlink": 0.5})
+    expected = S * (n + 1) / n / (0.8 * B) + 4 * LAT + 5e-6
+    for result in _both(topo, "allreduce", n, size_bytes=S, algorithm="nvls"):
+        assert result.time_s == pytest.approx(expected, rel=1e-9)
+        assert result.network_bytes == pytest.approx((n + 1) * S)  # payload, not wire bytes
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+@pytest.mark.parametrize("efficiency", [None, 0.7])
+def test_nvls_des_matches_analytic(n, efficiency):
+    """NVLS on an idle switch: DES and closed form agree within 1% (here exactly)."""
+    topo = _nvls_switch(8, nvls_efficiency=efficiency, nvls_latency_s=3e-6)
+    des = simulate_collective(topo, "allreduce", range(n), size_bytes=S, algorithm="nvls")
+    closed = analytic.predict(topo, "allreduce", range(n), size_bytes=S, algorithm="nvls")
+    assert des.time_s == pytest.approx(closed.time_s, rel=0.01)
+    assert des.network_bytes == pytest.approx(closed.network_bytes)
+
+
+def test_two_concurrent_nvls_allreduces_share_the_ports():
+    """Two NVLS all-reduces on the same GPUs at once take twice as long to stream."""
+    n = 8
+    topo = _nvls_switch(n)
+    env = simpy.Environment()
+    net = FlowNetwork(env, topo.graph)
+    runs = [allreduce(net, topo, range(n), S, algorithm="nvls", launch_s=0.0) for _ in range(2)]
+    env.run(until=env.all_of([run.done for run in runs]))
+    expected = 2 * S * (n + 1) / n / B + 4 * LAT
+    for run in runs:
+        assert run.result().time_s == pytest.approx(expected, rel=1e-9)
+
+
+def test_auto_picks_nvls_only_where_it_wins():
+    """auto: ring at n=2 (NVLS moves 1.5 S per port, ring S) and wherever the switch has no
+    NVLS; NVLS at n=8 (9/8 S vs ring's 14/8 S per port); DES and analytic agree on it."""
+    with_nvls, without = _nvls_switch(8), _nvls_switch(8, nvls=False)
+    def algo(topo, n, fidelity):
+        return predict_collective(topo, "allreduce", range(n), size_bytes=S,
+                                  algorithm="auto", fidelity=fidelity).algorithm
+
+    for fidelity in ("des", "analytic"):
+        assert algo(with_nvls, 2, fidelity) == "ring"
+        assert algo(with_nvls, 8, fidelity) == "nvls"
+        assert algo(without, 8, fidelity) == "ring"
+
+
+def test_nvls_needs_an_nvls_switch():
+    """Explicit `nvls` on a fabric without NVLS (or ranks on no common switch) is a
+    TopologyError naming the fix, not a wrong answer."""
+    with pytest.raises(TopologyError, match="nvls: true"):
+        simulate_collective(_nvls_switch(8, nvls=False), "allreduce", range(8), size_bytes=S,
+                            algorithm="nvls")
+
+
+def test_cli_runs_nvls_by_default_on_dgx_h100(capsys):
+    """`moesim collective` defaults to --algorithm auto: NVLS for 1 GiB on 8 GPUs of dgx-h100
+    (nvls: true), ring on hgx-a100 (A100's NVSwitch has no NVLink SHARP)."""
+    for topology, expected in (("dgx-h100", "nvls"), ("hgx-a100", "ring")):
+        assert main(["collective", "--topology", topology, "--op", "allreduce",
+                     "--bytes", "1G", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["algorithm"] == expected
+    assert main(["collective", "--topology", "hgx-a100", "--op", "allreduce",
+                 "--bytes", "1G", "--algorithm", "nvls"]) == 2
+    assert "nvls: true" in capsys.readouterr().err

@@ -10,6 +10,10 @@ prediction lines up with a row of an nccl-tests log:
 - reducescatter: the full input buffer, N x each rank's result
   (nccl-tests doc/PERFORMANCE.md: "S is the size in bytes of the total array").
 
+All-reduce runs `--algorithm auto` by default: NVLS (NVLink SHARP) on an NVSwitch whose
+fabric block says `nvls: true` when it beats ring, else ring, as NCCL's default picks; the
+report names the algorithm that ran.
+
 Bandwidths follow nccl-tests doc/PERFORMANCE.md: algbw = B / t; busbw = algbw x factor with
 factor 2(N-1)/N for allreduce and (N-1)/N for alltoall, allgather and reducescatter.
 Sizes accept nccl-tests' binary suffixes (1K = 1024, 1M = 2^20, 1G = 2^30, as its `-b`
@@ -24,6 +28,7 @@ import re
 from typing import Any
 
 from moesim.engine.collectives import (
+    ALLREDUCE_ALGORITHMS,
     OPS,
     busbw_factor,
     collective_launch_s,
@@ -55,8 +60,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="per-rank buffer as nccl-tests counts it, e.g. 1M, 256MiB, 1e9")
     parser.add_argument("--fidelity", choices=("des", "analytic"), default="des",
                         help="des: flows with max-min sharing; analytic: bottleneck bound")
-    parser.add_argument("--algorithm", choices=("ring", "tree"), default="ring",
-                        help="allreduce algorithm (others always use ring / direct)")
+    parser.add_argument("--algorithm", choices=ALLREDUCE_ALGORITHMS, default="auto",
+                        help="allreduce algorithm; auto: NVLS where the NVSwitch supports it "
+                             "and it is faster, else ring, as NCCL picks (other ops always "
+                             "use ring / direct)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=_run)
 

@@ -11,6 +11,10 @@ exactly as the DES runs them:
 - ring all-gather / reduce-scatter: launch + (n-1) steps of S/n.
 - double-binary-tree all-reduce: launch + 2 * depth * latency + max link load / bandwidth
   over all tree-edge flows (pipelined steady state).
+- NVLS all-reduce: launch + fill (three port latencies) + the slowest port flow, each port
+  carrying S(n+1)/n each way; on uniform ports `S(n+1)/n / B + 4 * latency`.
+- `auto` all-reduce: NVLS when the ranks share an `nvls` switch and it beats ring, else ring
+  (`choose_allreduce_algorithm`).
 
 Functions mirror `collectives` (minus the network argument) and return `CollectiveResult`.
 """
@@ -22,11 +26,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from moesim.engine.collectives import (
+    ALLREDUCE_ALGORITHMS,
     NCCL_LAUNCH_S,
     OPS,
     CollectiveResult,
     check_ranks,
     double_binary_tree_edges,
+    nvls_fill_s,
+    nvls_flows,
+    nvls_port_bytes,
+    nvls_switch,
     tree_depth,
 )
 from moesim.engine.network import Edge, Links, Routing
@@ -37,6 +46,7 @@ __all__ = [
     "allreduce",
     "allgather",
     "reducescatter",
+    "choose_allreduce_algorithm",
     "predict",
 ]
 
@@ -104,14 +114,33 @@ def allreduce(
     algorithm: str = "ring",
     launch_s: float = NCCL_LAUNCH_S,
 ) -> CollectiveResult:
-    """All-reduce bound by `ring` (2(n-1) steps of S/n) or pipelined double binary `tree`."""
+    """All-reduce bound by `ring` (2(n-1) steps of S/n), pipelined `tree`, `nvls` or `auto`."""
     ranks = check_ranks(ranks)
     n = len(ranks)
+    if algorithm == "auto":
+        algorithm = choose_allreduce_algorithm(topo, ranks, size_bytes, launch_s=launch_s)
     if algorithm == "ring":
         return _ring(topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s)
     if algorithm == "tree":
         return _tree_allreduce(topo, ranks, size_bytes, launch_s)
-    raise ValueError(f"allreduce algorithm must be 'ring' or 'tree', got {algorithm!r}")
+    if algorithm == "nvls":
+        return _nvls_allreduce(topo, ranks, size_bytes, launch_s)
+    raise ValueError(
+        f"allreduce algorithm must be one of {', '.join(ALLREDUCE_ALGORITHMS)}, got {algorithm!r}"
+    )
+
+
+def choose_allreduce_algorithm(
+    topo: Routing, ranks: Sequence[int], size_bytes: float, *, launch_s: float = NCCL_LAUNCH_S
+) -> str:
+    """What `auto` runs: `nvls` if the ranks share an `nvls` switch and it is faster, else ring."""
+    ranks = check_ranks(ranks)
+    if len(ranks) < 2 or nvls_switch(topo, ranks) is None:
+        return "ring"
+    n = len(ranks)
+    ring_s = _ring(topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s).time_s
+    nvls_s = _nvls_allreduce(topo, ranks, size_bytes, launch_s).time_s
+    return "nvls" if nvls_s < ring_s else "ring"
 
 
 def allgather(
@@ -163,6 +192,18 @@ def _tree_allreduce(
         latency_s, drain_s = _latency_and_drain_s(links, flows)
         total_s += 2 * tree_depth(n) * float(latency_s.max()) + float(drain_s.max())
     return CollectiveResult("allreduce", ranks, 0.0, np.full(n, total_s), half * len(flows), "tree")
+
+
+def _nvls_allreduce(
+    topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
+) -> CollectiveResult:
+    n = len(ranks)
+    flows: list[Flow] = [([path], wire) for path, wire in nvls_flows(topo, ranks, size_bytes)]
+    total_s = launch_s + nvls_fill_s(topo, ranks)
+    if n > 1:
+        total_s += float(concurrent_flow_times_s(Links.from_graph(topo.graph), flows).max())
+    network_bytes = n * nvls_port_bytes(n, size_bytes)
+    return CollectiveResult("allreduce", ranks, 0.0, np.full(n, total_s), network_bytes, "nvls")
 
 
 def predict(

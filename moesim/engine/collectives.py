@@ -14,6 +14,23 @@ all its sends and receives are done. Algorithms (alpha-beta, as NCCL documents t
   two complementary heap-ordered binary trees (the second over the reversed ring order),
   each reducing up and broadcasting down half the buffer; all tree-edge flows stream at
   once (pipelining) and the pipeline fill costs 2*depth path latencies in total.
+- NVLS all-reduce (NVLink SHARP, NCCL's default on H100/H200 NVSwitch): the switch reduces.
+  Each GPU owns 1/n of the buffer: `multimem.ld_reduce` makes the switch pull that slice
+  from all n GPUs and return the sum ("it would pull data from all 4 GPUs and give us the
+  final result", sjeaugey, NVIDIA/nccl issue #828), then `multimem.st` sends the sum up once
+  and the switch multicasts it to all n. Per GPU port that is S + S/n up and S/n + S down
+  (for reduce-scatter / all-gather alone: "size in one direction and 1/N*size in the
+  other", NVIDIA/nccl issue #1506), so `nvls_port_bytes = S(n+1)/n` each way, all streaming
+  at once; the first chunk crosses a port four times, so the fill adds three port latencies,
+  plus the switch's `nvls_latency_s` (a fitted fixed cost; NCCL's tuner likewise gives NVLS
+  its own latency, `hwLat[NVLINK][NVLS][SIMPLE]`, src/graph/tuning.cc).
+  NVLS traffic may reach a different fraction of the port than other traffic
+  (`nvls_efficiency` on the nvswitch fabric block): its flows carry `nvls_port_bytes`
+  scaled by (link bandwidth / (nominal bandwidth x nvls_efficiency)), so alone on a port
+  they stream at nominal x nvls_efficiency.
+- `algorithm="auto"` (all-reduce): NVLS where every rank sits on one switch with `nvls`
+  and its closed form is faster than ring's (NCCL's tuner likewise picks its fastest
+  modelled algorithm; at 2-3 GPUs NVLS moves more bytes than ring), else ring.
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from moesim.engine.network import FlowNetwork, Routing
+from moesim.engine.network import Edge, FlowNetwork, Routing
 from moesim.errors import TopologyError
 
 __all__ = [
@@ -39,6 +56,12 @@ __all__ = [
     "reducescatter",
     "double_binary_tree_edges",
     "tree_depth",
+    "ALLREDUCE_ALGORITHMS",
+    "NVLS_FILL_PORT_CROSSINGS",
+    "nvls_switch",
+    "nvls_port_bytes",
+    "nvls_flows",
+    "nvls_fill_s",
     "check_ranks",
     "busbw_factor",
     "nccl_tests_alltoall_matrix",
@@ -57,7 +80,12 @@ def collective_launch_s(topo: object) -> float:
     launch_s = getattr(topo, "collective_launch_s", None)
     return NCCL_LAUNCH_S if launch_s is None else float(launch_s)
 
+
 OPS = ("alltoall", "allreduce", "allgather", "reducescatter")
+ALLREDUCE_ALGORITHMS = ("ring", "tree", "nvls", "auto")
+# Port crossings of the first NVLS chunk (up, reduced down, up, multicast down) beyond the
+# one every streaming flow already pays: the pipeline fill.
+NVLS_FILL_PORT_CROSSINGS = 3
 
 
 @dataclass(frozen=True)
@@ -151,14 +179,22 @@ def allreduce(
     algorithm: str = "ring",
     launch_s: float = NCCL_LAUNCH_S,
 ) -> CollectiveRun:
-    """All-reduce of a `size_bytes` buffer on every rank, by `ring` or double binary `tree`."""
+    """All-reduce of a `size_bytes` buffer on every rank: `ring`, `tree`, `nvls` or `auto`."""
     ranks = check_ranks(ranks)
     n = len(ranks)
+    if algorithm == "auto":
+        from moesim.engine.analytic import choose_allreduce_algorithm  # avoids an import cycle
+
+        algorithm = choose_allreduce_algorithm(topo, ranks, size_bytes, launch_s=launch_s)
     if algorithm == "ring":
         return _ring(net, topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s)
     if algorithm == "tree":
         return _tree_allreduce(net, topo, ranks, size_bytes, launch_s)
-    raise ValueError(f"allreduce algorithm must be 'ring' or 'tree', got {algorithm!r}")
+    if algorithm == "nvls":
+        return _nvls_allreduce(net, topo, ranks, size_bytes, launch_s)
+    raise ValueError(
+        f"allreduce algorithm must be one of {', '.join(ALLREDUCE_ALGORITHMS)}, got {algorithm!r}"
+    )
 
 
 def allgather(
@@ -262,6 +298,94 @@ def _tree_allreduce(
 
     env.timeout(launch_s).callbacks.append(start)
     return _run("allreduce", ranks, env, rank_done, 2 * half * len(edges), "tree")
+
+
+# ---- NVLS (NVLink SHARP) -----------------------------------------------------------------
+
+
+def nvls_switch(topo: Routing, ranks: Sequence[int]) -> str | None:
+    """The one `nvls` switch every rank's GPU (`gpu{rank}`) has a port to, else None."""
+    graph = topo.graph
+    found: set[str] = set()
+    for rank in ranks:
+        gpu = f"gpu{rank}"
+        if gpu not in graph:
+            return None
+        ports = [
+            node for node in graph.successors(gpu)
+            if graph.nodes[node].get("kind") == "nvswitch" and graph.nodes[node].get("nvls")
+        ]
+        if not ports:
+            return None
+        found.update(ports)
+    return found.pop() if len(found) == 1 else None
+
+
+def nvls_port_bytes(n: int, size_bytes: float) -> float:
+    """Payload bytes an NVLS all-reduce moves each way on every GPU port: S(n+1)/n."""
+    return size_bytes * (n + 1) / n if n > 1 else 0.0
+
+
+def nvls_flows(
+    topo: Routing, ranks: Sequence[int], size_bytes: float
+) -> list[tuple[list[Edge], float]]:
+    """Each rank's port flows, up then down, as (one-edge path, wire bytes)."""
+    switch = nvls_switch(topo, ranks)
+    if switch is None:
+        raise TopologyError(
+            f"allreduce algorithm 'nvls' needs every rank ({list(ranks)}) on one NVSwitch "
+            "with `nvls: true` in its fabric block; use --algorithm ring or auto"
+        )
+    payload = nvls_port_bytes(len(ranks), size_bytes)
+    efficiency = topo.graph.nodes[switch].get("nvls_efficiency")
+    flows: list[tuple[list[Edge], float]] = []
+    for rank in ranks:
+        for edge in ((f"gpu{rank}", switch), (switch, f"gpu{rank}")):
+            flows.append(([edge], payload * _nvls_wire_factor(topo, edge, efficiency)))
+    return flows
+
+
+def _nvls_wire_factor(topo: Routing, edge: Edge, efficiency: float | None) -> float:
+    """Wire bytes per payload byte, so that NVLS alone streams at nominal x efficiency."""
+    if efficiency is None:
+        return 1.0
+    attrs = topo.graph.edges[edge]
+    nominal = attrs.get("nominal_bandwidth_bytes_per_s", attrs["bandwidth_bytes_per_s"])
+    return float(attrs["bandwidth_bytes_per_s"]) / (float(nominal) * efficiency)
+
+
+def nvls_fill_s(topo: Routing, ranks: Sequence[int]) -> float:
+    """Fixed part of an NVLS all-reduce: three more slowest-port crossings + `nvls_latency_s`."""
+    flows = nvls_flows(topo, ranks, 0.0)
+    if len(ranks) < 2:
+        return 0.0
+    switch = flows[0][0][0][1]
+    worst = max(float(topo.graph.edges[path[0]]["latency_s"]) for path, _ in flows)
+    extra_s = float(topo.graph.nodes[switch].get("nvls_latency_s") or 0.0)
+    return NVLS_FILL_PORT_CROSSINGS * worst + extra_s
+
+
+def _nvls_allreduce(
+    net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
+) -> CollectiveRun:
+    env = net.env
+    n = len(ranks)
+    flows = nvls_flows(topo, ranks, size_bytes)
+    fill_s = nvls_fill_s(topo, ranks)
+    rank_done = [env.event() for _ in range(n)]
+
+    def start(_ev: simpy.Event) -> None:
+        env.process(finish([net.transfer(path, wire) for path, wire in flows]))
+
+    def finish(events: list[simpy.Event]) -> Generator[simpy.Event, object, None]:
+        yield env.all_of(events)  # every rank's result needs every rank's slice: one end
+        yield env.timeout(fill_s)
+        for ev in rank_done:
+            ev.succeed(env.now)
+
+    env.timeout(launch_s).callbacks.append(start)
+    network_bytes = n * nvls_port_bytes(n, size_bytes)  # payload into the switch
+    return _run("allreduce", ranks, env, rank_done, network_bytes, "nvls")
 
 
 # ---- helpers ------------------------------------------------------------------------------
