@@ -33,11 +33,9 @@ Mixtral. The fit is deterministic (fixed pilot seed).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +53,13 @@ from moesim.trace.synth import (
     sequence_layout,
     sequence_popularity,
 )
+from moesim.trace.variation import (
+    MIN_SEQUENCE_TOKENS,
+    MIN_SEQUENCES,
+    mmlu_concentration,
+    sequence_concentration,
+    summarise_mmlu_fractions,
+)
 
 __all__ = [
     "FitTargets",
@@ -70,16 +75,22 @@ __all__ = [
     "SEGMENT_TOKENS",
 ]
 
-MIN_SEQUENCES = 8  # sequences needed to estimate the per-sequence concentration from a trace
-MIN_SEQUENCE_TOKENS = 32  # tokens a sequence needs to count towards MIN_SEQUENCES
 SEGMENT_TOKENS = 64  # window of the within-sequence drift fit (the batch the tests compare)
 _COUNT_FLOOR = 0.01  # pseudo-count per expert so no expert has probability 0
 _PILOT_SEQUENCES, _PILOT_TOKENS = 128, 256  # pilot trace for the repetition calibration
 _PILOT_SEED = 20240108  # fixed: fitting is deterministic (any constant would do)
 _CALIBRATION_STEPS = 4
 _SHARE_CHECK = 0.008  # ~3 sampling SE of a pilot share (32k tokens in 64-token segments)
-_STATS_FIELDS = ("num_layers", "num_experts", "top_k", "num_tokens", "tokens_per_expert",
-                 "first_choice_counts", "repeat_first_pct", "repeat_any_pct")
+_STATS_FIELDS = (
+    "num_layers",
+    "num_experts",
+    "top_k",
+    "num_tokens",
+    "tokens_per_expert",
+    "first_choice_counts",
+    "repeat_first_pct",
+    "repeat_any_pct",
+)
 
 
 @dataclass(frozen=True)
@@ -99,104 +110,8 @@ class FitTargets:
     notes: tuple[str, ...] = field(default=())
 
 
-# ---- per-sequence variation ---------------------------------------------------------------
-
-def _moment_concentration(fractions: np.ndarray, draws: np.ndarray,
-                          top_k: int) -> np.ndarray:
-    """Dirichlet concentration per layer from per-group top-k shares [G, L, E], `draws` [G].
-
-    Moments: V = sum_e Var(f_e) / (1 - sum_e p_e^2) = (1 + alpha f / N) / (1 + alpha), so
-    alpha = (1 - V) / (V - f / N), inf when V <= f / N (no more spread than sampling noise).
-    N is the harmonic mean of the draws (k per token) per group; f = (1 - k sum p^2) /
-    (1 - sum p^2) is the noise of k draws without replacement per token relative to k
-    independent ones (inclusion probability taken as k p_e).
-    """
-    mean = fractions.mean(axis=0)
-    purity = (mean**2).sum(axis=-1)
-    spread = fractions.var(axis=0, ddof=1).sum(axis=-1) / np.maximum(1 - purity, 1e-12)
-    noise = np.maximum(1 - top_k * purity, 0) / np.maximum(1 - purity, 1e-12) * float(
-        np.mean(1.0 / draws))
-    with np.errstate(divide="ignore"):
-        return np.where(spread > noise, (1 - spread) / np.maximum(spread - noise, 1e-300),
-                        np.inf)
-
-
-def sequence_concentration(trace: RouterTrace, num_experts: int) -> np.ndarray | None:
-    """Per-layer concentration [L] of first-choice shares across the trace's sequences.
-
-    None when fewer than MIN_SEQUENCES sequences have MIN_SEQUENCE_TOKENS tokens. First
-    choices, because the generator's Dirichlet is over first-choice popularity (top-k shares
-    vary less: choices 2..k are drawn without replacement).
-    """
-    ids, lengths = np.unique(trace.seq_id, return_counts=True)
-    usable = ids[lengths >= MIN_SEQUENCE_TOKENS]
-    if usable.size < MIN_SEQUENCES:
-        return None
-    inside = np.isin(trace.seq_id, usable)
-    which = np.searchsorted(usable, trace.seq_id[inside])
-    n_layers = trace.num_layers
-    cell = (which[None, :] * n_layers + np.arange(n_layers)[:, None]) * num_experts \
-        + trace.experts[:, inside, 0].astype(np.int64)
-    counts = np.bincount(cell.ravel(), minlength=usable.size * n_layers * num_experts)
-    counts = counts.reshape(usable.size, n_layers, num_experts).astype(np.float64)
-    draws = counts.sum(axis=2)[:, 0]
-    return _moment_concentration(counts / draws[:, None, None], draws, 1)
-
-
-def summarise_mmlu_fractions(directory: str | Path) -> dict[str, Any]:
-    """The MMLU popularity-variation summary (the bundled JSON) from the per-prompt `.npy` files.
-
-    Each file is float32 [questions, layers, experts]: the fraction of a question's top-2
-    assignments per expert. A question's token count n is the smallest n with every
-    fraction a multiple of 1 / (2 n).
-    """
-    files = sorted(Path(directory).glob("*.npy"))
-    if not files:
-        raise TraceError(f"no .npy files in {directory}")
-    per_subject = [np.load(f).astype(np.float64) for f in files]
-    fractions = np.concatenate(per_subject)
-    draws = _draws_per_question(fractions.reshape(fractions.shape[0], -1))
-    subject_means = np.stack([f.mean(axis=0) for f in per_subject])
-    return {
-        "num_questions": int(fractions.shape[0]), "num_subjects": len(files),
-        "tokens_per_question_median": float(np.median(draws / 2)),
-        "concentration": [round(float(a), 1)
-                          for a in _moment_concentration(fractions, draws, 2)],
-        "concentration_subject_means": [
-            round(float(a), 1) for a in _moment_concentration(subject_means, np.full(
-                len(files), np.inf), 2)],
-        "mean_topk_share": np.round(fractions.mean(axis=0), 4).tolist(),
-    }
-
-
-def _draws_per_question(flat: np.ndarray) -> np.ndarray:
-    """Smallest even D <= 8192 with every fraction * D an integer, per row (2 * tokens)."""
-    found = np.zeros(flat.shape[0])
-    for draws in range(2, 8193, 2):
-        todo = found == 0
-        if not todo.any():
-            break
-        scaled = flat[todo] * draws
-        exact = (np.abs(scaled - np.round(scaled)) < 2e-3 * max(1.0, draws / 1000)).all(axis=1)
-        found[np.flatnonzero(todo)[exact]] = draws
-    return np.where(found > 0, found, np.inf)
-
-
-def mmlu_concentration(num_layers: int, num_experts: int) -> tuple[np.ndarray, str]:
-    """Per-layer concentration from the bundled MMLU summary, and a note on how it applies."""
-    text = (resources.files("moesim") / "data" / "mmlu_popularity_variation.json").read_text(
-        encoding="utf-8")
-    summary = json.loads(text)
-    per_layer = np.asarray(summary["concentration"], dtype=np.float64)
-    if num_experts == summary["num_experts"] and num_layers == per_layer.size:
-        return per_layer, "per-sequence concentration: MMLU per-prompt summary (Mixtral-8x7B)"
-    median = float(np.median(per_layer))
-    return np.full(num_layers, median), (
-        f"per-sequence concentration: assumed {median:.0f} at every layer (median of the "
-        f"Mixtral-8x7B MMLU summary; this trace has {num_layers} layers of {num_experts} experts)")
-
-
 # ---- targets from a trace or a stats JSON -----------------------------------------------
+
 
 def _joint_first(trace: RouterTrace, num_experts: int) -> np.ndarray:
     """Joint first-choice counts [L-1, E, E] of consecutive layers."""
@@ -216,16 +131,24 @@ def fit_synth_params(trace: RouterTrace, num_experts: int, source: str = "") -> 
     if concentration is None:
         concentration, note = mmlu_concentration(trace.num_layers, num_experts)
     else:
-        note = f"per-sequence concentration: from the trace's {np.unique(trace.seq_id).size} " \
-               "sequences"
-    return fit_from_targets(FitTargets(
-        first_counts=stats.first_choice_counts.astype(np.float64),
-        topk_counts=stats.tokens_per_expert.astype(np.float64),
-        repeat_first_pct=stats.repeat_first_pct, repeat_any_pct=stats.repeat_any_pct,
-        num_tokens=trace.num_tokens, top_k=trace.top_k, concentration=concentration,
-        joint_first=_joint_first(trace, num_experts) if trace.num_layers > 1 else None,
-        window_spread=_window_spread(trace.experts, trace.seq_id, trace.pos, num_experts),
-        source=source or f"fitted to a trace of {trace.num_tokens} tokens", notes=(note,)))
+        note = (
+            f"per-sequence concentration: from the trace's {np.unique(trace.seq_id).size} sequences"
+        )
+    return fit_from_targets(
+        FitTargets(
+            first_counts=stats.first_choice_counts.astype(np.float64),
+            topk_counts=stats.tokens_per_expert.astype(np.float64),
+            repeat_first_pct=stats.repeat_first_pct,
+            repeat_any_pct=stats.repeat_any_pct,
+            num_tokens=trace.num_tokens,
+            top_k=trace.top_k,
+            concentration=concentration,
+            joint_first=_joint_first(trace, num_experts) if trace.num_layers > 1 else None,
+            window_spread=_window_spread(trace.experts, trace.seq_id, trace.pos, num_experts),
+            source=source or f"fitted to a trace of {trace.num_tokens} tokens",
+            notes=(note,),
+        )
+    )
 
 
 def load_stats_json(path: str | Path) -> dict[str, Any]:
@@ -233,21 +156,26 @@ def load_stats_json(path: str | Path) -> dict[str, Any]:
     data = read_mapping(path, "trace statistics")
     missing = [name for name in _STATS_FIELDS if name not in data]
     if missing:
-        raise ConfigError(f"trace statistics file {path} lacks field(s) {', '.join(missing)}; "
-                          "pass the output of `moesim trace stats TRACE --json OUT.json`")
+        raise ConfigError(
+            f"trace statistics file {path} lacks field(s) {', '.join(missing)}; "
+            "pass the output of `moesim trace stats TRACE --json OUT.json`"
+        )
     return data
 
 
-def _stats_array(data: Mapping[str, Any], name: str, shape: tuple[int, ...],
-                 source: str) -> np.ndarray:
+def _stats_array(
+    data: Mapping[str, Any], name: str, shape: tuple[int, ...], source: str
+) -> np.ndarray:
     """Field `name` as a float array of `shape` (null -> NaN), or one ConfigError."""
     try:
         arr = np.array(data[name], dtype=np.float64)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: field '{name}' must be numbers of shape {shape}") from None
     if arr.shape != shape:
-        raise ConfigError(f"{source}: field '{name}' must have shape {shape} (num_layers, "
-                          f"num_experts), got {arr.shape}")
+        raise ConfigError(
+            f"{source}: field '{name}' must have shape {shape} (num_layers, "
+            f"num_experts), got {arr.shape}"
+        )
     return arr
 
 
@@ -257,27 +185,45 @@ def fit_synth_params_from_stats(data: Mapping[str, Any], source: str = "stats") 
         n_layers, n_experts = int(data["num_layers"]), int(data["num_experts"])
         top_k, n_tokens = int(data["top_k"]), int(data["num_tokens"])
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{source}: fields num_layers, num_experts, top_k and num_tokens "
-                          "must be integers") from None
+        raise ConfigError(
+            f"{source}: fields num_layers, num_experts, top_k and num_tokens must be integers"
+        ) from None
     if n_layers < 1 or n_tokens < 2 or not 1 <= top_k <= n_experts:
-        raise ConfigError(f"{source}: need num_layers >= 1, num_tokens >= 2 and 1 <= top_k <= "
-                          f"num_experts, got {n_layers}, {n_tokens}, {top_k}, {n_experts}")
-    counts = {name: _stats_array(data, name, (n_layers, n_experts), source)
-              for name in ("tokens_per_expert", "first_choice_counts")}
-    repeats = {name: _stats_array(data, name, (n_layers,), source)
-               for name in ("repeat_first_pct", "repeat_any_pct")}
+        raise ConfigError(
+            f"{source}: need num_layers >= 1, num_tokens >= 2 and 1 <= top_k <= "
+            f"num_experts, got {n_layers}, {n_tokens}, {top_k}, {n_experts}"
+        )
+    counts = {
+        name: _stats_array(data, name, (n_layers, n_experts), source)
+        for name in ("tokens_per_expert", "first_choice_counts")
+    }
+    repeats = {
+        name: _stats_array(data, name, (n_layers,), source)
+        for name in ("repeat_first_pct", "repeat_any_pct")
+    }
     if any(np.any(a < 0) for a in counts.values()) or not counts["first_choice_counts"].any():
         raise ConfigError(f"{source}: expert counts must be non-negative and not all zero")
     concentration, note = mmlu_concentration(n_layers, n_experts)
-    return fit_from_targets(FitTargets(
-        first_counts=counts["first_choice_counts"], topk_counts=counts["tokens_per_expert"],
-        repeat_first_pct=repeats["repeat_first_pct"], repeat_any_pct=repeats["repeat_any_pct"],
-        num_tokens=n_tokens, top_k=top_k, concentration=concentration, source=source,
-        notes=(note, "cross-layer: a stats JSON holds no joint counts, layers drawn "
-                     "independently")))
+    return fit_from_targets(
+        FitTargets(
+            first_counts=counts["first_choice_counts"],
+            topk_counts=counts["tokens_per_expert"],
+            repeat_first_pct=repeats["repeat_first_pct"],
+            repeat_any_pct=repeats["repeat_any_pct"],
+            num_tokens=n_tokens,
+            top_k=top_k,
+            concentration=concentration,
+            source=source,
+            notes=(
+                note,
+                "cross-layer: a stats JSON holds no joint counts, layers drawn independently",
+            ),
+        )
+    )
 
 
 # ---- the fit ------------------------------------------------------------------------------
+
 
 def _rest_popularity(first: np.ndarray, target: np.ndarray, top_k: int) -> np.ndarray:
     """q [L, E] whose k-1 draws without replacement (excluding the first) give `target` shares.
@@ -291,14 +237,16 @@ def _rest_popularity(first: np.ndarray, target: np.ndarray, top_k: int) -> np.nd
     samples = (rng.gumbel(size=(20000, first.shape[1])), rng.random(20000))
     q = target.copy()
     for _ in range(200 if top_k == 2 else 60):
-        q = np.maximum(q * target / np.maximum(_rest_shares(first, q, top_k, samples), 1e-12),
-                       1e-12)
+        q = np.maximum(
+            q * target / np.maximum(_rest_shares(first, q, top_k, samples), 1e-12), 1e-12
+        )
         q /= q.sum(axis=1, keepdims=True)
     return q
 
 
-def _rest_shares(first: np.ndarray, q: np.ndarray, top_k: int,
-                 samples: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _rest_shares(
+    first: np.ndarray, q: np.ndarray, top_k: int, samples: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
     """Expected share of each expert among choices 2..k: exact for k=2, Monte Carlo above."""
     if top_k == 2:
         return q * ((first / (1 - q)).sum(axis=1, keepdims=True) - first / (1 - q))
@@ -307,8 +255,7 @@ def _rest_shares(first: np.ndarray, q: np.ndarray, top_k: int,
     shares = np.empty_like(q)
     for layer in range(q.shape[0]):  # first from p, then Gumbel top-(k-1) of the others
         cum = np.cumsum(first[layer])
-        chosen = np.minimum(np.searchsorted(cum, uniforms * cum[-1], side="right"),
-                            n_experts - 1)
+        chosen = np.minimum(np.searchsorted(cum, uniforms * cum[-1], side="right"), n_experts - 1)
         keys = np.log(q[layer]) + gumbel
         keys[np.arange(n_samples), chosen] = -np.inf
         top = np.argpartition(-keys, top_k - 2, axis=1)[:, : top_k - 1]
@@ -323,8 +270,9 @@ def _mutual_information(joint: np.ndarray) -> float:
     return float((joint[nz] * np.log(joint[nz] / (px @ py)[nz])).sum())
 
 
-def _cross_layer(joint: np.ndarray | None, n_layers: int, n_experts: int,
-                 n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+def _cross_layer(
+    joint: np.ndarray | None, n_layers: int, n_experts: int, n_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Transition matrices [L, E, E] and follow probabilities c [L] from joint counts."""
     transition = np.ones((n_layers, n_experts, n_experts))
     cross = np.zeros(n_layers)
@@ -397,8 +345,9 @@ def _calibrate(rate: Callable[[float], float], target: float) -> tuple[float, fl
     return (low if abs(f_low) < abs(f_high) else high), None
 
 
-def _window_spread(experts: np.ndarray, seq: np.ndarray, pos: np.ndarray,
-                   num_experts: int) -> float | None:
+def _window_spread(
+    experts: np.ndarray, seq: np.ndarray, pos: np.ndarray, num_experts: int
+) -> float | None:
     """Within-sequence spread of top-k shares over aligned windows, pooled over layers.
 
     Windows are `SEGMENT_TOKENS` consecutive positions of one sequence (full windows only).
@@ -413,15 +362,18 @@ def _window_spread(experts: np.ndarray, seq: np.ndarray, pos: np.ndarray,
     if dof < 2:
         return None
     n_layers, _, top_k = experts.shape
-    cell = (window[None, :, None] * n_layers + np.arange(n_layers)[:, None, None]) \
-        * num_experts + experts.astype(np.int64)
+    cell = (
+        window[None, :, None] * n_layers + np.arange(n_layers)[:, None, None]
+    ) * num_experts + experts.astype(np.int64)
     counts = np.bincount(cell.ravel(), minlength=keys.size * n_layers * num_experts)
     shares = counts.reshape(keys.size, n_layers, num_experts)[full] / (SEGMENT_TOKENS * top_k)
     owner = np.unique(window_seq[full], return_inverse=True)[1]  # window -> its sequence
     width = n_layers * num_experts
-    sums = np.bincount((owner[:, None] * width + np.arange(width)).ravel(),
-                       weights=shares.reshape(owner.size, width).ravel(),
-                       minlength=(int(owner.max()) + 1) * width)
+    sums = np.bincount(
+        (owner[:, None] * width + np.arange(width)).ravel(),
+        weights=shares.reshape(owner.size, width).ravel(),
+        minlength=(int(owner.max()) + 1) * width,
+    )
     seq_mean = sums.reshape(-1, n_layers, num_experts) / np.bincount(owner)[:, None, None]
     deviation = ((shares - seq_mean[owner]) ** 2).sum(axis=(0, 2)) / dof  # [L]
     mean = shares.mean(axis=0)
@@ -435,37 +387,67 @@ def fit_from_targets(targets: FitTargets) -> SynthParams:
     first /= first.sum(axis=1, keepdims=True)
     rest = np.maximum(targets.topk_counts - targets.first_counts, 0) + _COUNT_FLOOR
     rest = _rest_popularity(first, rest / rest.sum(axis=1, keepdims=True), targets.top_k)
-    transition, cross = _cross_layer(targets.joint_first, n_layers, n_experts,
-                                     targets.num_tokens)
+    transition, cross = _cross_layer(targets.joint_first, n_layers, n_experts, targets.num_tokens)
     params = SynthParams(
-        first_popularity=first, rest_popularity=rest, concentration=targets.concentration,
-        keep_first=np.zeros(n_layers), keep_rest=np.zeros(n_layers), cross_prob=cross,
-        transition=transition, top_k=targets.top_k, generator="fitted", source=targets.source,
-        notes=targets.notes)
+        first_popularity=first,
+        rest_popularity=rest,
+        concentration=targets.concentration,
+        keep_first=np.zeros(n_layers),
+        keep_rest=np.zeros(n_layers),
+        cross_prob=cross,
+        transition=transition,
+        top_k=targets.top_k,
+        generator="fitted",
+        source=targets.source,
+        notes=targets.notes,
+    )
     params, pilot, notes = _calibrate_repetition(
-        params, targets, _PILOT_SEQUENCES // (1 if targets.window_spread is None else 2))
+        params, targets, _PILOT_SEQUENCES // (1 if targets.window_spread is None else 2)
+    )
     if targets.window_spread is None:
-        return replace(params, notes=params.notes + tuple(notes) + (
-            "within-sequence drift: not fitted (needs 2+ windows of 64 tokens beyond one per "
-            "sequence); none",))
+        return replace(
+            params,
+            notes=params.notes
+            + tuple(notes)
+            + (
+                "within-sequence drift: not fitted (needs 2+ windows of 64 tokens beyond one per "
+                "sequence); none",
+            ),
+        )
     spread_no_drift = _window_spread(pilot.experts, pilot.seq_id, pilot.pos, n_experts) or 0.0
     excess = targets.window_spread - spread_no_drift
     if excess <= 0:
-        return replace(params, notes=params.notes + tuple(notes) + (
-            f"within-sequence drift: none (window spread {targets.window_spread:.4f} within "
-            f"the model's {spread_no_drift:.4f})",))
-    drift = replace(params, segment_tokens=SEGMENT_TOKENS,
-                    segment_concentration=np.full(n_layers, max(1.0 / excess - 1.0, 1e-3)))
+        return replace(
+            params,
+            notes=params.notes
+            + tuple(notes)
+            + (
+                f"within-sequence drift: none (window spread {targets.window_spread:.4f} within "
+                f"the model's {spread_no_drift:.4f})",
+            ),
+        )
+    drift = replace(
+        params,
+        segment_tokens=SEGMENT_TOKENS,
+        segment_concentration=np.full(n_layers, max(1.0 / excess - 1.0, 1e-3)),
+    )
     params, pilot, notes = _calibrate_repetition(drift, targets, _PILOT_SEQUENCES)
     spread = _window_spread(pilot.experts, pilot.seq_id, pilot.pos, n_experts) or 0.0
-    return replace(params, notes=params.notes + tuple(notes) + (
-        f"within-sequence drift: every {SEGMENT_TOKENS} tokens, concentration "
-        f"{params.segment_concentration[0]:.0f}; window spread real "
-        f"{targets.window_spread:.4f}, pilot {spread:.4f}",))
+    return replace(
+        params,
+        notes=params.notes
+        + tuple(notes)
+        + (
+            f"within-sequence drift: every {SEGMENT_TOKENS} tokens, concentration "
+            f"{params.segment_concentration[0]:.0f}; window spread real "
+            f"{targets.window_spread:.4f}, pilot {spread:.4f}",
+        ),
+    )
 
 
-def _calibrate_repetition(params: SynthParams, targets: FitTargets, pilot_sequences: int
-                          ) -> tuple[SynthParams, RouterTrace, list[str]]:
+def _calibrate_repetition(
+    params: SynthParams, targets: FitTargets, pilot_sequences: int
+) -> tuple[SynthParams, RouterTrace, list[str]]:
     """keep/avoid probabilities per layer on a fixed-seed pilot, layer after layer.
 
     A layer whose pilot shares miss the targets by more than _SHARE_CHECK (avoided repeats
@@ -473,10 +455,13 @@ def _calibrate_repetition(params: SynthParams, targets: FitTargets, pilot_sequen
     calibrated again. Returns the parameters, their pilot trace and notes on targets the
     model cannot reach.
     """
-    layout = sequence_layout(pilot_sequences * _PILOT_TOKENS, pilot_sequences,
-                             params.segment_tokens)
-    probs = {name: np.zeros(params.num_layers)
-             for name in ("keep_first", "avoid_first", "keep_rest", "avoid_rest")}
+    layout = sequence_layout(
+        pilot_sequences * _PILOT_TOKENS, pilot_sequences, params.segment_tokens
+    )
+    probs = {
+        name: np.zeros(params.num_layers)
+        for name in ("keep_first", "avoid_first", "keep_rest", "avoid_rest")
+    }
     experts = np.empty((params.num_layers, layout.seq.size, params.top_k), dtype=np.int16)
     notes: list[str] = []
     prev: np.ndarray | None = None
@@ -486,21 +471,34 @@ def _calibrate_repetition(params: SynthParams, targets: FitTargets, pilot_sequen
             correction = _share_correction(params, targets, layer, choices)
             if attempt or correction is None:
                 break
-            params = replace(params, first_popularity=correction[0],
-                             rest_popularity=correction[1])
+            params = replace(params, first_popularity=correction[0], rest_popularity=correction[1])
         probs["keep_first"][layer], probs["avoid_first"][layer] = _split(thetas[0])
         probs["keep_rest"][layer], probs["avoid_rest"][layer] = _split(thetas[1])
-        for name, target, value in zip(("repeat_first", "repeat_any"), (
-                targets.repeat_first_pct[layer], targets.repeat_any_pct[layer]), reached,
-                strict=True):
+        for name, target, value in zip(
+            ("repeat_first", "repeat_any"),
+            (targets.repeat_first_pct[layer], targets.repeat_any_pct[layer]),
+            reached,
+            strict=True,
+        ):
             if value is not None:
-                notes.append(f"layer {layer}: {name} {target:.1f} % is beyond the model's "
-                             f"reach; the pilot reaches {value:.1f} %")
+                notes.append(
+                    f"layer {layer}: {name} {target:.1f} % is beyond the model's "
+                    f"reach; the pilot reaches {value:.1f} %"
+                )
         experts[layer] = choices
         prev = choices[:, 0].astype(np.int64)
     pilot = RouterTrace(experts=experts, seq_id=layout.seq, pos=layout.pos)
-    return replace(params, keep_first=probs["keep_first"], avoid_first=probs["avoid_first"],
-                   keep_rest=probs["keep_rest"], avoid_rest=probs["avoid_rest"]), pilot, notes
+    return (
+        replace(
+            params,
+            keep_first=probs["keep_first"],
+            avoid_first=probs["avoid_first"],
+            keep_rest=probs["keep_rest"],
+            avoid_rest=probs["avoid_rest"],
+        ),
+        pilot,
+        notes,
+    )
 
 
 def _split(theta: float) -> tuple[float, float]:
@@ -508,22 +506,36 @@ def _split(theta: float) -> tuple[float, float]:
     return max(theta, 0.0), max(-theta, 0.0)
 
 
-def _calibrate_layer(params: SynthParams, targets: FitTargets, layout: SequenceLayout,
-                     layer: int, prev: np.ndarray | None
-                     ) -> tuple[np.ndarray, tuple[float, float], tuple[float | None, ...]]:
+def _calibrate_layer(
+    params: SynthParams,
+    targets: FitTargets,
+    layout: SequenceLayout,
+    layer: int,
+    prev: np.ndarray | None,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float | None, ...]]:
     """Pilot choices [T, k] of one layer, its (first, rest) thetas and unreached rates."""
     pop_first, pop_rest, tilt = sequence_popularity(
-        params, layer, layout, np.random.default_rng([_PILOT_SEED, layer, 0]))
+        params, layer, layout, np.random.default_rng([_PILOT_SEED, layer, 0])
+    )
 
     def pilot_first(theta: float) -> np.ndarray:
         rng = np.random.default_rng([_PILOT_SEED, layer, 1])
         keep, avoid = _split(theta)
-        return first_choices(layout, pop_first, keep, avoid, params.cross_prob[layer],
-                             params.transition[layer], prev, rng, tilt)
+        return first_choices(
+            layout,
+            pop_first,
+            keep,
+            avoid,
+            params.cross_prob[layer],
+            params.transition[layer],
+            prev,
+            rng,
+            tilt,
+        )
 
     theta_first, reached_first = _calibrate(
-        lambda t: _repeat_rates(layout, pilot_first(t)[:, None])[0],
-        targets.repeat_first_pct[layer])
+        lambda t: _repeat_rates(layout, pilot_first(t)[:, None])[0], targets.repeat_first_pct[layer]
+    )
     first = pilot_first(theta_first)
 
     def pilot_all(theta: float) -> np.ndarray:
@@ -532,13 +544,15 @@ def _calibrate_layer(params: SynthParams, targets: FitTargets, layout: SequenceL
         rest = rest_choices(layout, pop_rest, keep, avoid, first, params.top_k, rng)
         return np.concatenate([first[:, None], rest], axis=1)
 
-    theta_rest, reached_rest = _calibrate(lambda t: _repeat_rates(layout, pilot_all(t))[1],
-                                          targets.repeat_any_pct[layer])
+    theta_rest, reached_rest = _calibrate(
+        lambda t: _repeat_rates(layout, pilot_all(t))[1], targets.repeat_any_pct[layer]
+    )
     return pilot_all(theta_rest), (theta_first, theta_rest), (reached_first, reached_rest)
 
 
-def _share_correction(params: SynthParams, targets: FitTargets, layer: int,
-                      choices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _share_correction(
+    params: SynthParams, targets: FitTargets, layer: int, choices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Rescaled (first, rest) popularity when the pilot's shares miss, else None."""
     n_experts = params.num_experts
     want_first = targets.first_counts[layer] / targets.first_counts[layer].sum()
@@ -546,14 +560,15 @@ def _share_correction(params: SynthParams, targets: FitTargets, layer: int,
     rest_counts = np.maximum(targets.topk_counts[layer] - targets.first_counts[layer], 0)
     want_rest = rest_counts / max(rest_counts.sum(), 1.0)
     got_rest = np.bincount(choices[:, 1:].ravel(), minlength=n_experts) / max(
-        choices[:, 1:].size, 1)
-    miss = max(np.abs(got_first - want_first).max(),
-               np.abs(got_rest - want_rest).max() if params.top_k > 1 else 0.0)
+        choices[:, 1:].size, 1
+    )
+    miss = max(
+        np.abs(got_first - want_first).max(),
+        np.abs(got_rest - want_rest).max() if params.top_k > 1 else 0.0,
+    )
     if miss <= _SHARE_CHECK:
         return None
     first, rest = params.first_popularity.copy(), params.rest_popularity.copy()
     first[layer] *= (want_first + _COUNT_FLOOR / 100) / (got_first + _COUNT_FLOOR / 100)
     rest[layer] *= (want_rest + _COUNT_FLOOR / 100) / (got_rest + _COUNT_FLOOR / 100)
     return first, rest
-
-
