@@ -14,7 +14,17 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command group registered."""
-    from moesim.cli import calibrate, collective, plan, run, sweep, trace, validate
+    from moesim.cli import (
+        calibrate,
+        collective,
+        compare,
+        plan,
+        report,
+        run,
+        sweep,
+        trace,
+        validate,
+    )
 
     parser = argparse.ArgumentParser(
         prog="moesim",
@@ -22,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moesim {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run, trace, collective, sweep, plan, calibrate, validate):
+    for module in (run, compare, report, sweep, plan, trace, collective, calibrate, validate):
         module.add_parser(commands)
     return parser
 

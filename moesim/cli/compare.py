@@ -1,0 +1,120 @@
+"""`moesim compare SCENARIO.yaml --placements ...`: layouts x topologies, ranked, with plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from moesim.cli.run import scenario_from_args, write_json
+from moesim.errors import ConfigError
+
+__all__ = ["add_parser", "run_compare_command", "parse_list", "write_figures"]
+
+DEFAULT_PLACEMENTS = "TP8,EP8,EP4xDP2,SP8,TP2xEP4"
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `moesim compare`."""
+    parser = commands.add_parser(
+        "compare",
+        help="compare layouts on topologies: ranked table, infeasible list, plots, HTML",
+        description="Run the scenario for every layout on every topology (and batch). "
+        "Layouts needing more GPUs than a topology has, invalid for the model, or not fitting "
+        "in memory are listed as infeasible with the reason. Feasible ones are ranked by "
+        "decode tokens/s per GPU (ties: lower TPOT); with --max-tpot-ms/--max-ttft-ms those "
+        "meeting the targets rank first.",
+    )
+    parser.add_argument("scenario", nargs="?", help="scenario YAML (see scenarios/)")
+    parser.add_argument("--placements", default=DEFAULT_PLACEMENTS,
+                        help=f"comma-separated layouts (default {DEFAULT_PLACEMENTS})")
+    parser.add_argument("--topology", dest="topologies",
+                        help="comma-separated topology presets or YAML files (default: the "
+                        "scenario's)")
+    parser.add_argument("--batch", dest="batches", help="comma-separated batch sizes")
+    parser.add_argument("--model", help="preset name, HF config.json or ModelSpec YAML")
+    parser.add_argument("--trace", help="trace .npz or bundled:NAME")
+    parser.add_argument("--phase", choices=["prefill", "decode"])
+    parser.add_argument("--context", type=int, help="prompt tokens per sequence")
+    parser.add_argument("--weight-dtype", dest="weight_dtype", choices=["bf16", "fp8"])
+    parser.add_argument("--fidelity", choices=["des", "analytic"])
+    parser.add_argument("--max-tpot-ms", dest="max_tpot_ms", type=float,
+                        help="TPOT target: layouts meeting it rank first")
+    parser.add_argument("--max-ttft-ms", dest="max_ttft_ms", type=float,
+                        help="TTFT target: layouts meeting it rank first")
+    parser.add_argument("--plot", metavar="DIR", help="write PNG plots here")
+    parser.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
+    parser.add_argument("--json", metavar="OUT", help="write the comparison JSON ('-': stdout)")
+    parser.add_argument("--sweep-batches", dest="sweep_batches",
+                        default="1,2,4,8,16,32,64,128,256",
+                        help="batches of the latency-throughput plot ('none' to skip); only "
+                        "used with --plot or --html")
+    parser.add_argument("--quiet", action="store_true", help="no table, no progress")
+    parser.set_defaults(handler=run_compare_command)
+
+
+def parse_list(text: str | None, what: str, cast: type = str) -> list:  # type: ignore[type-arg]
+    """A comma-separated flag value as a list; ConfigError naming the flag on a bad item."""
+    if not text:
+        return []
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        return [cast(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"{what}: cannot read '{text}'; give comma-separated values such "
+                          "as 32,128") from None
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Handler of `moesim compare`."""
+    from moesim.compare import format_compare_table, run_compare
+
+    base = scenario_from_args(args)
+    drawing = bool(args.plot or args.html)
+    sweep = [] if args.sweep_batches == "none" or not drawing else parse_list(
+        args.sweep_batches, "--sweep-batches", int)
+    ms = 1e-3
+    compare = run_compare(
+        base,
+        parse_list(args.placements, "--placements"),
+        parse_list(args.topologies, "--topology") or None,
+        parse_list(args.batches, "--batch", int) or None,
+        max_tpot_s=None if args.max_tpot_ms is None else args.max_tpot_ms * ms,
+        max_ttft_s=None if args.max_ttft_ms is None else args.max_ttft_ms * ms,
+        plot_data=drawing,
+        sweep_batches=sweep,
+        progress=None if args.quiet else sys.stderr,
+    )
+    if not args.quiet and args.json != "-":
+        print(format_compare_table(compare))
+    _write_outputs(compare, args)
+    return 0
+
+
+def _write_outputs(compare: dict, args: argparse.Namespace) -> None:  # type: ignore[type-arg]
+    """JSON, PNG plots and HTML as asked (figures rendered once for both)."""
+    say = not args.quiet and args.json != "-"
+    if args.json:
+        write_json(compare, args.json)
+        if say and args.json != "-":
+            print(f"wrote {args.json}")
+    write_figures(compare, args.plot, args.html, say)
+
+
+def write_figures(compare: dict, plot_dir: str | None, html: str | None,  # type: ignore[type-arg]
+                  say: bool) -> None:
+    """PNGs under `plot_dir` and/or the HTML page `html`, rendering each figure once."""
+    if not plot_dir and not html:
+        return
+    from moesim.plots import plot_pngs, save_plots
+
+    figures = plot_pngs(compare)
+    if plot_dir:
+        written = save_plots(compare, plot_dir, figures)
+        if say:
+            print(f"wrote {len(written)} plots to {plot_dir}")
+    if html:
+        from moesim.html_report import write_html_report
+
+        write_html_report(compare, html, figures)
+        if say:
+            print(f"wrote {html}")

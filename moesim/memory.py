@@ -1,0 +1,280 @@
+"""Memory fit: does one rank of a parallel layout hold its weights, KV cache and buffers?
+
+Per rank, in bytes (the largest rank where ranks differ: uneven sequence or token blocks are
+rounded up):
+
+- **weights**: routed experts `E / moe_ep` per MoE layer, each split over `moe_tp` (MoE-DP
+  replicas each hold all experts); shared experts split over `moe_tp`; attention q/o
+  projections split over `attn_tp`, GQA k/v projections over `min(attn_tp, kv_heads)` (a K/V
+  head is replicated beyond that), MLA's latent down-projections replicated and its per-head
+  up-projections split; leading dense FFNs split over `attn_tp`; input embedding and LM head
+  vocab-parallel over `attn_tp`; routers and norms replicated.
+- **KV cache**: the sequences of the rank's attention-DP group (`ceil(batch / attn_dp)`) times
+  `context` cached tokens (pass context plus the tokens still to generate for the end of a
+  request) times every block. GQA K/V heads are split over `attn_tp` up to `kv_heads`; MLA's
+  latent and rope key (`kv_lora_rank + qk_rope_head_dim`) are one per token and not split;
+  SP splits the context (`ceil(context / attn_sp)`).
+- **activations**: the peak of the largest step a serving engine runs. Chunked prefill fills a
+  step up to `prefill_chunk_tokens` tokens (decode tokens included), so the step has
+  `max(batch, prefill_chunk_tokens)` tokens, spread over the `attn_dp * attn_sp` token groups.
+  Every rank keeps its group's residual stream and normed input (`2 * hidden` per token; TP
+  ranks hold all the group's tokens) plus the largest of: attention (q, k, v and output of
+  its heads), the experts (per received token copy its input, gate and up outputs of
+  `ffn / moe_tp` each and its output, with the step's `top_k` copies spread evenly over the
+  EP ranks, shared experts on the dispatching rank's tokens), and fp32 logits (one row per
+  sequence of the group, `vocab / attn_tp` wide). Balanced routing is assumed; a hot expert's
+  rank holds more.
+- **communication buffers**: all-to-all send and receive buffers of one dispatch (reused by
+  the combine): every copy a rank dispatches (`top_k` per token, no dedup) and every copy it
+  receives, `hidden * act_bytes` each; with SP, two K/V blocks of the ring (double buffer).
+- **reserve**: `(1 - usable_fraction)` of the GPU for the CUDA context, NCCL's internal
+  buffers, CUDA graphs and allocator fragmentation. The default 0.9 is vLLM's default
+  `--gpu-memory-utilization` (docs.vllm.ai, engine arguments: "default 0.9").
+
+`headroom_bytes = capacity_bytes - total_bytes`; the layout fits when it is >= 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from moesim.models import ModelSpec
+from moesim.placement import Parallelism
+
+__all__ = [
+    "MemoryFit",
+    "memory_fit",
+    "weight_bytes_per_rank",
+    "kv_bytes_per_token_per_layer_per_rank",
+    "DEFAULT_USABLE_FRACTION",
+    "DEFAULT_PREFILL_CHUNK_TOKENS",
+]
+
+# vLLM's default --gpu-memory-utilization (docs.vllm.ai engine arguments): the rest of the GPU
+# is left to the CUDA context, NCCL buffers and fragmentation.
+DEFAULT_USABLE_FRACTION = 0.9
+# ASSUMPTION: a common chunked-prefill token budget (`--max-num-batched-tokens 8192`); it sets
+# the activation peak. Pass your engine's value.
+DEFAULT_PREFILL_CHUNK_TOKENS = 8192
+
+_DTYPE_NAMES = {4: "fp32", 2: "bf16", 1: "fp8", 0.5: "int4"}
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """Bytes one rank needs (the largest rank), the GPU's capacity, and whether it fits."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    comm_buffer_bytes: int
+    reserved_bytes: int
+    total_bytes: int
+    capacity_bytes: int
+    headroom_bytes: int
+    fits: bool
+    reason: str
+    weights_detail_bytes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return asdict(self)
+
+
+def _ceil_div(num: int, den: int) -> int:
+    return -(-num // den)
+
+
+def _kv_head_shards(model: ModelSpec, attn_tp: int) -> int:
+    """Ranks one token's GQA K/V heads are split over (beyond kv_heads a head is replicated)."""
+    return min(attn_tp, model.num_kv_heads)
+
+
+def _attention_weight_params(model: ModelSpec, attn_tp: int) -> int:
+    """One block's attention weights held by one attention-TP rank."""
+    hidden, heads = model.hidden_size, model.num_attention_heads
+    if model.attention == "gqa":
+        q_and_o = 2 * hidden * heads * model.head_dim
+        k_and_v = 2 * hidden * model.num_kv_heads * model.head_dim
+        return _ceil_div(q_and_o, attn_tp) + _ceil_div(k_and_v, _kv_head_shards(model, attn_tp))
+    qk_dim = model.qk_nope_head_dim + model.qk_rope_head_dim
+    # replicated: the latent down-projections and their norms (vLLM: ReplicatedLinear)
+    replicated = hidden * (model.kv_lora_rank + model.qk_rope_head_dim)
+    replicated += model.q_lora_rank + model.kv_lora_rank
+    if model.q_lora_rank:
+        replicated += hidden * model.q_lora_rank
+        q_up = model.q_lora_rank * heads * qk_dim
+    else:
+        q_up = hidden * heads * qk_dim
+    kv_up = model.kv_lora_rank * heads * (model.qk_nope_head_dim + model.v_head_dim)
+    o_proj = heads * model.v_head_dim * hidden
+    return replicated + _ceil_div(q_up + kv_up + o_proj, attn_tp)
+
+
+def weight_bytes_per_rank(
+    model: ModelSpec, par: Parallelism, weight_bytes: float = 2
+) -> dict[str, int]:
+    """Weight bytes one rank holds, by part: experts, shared_experts, attention, dense_ffn,
+    embeddings, router_and_norms."""
+    experts_per_rank = model.num_experts // par.moe_ep
+    params = {
+        "experts": model.num_moe_layers
+        * experts_per_rank
+        * _ceil_div(model.params_per_expert, par.moe_tp),
+        "shared_experts": model.num_moe_layers
+        * model.num_shared_experts
+        * _ceil_div(model.params_per_shared_expert, par.moe_tp),
+        "attention": model.num_layers * _attention_weight_params(model, par.attn_tp),
+        "dense_ffn": model.first_dense_layers * _ceil_div(model.dense_ffn_params, par.attn_tp),
+        "embeddings": (1 if model.tie_embeddings else 2)
+        * _ceil_div(model.vocab_size, par.attn_tp)
+        * model.hidden_size,
+        "router_and_norms": model.num_moe_layers * model.router_params_per_layer
+        + model.num_layers * model.norm_params_per_layer
+        + model.hidden_size,
+    }
+    return {part: math.ceil(count * weight_bytes) for part, count in params.items()}
+
+
+def kv_bytes_per_token_per_layer_per_rank(
+    model: ModelSpec, attn_tp: int, kv_bytes: float = 2
+) -> int:
+    """KV-cache bytes one token adds to one block on one rank (GQA heads split over attn_tp)."""
+    if model.attention == "mla":
+        return model.kv_bytes_per_token_per_layer(kv_bytes)
+    heads = _ceil_div(model.num_kv_heads, _kv_head_shards(model, attn_tp))
+    return math.ceil(2 * heads * model.head_dim * kv_bytes)
+
+
+def _kv_cache_bytes(
+    model: ModelSpec, par: Parallelism, batch: int, context: int, kv_bytes: float
+) -> int:
+    sequences = _ceil_div(batch, par.attn_dp)  # a scheduler balancing sequences over DP
+    tokens = sequences * _ceil_div(context, par.attn_sp)
+    return tokens * model.num_layers * kv_bytes_per_token_per_layer_per_rank(
+        model, par.attn_tp, kv_bytes
+    )
+
+
+def _step_shape(par: Parallelism, batch: int, prefill_chunk_tokens: int) -> tuple[int, int, int]:
+    """Tokens per attention group, token copies received per expert rank, sequences per group."""
+    step_tokens = max(batch, prefill_chunk_tokens)
+    group_tokens = _ceil_div(step_tokens, par.token_groups)
+    received = _ceil_div(step_tokens, par.moe_dp * par.moe_ep)  # times top_k, see caller
+    group_sequences = _ceil_div(batch, par.token_groups)
+    return group_tokens, received, group_sequences
+
+
+def _activation_bytes(
+    model: ModelSpec, par: Parallelism, batch: int, chunk: int, act_bytes: float
+) -> int:
+    group_tokens, received, group_sequences = _step_shape(par, batch, chunk)
+    received *= model.top_k
+    hidden = model.hidden_size
+    heads = _ceil_div(model.num_attention_heads, par.attn_tp)
+    if model.attention == "mla":  # K/V expanded per head in prefill
+        kv_heads = heads
+        qk_dim, v_dim = model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim
+    else:
+        kv_heads = _ceil_div(model.num_kv_heads, _kv_head_shards(model, par.attn_tp))
+        qk_dim = v_dim = model.head_dim
+    attention = group_tokens * (heads + kv_heads) * (qk_dim + v_dim) * act_bytes
+    expert_width = 2 * hidden + 2 * _ceil_div(model.expert_ffn_size, par.moe_tp)
+    shared_ffn = _ceil_div(model.shared_expert_ffn_size, par.moe_tp)
+    shared_width = model.num_shared_experts * 2 * shared_ffn
+    dispatched = _ceil_div(group_tokens, par.attn_tp)
+    experts = (received * expert_width + dispatched * shared_width) * act_bytes
+    logits = group_sequences * _ceil_div(model.vocab_size, par.attn_tp) * 4  # fp32
+    resident = group_tokens * 2 * hidden * act_bytes
+    return math.ceil(resident + max(attention, experts, logits))
+
+
+def _comm_buffer_bytes(
+    model: ModelSpec, par: Parallelism, batch: int, chunk: int, act_bytes: float, kv_bytes: float
+) -> int:
+    group_tokens, received, _ = _step_shape(par, batch, chunk)
+    total = 0.0
+    if par.moe_ep > 1:
+        send = _ceil_div(group_tokens, par.attn_tp) * model.top_k
+        recv = _ceil_div(received * model.top_k, par.moe_tp)
+        total += (send + recv) * model.hidden_size * act_bytes
+    if par.attn_sp > 1:
+        per_token = kv_bytes_per_token_per_layer_per_rank(model, par.attn_tp, kv_bytes)
+        total += 2 * group_tokens * per_token
+    return math.ceil(total)
+
+
+def _dtype_name(weight_bytes: float) -> str:
+    return _DTYPE_NAMES.get(weight_bytes, f"{weight_bytes:g} B/param")
+
+
+def _reason(
+    model: ModelSpec, par: Parallelism, parts: dict[str, int], usable: float, capacity: float,
+    weight_bytes: float,
+) -> str:
+    """Why a layout does not fit, naming the dominant part and the fix."""
+    gpu = f"the {usable / GB:.1f} GB usable of {capacity / GB:.1f} GB per GPU"
+    name = f"{model.name} {_dtype_name(weight_bytes)}"
+    if parts["weights"] > usable:
+        total_weights = model.weight_bytes(weight_bytes)
+        need = math.ceil(total_weights / usable)
+        if need > par.world:
+            fix = f"needs >= {need} GPUs"
+        else:
+            fix = f"on {par.label} replicates too much: shard further (more moe_ep or attn_tp)"
+        if weight_bytes > 1 and parts["weights"] / weight_bytes <= usable:
+            fix += " or fp8"
+        return f"weights {parts['weights'] / GB:.1f} GB exceed {gpu}: {name} {fix}"
+    largest = max(parts, key=lambda k: parts[k])
+    listed = " + ".join(f"{k} {v / GB:.2f}" for k, v in parts.items())
+    return (f"{largest} {parts[largest] / GB:.1f} GB is the largest part: {listed} = "
+            f"{sum(parts.values()) / GB:.1f} GB exceed {gpu}: lower the batch or context, use an "
+            "fp8 KV cache, or add GPUs")
+
+
+def memory_fit(
+    model: ModelSpec,
+    par: Parallelism,
+    gpu_memory_bytes: float,
+    *,
+    batch: int,
+    context: int,
+    weight_bytes: float = 2,
+    act_bytes: float = 2,
+    kv_bytes: float = 2,
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
+    usable_fraction: float = DEFAULT_USABLE_FRACTION,
+) -> MemoryFit:
+    """Per-rank memory of serving `batch` sequences at `context` tokens on layout `par`."""
+    detail = weight_bytes_per_rank(model, par, weight_bytes)
+    parts = {
+        "weights": sum(detail.values()),
+        "KV cache": _kv_cache_bytes(model, par, batch, context, kv_bytes),
+        "activations": _activation_bytes(model, par, batch, prefill_chunk_tokens, act_bytes),
+        "comm buffers": _comm_buffer_bytes(
+            model, par, batch, prefill_chunk_tokens, act_bytes, kv_bytes
+        ),
+    }
+    capacity = int(gpu_memory_bytes)
+    reserved = math.ceil(capacity * (1 - usable_fraction))
+    total = sum(parts.values()) + reserved
+    fits = total <= capacity
+    reason = "" if fits else _reason(
+        model, par, parts, capacity - reserved, capacity, weight_bytes
+    )
+    return MemoryFit(
+        weights_bytes=parts["weights"],
+        kv_cache_bytes=parts["KV cache"],
+        activation_bytes=parts["activations"],
+        comm_buffer_bytes=parts["comm buffers"],
+        reserved_bytes=reserved,
+        total_bytes=total,
+        capacity_bytes=capacity,
+        headroom_bytes=capacity - total,
+        fits=fits,
+        reason=reason,
+        weights_detail_bytes=detail,
+    )

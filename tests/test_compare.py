@@ -1,0 +1,173 @@
+"""Compare: cost formula, ranking rule, infeasible reasons, plots and the CLI round trip."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import moesim.compare as compare_module
+from moesim.cli import compare as cli_compare
+from moesim.cli import report as cli_report
+from moesim.compare import (
+    evaluate_point,
+    format_compare_table,
+    rank_rows,
+    run_compare,
+    usd_per_million_tokens,
+)
+from moesim.config import Scenario
+from moesim.errors import ConfigError
+from moesim.plots import save_plots
+from moesim.simulate import run_scenario
+from moesim.topology import load_topology
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Small and fast: Mixtral-8x7B, bundled real trace, 4 sequences of 64 tokens, analytic timing.
+SMALL = Scenario(topology="dgx-h100", phase="decode", batch=4, context=64, fidelity="analytic")
+
+
+def _cli(argv: list[str]) -> int:
+    """Parse and run `moesim compare|report` with this module's parsers (no registry needed)."""
+    parser = argparse.ArgumentParser(prog="moesim")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cli_compare.add_parser(commands)
+    cli_report.add_parser(commands)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+def test_usd_per_million_tokens_formula() -> None:
+    """8 GPUs at 2.99 USD/h = 23.92 USD/h = 0.0066444 USD/s; at 4232 tokens/s that is
+    1.5701e-6 USD per token = 1.5701 USD per million; no price gives None."""
+    assert usd_per_million_tokens(8, 2.99, 4232.0) == pytest.approx(1.57006, rel=1e-5)
+    assert usd_per_million_tokens(8, 2.99, 4232.0) == 8 * 2.99 / 3600 / 4232.0 * 1e6
+    assert usd_per_million_tokens(8, None, 4232.0) is None
+    assert usd_per_million_tokens(1, 1.0, 3600.0) == pytest.approx(1e6 / 3600 / 3600)
+
+
+def _row(name: str, per_gpu: float, tpot_ms: float, feasible: bool = True) -> dict[str, Any]:
+    return {"placement": name, "feasible": feasible, "tokens_per_s_per_gpu": per_gpu,
+            "tpot_s": tpot_ms * 1e-3, "ttft_s": 0.5}
+
+
+def test_ranking_by_tokens_per_gpu_then_tpot() -> None:
+    """Higher tokens/s per GPU ranks first; equal throughput goes to the lower TPOT;
+    infeasible rows are not ranked."""
+    rows = [_row("A", 100, 10), _row("B", 200, 20), _row("C", 200, 15), _row("D", 999, 1, False)]
+    ranked = rank_rows(rows)
+    assert [r["placement"] for r in ranked] == ["C", "B", "A"]
+    assert [r["rank"] for r in ranked] == [1, 2, 3]
+    assert all(r["meets_slo"] is None for r in ranked)
+
+
+def test_ranking_puts_layouts_meeting_the_target_first() -> None:
+    """With a TPOT target of 12 ms only A (10 ms) meets it, so it ranks above faster-per-GPU
+    B and C, which keep their order among themselves."""
+    rows = [_row("A", 100, 10), _row("B", 200, 20), _row("C", 200, 15)]
+    ranked = rank_rows(rows, max_tpot_s=12e-3)
+    assert [(r["placement"], r["meets_slo"]) for r in ranked] == [
+        ("A", True), ("C", False), ("B", False)]
+    assert rank_rows(rows, max_ttft_s=0.1)[0]["meets_slo"] is False  # every TTFT is 0.5 s
+
+
+@pytest.mark.parametrize(
+    ("placement", "needle"),
+    [
+        ("EP16", "needs 16 GPUs but dgx-h100 has 8"),
+        ("EP3", "8 experts are not divisible by moe_ep=3"),
+        ("TP3", "32 attention heads are not divisible by attn_tp=3"),
+        ("TP1", "out of memory: weights 93.4 GB exceed the 72.0 GB usable of 80.0 GB per GPU"),
+    ],
+)
+def test_infeasible_points_carry_the_reason_and_are_not_simulated(
+    placement: str, needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too many GPUs, experts or heads not dividing, and not fitting in memory are each
+    reported with the reason, and run_scenario is never called for them."""
+    def forbidden(_: Any) -> None:
+        raise AssertionError("an infeasible point must not be simulated")
+
+    monkeypatch.setattr(compare_module, "run_scenario", forbidden)
+    scenario = SMALL.model_copy(update={"placement": placement})
+    row = evaluate_point(scenario, load_topology("dgx-h100"))
+    assert not row["feasible"]
+    assert needle in row["reason"]
+
+
+@pytest.fixture(scope="module")
+def small_compare() -> dict[str, Any]:
+    """2 layouts x 1 topology, with plot data and a 2-point latency-throughput sweep."""
+    progress = io.StringIO()
+    result = run_compare(SMALL, ["EP2", "TP2"], ["dgx-h100"], [4], plot_data=True,
+                         sweep_batches=[1, 4], progress=progress)
+    result["_progress"] = progress.getvalue()
+    return result
+
+
+def test_compare_rows_are_run_scenario_results(small_compare: dict[str, Any]) -> None:
+    """Each feasible row carries exactly what run_scenario gives for its scenario, plus
+    tokens/s per GPU and the cost; one progress line per point."""
+    (group,) = small_compare["groups"]
+    assert {r["placement"] for r in group["ranked"]} == {"EP2", "TP2"}
+    for row in group["ranked"]:
+        direct = run_scenario(SMALL.model_copy(update={"placement": row["placement"]}))
+        assert row["tpot_s"] == direct["tpot_s"]
+        assert row["a2a_bytes"] == direct["a2a_bytes"]
+        assert row["tokens_per_s_per_gpu"] == direct["tokens_per_s"] / 2
+        assert row["usd_per_million_tokens"] == 2 * 2.99 / 3600 / direct["tokens_per_s"] * 1e6
+    lines = small_compare["_progress"].splitlines()
+    assert [line[:6] for line in lines] == ["[1/2] ", "[2/2] ", "sweep ", "sweep "]
+    table = format_compare_table(small_compare)
+    assert "EP2" in table and "TP2" in table and "$/M tok" in table
+
+
+def test_small_compare_writes_every_plot(small_compare: dict[str, Any], tmp_path: Path) -> None:
+    """Phase breakdown, Gantt, traffic heatmap, expert load and latency-throughput PNGs
+    exist, are non-empty PNG files, one per kind for one topology and one batch."""
+    written = save_plots(small_compare, tmp_path)
+    names = sorted(Path(info["path"]).name for info in written)
+    assert names == sorted([
+        "phases_dgx-h100_b4.png", "gantt_dgx-h100_b4.png", "traffic_b4.png",
+        "expert_load_b4.png", "latency_throughput.png",
+    ])
+    for info in written:
+        data = Path(info["path"]).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def test_sweep_holds_tpot_and_throughput_per_batch(small_compare: dict[str, Any]) -> None:
+    """Each swept point that fits has tokens/s = batch / TPOT."""
+    sweep = small_compare["latency_throughput"]["dgx-h100"]
+    assert set(sweep) == {"EP2", "TP2"}
+    for points in sweep.values():
+        assert [p["batch"] for p in points] == [1, 4]
+        for p in points:
+            assert p["fits"] and p["tokens_per_s"] == pytest.approx(p["batch"] / p["tpot_s"])
+
+
+def test_cli_compare_json_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`moesim compare --json` writes a file `moesim report` reads back into the same table;
+    an infeasible layout is listed with its reason."""
+    out = tmp_path / "cmp.json"
+    code = _cli(["compare", "--topology", "dgx-h100", "--placements", "EP2,EP16", "--batch",
+                 "4", "--context", "64", "--phase", "decode", "--fidelity", "analytic",
+                 "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "infeasible EP16 on dgx-h100: needs 16 GPUs" in printed.out
+    assert "[1/2] EP2 on dgx-h100, batch 4" in printed.err
+    data = json.loads(out.read_text())
+    assert data["kind"] == "moesim.compare"
+    assert _cli(["report", str(out)]) == 0
+    assert format_compare_table(data) in capsys.readouterr().out
+
+
+def test_compare_without_topology_is_a_config_error() -> None:
+    """A scenario with no topology and no --topology cannot be compared."""
+    with pytest.raises(ConfigError, match="compare needs a topology"):
+        run_compare(Scenario(), ["EP8"], progress=None)
