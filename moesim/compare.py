@@ -25,13 +25,15 @@ from moesim.errors import ConfigError, MoesimError
 from moesim.memory import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_USABLE_FRACTION,
-    MemoryFit,
-    memory_fit,
 )
 from moesim.models import load_model
 from moesim.placement import check_fits_model, check_tp_fits_model
-from moesim.simulate import WEIGHT_DTYPE_BYTES, resolve_placement, resolve_trace, run_scenario
-from moesim.traffic import ACT_DTYPE_BYTES
+from moesim.simulate import (
+    resolve_placement,
+    resolve_trace,
+    run_scenario,
+    scenario_memory_fit,
+)
 
 __all__ = [
     "RANKING_RULE",
@@ -39,7 +41,6 @@ __all__ = [
     "usd_per_million_tokens",
     "rank_rows",
     "evaluate_point",
-    "scenario_memory_fit",
     "run_compare",
     "format_compare_table",
     "table_cells",
@@ -100,31 +101,13 @@ def _base_row(scenario: Scenario, topology: Any) -> dict[str, Any]:
     }
 
 
-def scenario_memory_fit(
-    scenario: Scenario, model: Any, par: Any, topology: Any
-) -> MemoryFit:
-    """The memory fit of one scenario's layout on `topology` (KV cache in the activation dtype)."""
-    act_bytes = ACT_DTYPE_BYTES[scenario.act_dtype]
-    return memory_fit(
-        model,
-        par,
-        topology.gpu_spec.memory_bytes,
-        batch=scenario.batch or 1,
-        context=scenario.context or 1,
-        weight_bytes=WEIGHT_DTYPE_BYTES[scenario.weight_dtype],
-        act_bytes=act_bytes,
-        kv_bytes=act_bytes,
-    )
-
-
 def _check_point(scenario: Scenario, topology: Any, row: dict[str, Any]) -> Any | None:
     """Fill `world` and `memory`; return the layout, or None with `reason` set."""
     try:
         par = resolve_placement(scenario.placement)
         row["world"] = par.world
         if par.world > topology.num_gpus:
-            row["reason"] = (f"needs {par.world} GPUs but {topology.name} has "
-                             f"{topology.num_gpus}")
+            row["reason"] = f"needs {par.world} GPUs but {topology.name} has {topology.num_gpus}"
             return None
         model = load_model(scenario.model)
         check_fits_model(par, model.num_experts)
@@ -174,8 +157,10 @@ def _describe(row: dict[str, Any]) -> str:
     """One progress line's verdict."""
     if not row["feasible"]:
         return f"infeasible: {row['reason']}"
-    return (f"TPOT {row['tpot_s'] * 1e3:.2f} ms, {row['tokens_per_s']:.0f} tokens/s, "
-            f"TTFT {row['ttft_s'] * 1e3:.0f} ms")
+    return (
+        f"TPOT {row['tpot_s'] * 1e3:.2f} ms, {row['tokens_per_s']:.0f} tokens/s, "
+        f"TTFT {row['ttft_s'] * 1e3:.0f} ms"
+    )
 
 
 def _assumptions(base: Scenario, topologies: dict[str, Any], rows: list[dict[str, Any]]) -> dict:
@@ -223,8 +208,9 @@ def _topology_facts(topology: Any) -> dict[str, Any]:
         "collective_launch_s": spec.collective_launch_s,
         "calibration": (
             "link efficiency / collective launch calibrated (moesim calibrate; see the "
-            "topology file's comments)" if calibrated else
-            "not calibrated: nominal link bandwidths, GPU efficiencies are first guesses"
+            "topology file's comments)"
+            if calibrated
+            else "not calibrated: nominal link bandwidths, GPU efficiencies are first guesses"
         ),
     }
 
@@ -250,8 +236,9 @@ def run_compare(
     """Every layout on every topology (and batch): the comparison as a JSON-ready dict."""
     names = list(topologies or ([base.topology] if base.topology else []))
     if not names:
-        raise ConfigError("compare needs a topology: give --topology or set 'topology' in the "
-                          "scenario")
+        raise ConfigError(
+            "compare needs a topology: give --topology or set 'topology' in the scenario"
+        )
     if not placements:
         raise ConfigError("compare needs at least one layout: --placements TP8,EP8,...")
     loaded = _load_topologies(names)
@@ -259,8 +246,9 @@ def run_compare(
     points = [(b, t, p) for b in batch_list for t in names for p in placements]
     rows = []
     for index, (batch, topo, placement) in enumerate(points, start=1):
-        scenario = base.model_copy(update={"batch": batch, "topology": topo,
-                                           "placement": placement})
+        scenario = base.model_copy(
+            update={"batch": batch, "topology": topo, "placement": placement}
+        )
         began = time.perf_counter()
         row = evaluate_point(scenario, loaded[topo])
         row["order"] = index
@@ -270,8 +258,11 @@ def run_compare(
             row["plot_data"] = point_plot_data(scenario)
         rows.append(row)
         if progress is not None:
-            print(f"[{index}/{len(points)}] {placement} on {loaded[topo].name}, batch {batch}: "
-                  f"{_describe(row)} ({time.perf_counter() - began:.1f} s)", file=progress)
+            print(
+                f"[{index}/{len(points)}] {placement} on {loaded[topo].name}, batch {batch}: "
+                f"{_describe(row)} ({time.perf_counter() - began:.1f} s)",
+                file=progress,
+            )
     compare = _assemble(base, names, loaded, batch_list, rows, max_tpot_s, max_ttft_s)
     if sweep_batches:
         from moesim.plots import latency_throughput_sweep
@@ -295,12 +286,14 @@ def _assemble(
     groups = []
     for batch in batch_list:
         members = [r for r in rows if r["batch"] == batch]
-        groups.append({
-            "batch": batch,
-            "context": base.context,
-            "ranked": rank_rows(members, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s),
-            "infeasible": [r for r in members if not r["feasible"]],
-        })
+        groups.append(
+            {
+                "batch": batch,
+                "context": base.context,
+                "ranked": rank_rows(members, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s),
+                "infeasible": [r for r in members if not r["feasible"]],
+            }
+        )
     return {
         "kind": "moesim.compare",
         "version": 1,
@@ -318,8 +311,18 @@ def _cell(value: float | None, scale: float, digits: int) -> str:
 
 
 TABLE_COLUMNS = (
-    ("rank", 4), ("layout", 9), ("topology", 14), ("GPUs", 4), ("TTFT ms", 9), ("TPOT ms", 8),
-    ("tok/s", 8), ("tok/s/GPU", 9), ("a2a GB", 7), ("imb e/r", 9), ("free GB", 7), ("$/M tok", 7),
+    ("rank", 4),
+    ("layout", 9),
+    ("topology", 14),
+    ("GPUs", 4),
+    ("TTFT ms", 9),
+    ("TPOT ms", 8),
+    ("tok/s", 8),
+    ("tok/s/GPU", 9),
+    ("a2a GB", 7),
+    ("imb e/r", 9),
+    ("free GB", 7),
+    ("$/M tok", 7),
 )
 
 
@@ -344,18 +347,24 @@ def table_cells(row: dict[str, Any]) -> list[str]:
 def format_compare_table(compare: dict[str, Any]) -> str:
     """The ranked tables (one per workload) and the infeasible points with their reasons."""
     sc = compare["scenario"]
-    lines = [f"model {compare['assumptions']['model']}  trace {sc['trace']}  phase {sc['phase']}"
-             f"  {sc['fidelity']}  weights {sc['weight_dtype']}  act {sc['act_dtype']}"]
+    lines = [
+        f"model {compare['assumptions']['model']}  trace {sc['trace']}  phase {sc['phase']}"
+        f"  {sc['fidelity']}  weights {sc['weight_dtype']}  act {sc['act_dtype']}"
+    ]
     header = " ".join(f"{name:>{width}}" for name, width in TABLE_COLUMNS)
     for group in compare["groups"]:
         lines += ["", f"batch {group['batch']}, context {group['context']}:", header]
         for row in group["ranked"]:
             cells = table_cells(row)
-            lines.append(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, TABLE_COLUMNS,
-                                                                    strict=True)))
+            lines.append(
+                " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, TABLE_COLUMNS, strict=True))
+            )
         for row in group["infeasible"]:
             lines.append(f"  infeasible {row['placement']} on {row['topology']}: {row['reason']}")
-    lines += ["", "imb e/r: max over layers of expert and rank max/mean load; free GB: memory "
-              "headroom per GPU; $/M tok: per million output tokens; * misses the target",
-              f"ranking: {compare['ranking']}"]
+    lines += [
+        "",
+        "imb e/r: max over layers of expert and rank max/mean load; free GB: memory "
+        "headroom per GPU; $/M tok: per million output tokens; * misses the target",
+        f"ranking: {compare['ranking']}",
+    ]
     return "\n".join(lines)

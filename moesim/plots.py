@@ -81,7 +81,7 @@ def latency_throughput_sweep(
     progress: TextIO | None = sys.stderr,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Per topology and layout: decode TPOT and tokens/s at each batch (analytic fidelity)."""
-    from moesim.compare import scenario_memory_fit
+    from moesim.simulate import scenario_memory_fit
 
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for spec, topology in topologies.items():

@@ -8,11 +8,12 @@ from typing import Any
 
 from moesim.config import Scenario, parse_model
 from moesim.errors import PlacementError
+from moesim.memory import MemoryFit, memory_fit
 from moesim.models import ModelSpec, load_model
 from moesim.placement import Parallelism, parse_placement
 from moesim.result import latency_result, merge_layer_times, traffic_result
 from moesim.trace.format import RouterTrace, load_trace
-from moesim.traffic import Traffic, compute_traffic
+from moesim.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic
 from moesim.workload import StepWorkload, build_step
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "step_traffic",
     "time_step",
     "run_scenario",
+    "scenario_memory_fit",
 ]
 
 BUNDLED_PREFIX = "bundled:"
@@ -114,6 +116,21 @@ def time_step(inputs: RunInputs, step: StepWorkload, traffic: Traffic):  # type:
     return simulate_step(plan, topology, sc.fidelity)
 
 
+def scenario_memory_fit(scenario: Scenario, model: Any, par: Any, topology: Any) -> MemoryFit:
+    """The memory fit of one scenario's layout on `topology` (KV cache in the activation dtype)."""
+    act_bytes = ACT_DTYPE_BYTES[scenario.act_dtype]
+    return memory_fit(
+        model,
+        par,
+        topology.gpu_spec.memory_bytes,
+        batch=scenario.batch or 1,
+        context=scenario.context or 1,
+        weight_bytes=WEIGHT_DTYPE_BYTES[scenario.weight_dtype],
+        act_bytes=act_bytes,
+        kv_bytes=act_bytes,
+    )
+
+
 def describe_inputs(inputs: RunInputs, step: StepWorkload) -> dict[str, Any]:
     """The `inputs` block of a Result: what was run, so every number can be traced back."""
     par = inputs.parallelism
@@ -166,6 +183,8 @@ def run_scenario(scenario: Scenario) -> dict[str, Any]:
         steps.setdefault("decode", decode)
         decode_times.append(timeline.step_s)
     result.update(latency_result(timelines, steps, scenario.phase, inputs.model.first_dense_layers))
+    fit = scenario_memory_fit(scenario, inputs.model, inputs.parallelism, inputs.topology)
+    result["memory"] = fit.to_dict()
     result["tpot_s"] = float(sum(decode_times) / len(decode_times))
     result["tpot_steps_s"] = decode_times
     result["tokens_per_s"] = steps["decode"].num_sequences / result["tpot_s"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from moesim.config import Scenario
 from moesim.errors import MoesimError, PlacementError
-from moesim.memory import MemoryFit, memory_fit
+from moesim.memory import MemoryFit
 from moesim.placement import Parallelism, check_fits_model, check_tp_fits_model
 from moesim.result import layer_imbalance
 from moesim.simulate import (
@@ -19,9 +19,10 @@ from moesim.simulate import (
     RunInputs,
     resolve_placement,
     resolve_trace,
+    scenario_memory_fit,
 )
 from moesim.sweep_rows import ROW_COLUMNS
-from moesim.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic
+from moesim.traffic import Traffic, compute_traffic
 from moesim.workload import StepWorkload, build_step
 
 __all__ = ["point_key", "PointMetrics", "run_point", "evaluate_point", "pareto_front"]
@@ -185,18 +186,7 @@ def run_point(scenario: Scenario, *, with_ttft: bool = True) -> PointMetrics:
 
 def _memory_fit(inputs: RunInputs) -> MemoryFit:
     """Per-rank memory of the point: `batch` sequences at `context` (KV in the act dtype)."""
-    sc = inputs.scenario
-    act_bytes = ACT_DTYPE_BYTES[sc.act_dtype]
-    return memory_fit(
-        inputs.model,
-        inputs.parallelism,
-        _topo(inputs).gpu_spec.memory_bytes,
-        batch=sc.batch or 1,
-        context=sc.context or 1,
-        weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype],
-        act_bytes=act_bytes,
-        kv_bytes=act_bytes,
-    )
+    return scenario_memory_fit(inputs.scenario, inputs.model, inputs.parallelism, _topo(inputs))
 
 
 def _input_row(sc: Scenario) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`moesim calibrate nccl-tests`: fit a topology's link efficiency and launch latency to logs.
+"""`moesim calibrate nccl-tests|live`: fit a topology's link efficiency and launch latency.
 
     moesim calibrate nccl-tests LOG... -t TOPOLOGY -o OUT.yaml [--gpus N]
 
@@ -8,6 +8,15 @@ model on the topology, fits `link_efficiency` (one value for the chosen link med
 all) and `collective_launch_s` by least squares on log time, writes the topology with the
 fitted values (and a `sources` entry naming the logs) to OUT, and prints measured vs
 predicted time per row before and after.
+
+    moesim calibrate live --backend gloo|nccl --nproc N [--sizes 4K,16K,...] -o OUT.yaml
+
+runs microbenchmarks on N spawned ranks exactly as `moesim validate live` spawns them
+(all-to-all and ring point-to-point exchanges over message sizes, expert SwiGLU GEMMs; see
+`validate.microbench`), fits the links' efficiency, the collective launch latency and (for a
+loopback fabric) the links' latency with the same fit as nccl-tests, and the GPU spec's
+compute efficiency and kernel launch from the GEMMs; writes the topology (base: cpu-loopback
+for gloo, resized to N ranks) with a `sources` entry describing the run.
 """
 
 from __future__ import annotations
@@ -64,6 +73,132 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     nccl.add_argument("--algorithm", choices=("ring", "tree"), default="ring",
                       help="all-reduce algorithm the log used (NCCL_ALGO)")
     nccl.set_defaults(handler=_run_nccl_tests)
+    _add_live(sources)
+
+
+def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Flags of `moesim calibrate live`."""
+    live = sources.add_parser("live", help="fit to microbenchmarks run on live ranks",
+                              description=__doc__.split("\n\n")[4])
+    live.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
+    live.add_argument("--nproc", type=int, default=4, help="ranks (default 4)")
+    live.add_argument("-t", "--topology",
+                      help="base topology (default: cpu-loopback for gloo; required for nccl)")
+    live.add_argument("-o", "--output", required=True, help="where to write the fitted YAML")
+    live.add_argument("--sizes", default="4K,16K,64K,256K",
+                      help="all-to-all / ring buffer sizes per rank (default 4K,16K,64K,256K: "
+                      "the range a scaled live run sends)")
+    live.add_argument("--gemm-tokens", dest="gemm_tokens", default="8,32,128,512")
+    live.add_argument("--load-tokens", dest="load_tokens", type=int, default=128,
+                      help="GEMM rows computed between the two timed collectives of each "
+                      "iteration, as a MoE layer does (0: idle collectives)")
+    live.add_argument("--model", default="mixtral-8x7b", help="sizes the GEMMs like the harness")
+    live.add_argument("--scale", default=None, help="width scale (default 1/32 gloo, 1 nccl)")
+    live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
+                      default="bf16")
+    live.add_argument("--warmup", type=int, default=3)
+    live.add_argument("--repeats", type=int, default=10)
+    live.add_argument("--timeout-s", dest="timeout_s", type=float, default=300.0)
+    live.add_argument("--fidelity", choices=("des", "analytic"), default="analytic")
+    live.add_argument("--bench-json", dest="bench_json",
+                      help="also write the raw microbenchmark rows here")
+    live.add_argument("--from-bench", dest="from_bench",
+                      help="refit rows saved with --bench-json instead of running ranks")
+    live.set_defaults(handler=_run_live)
+
+
+def _live_base(args: argparse.Namespace) -> tuple[TopologySpec, Path]:
+    """The base topology of a live calibration, resized to the ranks where it is a preset."""
+    if args.topology is None and args.backend == "nccl":
+        raise ConfigError("--backend nccl: name the base topology with -t (e.g. dgx-h100)")
+    path = resolve_topology_path(args.topology or "cpu-loopback")
+    spec = load_model_file(TopologySpec, path, "topology")
+    if args.topology is None:
+        spec = spec.model_copy(update={"gpus_per_node": args.nproc})
+    return spec, path
+
+
+def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """Run the microbenchmarks (or read saved ones) as the flags say."""
+    from moesim.cli.run import write_json
+    from moesim.cli.validate import parse_scale
+    from moesim.models import load_model
+    from validate.measurement import scaled_model_update
+
+    if args.from_bench:
+        from moesim.config import read_mapping
+
+        return read_mapping(args.from_bench, "microbenchmark results")
+    from validate.microbench import run_microbench
+
+    scale = parse_scale(args.scale) if args.scale else (1.0 if args.backend == "nccl" else 1 / 32)
+    sizes = _size_list(args.sizes, "--sizes", parse_bytes)
+    update = scaled_model_update(load_model(args.model), scale, 1)
+    bench = run_microbench(
+        backend=args.backend, nproc=args.nproc, sizes_bytes=sizes,
+        gemm_tokens=_size_list(args.gemm_tokens, "--gemm-tokens", int),
+        hidden=update["hidden_size"], ffn=update["expert_ffn_size"], act_dtype=args.act_dtype,
+        load_tokens=args.load_tokens, warmup=args.warmup, repeats=args.repeats,
+        timeout_s=args.timeout_s,
+    )
+    bench.update(model=args.model, scale=scale)
+    if args.bench_json:
+        write_json(bench, args.bench_json)
+    return bench
+
+
+def _size_list(text: str, flag: str, parse) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    """Comma-separated sizes, each parsed by `parse`."""
+    try:
+        return tuple(int(parse(item.strip())) for item in text.split(",") if item.strip())
+    except (ValueError, ConfigError):
+        raise ConfigError(f"{flag} {text!r}: write comma-separated sizes like 4K,64K") from None
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    from validate.microbench import fit_live
+
+    spec, path = _live_base(args)
+    bench = _live_bench(args)
+    fit = fit_live(spec, bench, fidelity=args.fidelity)
+    print(format_table(fit.measurements, fit.comm))
+    if fit.loopback_latency_s is not None:
+        print(f"fitted loopback latency_s: {fit.loopback_latency_s * 1e6:.1f} us per link")
+    gpu = fit.spec.gpu_spec
+    print(f"fitted compute_efficiency {gpu.compute_efficiency:.4f} of "
+          f"{gpu.peak_bf16_flops_per_s:.3g} FLOP/s, kernel_launch_s "
+          f"{gpu.kernel_launch_s * 1e6:.1f} us")
+    for row in zip(fit.gemm_tokens, fit.gemm_measured_s, fit.gemm_before_s, fit.gemm_after_s,
+                   strict=True):
+        tokens, measured, before, after = row
+        print(f"gemm {int(tokens):>6} tokens: measured {measured * 1e6:9.1f} us, before "
+              f"{before * 1e6:9.1f} us {_pct(before, measured):>8}, after {after * 1e6:9.1f} us "
+              f"{_pct(after, measured):>8}")
+    note = (
+        f"Calibrated by `moesim calibrate live` on {datetime.date.today()}: {bench['backend']}, "
+        f"{bench['nproc']} ranks on {bench.get('device', '?')} ({bench.get('threads_per_rank')} "
+        f"threads per rank), all-to-all + ring sizes {args.sizes} B, GEMM {bench['hidden']}x"
+        f"{bench['ffn']} {bench['act_dtype']}, load {bench.get('load_tokens')} tokens, "
+        f"{bench.get('repeats')} repeats: collective_launch_s {fit.comm.launch_s:.3e} s, "
+        f"link_efficiency {fit.comm.efficiency_by_medium}, compute_efficiency "
+        f"{gpu.compute_efficiency:.4f}, kernel_launch_s {gpu.kernel_launch_s:.3e} s"
+    )
+    _write_live(fit.spec, note, Path(args.output), path)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _write_live(spec: TopologySpec, note: str, out: Path, original: Path) -> None:
+    """Write a live-calibrated topology YAML with a header and the `sources` note."""
+    fitted = spec.model_copy(update={"sources": (*spec.sources, note)})
+    data = fitted.model_dump(mode="json", exclude_defaults=True)
+    header = (
+        f"# {spec.name}, calibrated by `moesim calibrate live` (microbenchmarks on live ranks).\n"
+        f"# Base topology: {original}. Fitted: link_efficiency, collective_launch_s, loopback\n"
+        "# latency_s, gpu_spec compute_efficiency and kernel_launch_s; see the last `sources`.\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
 def _run_nccl_tests(args: argparse.Namespace) -> int:

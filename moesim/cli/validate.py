@@ -1,8 +1,9 @@
 """`moesim validate live|compare`: run the predicted traffic live, then hold it against moesim.
 
 `live` needs torch (`pip install 'moesim[live]'`) and writes a measurement JSON; `compare`
-needs no torch: it recomputes the simulator's bytes for the measurement's recorded inputs and
-exits 1 when any layer, rank or phase differs.
+needs no torch: it recomputes the simulator's bytes for the measurement's recorded inputs
+(exit 1 when any layer, rank or phase differs), predicts the run's times on a topology
+(`validate.predict`) and shows predicted vs measured per layer and phase with the errors.
 """
 
 from __future__ import annotations
@@ -78,7 +79,12 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "compare every layer, rank and phase; exit 1 when bytes differ.",
     )
     compare.add_argument("measurement", help="measurement JSON from `moesim validate live`")
-    compare.add_argument("--topology", help="topology for time predictions (when connected)")
+    compare.add_argument("--topology",
+                         help="topology for time predictions: preset or YAML, e.g. the output "
+                         "of `moesim calibrate live` (default: cpu-loopback, resized)")
+    compare.add_argument("--fidelity", choices=["des", "analytic"], default="des")
+    compare.add_argument("--plot", metavar="DIR",
+                         help="write pred_vs_measured.png and per_layer.png to DIR")
     compare.add_argument("--json", metavar="OUT", help="write the comparison JSON ('-': stdout)")
     compare.set_defaults(handler=_compare)
 
@@ -130,8 +136,10 @@ def _live(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_summary(measurement: dict[str, Any], topology: str | None = None) -> dict[str, Any]:
-    """Measured vs predicted bytes per layer, the mismatches, and predicted times (or None)."""
+def compare_summary(measurement: dict[str, Any], topology: str | None = None,
+                    fidelity: str = "des") -> dict[str, Any]:
+    """Measured vs predicted bytes and times per layer, the mismatches, and the errors:
+    `bytes_match`, `a2a_mape` / `layer_mape` / `overall_mape` (percent), `phase_mape`."""
     from validate.measurement import (
         PHASES,
         check_bytes,
@@ -140,6 +148,7 @@ def compare_summary(measurement: dict[str, Any], topology: str | None = None) ->
         predicted_times,
         traffic_for_inputs,
     )
+    from validate.predict import time_comparison
 
     traffic = traffic_for_inputs(measurement["inputs"])
     mismatches = check_bytes(measurement, traffic)
@@ -152,18 +161,26 @@ def compare_summary(measurement: dict[str, Any], topology: str | None = None) ->
                 "local_bytes": int(counts[layer, :, a2a, 2].sum()),
                 "other_comm_bytes": int(counts[layer, :, other, 0].sum())}
 
+    prediction = predicted_times(measurement, traffic, topology, fidelity)
+    times = time_comparison(measurement, prediction)
     per_layer = [
         {"layer": layer, "measured": layer_bytes(measured, layer),
          "predicted": layer_bytes(predicted, layer),
          "measured_time_s": _layer_time_s(measurement["per_layer"][layer]),
-         "bytes_match": not any(m.layer == layer for m in mismatches)}
+         "bytes_match": not any(m.layer == layer for m in mismatches),
+         **{k: v for k, v in times["per_layer"][layer].items() if k != "layer"}}
         for layer in range(measured.shape[0])
     ]
     return {
         "bytes_match": not mismatches,
         "mismatches": [vars(m) for m in mismatches],
+        "a2a_mape": times["a2a_mape"],
+        "layer_mape": times["layer_mape"],
+        "overall_mape": times["overall_mape"],
+        "phase_mape": times["phase_mape"],
+        "topology": prediction["topology_source"],
         "per_layer": per_layer,
-        "predicted_times": predicted_times(measurement, traffic, topology),
+        "predicted_times": prediction,
     }
 
 
@@ -178,9 +195,16 @@ def _compare(args: argparse.Namespace) -> int:
     from moesim.cli.run import write_json
     from validate.measurement import load_measurement
 
-    summary = compare_summary(load_measurement(args.measurement), args.topology)
+    summary = compare_summary(load_measurement(args.measurement), args.topology, args.fidelity)
     if args.json != "-":
         print(_format_compare(summary))
+    if args.plot:
+        from validate.predict import plot_comparison
+
+        title = f"{args.measurement} on {summary['topology']}"
+        paths = plot_comparison({"per_layer": summary["per_layer"]}, args.plot, title)
+        if args.json != "-":
+            print(f"wrote {', '.join(paths)}")
     if args.json:
         write_json(summary, args.json)
     return 0 if summary["bytes_match"] else 1
@@ -203,6 +227,30 @@ def _format_compare(summary: dict[str, Any]) -> str:
     if len(summary["mismatches"]) > 20:
         lines.append(f"... {len(summary['mismatches']) - 20} more mismatches")
     lines.append(f"bytes_match: {str(summary['bytes_match']).lower()}")
-    if summary["predicted_times"] is None:
-        lines.append("time predictions: not available yet (engine not connected)")
+    lines += _format_times(summary)
     return "\n".join(lines)
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _format_times(summary: dict[str, Any]) -> list[str]:
+    """Human table: per layer and active phase, measured / predicted ms (slowest rank)."""
+    rows = summary["per_layer"]
+    phases = list(rows[0]["measured_s"]) if rows else []
+    lines = [f"times on {summary['topology']}: measured/predicted ms, slowest rank per phase",
+             f"{'layer':>5} " + " ".join(f"{p[:13]:>15}" for p in phases)
+             + f" {'layer':>15} {'error':>7}"]
+    for row in rows:
+        cells = [f"{row['measured_s'][p] * 1e3:7.3f}/{row['predicted_s'][p] * 1e3:<7.3f}"
+                 for p in phases]
+        error = 100 * (row["layer_predicted_s"] / row["layer_measured_s"] - 1)
+        layer = f"{row['layer_measured_s'] * 1e3:7.3f}/{row['layer_predicted_s'] * 1e3:<7.3f}"
+        lines.append(f"{row['layer']:>5} " + " ".join(f"{c:>15}" for c in cells)
+                     + f" {layer:>15} {error:+6.1f}%")
+    lines.append("MAPE per phase: " + ", ".join(f"{p} {_fmt_pct(v)}"
+                                                for p, v in summary["phase_mape"].items()))
+    lines.append(f"a2a_mape (dispatch+combine): {_fmt_pct(summary['a2a_mape'])}, layer_mape: "
+                 f"{_fmt_pct(summary['layer_mape'])}, overall: {_fmt_pct(summary['overall_mape'])}")
+    return lines
