@@ -17,6 +17,7 @@ and CUDA events on GPUs.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -247,7 +248,8 @@ def run_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
     else:
         torch.set_num_threads(int(plan["threads"]))
     dist.init_process_group(
-        plan["backend"], init_method=f"tcp://127.0.0.1:{plan['port']}", rank=int(plan["rank"]),
+        plan["backend"], init_method=f"tcp://{os.environ.get('MASTER_ADDR', '127.0.0.1')}:"
+        f"{plan['port']}", rank=int(plan["rank"]),
         world_size=int(plan["world"]), timeout=timedelta(seconds=float(plan["timeout_s"])),
     )
     # On an error the group is left to process exit, so this rank files its error report

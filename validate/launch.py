@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from validate.measurement import (
     traffic_for_inputs,
 )
 
-__all__ = ["LiveRunError", "run_live", "rank_plans", "free_port"]
+__all__ = ["LiveRunError", "RankCommand", "run_live", "rank_plans", "free_port"]
 
 _POLL_S = 0.05
 _TERMINATE_GRACE_S = 3.0
@@ -44,6 +46,14 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 class LiveRunError(MoesimError):
     """A live run failed: a rank raised, hung past the timeout, or could not start."""
+
+
+@dataclass(frozen=True)
+class RankCommand:
+    """How one rank starts elsewhere: a command prefix (`ip netns exec NS`) and extra env."""
+
+    prefix: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -190,17 +200,23 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn(plan_dir: Path, world: int, threads: int, timeout_s: float) -> None:
-    """Start one process per rank, watch them, and leave none running."""
+def _spawn(plan_dir: Path, world: int, threads: int, timeout_s: float,
+           module: str = "validate.harness",
+           rank_commands: Sequence[RankCommand] | None = None) -> None:
+    """Start one process per rank (`python -m module PLAN_DIR RANK`, after the rank's command
+    prefix), watch them, and leave none running."""
     env = _child_env(threads)
     logs = [plan_dir / f"rank{rank}.log" for rank in range(world)]
+    commands = list(rank_commands or [RankCommand()] * world)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for rank in range(world):
             with open(logs[rank], "wb") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "validate.harness", str(plan_dir), str(rank)],
-                    env={**env, "RANK": str(rank), "WORLD_SIZE": str(world)},
+                    [*commands[rank].prefix, sys.executable, "-m", module, str(plan_dir),
+                     str(rank)],
+                    env={**env, **commands[rank].env, "RANK": str(rank),
+                         "WORLD_SIZE": str(world)},
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 ))
@@ -257,10 +273,12 @@ def run_live(
     nproc: int | None = None,
     inject_failure: tuple[int, str] | None = None,
     workdir: str | Path | None = None,
+    rank_commands: Sequence[RankCommand] | None = None,
 ) -> dict[str, Any]:
     """Run the predicted traffic live and return the measurement dict (see validate.measurement).
 
-    `inject_failure=(rank, "raise" | "hang")` makes that rank fail after joining (for tests).
+    `inject_failure=(rank, "raise" | "hang")` makes that rank fail after joining (for tests);
+    `rank_commands` start ranks elsewhere (network namespaces: `validate.netns`).
     """
     start = time.perf_counter()
     inputs = live_inputs(model=model, trace=trace, placement=placement, backend=backend,
@@ -281,7 +299,8 @@ def run_live(
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-live-", dir=workdir))
     for rank, plan in enumerate(rank_plans(traffic, inputs, settings)):
         np.savez(plan_dir / f"rank{rank}.npz", **plan)
-    _spawn(plan_dir, world, threads, timeout_s)  # on failure the logs stay in plan_dir
+    _spawn(plan_dir, world, threads, timeout_s,  # on failure the logs stay in plan_dir
+           rank_commands=rank_commands)
     time_s, byte_counts, step_time_s = _gather(plan_dir, world)
     shutil.rmtree(plan_dir, ignore_errors=True)
     if byte_counts.shape != expected_bytes(traffic).shape:

@@ -59,14 +59,16 @@ PHASES: tuple[str, ...] = (
     "combine",
     "attn_all_gather",
 )
-# Measured phase -> engine phase (moesim.engine.plan.PHASES) it is compared with.
+# Measured phase -> engine phase (moesim.engine.plan.PHASES) whose time holds it: the engine
+# books the MoE-TP gather/scatter and the attention-TP all-gather as `moe_comm`
+# (moesim.engine.step); validate.predict splits shared engine phases back per measured phase.
 ENGINE_PHASE: dict[str, str] = {
     "sp_exchange": "attn_comm",
     "attn_reduce_scatter": "attn_comm",
     "dispatch": "dispatch",
-    "moe_tp_gather": "dispatch",
+    "moe_tp_gather": "moe_comm",
     "experts": "experts",
-    "moe_tp_scatter": "combine",
+    "moe_tp_scatter": "moe_comm",
     "combine": "combine",
     "attn_all_gather": "moe_comm",
 }
@@ -324,9 +326,11 @@ def check_bytes(measurement: dict[str, Any], traffic: Traffic) -> list[Mismatch]
 
 
 def predicted_times(measurement: dict[str, Any], traffic: Traffic,
-                    topology: str | None = None) -> dict[str, Any] | None:
-    """The engine's predicted time per layer and measured phase for this run; None until the
-    engine is connected (then: {"per_layer": [{phase: seconds}], "step_time_s": seconds})."""
-    del measurement, traffic, topology
-    return None
+                    topology: str | None = None, fidelity: str = "des") -> dict[str, Any]:
+    """The engine's predicted time per layer, rank and measured phase for this run on
+    `topology` (default cpu-loopback): `time_s[L][W][P]`, `per_layer` ({phase: slowest rank's
+    seconds}) and `step_time_s`; see `validate.predict`."""
+    from validate.predict import predicted_times as predict  # predict imports this module
+
+    return predict(measurement, traffic, topology, fidelity)
 

@@ -1,0 +1,334 @@
+"""Calibration microbenchmarks on the live harness's ranks: all-to-all, ring exchange, expert GEMM.
+
+`run_microbench` spawns one process per rank exactly as a live run does (`validate.launch`:
+same environment, thread count, failure handling, no orphans) running
+`python -m validate.microbench PLAN_DIR RANK`. Every rank, together, after a barrier per
+iteration:
+
+- `alltoall`: `all_to_all_single` of an evenly split send buffer of `size` bytes per rank
+  (nccl-tests' `alltoall_perf` convention: `size / N` to every rank, itself included);
+- `allgather`: a ring all-gather of `N` chunks of `size / N` bytes built from the same
+  point-to-point steps (`batch_isend_irecv` to the successor, from the predecessor) as the
+  harness's attention-TP ring, so `N - 1` point-to-point exchanges per iteration;
+- `gemm`: one expert's SwiGLU (`down(silu(x W_gate) * (x W_up))`) on `tokens` rows at the
+  harness's (scaled) hidden and FFN widths, on every rank at once, so the ranks share the
+  host's cores as they do in a live run.
+
+With `load_tokens > 0` (the default) each communication iteration is `barrier, op, expert
+GEMM of load_tokens rows, op` and both ops are timed: a live MoE layer computes between its
+collectives, and on a host with fewer cores than ranks the ranks that finished a collective
+compute while the others still wait to be scheduled to finish it. That scheduling delay is
+part of every collective the harness times, so calibration measures it in the same setting
+(`load_tokens=0`: idle collectives). Each rank records the median over repeats; a row's time
+is the slowest rank's median, as the harness reports layers. torch is imported only in the
+rank processes.
+
+Fitting (`fit_live`, no torch): the communication rows become `moesim.calibrate.fit.Measurement`
+objects fitted by `fit_topology` (link efficiency of the fitted media and collective launch
+latency), inside a golden-section search over the loopback links' latency where the topology
+has a loopback fabric (an all-to-all pays the path latency once, a ring once per step, so
+the two ops separate launch from per-message latency); the GEMM rows give the GPU spec's
+compute efficiency (slope of time over FLOPs) and kernel launch (intercept) by least squares.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moesim.calibrate.fit import FitResult, Measurement, _golden_min, calibrated_spec, fit_topology
+from moesim.errors import ConfigError
+from moesim.topology_spec import GpuSpec, TopologySpec
+
+__all__ = [
+    "BENCH_OPS",
+    "DEFAULT_SIZES_BYTES",
+    "DEFAULT_GEMM_TOKENS",
+    "DEFAULT_LOAD_TOKENS",
+    "LiveFit",
+    "run_microbench",
+    "bench_measurements",
+    "fit_gemm",
+    "with_loopback_latency",
+    "fit_live",
+    "main",
+]
+
+BENCH_OPS = ("alltoall", "allgather", "gemm")
+DEFAULT_SIZES_BYTES: tuple[int, ...] = (1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20,
+                                        1 << 22)
+DEFAULT_GEMM_TOKENS: tuple[int, ...] = (8, 32, 128, 512)
+DEFAULT_LOAD_TOKENS = 128
+
+
+def run_microbench(
+    *,
+    backend: str = "gloo",
+    nproc: int = 4,
+    sizes_bytes: tuple[int, ...] = DEFAULT_SIZES_BYTES,
+    gemm_tokens: tuple[int, ...] = DEFAULT_GEMM_TOKENS,
+    hidden: int = 128,
+    ffn: int = 448,
+    act_dtype: str = "bf16",
+    load_tokens: int = DEFAULT_LOAD_TOKENS,
+    warmup: int = 3,
+    repeats: int = 10,
+    timeout_s: float = 300.0,
+    workdir: str | Path | None = None,
+    rank_commands: Any = None,
+) -> dict[str, Any]:
+    """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time)."""
+    from validate.launch import LiveRunError, _check_backend, _spawn, free_port
+
+    if nproc < 2:
+        raise LiveRunError(f"--nproc {nproc}: calibration needs at least 2 ranks")
+    start = time.perf_counter()
+    device = _check_backend(backend, nproc)
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    plan = {"backend": backend, "port": free_port(), "timeout_s": float(timeout_s),
+            "world": nproc, "threads": threads, "warmup": warmup, "repeats": repeats,
+            "sizes_bytes": np.asarray(sizes_bytes, dtype=np.int64),
+            "gemm_tokens": np.asarray(gemm_tokens, dtype=np.int64),
+            "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens}
+    plan_dir = Path(tempfile.mkdtemp(prefix="moesim-bench-", dir=workdir))
+    for rank in range(nproc):
+        np.savez(plan_dir / f"rank{rank}.npz", **plan, rank=rank)
+    _spawn(plan_dir, nproc, threads, timeout_s, module="validate.microbench",
+           rank_commands=rank_commands)
+    medians = []
+    for rank in range(nproc):
+        with np.load(plan_dir / f"result{rank}.npz") as data:
+            medians.append({k: data[k] for k in data.files})
+    for path in plan_dir.iterdir():
+        path.unlink()
+    plan_dir.rmdir()
+    rows = _rows(medians, nproc, sizes_bytes, gemm_tokens)
+    return {"backend": backend, "nproc": nproc, "device": device, "threads_per_rank": threads,
+            "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
+            "warmup": warmup,
+            "repeats": repeats, "rows": rows, "wall_s": time.perf_counter() - start}
+
+
+def _rows(medians: list[dict[str, np.ndarray]], nproc: int, sizes: tuple[int, ...],
+          tokens: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per op and size: the slowest rank's median time."""
+    rows = []
+    for op in ("alltoall", "allgather"):
+        slowest = np.max([m[op] for m in medians], axis=0)
+        rows += [{"op": op, "num_ranks": nproc, "size_bytes": int(s), "time_s": float(t)}
+                 for s, t in zip(sizes, slowest, strict=True)]
+    slowest = np.max([m["gemm"] for m in medians], axis=0)
+    rows += [{"op": "gemm", "num_ranks": nproc, "tokens": int(n), "time_s": float(t)}
+             for n, t in zip(tokens, slowest, strict=True)]
+    return rows
+
+
+# ---- fitting (numpy) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveFit:
+    """A calibrated topology and how it was reached: the comm fit, the loopback latency
+    (None: not fitted) and the GEMM rows' predicted seconds before and after."""
+
+    spec: TopologySpec
+    comm: FitResult
+    measurements: list[Measurement]
+    loopback_latency_s: float | None
+    gemm_tokens: np.ndarray  # [G]
+    gemm_measured_s: np.ndarray  # [G]
+    gemm_before_s: np.ndarray  # [G]
+    gemm_after_s: np.ndarray  # [G]
+
+
+def bench_measurements(bench: dict[str, Any]) -> list[Measurement]:
+    """The communication rows as `Measurement`s (nccl-tests buffer-size convention)."""
+    return [Measurement(row["op"], int(row["num_ranks"]), float(row["size_bytes"]),
+                        float(row["time_s"]))
+            for row in bench["rows"] if row["op"] in ("alltoall", "allgather")]
+
+
+def _gemm_flops(bench: dict[str, Any], tokens: np.ndarray) -> np.ndarray:
+    """FLOPs of one SwiGLU expert (three GEMMs) on `tokens` rows."""
+    return 2.0 * 3 * int(bench["hidden"]) * int(bench["ffn"]) * tokens
+
+
+def _gemm_time_s(bench: dict[str, Any], tokens: np.ndarray, gpu: GpuSpec) -> np.ndarray:
+    """The roofline (moesim.cost) of one expert on `tokens` rows, weights in the act dtype."""
+    from moesim.cost import roofline_time_s
+    from moesim.traffic import ACT_DTYPE_BYTES
+
+    act = ACT_DTYPE_BYTES[bench["act_dtype"]]
+    hidden, ffn = int(bench["hidden"]), int(bench["ffn"])
+    return np.array([roofline_time_s(f, 3 * hidden * ffn * act + n * (2 * hidden + 3 * ffn) * act,
+                                     gpu, act)
+                     for f, n in zip(_gemm_flops(bench, tokens), tokens, strict=True)])
+
+
+def fit_gemm(bench: dict[str, Any], gpu: GpuSpec) -> GpuSpec:
+    """`gpu` with compute efficiency and kernel launch fitted to the GEMM rows (time = FLOPs /
+    (peak * efficiency) + launch); where the slope beats the peak, the peak is raised to it."""
+    rows = [r for r in bench["rows"] if r["op"] == "gemm"]
+    if len(rows) < 2:
+        raise ConfigError("calibration needs GEMM timings at two or more token counts "
+                          "(--gemm-tokens)")
+    tokens = np.array([r["tokens"] for r in rows], dtype=np.float64)
+    slope_s_per_flop, launch_s = np.polyfit(_gemm_flops(bench, tokens),
+                                            [r["time_s"] for r in rows], 1)
+    if slope_s_per_flop <= 0:
+        raise ConfigError("GEMM times do not grow with tokens; rerun the calibration with "
+                          "larger --gemm-tokens or more --repeats")
+    achieved = 1.0 / slope_s_per_flop
+    update: dict[str, float] = {"kernel_launch_s": max(0.0, float(launch_s))}
+    if achieved > gpu.peak_bf16_flops_per_s:
+        update.update(peak_bf16_flops_per_s=achieved, compute_efficiency=1.0)
+    else:
+        update["compute_efficiency"] = achieved / gpu.peak_bf16_flops_per_s
+    return gpu.model_copy(update=update)
+
+
+def with_loopback_latency(spec: TopologySpec, latency_s: float) -> TopologySpec:
+    """`spec` with every loopback fabric block's link latency set to `latency_s`."""
+    fabric = tuple(b.model_copy(update={"latency_s": latency_s}) if b.kind == "loopback" else b
+                   for b in spec.fabric)
+    return spec.model_copy(update={"fabric": fabric})
+
+
+def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | None = None,
+             fidelity: str = "analytic", loss: str = "log") -> LiveFit:
+    """Fit `spec` to microbenchmark results: link efficiency, collective launch, loopback
+    latency (where the spec has a loopback fabric) and the GPU's compute efficiency/launch."""
+    measurements = bench_measurements(bench)
+    if not measurements:
+        raise ConfigError("calibration needs all-to-all or ring timings (--sizes)")
+
+    def comm_fit(latency_s: float | None) -> FitResult:
+        base = spec if latency_s is None else with_loopback_latency(spec, latency_s)
+        return fit_topology(base, measurements, media=media, loss=loss, fidelity=fidelity)
+
+    latency_s = None
+    if any(b.kind == "loopback" for b in spec.fabric):
+        fastest = min(m.time_s for m in measurements)
+        latency_s = _golden_min(lambda lat: comm_fit(lat).loss, 0.0, fastest, tol=fastest * 1e-3)
+    comm = comm_fit(latency_s)
+    fitted = calibrated_spec(spec if latency_s is None else with_loopback_latency(spec, latency_s),
+                             comm.efficiency_by_medium, comm.launch_s)
+    gpu = fit_gemm(bench, spec.gpu_spec)
+    fitted = fitted.model_copy(update={"gpu_spec": gpu})
+    tokens = np.array([r["tokens"] for r in bench["rows"] if r["op"] == "gemm"], dtype=float)
+    return LiveFit(
+        spec=fitted, comm=comm, measurements=measurements, loopback_latency_s=latency_s,
+        gemm_tokens=tokens,
+        gemm_measured_s=np.array([r["time_s"] for r in bench["rows"] if r["op"] == "gemm"]),
+        gemm_before_s=_gemm_time_s(bench, tokens, spec.gpu_spec),
+        gemm_after_s=_gemm_time_s(bench, tokens, gpu),
+    )
+
+
+# ---- rank side (torch) ----------------------------------------------------------------------
+
+
+def _timed(fn: Any, warmup: int, repeats: int, load: Any = None) -> float:
+    """Median seconds of `fn()` over `repeats` iterations, each `barrier, fn` or, with a
+    `load`, `barrier, fn, load, fn` (both calls timed)."""
+    import torch.distributed as dist
+
+    times = []
+    for i in range(warmup + repeats):
+        dist.barrier()
+        calls = []
+        for _ in range(1 if load is None else 2):
+            begin = time.perf_counter()
+            fn()
+            calls.append(time.perf_counter() - begin)
+            if load is not None and len(calls) == 1:
+                load()
+        if i >= warmup:
+            times += calls
+    return float(np.median(times))
+
+
+def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
+    """This rank's median time per op and size."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from validate.harness import TORCH_DTYPES, _ring
+
+    rank, world = int(plan["rank"]), int(plan["world"])
+    torch.set_num_threads(int(plan["threads"]))
+    dist.init_process_group(
+        plan["backend"], init_method=f"tcp://{os.environ.get('MASTER_ADDR', '127.0.0.1')}:"
+        f"{plan['port']}", rank=rank, world_size=world,
+        timeout=timedelta(seconds=float(plan["timeout_s"])),
+    )
+    warmup, repeats = int(plan["warmup"]), int(plan["repeats"])
+    out: dict[str, list[float]] = {op: [] for op in BENCH_OPS}
+    dtype, hidden, ffn = TORCH_DTYPES[plan["act_dtype"]], int(plan["hidden"]), int(plan["ffn"])
+    gen = torch.Generator().manual_seed(2000 + rank)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (0.02 * torch.randn(*shape, generator=gen)).to(dtype)
+
+    w_gate, w_up, w_down = rand(hidden, ffn), rand(hidden, ffn), rand(ffn, hidden)
+
+    def swiglu(x: torch.Tensor) -> torch.Tensor:
+        return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down  # [n, D]
+
+    load_x = rand(int(plan["load_tokens"]), hidden)
+    load = (lambda: swiglu(load_x)) if int(plan["load_tokens"]) > 0 else None
+    ranks = np.arange(world)
+    for size in plan["sizes_bytes"]:
+        per_peer = max(1, int(size) // world)
+        send = torch.zeros(per_peer * world, dtype=torch.uint8)
+        recv = torch.empty_like(send)
+        out["alltoall"].append(_timed(lambda r=recv, s=send: dist.all_to_all_single(r, s),
+                                      warmup, repeats, load))
+        rows = np.full(world, per_peer)
+        buf = torch.zeros(per_peer * world, 1, dtype=torch.uint8)
+        out["allgather"].append(_timed(
+            lambda b=buf, n=rows: _ring(b, b, ranks, n, rank, reduce=False),
+            warmup, repeats, load))
+    for tokens in plan["gemm_tokens"]:
+        x = rand(int(tokens), hidden)  # [n, D]
+        out["gemm"].append(_timed(lambda x=x: swiglu(x), warmup, repeats))
+    dist.barrier()
+    dist.destroy_process_group()
+    return {op: np.asarray(times) for op, times in out.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of one benchmark rank; on error files `error{RANK}.txt` as the harness does."""
+    from validate.harness import _load_plan
+
+    args = argv or sys.argv[1:]
+    plan_dir, rank = Path(args[0]), int(args[1])
+    try:
+        result = _bench_rank(_load_plan(plan_dir / f"rank{rank}.npz"))
+        tmp = plan_dir / f"result{rank}.tmp.npz"
+        np.savez(tmp, **result)  # type: ignore[arg-type]
+        tmp.replace(plan_dir / f"result{rank}.npz")
+    except Exception as exc:  # noqa: BLE001 - any failure ends this rank with one line
+        failed_at = time.time()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        line = f"rank {rank}: {type(exc).__name__}: {message}"
+        report = plan_dir / f"error{rank}.tmp"
+        report.write_text(f"{failed_at!r}\n{line}\n")
+        report.replace(plan_dir / f"error{rank}.txt")
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

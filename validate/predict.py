@@ -1,0 +1,274 @@
+"""Predicted times of a live run: the engine's timeline of exactly what the harness executed.
+
+From a measurement's recorded inputs the same Traffic is rebuilt (`traffic_for_inputs`) and a
+StepPlan is made of what the harness ran: no attention, router or LM-head compute (the harness
+runs none: zero), experts = the scaled SwiGLU GEMMs of each rank's local experts, one launch
+per expert that got tokens (the harness loops over experts, it is not a grouped kernel), the
+SP exchange, dispatch, MoE-TP gather/scatter, combine and attention-TP rings with the exact
+bytes. `simulate_step` runs it on a topology (default `cpu-loopback`, or a file written by
+`moesim calibrate live`).
+
+Engine phase -> harness phase (documented mapping; `validate.measurement.ENGINE_PHASE` is the
+reverse): `dispatch` -> dispatch, `combine` -> combine, `experts` -> experts; `attn_comm` holds
+sp_exchange + attn_reduce_scatter and `moe_comm` holds moe_tp_gather + moe_tp_scatter +
+attn_all_gather: where one engine phase holds several active harness phases its seconds are
+split in proportion to each one's stand-alone time (`predict_collective`, analytic), per rank.
+A phase the harness runs as a collective that moves no cross-rank bytes (TP's all-local
+dispatch) is skipped by the engine, but gloo still exchanges an empty message with every
+peer: it is predicted as one collective launch plus the longest path latency to a peer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from moesim.cost import experts_cost
+from moesim.engine.collectives import collective_launch_s, predict_collective
+from moesim.engine.plan import PHASES as ENGINE_PHASES
+from moesim.engine.plan import StepPlan
+from moesim.engine.step import simulate_step
+from moesim.errors import TopologyError
+from moesim.models import load_model
+from moesim.topology import Topology, build_topology, resolve_topology_path
+from moesim.topology_spec import GpuSpec, TopologySpec
+from moesim.traffic import Traffic
+from validate.measurement import PHASES, phase_byte_matrices
+
+__all__ = [
+    "DEFAULT_TOPOLOGY",
+    "ENGINE_GROUPS",
+    "active_phases",
+    "harness_experts_s",
+    "harness_step_plan",
+    "prediction_topology",
+    "predict_phase_times",
+    "predicted_times",
+    "measured_phase_times",
+    "time_comparison",
+    "plot_comparison",
+]
+
+DEFAULT_TOPOLOGY = "cpu-loopback"
+# Engine phase -> the harness phases it holds, in the order the harness runs them.
+ENGINE_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention": (),
+    "attn_comm": ("sp_exchange", "attn_reduce_scatter"),
+    "router": (),
+    "dispatch": ("dispatch",),
+    "experts": ("experts",),
+    "combine": ("combine",),
+    "moe_comm": ("moe_tp_gather", "moe_tp_scatter", "attn_all_gather"),
+}
+_P = {name: i for i, name in enumerate(PHASES)}
+
+
+def active_phases(traffic: Traffic) -> np.ndarray:
+    """`[P]` bool: the phases the harness runs (any bytes, local included, and experts)."""
+    active = np.array([bool(m.any()) for m in phase_byte_matrices(traffic).values()])
+    active[_P["experts"]] = True
+    return active
+
+
+def harness_experts_s(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) -> np.ndarray:
+    """`[L, W]` seconds of the harness's expert GEMMs: the roofline of each local expert's
+    SwiGLU at the scaled sizes, weights in the activation dtype, one launch per busy expert."""
+    model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
+    moe_tp, act_bytes = int(inputs["parallelism"]["moe_tp"]), float(inputs["act_bytes"])
+    tokens = traffic.rank_expert_tokens  # [L, W, E_local]
+    out = np.zeros(tokens.shape[:2])
+    for layer, rank in np.ndindex(*out.shape):
+        busy = int((tokens[layer, rank] > 0).sum())
+        if busy:
+            cost = experts_cost(model, gpu, tokens_per_expert=tokens[layer, rank], moe_tp=moe_tp,
+                                weight_bytes=act_bytes, act_bytes=act_bytes)
+            out[layer, rank] = cost.time_s + (busy - 1) * gpu.kernel_launch_s
+    return out
+
+
+def harness_step_plan(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) -> StepPlan:
+    """The StepPlan of what the harness ran: traffic exact, compute = expert GEMMs only."""
+    world, layers = traffic.world, traffic.num_layers
+    groups = tuple((coll.ranks, coll.buffer_bytes) for coll in traffic.attn_collectives
+                   if coll.op == "reducescatter")
+    return StepPlan(
+        world=world, num_dense_blocks=0, attention_s=np.zeros(world),
+        dense_ffn_s=np.zeros(world), router_s=np.zeros(world),
+        experts_s=harness_experts_s(inputs, traffic, gpu), lm_head_s=np.zeros(world),
+        sp_bytes=traffic.sp_bytes, dispatch_bytes=traffic.dispatch_bytes[:layers],
+        moe_tp_gather_bytes=traffic.moe_tp_gather_bytes, attn_tp_groups=groups,
+    )
+
+
+def prediction_topology(topology: str | None, world: int) -> Topology:
+    """The topology to predict on; the default `cpu-loopback` is resized to `world` ranks."""
+    from moesim.config import load_model_file
+
+    path = resolve_topology_path(topology or DEFAULT_TOPOLOGY)
+    spec = load_model_file(TopologySpec, path, "topology")
+    if topology is None and spec.nodes * spec.gpus_per_node != world:
+        spec = spec.model_copy(update={"gpus_per_node": world})
+    if spec.nodes * spec.gpus_per_node < world:
+        raise TopologyError(
+            f"topology {path} has {spec.nodes * spec.gpus_per_node} ranks but the measurement "
+            f"ran {world}; raise its gpus_per_node or calibrate with --nproc {world}"
+        )
+    return build_topology(spec, source=f"topology file {path}")
+
+
+def _standalone_s(traffic: Traffic, topo: Topology, launch_s: float) -> np.ndarray:
+    """`[L, W, P]` each harness phase alone on an idle network (analytic), for splitting."""
+    out = np.zeros((traffic.num_layers, traffic.world, len(PHASES)))
+    ranks = list(range(traffic.world))
+    for p, (phase, matrices) in enumerate(phase_byte_matrices(traffic).items()):
+        if phase in ("attn_reduce_scatter", "attn_all_gather"):
+            op = "reducescatter" if phase == "attn_reduce_scatter" else "allgather"
+            for coll in (c for c in traffic.attn_collectives if c.op == op):
+                result = predict_collective(topo, op, coll.ranks, size_bytes=coll.buffer_bytes,
+                                            launch_s=launch_s, fidelity="analytic")
+                out[:, list(coll.ranks), p] = result.rank_times_s
+        elif phase != "experts":
+            for layer in range(traffic.num_layers):
+                if matrices[layer].any():
+                    result = predict_collective(topo, "alltoall", ranks,
+                                                bytes_matrix=np.asarray(matrices[layer], float),
+                                                launch_s=launch_s, fidelity="analytic")
+                    out[layer, :, p] = result.rank_times_s
+    return out
+
+
+def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology,
+                        fidelity: str = "des") -> np.ndarray:
+    """Predicted seconds `[L, W, P]` per layer, rank and harness phase (`PHASES`)."""
+    plan = harness_step_plan(inputs, traffic, topo.gpu_spec)
+    timeline = simulate_step(plan, topo, fidelity=fidelity)
+    launch_s = collective_launch_s(topo)
+    active = active_phases(traffic)
+    alone = _standalone_s(traffic, topo, launch_s)
+    out = np.zeros((traffic.num_layers, traffic.world, len(PHASES)))
+    for e, engine_phase in enumerate(ENGINE_PHASES):
+        members = [_P[p] for p in ENGINE_GROUPS[engine_phase] if active[_P[p]]]
+        if not members:
+            continue
+        engine_s = timeline.phase_s[:, :, e]  # [L, W]
+        weights = alone[:, :, members] if len(members) > 1 else np.ones(engine_s.shape + (1,))
+        total = weights.sum(axis=2, keepdims=True)
+        share = np.divide(weights, total, out=np.full_like(weights, 1 / len(members)),
+                          where=total > 0)
+        out[:, :, members] = engine_s[:, :, None] * share
+    comm = active.copy()
+    comm[_P["experts"]] = False
+    skipped = comm[None, None, :] & (out == 0)
+    empty_s = np.broadcast_to(_empty_exchange_s(topo, traffic.world, launch_s)[None, :, None],
+                              out.shape)
+    out[skipped] = empty_s[skipped]
+    return out
+
+
+def _empty_exchange_s(topo: Topology, world: int, launch_s: float) -> np.ndarray:
+    """`[W]` seconds of a collective that sends only empty messages: launch + the longest
+    path latency from the rank to a peer."""
+    latency = np.array([[topo.path_latency_s(topo.routes(src, dst)[0]) for dst in range(world)]
+                        for src in range(world)])
+    return launch_s + latency.max(axis=1)
+
+
+def predicted_times(measurement: dict[str, Any], traffic: Traffic,
+                    topology: str | None = None, fidelity: str = "des") -> dict[str, Any]:
+    """Per layer, rank and harness phase predicted seconds for a measurement, and summaries."""
+    topo = prediction_topology(topology, traffic.world)
+    times = predict_phase_times(measurement["inputs"], traffic, topo, fidelity)
+    slowest = times.max(axis=1)  # [L, P]
+    return {
+        "topology": topo.name,
+        "topology_source": topology or DEFAULT_TOPOLOGY,
+        "fidelity": fidelity,
+        "phases": list(PHASES),
+        "active_phases": [p for p, a in zip(PHASES, active_phases(traffic), strict=True) if a],
+        "time_s": times.tolist(),
+        "per_layer": [dict(zip(PHASES, row.tolist(), strict=True)) for row in slowest],
+        "step_time_s": float(slowest.sum()),
+    }
+
+
+def measured_phase_times(measurement: dict[str, Any]) -> np.ndarray:
+    """The measurement's median seconds `[L, W, P]` per layer, rank and phase."""
+    return np.array([[[rank["phases"].get(p, {}).get("time_s", 0.0) for p in PHASES]
+                      for rank in layer["ranks"]] for layer in measurement["per_layer"]])
+
+
+def _ape(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Absolute percentage error, in percent (nan where nothing was measured)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(measured > 0, 100 * np.abs(predicted - measured) / measured, np.nan)
+
+
+def _mape(predicted: np.ndarray, measured: np.ndarray) -> float | None:
+    """Mean absolute percentage error over the finite entries, None when there are none."""
+    errors = _ape(predicted, measured)
+    return float(np.nanmean(errors)) if np.isfinite(errors).any() else None
+
+
+def time_comparison(measurement: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
+    """Predicted vs measured per layer and active phase (slowest rank of each), the error per
+    phase (MAPE over layers), `a2a_mape` (dispatch + combine), `layer_mape` and overall MAPE."""
+    active = [_P[p] for p in prediction["active_phases"]]
+    measured = measured_phase_times(measurement).max(axis=1)[:, active]  # [L, A]
+    predicted = np.asarray(prediction["time_s"]).max(axis=1)[:, active]
+    names = [PHASES[p] for p in active]
+    a2a = [i for i, name in enumerate(names) if name in ("dispatch", "combine")]
+    meas_a2a, pred_a2a = measured[:, a2a].sum(axis=1), predicted[:, a2a].sum(axis=1)
+    meas_layer, pred_layer = measured.sum(axis=1), predicted.sum(axis=1)
+    rows = [{"layer": layer,
+             "measured_s": dict(zip(names, measured[layer].tolist(), strict=True)),
+             "predicted_s": dict(zip(names, predicted[layer].tolist(), strict=True)),
+             "a2a_measured_s": float(meas_a2a[layer]), "a2a_predicted_s": float(pred_a2a[layer]),
+             "layer_measured_s": float(meas_layer[layer]),
+             "layer_predicted_s": float(pred_layer[layer])}
+            for layer in range(measured.shape[0])]
+    return {
+        "phase_mape": {name: _mape(predicted[:, i], measured[:, i])
+                       for i, name in enumerate(names)},
+        "a2a_mape": _mape(pred_a2a, meas_a2a) if a2a else None,
+        "layer_mape": _mape(pred_layer, meas_layer),
+        "overall_mape": _mape(predicted, measured),
+        "per_layer": rows,
+    }
+
+
+def plot_comparison(comparison: dict[str, Any], out_dir: str, title: str = "") -> list[str]:
+    """Write `pred_vs_measured.png` (scatter per layer and phase, y = x) and `per_layer.png`
+    (measured and predicted layer time per layer); return the paths."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = comparison["per_layer"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name in rows[0]["measured_s"] if rows else ():
+        ax.scatter([1e3 * r["measured_s"][name] for r in rows],
+                   [1e3 * r["predicted_s"][name] for r in rows], label=name, s=18)
+    top = max([1e-3] + [1e3 * max(*r["measured_s"].values(), *r["predicted_s"].values())
+                        for r in rows])
+    ax.plot([0, top], [0, top], "k--", lw=1, label="y = x")
+    ax.set(xlabel="measured ms (slowest rank)", ylabel="predicted ms", title=title)
+    ax.legend(fontsize=7)
+    scatter = out / "pred_vs_measured.png"
+    fig.savefig(scatter, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows)), 3.5))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [1e3 * r["layer_measured_s"] for r in rows], 0.4, label="measured")
+    ax.bar(x + 0.2, [1e3 * r["layer_predicted_s"] for r in rows], 0.4, label="predicted")
+    ax.set(xlabel="MoE layer", ylabel="layer time, ms", title=title)
+    ax.legend()
+    bars = out / "per_layer.png"
+    fig.savefig(bars, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return [str(scatter), str(bars)]
