@@ -153,6 +153,20 @@ def test_mape_is_hand_worked() -> None:
     assert result["per_layer"][1]["layer_predicted_s"] == pytest.approx(6e-3)
 
 
+def test_min_statistic_compares_against_the_fastest_repeat() -> None:
+    """Repeats of 1 ms and 3 ms: the median is 2 ms, the min 1 ms; a 1 ms prediction is 50%
+    off the median and exact against the min."""
+    inputs = _inputs("EP4")
+    counts = expected_bytes(traffic_for_inputs(inputs))
+    layers, world = counts.shape[:2]
+    times = np.stack([np.full((layers, world, len(PHASES)), t) for t in (1e-3, 3e-3)])
+    measurement = build_measurement(inputs, times, counts, np.full((2, world), 1.0), 1.0)
+    predicted = np.full((layers, world, len(PHASES)), 1e-3)
+    prediction = {"time_s": predicted.tolist(), "active_phases": ["dispatch", "combine"]}
+    assert time_comparison(measurement, prediction)["a2a_mape"] == pytest.approx(50)
+    assert time_comparison(measurement, prediction, "min")["a2a_mape"] == pytest.approx(0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moesim")
     validate_cli.add_parser(parser.add_subparsers(dest="command"))

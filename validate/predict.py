@@ -192,9 +192,11 @@ def predicted_times(measurement: dict[str, Any], traffic: Traffic,
     }
 
 
-def measured_phase_times(measurement: dict[str, Any]) -> np.ndarray:
-    """The measurement's median seconds `[L, W, P]` per layer, rank and phase."""
-    return np.array([[[rank["phases"].get(p, {}).get("time_s", 0.0) for p in PHASES]
+def measured_phase_times(measurement: dict[str, Any], statistic: str = "median") -> np.ndarray:
+    """The measurement's seconds `[L, W, P]` per layer, rank and phase: each rank's median over
+    repeats (`time_s`) or its minimum (`time_s_min`, with `statistic="min"`)."""
+    key = "time_s_min" if statistic == "min" else "time_s"
+    return np.array([[[rank["phases"].get(p, {}).get(key, 0.0) for p in PHASES]
                       for rank in layer["ranks"]] for layer in measurement["per_layer"]])
 
 
@@ -210,11 +212,13 @@ def _mape(predicted: np.ndarray, measured: np.ndarray) -> float | None:
     return float(np.nanmean(errors)) if np.isfinite(errors).any() else None
 
 
-def time_comparison(measurement: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
+def time_comparison(
+    measurement: dict[str, Any], prediction: dict[str, Any], statistic: str = "median"
+) -> dict[str, Any]:
     """Predicted vs measured per layer and active phase (slowest rank of each), the error per
     phase (MAPE over layers), `a2a_mape` (dispatch + combine), `layer_mape` and overall MAPE."""
     active = [_P[p] for p in prediction["active_phases"]]
-    measured = measured_phase_times(measurement).max(axis=1)[:, active]  # [L, A]
+    measured = measured_phase_times(measurement, statistic).max(axis=1)[:, active]  # [L, A]
     predicted = np.asarray(prediction["time_s"]).max(axis=1)[:, active]
     names = [PHASES[p] for p in active]
     a2a = [i for i, name in enumerate(names) if name in ("dispatch", "combine")]
@@ -228,6 +232,7 @@ def time_comparison(measurement: dict[str, Any], prediction: dict[str, Any]) -> 
              "layer_predicted_s": float(pred_layer[layer])}
             for layer in range(measured.shape[0])]
     return {
+        "statistic": statistic,
         "phase_mape": {name: _mape(predicted[:, i], measured[:, i])
                        for i, name in enumerate(names)},
         "a2a_mape": _mape(pred_a2a, meas_a2a) if a2a else None,

@@ -98,6 +98,11 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
                       default="bf16")
     live.add_argument("--warmup", type=int, default=3)
     live.add_argument("--repeats", type=int, default=10)
+    live.add_argument(
+        "--statistic", choices=["median", "min"], default="median",
+        help="per-rank time over repeats to fit: median, or min (uncontended cost; use with "
+        "`validate compare --statistic min` on oversubscribed CPU hosts)",
+    )
     live.add_argument("--timeout-s", dest="timeout_s", type=float, default=300.0)
     live.add_argument("--fidelity", choices=("des", "analytic"), default="analytic")
     live.add_argument("--bench-json", dest="bench_json",
@@ -139,7 +144,7 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         gemm_tokens=_size_list(args.gemm_tokens, "--gemm-tokens", int),
         hidden=update["hidden_size"], ffn=update["expert_ffn_size"], act_dtype=args.act_dtype,
         load_tokens=args.load_tokens, warmup=args.warmup, repeats=args.repeats,
-        timeout_s=args.timeout_s,
+        timeout_s=args.timeout_s, statistic=args.statistic,
     )
     bench.update(model=args.model, scale=scale)
     if args.bench_json:
