@@ -24,7 +24,12 @@ from moesim.trace.convert import (
 )
 from moesim.trace.format import load_trace
 
-SHARED = Path("/work/shared/data/mixtral/traces")
+# shared/ sits beside the repository checkout (in CI and on developers' machines)
+_CANDIDATES = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "mixtral" / "traces",
+    Path("/work/shared/data/mixtral/traces"),
+)
+SHARED = next((path for path in _CANDIDATES if path.is_dir()), _CANDIDATES[0])
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared Mixtral traces absent")
 
 
