@@ -273,9 +273,17 @@ def run_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of one rank; on error prints one line `rank R: Type: message` last."""
+    return rank_main(run_rank, argv)
+
+
+def rank_main(
+    work: Callable[[dict[str, Any]], dict[str, np.ndarray]], argv: list[str] | None = None
+) -> int:
+    """Run `work` on this rank's plan (`PLAN_DIR RANK`), save its arrays as `result{R}.npz`;
+    on any failure file `error{R}.txt` (time and one line) for the launcher and return 1."""
     plan_dir, rank = Path((argv or sys.argv[1:])[0]), int((argv or sys.argv[1:])[1])
     try:
-        result = run_rank(_load_plan(plan_dir / f"rank{rank}.npz"))
+        result = work(_load_plan(plan_dir / f"rank{rank}.npz"))
         tmp = plan_dir / f"result{rank}.tmp.npz"
         np.savez(tmp, **result)  # type: ignore[arg-type]
         tmp.replace(plan_dir / f"result{rank}.npz")

@@ -37,7 +37,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -109,7 +108,7 @@ def run_microbench(
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens}
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-bench-", dir=workdir))
     for rank in range(nproc):
-        np.savez(plan_dir / f"rank{rank}.npz", **plan, rank=rank)
+        np.savez(plan_dir / f"rank{rank}.npz", **plan, rank=rank)  # type: ignore[arg-type]
     _spawn(plan_dir, nproc, threads, timeout_s, module="validate.microbench",
            rank_commands=rank_commands)
     medians = []
@@ -320,26 +319,10 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of one benchmark rank; on error files `error{RANK}.txt` as the harness does."""
-    from validate.harness import _load_plan
+    """Entry point of one benchmark rank; failures are filed as the harness files them."""
+    from validate.harness import rank_main
 
-    args = argv or sys.argv[1:]
-    plan_dir, rank = Path(args[0]), int(args[1])
-    try:
-        result = _bench_rank(_load_plan(plan_dir / f"rank{rank}.npz"))
-        tmp = plan_dir / f"result{rank}.tmp.npz"
-        np.savez(tmp, **result)  # type: ignore[arg-type]
-        tmp.replace(plan_dir / f"result{rank}.npz")
-    except Exception as exc:  # noqa: BLE001 - any failure ends this rank with one line
-        failed_at = time.time()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        line = f"rank {rank}: {type(exc).__name__}: {message}"
-        report = plan_dir / f"error{rank}.tmp"
-        report.write_text(f"{failed_at!r}\n{line}\n")
-        report.replace(plan_dir / f"error{rank}.txt")
-        traceback.print_exc()
-        return 1
-    return 0
+    return rank_main(_bench_rank, argv)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from moesim.engine.collectives import (
     NCCL_LAUNCH_S,
     OPS,
     CollectiveResult,
+    check_bytes_matrix,
     check_ranks,
     double_binary_tree_edges,
     nvls_fill_s,
@@ -90,9 +91,7 @@ def alltoall(
     """Direct all-to-all bound; rank i ends when its slowest send or receive would."""
     ranks = check_ranks(ranks)
     n = len(ranks)
-    matrix = np.asarray(bytes_matrix, dtype=float)
-    if matrix.shape != (n, n) or np.any(matrix < 0) or not np.all(np.isfinite(matrix)):
-        raise ValueError(f"bytes_matrix must be a finite non-negative [{n}, {n}] array")
+    matrix = check_bytes_matrix(bytes_matrix, n)
     offdiag = matrix * (1 - np.eye(n))
     src_idx, dst_idx = np.nonzero(offdiag)
     flows = [

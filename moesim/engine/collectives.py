@@ -63,6 +63,7 @@ __all__ = [
     "nvls_flows",
     "nvls_fill_s",
     "check_ranks",
+    "check_bytes_matrix",
     "busbw_factor",
     "nccl_tests_alltoall_matrix",
     "simulate_collective",
@@ -146,9 +147,7 @@ def alltoall(
     """Direct all-to-all: `bytes_matrix[i, j]` bytes from `ranks[i]` to `ranks[j]`, all at once."""
     ranks = check_ranks(ranks)
     n = len(ranks)
-    matrix = np.asarray(bytes_matrix, dtype=float)
-    if matrix.shape != (n, n) or np.any(matrix < 0) or not np.all(np.isfinite(matrix)):
-        raise ValueError(f"bytes_matrix must be a finite non-negative [{n}, {n}] array")
+    matrix = check_bytes_matrix(bytes_matrix, n)
     env = net.env
     rank_done = [env.event() for _ in range(n)]
     offdiag = matrix * (1 - np.eye(n))
@@ -389,6 +388,14 @@ def _nvls_allreduce(
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def check_bytes_matrix(bytes_matrix: np.ndarray, n: int) -> np.ndarray:
+    """The matrix as floats; ValueError unless it is a finite non-negative [n, n] array."""
+    matrix = np.asarray(bytes_matrix, dtype=float)
+    if matrix.shape != (n, n) or np.any(matrix < 0) or not np.all(np.isfinite(matrix)):
+        raise ValueError(f"bytes_matrix must be a finite non-negative [{n}, {n}] array")
+    return matrix
 
 
 def check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
