@@ -101,6 +101,9 @@ class Scenario(BaseModel):
     batch: int | None = Field(None, ge=1)
     context: int | None = Field(None, ge=1)
     decode_steps: int = Field(1, ge=1, le=4096)  # TPOT averages this many consecutive steps
+    # Prefill is scheduled in chunks of at most this many tokens (vLLM's chunked prefill;
+    # memory.py sizes activations for the same chunk). TTFT sums the chunk steps.
+    prefill_chunk_tokens: int = Field(8192, ge=1)
     weight_dtype: Literal["bf16", "fp8"] = "bf16"
     fidelity: Literal["des", "analytic"] = "des"
 

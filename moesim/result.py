@@ -99,21 +99,27 @@ def traffic_result(traffic: Traffic, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def latency_result(
-    timelines: dict[str, Any], steps: dict[str, Any], main_phase: str, first_dense_layers: int
+    main: Any,
+    main_phase: str,
+    *,
+    ttft_s: float,
+    tpot_s: float,
+    decode_sequences: int,
+    prefill_tokens: int,
 ) -> dict[str, Any]:
-    """Latency keys of a Result from the prefill and decode StepTimelines.
+    """Latency keys of a Result: `latency` of the scenario's own step, and the serving figures.
 
-    `latency` describes the scenario's own phase: `step_s`, `per_phase_s` (the critical rank's
-    seconds per phase; with `lm_head_s` they sum to `step_s`), `critical_rank`, `per_block`
-    (every transformer block's duration and slowest-rank phase times) and `rank_phase_s`
-    (per phase, each rank's total: the hot rank's longer `experts` shows here). `ttft_s` is the
-    prefill step, `tpot_s` the decode step, `tokens_per_s` decode output tokens per second.
+    `latency` describes the scenario's own phase (its first step): `step_s`, `per_phase_s` (the
+    critical rank's seconds per phase; with `lm_head_s` they sum to `step_s`),
+    `critical_rank`, `per_block` (every transformer block's duration and slowest-rank phase
+    times) and `rank_phase_s` (per phase, each rank's total: the hot rank's longer `experts`
+    shows here). `ttft_s` is the chunked prefill of the batch, `tpot_s` the mean decode step,
+    `tokens_per_s` decode output tokens per second, `prefill_tokens_per_s` prompt tokens per
+    second of TTFT.
     """
-    main = timelines[main_phase]
-    prefill, decode = timelines["prefill"], timelines["decode"]
-    rank_totals = main.phase_s.sum(axis=0)  # [W, phases]
     from moesim.engine.plan import PHASES
 
+    rank_totals = main.phase_s.sum(axis=0)  # [W, phases]
     return {
         "latency": {
             "phase": main_phase,
@@ -125,10 +131,10 @@ def latency_result(
             "rank_phase_s": {name: rank_totals[:, i].tolist() for i, name in enumerate(PHASES)},
             "per_block": main.per_layer(),
         },
-        "ttft_s": prefill.step_s,
-        "tpot_s": decode.step_s,
-        "tokens_per_s": steps["decode"].num_sequences / decode.step_s,
-        "prefill_tokens_per_s": steps["prefill"].num_tokens / prefill.step_s,
+        "ttft_s": ttft_s,
+        "tpot_s": tpot_s,
+        "tokens_per_s": decode_sequences / tpot_s,
+        "prefill_tokens_per_s": prefill_tokens / ttft_s,
     }
 
 

@@ -14,7 +14,7 @@ from moesim.placement import Parallelism, parse_placement
 from moesim.result import latency_result, merge_layer_times, traffic_result
 from moesim.trace.format import RouterTrace, load_trace
 from moesim.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic
-from moesim.workload import StepWorkload, build_step
+from moesim.workload import StepWorkload, build_step, prefill_chunks, trace_sequences
 
 __all__ = [
     "RunInputs",
@@ -24,6 +24,8 @@ __all__ = [
     "step_traffic",
     "time_step",
     "run_scenario",
+    "prefill_steps",
+    "decode_step",
     "scenario_memory_fit",
 ]
 
@@ -128,6 +130,7 @@ def scenario_memory_fit(scenario: Scenario, model: Any, par: Any, topology: Any)
         weight_bytes=WEIGHT_DTYPE_BYTES[scenario.weight_dtype],
         act_bytes=act_bytes,
         kv_bytes=act_bytes,
+        prefill_chunk_tokens=scenario.prefill_chunk_tokens,
     )
 
 
@@ -164,39 +167,72 @@ def describe_inputs(inputs: RunInputs, step: StepWorkload) -> dict[str, Any]:
     }
 
 
+def prefill_steps(inputs: RunInputs) -> list[tuple[StepWorkload, int]]:
+    """The chunk steps of the batch's prefill, each with how many times it runs."""
+    sc = inputs.scenario
+    if sc.batch is None and sc.context is None:
+        return [(build_step(inputs.trace, "prefill"), 1)]
+    context = sc.context or int(trace_sequences(inputs.trace)[1].max())
+    return [
+        (build_step(inputs.trace, "prefill", c.sequences, c.length, offset=c.offset), c.repeats)
+        for c in prefill_chunks(sc.batch or 1, context, sc.prefill_chunk_tokens)
+    ]
+
+
+def decode_step(inputs: RunInputs, index: int = 0) -> StepWorkload:
+    """Decode step `index` of the scenario's batch."""
+    sc = inputs.scenario
+    return build_step(inputs.trace, "decode", sc.batch, sc.context, decode_step=index)
+
+
 def run_scenario(scenario: Scenario) -> dict[str, Any]:
-    """Run one scenario and return its Result dict (latency keys only with a topology)."""
+    """Run one scenario and return its Result dict (latency keys only with a topology).
+
+    Traffic, imbalance and `latency` describe the scenario's own phase: its first prefill chunk
+    or its first decode step.
+    """
     inputs = resolve_inputs(scenario)
-    step = build_step(inputs.trace, scenario.phase, scenario.batch, scenario.context)
+    prefill = prefill_steps(inputs)
+    step = prefill[0][0] if scenario.phase == "prefill" else decode_step(inputs)
     traffic = step_traffic(inputs, step)
     result = traffic_result(traffic, describe_inputs(inputs, step))
     if inputs.topology is None:
         return result
-    timelines: dict[str, Any] = {scenario.phase: time_step(inputs, step, traffic)}
-    steps: dict[str, StepWorkload] = {scenario.phase: step}
-    if scenario.phase == "decode":
-        timelines["prefill"], steps["prefill"] = _timed(inputs, "prefill")
-    decode_times = [] if scenario.phase != "decode" else [timelines["decode"].step_s]
-    for index in range(len(decode_times), scenario.decode_steps):
-        timeline, decode = _timed(inputs, "decode", index)
-        timelines.setdefault("decode", timeline)
-        steps.setdefault("decode", decode)
-        decode_times.append(timeline.step_s)
-    result.update(latency_result(timelines, steps, scenario.phase, inputs.model.first_dense_layers))
+    main = time_step(inputs, step, traffic)
+    ttft_s = 0.0
+    for index, (chunk, repeats) in enumerate(prefill):
+        same = index == 0 and scenario.phase == "prefill"
+        timeline = main if same else time_step(inputs, chunk, step_traffic(inputs, chunk))
+        ttft_s += timeline.step_s * repeats
+    decode_s = []
+    for index in range(scenario.decode_steps):
+        if index == 0 and scenario.phase == "decode":
+            decode_s.append(main.step_s)
+        else:
+            decode = decode_step(inputs, index)
+            decode_s.append(time_step(inputs, decode, step_traffic(inputs, decode)).step_s)
+    tpot_s = float(sum(decode_s) / len(decode_s))
+    prefill_tokens = sum(chunk.num_tokens * repeats for chunk, repeats in prefill)
+    result.update(
+        latency_result(
+            main,
+            scenario.phase,
+            ttft_s=ttft_s,
+            tpot_s=tpot_s,
+            decode_sequences=decode_step(inputs).num_sequences,
+            prefill_tokens=prefill_tokens,
+        )
+    )
+    result["tpot_steps_s"] = decode_s
     fit = scenario_memory_fit(scenario, inputs.model, inputs.parallelism, inputs.topology)
     result["memory"] = fit.to_dict()
-    result["tpot_s"] = float(sum(decode_times) / len(decode_times))
-    result["tpot_steps_s"] = decode_times
-    result["tokens_per_s"] = steps["decode"].num_sequences / result["tpot_s"]
-    result["inputs"]["notes"] = [
-        f"{phase}: {note}" for phase, step in steps.items() for note in step.notes
-    ]
+    notes = {f"prefill: {note}" for chunk, _ in prefill for note in chunk.notes}
+    notes |= {f"decode: {note}" for note in decode_step(inputs).notes}
+    if len(prefill) > 1 or prefill[0][1] > 1:
+        notes.add(
+            f"prefill: TTFT sums {sum(r for _, r in prefill)} chunk steps of at most "
+            f"{scenario.prefill_chunk_tokens} tokens (prefill_chunk_tokens)"
+        )
+    result["inputs"]["notes"] = sorted(notes)
     merge_layer_times(result, inputs.model.first_dense_layers)
     return result
-
-
-def _timed(inputs: RunInputs, phase: str, decode_step: int = 0):  # type: ignore[no-untyped-def]
-    """Build, count and time one step of `phase` (decode step `decode_step`)."""
-    sc = inputs.scenario
-    step = build_step(inputs.trace, phase, sc.batch, sc.context, decode_step=decode_step)
-    return time_step(inputs, step, step_traffic(inputs, step)), step

@@ -17,9 +17,12 @@ from moesim.result import layer_imbalance
 from moesim.simulate import (
     WEIGHT_DTYPE_BYTES,
     RunInputs,
+    decode_step,
+    prefill_steps,
     resolve_placement,
     resolve_trace,
     scenario_memory_fit,
+    step_traffic,
 )
 from moesim.sweep_rows import ROW_COLUMNS
 from moesim.traffic import Traffic, compute_traffic
@@ -141,13 +144,12 @@ class PointMetrics:
     rank_imbalance_max: float
 
 
-def _timed_step_s(inputs: RunInputs, phase: str) -> tuple[float, StepWorkload, Traffic]:
-    """Seconds of one `phase` step, with its workload and traffic."""
+def _timed_s(inputs: RunInputs, step: StepWorkload, traffic: Traffic) -> float:
+    """Seconds of one step on the point's topology, with the cached route table."""
     from moesim.engine.plan import build_step_plan
     from moesim.engine.step import simulate_step
 
     sc = inputs.scenario
-    step, traffic = _step_traffic(inputs, phase)
     plan = build_step_plan(
         step,
         traffic,
@@ -156,23 +158,33 @@ def _timed_step_s(inputs: RunInputs, phase: str) -> tuple[float, StepWorkload, T
         act_dtype=sc.act_dtype,
         weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype],
     )
-    timeline = simulate_step(
-        plan, _topo(inputs), sc.fidelity, routes=_routes(sc.topology, inputs.parallelism.world)
-    )
-    return timeline.step_s, step, traffic
+    routes = _routes(sc.topology, inputs.parallelism.world)
+    return simulate_step(plan, _topo(inputs), sc.fidelity, routes=routes).step_s
 
 
 def run_point(scenario: Scenario, *, with_ttft: bool = True) -> PointMetrics:
     """The figures `simulate.run_scenario` reports, from cached inputs (a topology is required).
 
-    `ttft_s` is the prefill step, `tpot_s` the decode step, `tokens_per_s` decode sequences per
-    `tpot_s`; `a2a_bytes` and imbalance are those of the scenario's own phase.
+    `ttft_s` is the chunked prefill of the batch, `tpot_s` the mean over `decode_steps` decode
+    steps, `tokens_per_s` decode sequences per `tpot_s`; `a2a_bytes` and imbalance are those of
+    the scenario's own phase (its first step).
     """
     inputs = _inputs(scenario)
-    tpot_s, decode, traffic = _timed_step_s(inputs, "decode")
-    ttft_s = _timed_step_s(inputs, "prefill")[0] if with_ttft else None
+    decode, traffic = _step_traffic(inputs, "decode")
+    decode_s = [_timed_s(inputs, decode, traffic)]
+    for index in range(1, scenario.decode_steps):
+        later = decode_step(inputs, index)
+        decode_s.append(_timed_s(inputs, later, step_traffic(inputs, later)))
+    tpot_s = sum(decode_s) / len(decode_s)
+    prefill = prefill_steps(inputs) if with_ttft or scenario.phase == "prefill" else []
+    ttft_s = None
+    if with_ttft:
+        ttft_s = sum(
+            _timed_s(inputs, chunk, step_traffic(inputs, chunk)) * repeats
+            for chunk, repeats in prefill
+        )
     if scenario.phase == "prefill":
-        traffic = _step_traffic(inputs, "prefill")[1]
+        traffic = step_traffic(inputs, prefill[0][0])
     imbalance = layer_imbalance(traffic)
     return PointMetrics(
         ttft_s=ttft_s,

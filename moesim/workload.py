@@ -12,6 +12,11 @@ tokens repeating experts, Mixtral paper Table 5) is kept:
 - no batch/context: the whole trace is one step; prefill tokens attend to pos+1 keys, decode
   tokens to pos+1 cached keys.
 
+Prefill runs in chunks of at most `chunk_tokens` tokens, as serving engines schedule it
+(`prefill_chunks`): whole prompts are packed into a chunk when they fit, a longer prompt is cut
+into pieces at growing offsets (each piece attends to the cached prefix). TTFT of a batch is the
+sum of its chunk steps.
+
 A trace sequence shorter than what a step needs is tiled (wrapped), and a trace with fewer
 sequences than the batch is reused; the step says so in `notes`, never silently.
 """
@@ -24,7 +29,7 @@ import numpy as np
 
 from moesim.trace.format import RouterTrace
 
-__all__ = ["StepWorkload", "build_step", "trace_sequences"]
+__all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trace_sequences"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,15 @@ class StepWorkload:
     keys_per_token: np.ndarray  # [T] keys each token's attention reads (itself included)
     num_sequences: int
     notes: tuple[str, ...] = ()
+    prefix_tokens: int = 0  # prefill: tokens each sequence already has in the KV cache
+
+    @property
+    def kv_tokens_read_per_token(self) -> float:
+        """Prefill: KV-cache tokens read per step token (the chunk plus its cached prefix)."""
+        if self.num_tokens == 0 or self.num_sequences == 0:
+            return 1.0
+        length = self.num_tokens / self.num_sequences
+        return (self.prefix_tokens + length) / length
 
     @property
     def num_tokens(self) -> int:
@@ -84,14 +98,48 @@ def _reuse_notes(
     return tuple(notes)
 
 
+@dataclass(frozen=True)
+class PrefillChunk:
+    """`repeats` identical prefill steps of `sequences` prompts, tokens offset..offset+length."""
+
+    sequences: int
+    offset: int
+    length: int
+    repeats: int
+
+
+def prefill_chunks(batch: int, context: int, chunk_tokens: int) -> list[PrefillChunk]:
+    """The chunk steps that prefill `batch` prompts of `context` tokens, `chunk_tokens` at most.
+
+    Prompts that fit are packed whole (`chunk_tokens // context` per step, the rest in one
+    smaller step); a longer prompt is cut into `ceil(context / chunk_tokens)` pieces, each run
+    for every prompt of the batch.
+    """
+    if context <= chunk_tokens:
+        per_step = min(batch, chunk_tokens // context)
+        chunks = [PrefillChunk(per_step, 0, context, batch // per_step)]
+        if batch % per_step:
+            chunks.append(PrefillChunk(batch % per_step, 0, context, 1))
+        return chunks
+    return [
+        PrefillChunk(1, offset, min(chunk_tokens, context - offset), batch)
+        for offset in range(0, context, chunk_tokens)
+    ]
+
+
 def build_step(
     trace: RouterTrace,
     phase: str,
     batch: int | None = None,
     context: int | None = None,
     decode_step: int = 0,
+    offset: int = 0,
 ) -> StepWorkload:
-    """The step of `phase` for `batch` sequences at `context` tokens, drawn from `trace`."""
+    """The step of `phase` for `batch` sequences at `context` tokens, drawn from `trace`.
+
+    A prefill step with `offset` holds tokens offset..offset+context-1 of each prompt (a piece of
+    a chunked prefill); they attend to the cached prefix too.
+    """
     if batch is None and context is None:
         keys = trace.pos.astype(np.int64) + 1
         return StepWorkload(phase, trace, keys, int(np.unique(trace.seq_id).size))
@@ -100,12 +148,13 @@ def build_step(
     seq = np.arange(batch) % starts.size  # trace sequence replayed by each step sequence
     if phase == "prefill":
         context = context or int(lengths.max())
-        offset = np.arange(context)[None, :] % lengths[seq][:, None]  # [B, C]
-        index = (starts[seq][:, None] + offset).reshape(-1)
-        pos = np.tile(np.arange(context), batch)
+        positions = offset + np.arange(context)
+        wrapped = positions[None, :] % lengths[seq][:, None]  # [B, C]
+        index = (starts[seq][:, None] + wrapped).reshape(-1)
+        pos = np.tile(positions, batch)
         step = _take(trace, index, np.repeat(np.arange(batch), context), pos)
-        notes = _reuse_notes(batch, lengths, lengths[seq] < context, context)
-        return StepWorkload(phase, step, pos.astype(np.int64) + 1, batch, notes)
+        notes = _reuse_notes(batch, lengths, lengths[seq] < offset + context, offset + context)
+        return StepWorkload(phase, step, pos.astype(np.int64) + 1, batch, notes, offset)
     context = context if context is not None else int(trace.pos.max()) + 1
     reuse = np.arange(batch) // starts.size  # how many times this trace sequence was used before
     spread = (reuse * lengths[seq]) // max(int(np.ceil(batch / starts.size)), 1)

@@ -110,3 +110,19 @@ def test_real_trace_imbalance_lengthens_the_hot_ranks_experts() -> None:
     ratio = expert_s.max(axis=1) / expert_s.mean(axis=1)
     imbalance = load.max(axis=1) / load.mean(axis=1)
     assert np.all(ratio > 1 + 0.5 * (imbalance - 1))
+
+
+def test_ttft_sums_the_prefill_chunk_steps() -> None:
+    """32 prompts of 2048 tokens in 8192-token chunks: TTFT is 8 times one 4-prompt step."""
+    from moesim.simulate import prefill_steps, run_scenario
+
+    scenario = Scenario(
+        placement="EP8", topology="dgx-h100", batch=32, context=2048, fidelity="analytic"
+    )
+    inputs = resolve_inputs(scenario)
+    ((chunk, repeats),) = prefill_steps(inputs)
+    assert (chunk.num_sequences, chunk.num_tokens, repeats) == (4, 8192, 8)
+    chunk_s = time_step(inputs, chunk, step_traffic(inputs, chunk)).step_s
+    result = run_scenario(scenario)
+    assert result["ttft_s"] == pytest.approx(8 * chunk_s)
+    assert result["prefill_tokens_per_s"] == pytest.approx(32 * 2048 / result["ttft_s"])

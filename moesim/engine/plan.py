@@ -82,7 +82,10 @@ def build_step_plan(
         sp_group = ranks // (par.attn_tp * par.attn_sp)
         sp_keys = np.bincount(sp_group, weights=group_keys) / par.attn_tp
         group_keys = sp_keys[sp_group] / par.attn_sp
-    kv_read = group_keys if workload.phase == "decode" else group_tokens
+    if workload.phase == "decode":
+        kv_read = group_keys
+    else:  # the chunk's own K/V plus, for a later piece of a long prompt, its cached prefix
+        kv_read = group_tokens * workload.kv_tokens_read_per_token
     attention_s = np.array(
         [
             attention_cost(
