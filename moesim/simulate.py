@@ -198,6 +198,13 @@ def run_scenario(scenario: Scenario) -> dict[str, Any]:
     result = traffic_result(traffic, describe_inputs(inputs, step))
     if inputs.topology is None:
         return result
+    fit = scenario_memory_fit(scenario, inputs.model, inputs.parallelism, inputs.topology)
+    if not fit.fits:
+        raise PlacementError(
+            f"placement {inputs.parallelism.label} does not fit in memory on "
+            f"{scenario.topology}: {fit.reason}; use more GPUs, --weight-dtype fp8, or a "
+            "smaller --batch/--context"
+        )
     main = time_step(inputs, step, traffic)
     ttft_s = 0.0
     for index, (chunk, repeats) in enumerate(prefill):
@@ -224,7 +231,6 @@ def run_scenario(scenario: Scenario) -> dict[str, Any]:
         )
     )
     result["tpot_steps_s"] = decode_s
-    fit = scenario_memory_fit(scenario, inputs.model, inputs.parallelism, inputs.topology)
     result["memory"] = fit.to_dict()
     notes = {f"prefill: {note}" for chunk, _ in prefill for note in chunk.notes}
     notes |= {f"decode: {note}" for note in decode_step(inputs).notes}

@@ -110,3 +110,9 @@ def test_malformed_scenario_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[s
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("placment: EP8\n")
     assert "placment" in _error(["run", str(unknown)], capsys)
+
+
+def test_layout_that_does_not_fit_in_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    """Mixtral-8x7B in bf16 (93 GB of weights) on one 80 GB H100 names the weights and the fix."""
+    err = _error(["run", "--placement", "EP1", "--topology", "dgx-h100"], capsys)
+    assert "does not fit in memory" in err and "weights" in err and "fp8" in err
