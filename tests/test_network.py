@@ -9,6 +9,7 @@ import simpy
 
 from moesim.engine.network import FlowNetwork, max_min_fair_rates
 from moesim.errors import TopologyError
+from moesim.topology import Topology
 
 S = 1e9  # bytes
 B = 100e9  # bytes/s, every fixture link
@@ -79,8 +80,11 @@ def test_max_min_finish_times_three_flows_two_links():
     4 + 30/5 = 10 (A has 50 left); A alone gets L1's 10 and ends at 10 + 50/10 = 15.
     """
     graph = _graph({("x", "y"): 10.0, ("y", "z"): 30.0, ("w", "x"): 1e9, ("q", "y"): 1e9})
-    flows = [([("x", "y"), ("y", "z")], 100.0, 0.0), ([("x", "y")], 50.0, 0.0),
-             ([("y", "z")], 100.0, 0.0)]
+    flows = [
+        ([("x", "y"), ("y", "z")], 100.0, 0.0),
+        ([("x", "y")], 50.0, 0.0),
+        ([("y", "z")], 100.0, 0.0),
+    ]
     env = simpy.Environment()
     net = FlowNetwork(env, graph)
     events = [net.transfer(path, size) for path, size, _ in flows]
@@ -138,8 +142,9 @@ def test_water_filling_is_max_min_fair(seed):
     rng = np.random.default_rng(seed)
     num_links, num_flows = 12, 60
     capacity = rng.uniform(1.0, 10.0, num_links)
-    per_flow = [rng.choice(num_links, size=rng.integers(1, 4), replace=False)
-                for _ in range(num_flows)]
+    per_flow = [
+        rng.choice(num_links, size=rng.integers(1, 4), replace=False) for _ in range(num_flows)
+    ]
     flow_of_pair = np.repeat(np.arange(num_flows), [p.size for p in per_flow])
     link_of_pair = np.concatenate(per_flow)
     rates = max_min_fair_rates(flow_of_pair, link_of_pair, num_flows, capacity)
@@ -162,12 +167,15 @@ def test_thousand_flow_all_to_all_matches_closed_form():
         graph.add_edge("sw", f"g{i}", bandwidth_bytes_per_s=B, latency_s=LAT)
     env = simpy.Environment()
     net = FlowNetwork(env, graph)
-    events = [net.transfer([(f"g{i}", "sw"), ("sw", f"g{j}")], size)
-              for i in range(n) for j in range(n) if i != j]
+    events = [
+        net.transfer([(f"g{i}", "sw"), ("sw", f"g{j}")], size)
+        for i in range(n)
+        for j in range(n)
+        if i != j
+    ]
     env.run()
     assert len(events) == 1560
-    np.testing.assert_allclose([ev.value for ev in events], 2 * LAT + (n - 1) * size / B,
-                               rtol=1e-9)
+    np.testing.assert_allclose([ev.value for ev in events], 2 * LAT + (n - 1) * size / B, rtol=1e-9)
     assert net.num_active_flows == 0
 
 
@@ -198,3 +206,31 @@ def test_path_over_missing_link_is_a_topology_error(two_gpu_link):
     net = FlowNetwork(simpy.Environment(), two_gpu_link.graph)
     with pytest.raises(TopologyError, match="not in the graph"):
         net.transfer([("gpu0", "gpu7")], S)
+
+
+def test_start_flows_matches_transfer_multipath(four_gpu_ring: Topology) -> None:
+    """Starting flows in one batch (one timeout per latency) gives the same finish times as
+    starting each with transfer_multipath, multipath split included (gpu0 -> gpu2 has 2 routes)."""
+    pairs = [(0, 2, 3e6), (1, 2, 1e6), (3, 2, 2e6), (0, 1, 5e5)]
+
+    def finish_times(batched: bool) -> list[float]:
+        env = simpy.Environment()
+        net = FlowNetwork(env, four_gpu_ring.graph)
+        if batched:
+            done = [env.event() for _ in pairs]
+            flows = [
+                ([net.links.ids(p) for p in four_gpu_ring.routes(s, d)], size)
+                for s, d, size in pairs
+            ]
+            net.start_flows(flows, done)
+        else:
+            done = [
+                net.transfer_multipath(four_gpu_ring.routes(s, d), size) for s, d, size in pairs
+            ]
+        ends: list[float] = []
+        for ev in done:
+            ev.callbacks.append(lambda _e: ends.append(env.now))
+        env.run()
+        return sorted(ends)
+
+    assert finish_times(True) == pytest.approx(finish_times(False), rel=1e-12)

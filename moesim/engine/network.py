@@ -196,6 +196,35 @@ class FlowNetwork:
         part = size_bytes / len(paths)
         return self.env.all_of([self.transfer(p, part) for p in paths])
 
+    def start_flows(
+        self, flows: Sequence[tuple[Sequence[np.ndarray], float]], done: Sequence[simpy.Event]
+    ) -> None:
+        """Start many flows now, flow i split evenly over its paths (arrays of link ids from
+        `links.ids`); `done[i]` fires when all its parts have arrived.
+
+        The same as calling `transfer_multipath` per flow, with one simpy timeout per distinct
+        path latency instead of one per part (the step engine starts a rank's sends this way).
+        """
+        by_latency: dict[float, list[tuple[np.ndarray, float, simpy.Event]]] = {}
+        for (paths, size_bytes), flow_done in zip(flows, done, strict=True):
+            self.num_flows_started += len(paths)
+            targets = [flow_done] if len(paths) == 1 else _parts_of(self.env, flow_done, len(paths))
+            part = float(size_bytes) / len(paths)
+            for links, target in zip(paths, targets, strict=True):
+                latency_s = float(self.links.latency_s[links].sum())
+                by_latency.setdefault(latency_s, []).append((links, part, target))
+        for latency_s, parts in by_latency.items():
+            self.env.timeout(latency_s).callbacks.append(
+                lambda _ev, parts=parts: self._start_parts(parts)
+            )
+
+    def _start_parts(self, parts: list[tuple[np.ndarray, float, simpy.Event]]) -> None:
+        for links, size_bytes, target in parts:
+            if size_bytes > 0 and links.size > 0:
+                self._enqueue(links, size_bytes, target)
+            else:
+                target.succeed(self.env.now)
+
     # ---- internals ----------------------------------------------------------------------
 
     def _enqueue(self, links: np.ndarray, size_bytes: float, done: simpy.Event) -> None:
@@ -296,9 +325,22 @@ class FlowNetwork:
         window_s = next_s * (1.0 + 1e-9 + self.time_quantum_rel) + self.time_quantum_s
         finishing = slots[eta_s <= window_s]
         generation = self._generation
-        self.env.timeout(next_s).callbacks.append(
-            lambda _ev: self._on_timer(generation, finishing)
-        )
+        self.env.timeout(next_s).callbacks.append(lambda _ev: self._on_timer(generation, finishing))
+
+
+def _parts_of(env: simpy.Environment, whole: simpy.Event, count: int) -> list[simpy.Event]:
+    """`count` events; `whole` fires (with the last one's time) once all of them have."""
+    parts = [env.event() for _ in range(count)]
+    left = [count]
+
+    def one_done(ev: simpy.Event) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            whole.succeed(ev.value)
+
+    for part in parts:
+        part.callbacks.append(one_done)
+    return parts
 
 
 def _edge_attr(graph: nx.DiGraph, edge: Edge, name: str) -> float:

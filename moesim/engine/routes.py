@@ -28,6 +28,7 @@ class RouteTable:
     share_of_entry: np.ndarray  # [N] fraction of the pair's bytes on this link (1 / #paths)
     pair_latency_s: np.ndarray  # [world * world] longest path latency of each pair
     paths: dict[tuple[int, int], list[list[Edge]]]
+    path_ids: dict[tuple[int, int], list[np.ndarray]]  # the same routes as link-id arrays
 
     def link_loads(self, bytes_matrix: np.ndarray) -> np.ndarray:
         """Bytes each link carries when the off-diagonal `bytes_matrix[src, dst]` is sent."""
@@ -108,6 +109,14 @@ def build_route_table(topo: Routing, world: int) -> RouteTable:
     )
     latency = np.zeros(world * world)
     np.maximum.at(latency, np.asarray(path_pair, dtype=np.int64), path_latency)
+    bounds = np.cumsum([0] + [len(path) for routes in paths.values() for path in routes])
+    path_ids: dict[tuple[int, int], list[np.ndarray]] = {}
+    index = 0
+    for pair, routes in paths.items():
+        path_ids[pair] = [
+            link_ids[bounds[index + i] : bounds[index + i + 1]] for i in range(len(routes))
+        ]
+        index += len(routes)
     return RouteTable(
         world=world,
         links=links,
@@ -116,4 +125,5 @@ def build_route_table(topo: Routing, world: int) -> RouteTable:
         share_of_entry=np.asarray(share_list, dtype=np.float64),
         pair_latency_s=latency,
         paths=paths,
+        path_ids=path_ids,
     )

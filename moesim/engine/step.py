@@ -136,12 +136,12 @@ class _Pairwise:
 
     def arrive(self, rank: int) -> simpy.Event:
         """Start `rank`'s sends after the launch latency; fires when its sends and receives end."""
-        env, net, paths = self.step.env, self.step.net, self.step.routes.paths
+        env, net, path_ids = self.step.env, self.step.net, self.step.routes.path_ids
 
         def start(_ev: simpy.Event) -> None:
-            for dst, size, done in self.sends[rank]:
-                flow = net.transfer_multipath(paths[(rank, dst)], size)
-                flow.callbacks.append(_succeed_callback(done))
+            sends = self.sends[rank]
+            flows = [(path_ids[(rank, dst)], size) for dst, size, _ in sends]
+            net.start_flows(flows, [done for _, _, done in sends])
 
         launch = env.timeout(self.step.launch_s)
         launch.callbacks.append(start)
