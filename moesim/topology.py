@@ -76,6 +76,7 @@ class Topology:
         self.num_gpus = spec.nodes * spec.gpus_per_node
         self.gpu_nodes = [f"gpu{rank}" for rank in range(self.num_gpus)]
         self.collective_launch_s: float | None = spec.collective_launch_s
+        self.ll_launch_s: float | None = spec.ll_launch_s
         self._cached_routes = functools.lru_cache(maxsize=None)(self._compute_routes)
 
     def __repr__(self) -> str:

@@ -163,3 +163,9 @@ class TopologySpec(_Frozen):
         ge=0,
         description="fixed cost of one collective before bytes move; None: NCCL's default",
     )
+    ll_launch_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="fixed cost of a small all-to-all on NCCL's low-latency (LL) protocol, "
+        "which sends twice the bytes; None: only the simple protocol is modelled",
+    )

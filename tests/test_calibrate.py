@@ -51,8 +51,10 @@ def _nccl_tests_text(op_binary: str, n: int, sizes: list[int], times_s: np.ndarr
 
 
 def _generated_log(spec: TopologySpec, efficiency: dict[str, float], launch_s: float) -> str:
-    """alltoall and all-reduce logs that moesim itself predicts for known parameters."""
-    truth = build_topology(calibrated_spec(spec, efficiency, launch_s))
+    """alltoall and all-reduce logs that moesim itself predicts for known parameters, on the
+    Simple protocol (the one calibration fits)."""
+    simple = spec.model_copy(update={"ll_launch_s": None})
+    truth = build_topology(calibrated_spec(simple, efficiency, launch_s))
     parts = []
     for binary, op in (("alltoall", "alltoall"), ("all_reduce", "allreduce")):
         ms = [Measurement(op, 8, float(s), 1.0) for s in SIZES]

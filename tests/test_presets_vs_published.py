@@ -37,7 +37,12 @@ from moesim.calibrate import (
     topology_launch_s,
 )
 from moesim.config import load_model_file
-from moesim.engine.collectives import nccl_tests_alltoall_matrix, predict_collective
+from moesim.engine.collectives import (
+    alltoall_protocol,
+    collective_launch_s,
+    nccl_tests_alltoall_matrix,
+    predict_collective,
+)
 from moesim.topology import build_topology, load_topology, resolve_topology_path
 from moesim.topology_spec import TopologySpec
 
@@ -52,8 +57,9 @@ TOLERANCE = 0.15
 def _published(
     path: Path, op: str, low: int, high: int, num_ranks: int | None = None
 ) -> list[Measurement]:
-    rows = measurements_from_sections(read_nccl_tests(path), num_ranks=num_ranks,
-                                      min_size_bytes=low, max_size_bytes=high)
+    rows = measurements_from_sections(
+        read_nccl_tests(path), num_ranks=num_ranks, min_size_bytes=low, max_size_bytes=high
+    )
     return [m for m in rows if m.op == op]
 
 
@@ -68,12 +74,22 @@ def _predict(m: Measurement, algorithm: str):  # type: ignore[no-untyped-def]
         args: dict = {"bytes_matrix": nccl_tests_alltoall_matrix(m.num_ranks, m.size_bytes)}
     else:
         args = {"size_bytes": m.size_bytes}
-    return predict_collective(topo, m.op, range(m.num_ranks), fidelity="des",
-                              algorithm=algorithm, launch_s=topology_launch_s(topo), **args)
+    return predict_collective(
+        topo,
+        m.op,
+        range(m.num_ranks),
+        fidelity="des",
+        algorithm=algorithm,
+        launch_s=topology_launch_s(topo),
+        **args,
+    )
 
 
-@pytest.mark.parametrize("m", _published(XXRJUN, "alltoall", 32 * MIB, 256 * MIB),
-                         ids=lambda m: f"{int(m.size_bytes) // MIB}MiB")
+@pytest.mark.parametrize(
+    "m",
+    _published(XXRJUN, "alltoall", 32 * MIB, 256 * MIB),
+    ids=lambda m: f"{int(m.size_bytes) // MIB}MiB",
+)
 def test_dgx_h100_alltoall_matches_published(m):
     """8-GPU alltoall 32-256 MiB within 15% of the xxrjun H100 log (busbw 235-310 GB/s)."""
     assert _predicted_s(m) == pytest.approx(m.time_s, rel=TOLERANCE)
@@ -86,8 +102,11 @@ def test_dgx_h100_allgather_reducescatter_match_published(op):
         assert _predicted_s(m) == pytest.approx(m.time_s, rel=TOLERANCE), m
 
 
-@pytest.mark.parametrize("m", _published(TOGETHER, "allreduce", 1 * MIB, 256 * MIB),
-                         ids=lambda m: f"{int(m.size_bytes) // MIB}MiB")
+@pytest.mark.parametrize(
+    "m",
+    _published(TOGETHER, "allreduce", 1 * MIB, 256 * MIB),
+    ids=lambda m: f"{int(m.size_bytes) // MIB}MiB",
+)
 def test_dgx_h100_ring_allreduce_matches_published(m):
     """8-GPU ring all-reduce 1-256 MiB within 15% of Together's H100 log (busbw 39-348 GB/s)."""
     assert _predicted_s(m) == pytest.approx(m.time_s, rel=TOLERANCE)
@@ -98,8 +117,11 @@ def test_fit_on_one_cluster_predicts_the_other():
     Together's ring all-reduce (another cluster, NCCL version and launch mode) within 15% at
     8-256 MiB; below that the two runs' launch floors differ (multi- vs single-process)."""
     spec = load_model_file(TopologySpec, resolve_topology_path("dgx-h100"), "topology")
-    train = [m for m in measurements_from_sections(read_nccl_tests(XXRJUN), max_size_bytes=2**30)
-             if m.op != "allreduce"]
+    train = [
+        m
+        for m in measurements_from_sections(read_nccl_tests(XXRJUN), max_size_bytes=2**30)
+        if m.op != "allreduce"
+    ]
     fit = fit_topology(spec, train, fidelity="analytic")
     topo = build_topology(calibrated_spec(spec, fit.efficiency_by_medium, fit.launch_s))
     test = _published(TOGETHER, "allreduce", 8 * MIB, 256 * MIB)
@@ -108,8 +130,11 @@ def test_fit_on_one_cluster_predicts_the_other():
         assert p == pytest.approx(m.time_s, rel=TOLERANCE), m
 
 
-@pytest.mark.parametrize("m", _published(XXRJUN, "allreduce", 32 * MIB, 16 * 1024 * MIB),
-                         ids=lambda m: f"{int(m.size_bytes) // MIB}MiB")
+@pytest.mark.parametrize(
+    "m",
+    _published(XXRJUN, "allreduce", 32 * MIB, 16 * 1024 * MIB),
+    ids=lambda m: f"{int(m.size_bytes) // MIB}MiB",
+)
 def test_dgx_h100_default_nvls_allreduce_matches_published(m):
     """NCCL's default all-reduce on 8x H100 is NVLS; `auto` picks it and meets the xxrjun log
     (busbw 320-482 GB/s) within 15% at 32 MiB-16 GiB (in-sample: the NVLS figures were fitted
@@ -119,9 +144,11 @@ def test_dgx_h100_default_nvls_allreduce_matches_published(m):
     assert result.time_s == pytest.approx(m.time_s, rel=TOLERANCE)
 
 
-@pytest.mark.parametrize("m", _published(TOGETHER_NVLS, "allreduce", 8 * MIB, 8 * 1024 * MIB,
-                                         num_ranks=8)[::2],
-                         ids=lambda m: f"{int(m.size_bytes) // MIB}MiB")
+@pytest.mark.parametrize(
+    "m",
+    _published(TOGETHER_NVLS, "allreduce", 8 * MIB, 8 * 1024 * MIB, num_ranks=8)[::2],
+    ids=lambda m: f"{int(m.size_bytes) // MIB}MiB",
+)
 def test_dgx_h100_nvls_predicts_another_cluster(m):
     """Out of sample: the NVLS model fitted to xxrjun predicts Together's NVLS all-reduce
     (another cluster, NCCL 2.26.2, single process) within 15% at 8 MiB-8 GiB (worst ~10%)."""
@@ -139,3 +166,20 @@ def test_dgx_h100_auto_allreduce_tracks_nccl_default_at_all_sizes():
         chosen[int(m.size_bytes) // MIB] = result.algorithm
         assert result.time_s == pytest.approx(m.time_s, rel=TOLERANCE), m
     assert chosen[1] == "ring" and chosen[8 * 1024] == "nvls"
+
+
+def test_small_all_to_all_floor_on_dgx_h100() -> None:
+    """A tiny 8-GPU all-to-all on dgx-h100 runs on NCCL's LL protocol and costs ~10 us (the
+    floor measured on 8x H100 NVSwitch, project ANCHORS); 64 MiB still runs on Simple."""
+    topo = load_topology("dgx-h100")
+    ranks = list(range(8))
+    tiny = predict_collective(
+        topo,
+        "alltoall",
+        ranks,
+        bytes_matrix=nccl_tests_alltoall_matrix(8, 1024),
+        launch_s=collective_launch_s(topo),
+    )
+    assert 8e-6 <= tiny.time_s <= 15e-6
+    launch, factor = alltoall_protocol(topo, ranks, 64 * 2**20 * 7 / 8, collective_launch_s(topo))
+    assert (launch, factor) == (collective_launch_s(topo), 1.0)

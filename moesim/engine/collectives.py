@@ -47,6 +47,8 @@ from moesim.errors import TopologyError
 __all__ = [
     "NCCL_LAUNCH_S",
     "collective_launch_s",
+    "alltoall_protocol",
+    "LL_WIRE_FACTOR",
     "OPS",
     "CollectiveResult",
     "CollectiveRun",
@@ -74,6 +76,30 @@ __all__ = [
 # latency of 8.4 us for Ring/Simple (NVIDIA/nccl src/graph/tuning.cc, `baseLat`, NCCL 2.1x;
 # LL protocols 6.6-6.8 us). We take 8.4 us for every collective here.
 NCCL_LAUNCH_S = 8.4e-6
+
+
+# NCCL's LL protocol writes each 4-byte word with a 4-byte flag in one 8-byte store, so it puts
+# twice the payload on the wire in exchange for a lower fixed cost (NCCL src/graph/tuning.cc:
+# LL bandwidth is half of Simple's; baseLat LL 6.6 us vs Simple 8.4 us).
+LL_WIRE_FACTOR = 2.0
+
+
+def alltoall_protocol(
+    topo: Routing, ranks: Sequence[int], per_rank_bytes: float, launch_s: float
+) -> tuple[float, float]:
+    """(launch seconds, wire-bytes factor) of a direct all-to-all sending `per_rank_bytes` from
+    the busiest rank: the LL protocol where the topology gives `ll_launch_s` and LL is faster
+    (small messages), else Simple. Estimated on the port of the first rank pair, as NCCL picks
+    a protocol per call by size."""
+    ll_launch_s = getattr(topo, "ll_launch_s", None)
+    if ll_launch_s is None or len(ranks) < 2:
+        return launch_s, 1.0
+    graph = topo.graph
+    route = topo.routes(int(ranks[0]), int(ranks[1]))[0]
+    port = min(float(graph.edges[edge]["bandwidth_bytes_per_s"]) for edge in route)
+    simple_s = launch_s + per_rank_bytes / port
+    ll_s = float(ll_launch_s) + LL_WIRE_FACTOR * per_rank_bytes / port
+    return (float(ll_launch_s), LL_WIRE_FACTOR) if ll_s < simple_s else (launch_s, 1.0)
 
 
 def collective_launch_s(topo: object) -> float:
@@ -311,7 +337,8 @@ def nvls_switch(topo: Routing, ranks: Sequence[int]) -> str | None:
         if gpu not in graph:
             return None
         ports = [
-            node for node in graph.successors(gpu)
+            node
+            for node in graph.successors(gpu)
             if graph.nodes[node].get("kind") == "nvswitch" and graph.nodes[node].get("nvls")
         ]
         if not ports:
@@ -491,17 +518,33 @@ def predict_collective(
     launch_s: float = NCCL_LAUNCH_S,
     fidelity: str = "des",
 ) -> CollectiveResult:
-    """One collective at the chosen fidelity: `des` (flows, max-min) or `analytic` (closed form)."""
+    """One collective at the chosen fidelity: `des` (flows, max-min) or `analytic` (closed form).
+
+    An all-to-all runs on the protocol `alltoall_protocol` picks for its size."""
+    if op == "alltoall" and bytes_matrix is not None:
+        off = np.asarray(bytes_matrix, dtype=float) * (1 - np.eye(len(ranks)))
+        launch_s, factor = alltoall_protocol(topo, ranks, float(off.sum(axis=1).max()), launch_s)
+        bytes_matrix = np.asarray(bytes_matrix, dtype=float) * factor
     if fidelity == "des":
         return simulate_collective(
-            topo, op, ranks, size_bytes=size_bytes, bytes_matrix=bytes_matrix,
-            algorithm=algorithm, launch_s=launch_s,
+            topo,
+            op,
+            ranks,
+            size_bytes=size_bytes,
+            bytes_matrix=bytes_matrix,
+            algorithm=algorithm,
+            launch_s=launch_s,
         )
     if fidelity == "analytic":
         from moesim.engine import analytic  # analytic imports this module for the result type
 
         return analytic.predict(
-            topo, op, ranks, size_bytes=size_bytes, bytes_matrix=bytes_matrix,
-            algorithm=algorithm, launch_s=launch_s,
+            topo,
+            op,
+            ranks,
+            size_bytes=size_bytes,
+            bytes_matrix=bytes_matrix,
+            algorithm=algorithm,
+            launch_s=launch_s,
         )
     raise ValueError(f"fidelity must be 'des' or 'analytic', got {fidelity!r}")

@@ -22,7 +22,12 @@ import numpy as np
 import simpy
 
 from moesim.engine import analytic
-from moesim.engine.collectives import allgather, collective_launch_s, reducescatter
+from moesim.engine.collectives import (
+    allgather,
+    alltoall_protocol,
+    collective_launch_s,
+    reducescatter,
+)
 from moesim.engine.network import FlowNetwork, Routing
 from moesim.engine.plan import PHASES, StepPlan
 from moesim.engine.routes import RouteTable, build_route_table
@@ -124,6 +129,10 @@ class _Pairwise:
         self.step = step
         off = np.array(matrix, dtype=np.float64)
         np.fill_diagonal(off, 0.0)
+        self.launch_s, factor = alltoall_protocol(
+            step.topo, range(step.plan.world), float(off.sum(axis=1).max()), step.launch_s
+        )
+        off *= factor
         world = step.plan.world
         self.sends: list[list[tuple[int, float, simpy.Event]]] = [[] for _ in range(world)]
         self.touching: list[list[simpy.Event]] = [[] for _ in range(world)]
@@ -143,7 +152,7 @@ class _Pairwise:
             flows = [(path_ids[(rank, dst)], size) for dst, size, _ in sends]
             net.start_flows(flows, [done for _, _, done in sends])
 
-        launch = env.timeout(self.step.launch_s)
+        launch = env.timeout(self.launch_s)
         launch.callbacks.append(start)
         return env.all_of([launch, *self.touching[rank]])
 
@@ -265,11 +274,15 @@ class _DesStep:
 # ---- analytic fidelity ---------------------------------------------------------------------
 
 
-def _pairwise_bound_s(routes: RouteTable, matrix: np.ndarray, launch_s: float) -> np.ndarray:
+def _pairwise_bound_s(
+    routes: RouteTable, topo: Routing, matrix: np.ndarray, launch_s: float
+) -> np.ndarray:
     """Per rank: launch + its slowest send or receive under the bottleneck-link bound."""
     off = np.array(matrix, dtype=np.float64)
     np.fill_diagonal(off, 0.0)
     world = routes.world
+    launch_s, factor = alltoall_protocol(topo, range(world), float(off.sum(axis=1).max()), launch_s)
+    off *= factor
     if not off.any():
         return np.full(world, launch_s)
     drain = routes.link_loads(off) / routes.links.capacity_bytes_per_s
@@ -294,7 +307,11 @@ def _analytic_step(
     blocks, world = plan.num_blocks, plan.world
     phase_s = np.zeros((blocks, world, len(PHASES)))
     block_end = np.zeros((blocks, world))
-    sp_s = _pairwise_bound_s(routes, plan.sp_bytes, launch_s) if _crosses(plan.sp_bytes) else None
+    sp_s = (
+        _pairwise_bound_s(routes, topo, plan.sp_bytes, launch_s)
+        if _crosses(plan.sp_bytes)
+        else None
+    )
     tp = bool(plan.attn_tp_groups)
     rs_s = _ring_bound_s(plan, topo, "reducescatter", launch_s) if tp else None
     ag_s = _ring_bound_s(plan, topo, "allgather", launch_s) if tp else None
@@ -324,14 +341,14 @@ def _analytic_step(
             gather, dispatch = plan.moe_tp_gather_bytes[layer], plan.dispatch_bytes[layer]
             compute(block, "router", plan.router_s)
             if _crosses(dispatch):
-                comm(block, "dispatch", _pairwise_bound_s(routes, dispatch, launch_s))
+                comm(block, "dispatch", _pairwise_bound_s(routes, topo, dispatch, launch_s))
             if gather.any():
-                comm(block, "moe_comm", _pairwise_bound_s(routes, gather, launch_s))
+                comm(block, "moe_comm", _pairwise_bound_s(routes, topo, gather, launch_s))
             compute(block, "experts", plan.experts_s[layer])
             if gather.any():
-                comm(block, "moe_comm", _pairwise_bound_s(routes, gather.T, launch_s))
+                comm(block, "moe_comm", _pairwise_bound_s(routes, topo, gather.T, launch_s))
             if _crosses(dispatch):
-                comm(block, "combine", _pairwise_bound_s(routes, dispatch.T, launch_s))
+                comm(block, "combine", _pairwise_bound_s(routes, topo, dispatch.T, launch_s))
         if ag_s is not None:
             comm(block, "moe_comm", ag_s)
         block_end[block] = now
