@@ -116,3 +116,17 @@ def test_layout_that_does_not_fit_in_memory(capsys: pytest.CaptureFixture[str]) 
     """Mixtral-8x7B in bf16 (93 GB of weights) on one 80 GB H100 names the weights and the fix."""
     err = _error(["run", "--placement", "EP1", "--topology", "dgx-h100"], capsys)
     assert "does not fit in memory" in err and "weights" in err and "fp8" in err
+
+
+def test_synthetic_bundled_scenario_needs_no_reuse_or_tiling(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The bundled synthetic trace has 32 independent sequences of 2048 tokens: a batch of 32 at
+    2k context replays each once, so the only note is the chunked prefill."""
+    scenario = ROOT / "scenarios" / "mixtral-8x7b-ep8-synth.yaml"
+    assert main(["run", str(scenario), "--fidelity", "analytic", "--json", "-", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["inputs"]["notes"] == [
+        "prefill: TTFT sums 8 chunk steps of at most 8192 tokens (prefill_chunk_tokens)"
+    ]
+    assert result["inputs"]["trace_tokens"] == 32 * 2048

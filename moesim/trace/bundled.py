@@ -19,6 +19,10 @@ BUNDLED_TRACES: dict[str, str] = {
         "Mixtral-8x7B-Instruct, HumanEval problems 0 and 1, decode tokens only: "
         "333 tokens x 32 layers, top-2"
     ),
+    "mixtral8x7b_humaneval_synth": (
+        "synthetic, fitted to mixtral8x7b_humaneval_decode (moesim trace synth --fit, seed 0): "
+        "65,536 tokens in 32 independent sequences of 2,048 x 32 layers, top-2"
+    ),
     "mixtral8x7b_humaneval0_prefill_decode": (
         "Mixtral-8x7B-Instruct, HumanEval problem 0, prefill and decode, only tokens logged at "
         "all 32 layers: 94 tokens (59 prefill, 35 decode), top-2"
