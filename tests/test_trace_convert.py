@@ -258,7 +258,8 @@ def test_convert_file_round_trip(tiny_jsonl: Path, tmp_path: Path) -> None:
 
 
 def test_bundled_traces_load() -> None:
-    """Both bundled traces ship in the package with their provenance in the metadata."""
+    """The real bundled traces ship in the package with their provenance in the metadata; the
+    synthetic one records its generator and seed."""
     assert bundled_trace_path().is_file()
     decode = load_bundled_trace("mixtral8x7b_humaneval_decode")
     both = load_bundled_trace("mixtral8x7b_humaneval0_prefill_decode")
@@ -268,7 +269,11 @@ def test_bundled_traces_load() -> None:
         assert "216e26eb86ee09fa46bb0e8c000be7e9758e10b6" in trace.metadata["provenance"]
         assert trace.metadata["num_experts"] == "8" and trace.max_expert_id == 7
     assert set(BUNDLED_TRACES) == {"mixtral8x7b_humaneval_decode",
-                                   "mixtral8x7b_humaneval0_prefill_decode"}
+                                   "mixtral8x7b_humaneval0_prefill_decode",
+                                   "mixtral8x7b_humaneval_synth"}
+    synth = load_bundled_trace("mixtral8x7b_humaneval_synth")
+    assert (synth.num_tokens, len(set(synth.seq_id.tolist()))) == (65536, 32)
+    assert synth.metadata["seed"] == "0" and synth.metadata["tool"] == "moesim trace synth"
     with pytest.raises(TraceError, match="no bundled trace named"):
         bundled_trace_path("nope")
 
