@@ -121,3 +121,23 @@ def test_live_calibration_then_validation_on_gloo(tmp_path: Path) -> None:
     summary = validate_cli.compare_summary(measurement, str(out))
     assert summary["bytes_match"] is True
     assert np.isfinite([summary["a2a_mape"], summary["layer_mape"]]).all()
+
+
+def test_layer_load_is_an_even_routing_of_the_trace_batch() -> None:
+    """Mixtral (8 experts, top-2) on 4 ranks with the bundled decode trace (333 tokens): 2
+    experts per rank on round(333 * 2 / 8) = 83 rows each, over all 32 MoE layers at 1/32 width
+    (2 * 3 * 128 * 448 * 2 B = 688 KiB per layer); at full width one layer's two experts hold
+    2 * 3 * 4096 * 14336 * 2 B = 704 MB, so only 1 layer fits the 1 GiB budget. An explicit
+    --load-tokens wins over the trace."""
+    from moesim.models import load_model
+    from validate.measurement import scaled_model_update
+
+    model = load_model("mixtral-8x7b")
+    trace = "bundled:mixtral8x7b_humaneval_decode"
+    small = scaled_model_update(model, 1 / 32, 1)
+    full = scaled_model_update(model, 1.0, 1)
+    assert calibrate_cli.layer_load(model, small, 4, trace, None, "bf16") == {
+        "load_tokens": 83, "load_experts": 2, "load_layers": 32}
+    assert calibrate_cli.layer_load(model, full, 4, trace, None, "bf16")["load_layers"] == 1
+    assert calibrate_cli.layer_load(model, small, 16, trace, 0, "bf16") == {
+        "load_tokens": 0, "load_experts": 1, "load_layers": 32}

@@ -74,3 +74,18 @@ def test_hanging_rank_hits_timeout_and_no_orphans(tmp_path: Path) -> None:
     with pytest.raises(LiveRunError, match=r"exceeded --timeout-s 6"):
         run_live(placement="EP2", workdir=tmp_path, inject_failure=(0, "hang"), **settings)
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_per_layer_barrier_moves_the_same_bytes(tmp_path: Path) -> None:
+    """`barrier="layer"` (each layer timed in isolation) runs the same collectives as the
+    default once-per-pass barrier: bytes still match, and the choice is recorded."""
+    measurement = run_live(placement="EP2", workdir=tmp_path, barrier="layer", **SMALL)
+    assert check_bytes(measurement, traffic_for_inputs(measurement["inputs"])) == []
+    assert measurement["inputs"]["barrier"] == "layer"
+
+
+def test_harness_phase_order_is_the_measurement_order() -> None:
+    """The rank worker (which imports no moesim) indexes `exchange[L, P]` in PHASES order."""
+    from validate.harness import PHASE_INDEX
+
+    assert list(PHASE_INDEX) == list(PHASES)

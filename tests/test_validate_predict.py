@@ -13,11 +13,13 @@ import pytest
 from moesim.cli import validate as validate_cli
 from moesim.engine.plan import PHASES as ENGINE_PHASES
 from moesim.engine.step import simulate_step
+from moesim.errors import ConfigError
 from moesim.topology import build_topology
 from moesim.topology_spec import TopologySpec
 from validate.measurement import (
     PHASES,
     build_measurement,
+    exchange_layers,
     expected_bytes,
     live_inputs,
     phase_byte_matrices,
@@ -27,6 +29,7 @@ from validate.predict import (
     ENGINE_GROUPS,
     harness_experts_s,
     harness_step_plan,
+    local_only_phases,
     predict_phase_times,
     time_comparison,
 )
@@ -117,15 +120,28 @@ def test_shared_engine_phases_split_back_without_losing_time() -> None:
                                                              > 0).all()
 
 
-def test_all_local_collective_costs_launch_plus_latency() -> None:
-    """TP4's dispatch moves no cross-rank bytes; the engine skips it but the harness still runs
-    the collective (empty messages to every peer): launch + the two-hop path latency."""
+def test_all_local_phase_is_a_local_copy_with_no_time_error() -> None:
+    """TP4's dispatch and combine move no cross-rank bytes: the harness only copies the rank's
+    own rows (no collective) and the engine books nothing, so they are predicted 0 s, listed as
+    local-only and left out of the phase, all-to-all and overall errors."""
     inputs = _inputs("TP4")
     traffic = traffic_for_inputs(inputs)
     assert phase_byte_matrices(traffic)["dispatch"].any()
+    assert not exchange_layers(traffic)[:, [P["dispatch"], P["combine"]]].any()
+    assert exchange_layers(traffic)[:, P["moe_tp_gather"]].all()
+    assert local_only_phases(traffic) == ["dispatch", "combine"]
     times = predict_phase_times(inputs, traffic, _loopback(latency_s=1e-4, launch_s=5e-5))
-    np.testing.assert_allclose(times[:, :, P["dispatch"]], 5e-5 + 2e-4)
-    np.testing.assert_allclose(times[:, :, P["combine"]], 5e-5 + 2e-4)
+    assert (times[:, :, [P["dispatch"], P["combine"]]] == 0).all()
+    assert (times[:, :, P["moe_tp_gather"]] > 0).all()
+    measurement = _measurement("TP4", 2e-3)
+    predicted = np.full(times.shape, 2e-3)
+    predicted[:, :, [P["dispatch"], P["combine"]]] = 0.0
+    prediction = {"time_s": predicted.tolist(),
+                  "active_phases": ["dispatch", "moe_tp_gather", "combine"],
+                  "local_only_phases": ["dispatch", "combine"]}
+    result = time_comparison(measurement, prediction)
+    assert result["a2a_mape"] is None and result["overall_mape"] == pytest.approx(0)
+    assert result["phase_mape"] == {"dispatch": None, "moe_tp_gather": 0, "combine": None}
 
 
 def _measurement(placement: str, seconds: float) -> dict:
@@ -153,18 +169,27 @@ def test_mape_is_hand_worked() -> None:
     assert result["per_layer"][1]["layer_predicted_s"] == pytest.approx(6e-3)
 
 
-def test_min_statistic_compares_against_the_fastest_repeat() -> None:
-    """Repeats of 1 ms and 3 ms: the median is 2 ms, the min 1 ms; a 1 ms prediction is 50%
-    off the median and exact against the min."""
+def test_statistics_compare_against_mean_median_or_fastest_repeat() -> None:
+    """Repeats of 1, 2 and 6 ms: mean 3 ms (the default), median 2 ms, min 1 ms; a 1 ms
+    prediction is 66.7 % off the mean, 50 % off the median and exact against the min. A
+    measurement without per-phase means (older files) is refused for the mean, by name."""
     inputs = _inputs("EP4")
     counts = expected_bytes(traffic_for_inputs(inputs))
     layers, world = counts.shape[:2]
-    times = np.stack([np.full((layers, world, len(PHASES)), t) for t in (1e-3, 3e-3)])
-    measurement = build_measurement(inputs, times, counts, np.full((2, world), 1.0), 1.0)
+    times = np.stack([np.full((layers, world, len(PHASES)), t) for t in (1e-3, 2e-3, 6e-3)])
+    measurement = build_measurement(inputs, times, counts, np.full((3, world), 1.0), 1.0)
     predicted = np.full((layers, world, len(PHASES)), 1e-3)
     prediction = {"time_s": predicted.tolist(), "active_phases": ["dispatch", "combine"]}
-    assert time_comparison(measurement, prediction)["a2a_mape"] == pytest.approx(50)
+    assert time_comparison(measurement, prediction)["a2a_mape"] == pytest.approx(200 / 3)
+    assert time_comparison(measurement, prediction, "median")["a2a_mape"] == pytest.approx(50)
     assert time_comparison(measurement, prediction, "min")["a2a_mape"] == pytest.approx(0)
+    for layer in measurement["per_layer"]:
+        for rank in layer["ranks"]:
+            for record in rank["phases"].values():
+                del record["time_s_mean"]
+    with pytest.raises(ConfigError, match="time_s_mean.*--statistic median"):
+        time_comparison(measurement, prediction)
+    assert time_comparison(measurement, prediction, "median")["a2a_mape"] == pytest.approx(50)
 
 
 def _parser() -> argparse.ArgumentParser:

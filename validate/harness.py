@@ -11,8 +11,11 @@ Per layer, in order (phases named as in `validate.measurement.PHASES`): SP excha
 each link are the ring's), dispatch (all_to_all_single, rows of `hidden`), MoE-TP gather
 (all_to_all_single), expert SwiGLU GEMMs, MoE-TP scatter and combine (the reverse calls),
 attention-TP ring all-gather. Bytes are counted from the split sizes handed to torch times
-the tensors' row size. A barrier starts each layer; phases are timed with perf_counter on CPU
-and CUDA events on GPUs.
+the tensors' row size. A barrier starts each pass over the layers (plan `barrier: step`; the
+layers then run back to back as in a serving step, each layer's first collective absorbing
+the previous one's skew) or each layer (`barrier: layer`: layers timed in isolation, each
+first collective absorbing the barrier's exit skew instead); phases are timed with
+perf_counter on CPU and CUDA events on GPUs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 }
 ByteCount = tuple[int, int, int]  # sent, received, local
+# The harness's phase order (validate.measurement.PHASES; this module does not import moesim).
+PHASE_INDEX = {name: i for i, name in enumerate((
+    "sp_exchange", "attn_reduce_scatter", "dispatch", "moe_tp_gather", "experts",
+    "moe_tp_scatter", "combine", "attn_all_gather"))}
 
 
 def _load_plan(path: Path) -> dict[str, Any]:
@@ -74,11 +81,18 @@ def _row_bytes(tensor: torch.Tensor) -> int:
 
 
 def _all_to_all(out: torch.Tensor, inp: torch.Tensor, recv_rows: np.ndarray,
-                send_rows: np.ndarray, rank: int) -> ByteCount:
-    """all_to_all_single with the given splits; bytes from the splits and the row size."""
+                send_rows: np.ndarray, rank: int, exchange: bool = True) -> ByteCount:
+    """all_to_all_single with the given splits; bytes from the splits and the row size.
+
+    Without `exchange` (no rank sends another anything in this layer's phase) only this
+    rank's own rows are copied and no collective is called."""
     send, recv = [int(n) for n in send_rows], [int(n) for n in recv_rows]
     out, inp = out[: sum(recv)], inp[: sum(send)]
-    dist.all_to_all_single(out, inp, output_split_sizes=recv, input_split_sizes=send)
+    if exchange:
+        dist.all_to_all_single(out, inp, output_split_sizes=recv, input_split_sizes=send)
+    else:
+        src, dst = sum(send[:rank]), sum(recv[:rank])
+        out[dst: dst + recv[rank]].copy_(inp[src: src + send[rank]])
     row = _row_bytes(inp)
     local = send[rank] * row
     return sum(send) * row - local, sum(recv) * row - recv[rank] * row, local
@@ -153,6 +167,10 @@ class _Rank:
         self.weights = [[(rand(hidden, ffn), rand(hidden, ffn), rand(ffn, hidden))
                          for _ in range(tokens.shape[1])] for _ in range(tokens.shape[0])]
 
+    def _exchange(self, layer: int, phase: str) -> bool:
+        """Whether the layer's phase crosses ranks (plan `exchange[L, P]`, the same on all)."""
+        return bool(self.plan["exchange"][layer, PHASE_INDEX[phase]])
+
     def phases(self) -> list[Callable[[int], ByteCount]]:
         """The layer's operations in `PHASES` order."""
         return [self.sp_exchange, self.attn_reduce_scatter, self.dispatch, self.moe_tp_gather,
@@ -162,7 +180,7 @@ class _Rank:
         """SP attention exchange: the sp_bytes row and column of this rank, as raw bytes."""
         p = self.plan
         return _all_to_all(self.sp_out, self.sp_in, p["sp_recv_bytes"], p["sp_send_bytes"],
-                           self.rank)
+                           self.rank, self._exchange(layer, "sp_exchange"))
 
     def attn_reduce_scatter(self, layer: int) -> ByteCount:
         """Attention-TP ring reduce-scatter of the group's token block."""
@@ -180,25 +198,29 @@ class _Rank:
         """MoE dispatch: dispatch_bytes[l, r, :] out, dispatch_bytes[l, :, r] in."""
         p = self.plan
         return _all_to_all(self.dispatch_out, self.dispatch_in, p["dispatch_recv_rows"][layer],
-                           p["dispatch_send_rows"][layer], self.rank)
+                           p["dispatch_send_rows"][layer], self.rank,
+                           self._exchange(layer, "dispatch"))
 
     def combine(self, layer: int) -> ByteCount:
         """MoE combine: the dispatch reversed."""
         p = self.plan
         return _all_to_all(self.combine_out, self.dispatch_out, p["dispatch_send_rows"][layer],
-                           p["dispatch_recv_rows"][layer], self.rank)
+                           p["dispatch_recv_rows"][layer], self.rank,
+                           self._exchange(layer, "combine"))
 
     def moe_tp_gather(self, layer: int) -> ByteCount:
         """MoE-TP all-gather of the rows each shard received."""
         p = self.plan
         return _all_to_all(self.gather_out, self.gather_in, p["gather_recv_rows"][layer],
-                           p["gather_send_rows"][layer], self.rank)
+                           p["gather_send_rows"][layer], self.rank,
+                           self._exchange(layer, "moe_tp_gather"))
 
     def moe_tp_scatter(self, layer: int) -> ByteCount:
         """MoE-TP reduce-scatter: the gather reversed."""
         p = self.plan
         return _all_to_all(self.scatter_out, self.gather_out, p["gather_send_rows"][layer],
-                           p["gather_recv_rows"][layer], self.rank)
+                           p["gather_recv_rows"][layer], self.rank,
+                           self._exchange(layer, "moe_tp_scatter"))
 
     def experts(self, layer: int) -> ByteCount:
         """SwiGLU of every local expert on its tokens: down(silu(x W_gate) * (x W_up))."""
@@ -227,8 +249,10 @@ def _run_step(worker: _Rank, clock: _Clock, num_layers: int) -> tuple[np.ndarray
     counts = np.zeros((num_layers, len(phases), 3), dtype=np.int64)
     active = worker.plan["active_phases"]
     step_marks = []
+    per_layer = worker.plan["barrier"] == "layer"
     for layer in range(num_layers):
-        dist.barrier()
+        if per_layer or layer == 0:
+            dist.barrier()
         marks = [clock.mark()]
         for p, op in enumerate(phases):
             if active[p]:

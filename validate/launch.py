@@ -31,6 +31,7 @@ from moesim.traffic import Traffic
 from validate.measurement import (
     PHASES,
     build_measurement,
+    exchange_layers,
     expected_bytes,
     live_inputs,
     phase_byte_matrices,
@@ -77,8 +78,10 @@ def rank_plans(
 ) -> list[dict[str, Any]]:
     """Each rank's rows of `traffic` plus the run settings, as arrays for `np.savez`."""
     hidden_bytes = traffic.hidden_bytes
-    active = np.array([bool(m.any()) for m in phase_byte_matrices(traffic).values()])
+    matrices = phase_byte_matrices(traffic)
+    active = np.array([bool(m.any()) for m in matrices.values()])
     active[PHASES.index("experts")] = True
+    exchange = exchange_layers(traffic)  # [L, P]: all ranks call the collective, or none
     moe_tp = int(inputs["parallelism"]["moe_tp"])
     plans = []
     for rank in range(traffic.world):
@@ -100,6 +103,7 @@ def rank_plans(
             "attn_ranks": attn_ranks,
             "attn_chunk_rows": attn_rows,
             "active_phases": active,
+            "exchange": exchange,
         })
     return plans
 
@@ -270,6 +274,7 @@ def run_live(
     warmup: int = 1,
     repeats: int = 3,
     timeout_s: float = 300.0,
+    barrier: str = "step",
     nproc: int | None = None,
     inject_failure: tuple[int, str] | None = None,
     workdir: str | Path | None = None,
@@ -284,7 +289,7 @@ def run_live(
     inputs = live_inputs(model=model, trace=trace, placement=placement, backend=backend,
                          scale=scale, layers=layers, tokens=tokens, act_dtype=act_dtype,
                          dedup=dedup, phase=phase, sp_variant=sp_variant, warmup=warmup,
-                         repeats=repeats)
+                         repeats=repeats, barrier=barrier)
     world = int(inputs["world"])
     if nproc is not None and nproc != world:
         raise LiveRunError(f"--nproc {nproc} differs from placement {placement}'s world {world}; "
@@ -294,7 +299,7 @@ def run_live(
     threads = max(1, (os.cpu_count() or 1) // world)
     fail_rank, fail_mode = inject_failure or (-1, "raise")
     settings = {"backend": backend, "port": free_port(), "timeout_s": float(timeout_s),
-                "warmup": warmup, "repeats": repeats, "threads": threads,
+                "warmup": warmup, "repeats": repeats, "threads": threads, "barrier": barrier,
                 "fail_rank": fail_rank, "fail_mode": fail_mode}
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-live-", dir=workdir))
     for rank, plan in enumerate(rank_plans(traffic, inputs, settings)):

@@ -1,8 +1,9 @@
 """Measurement: what a live run recorded, as one JSON document, and the check of its bytes.
 
 A measurement holds, per MoE layer, per rank and per *measured phase*, the median time over the
-repeats (`time_s`, plus `time_s_min`) and the bytes the rank passed to torch: `sent_bytes` and
-`recv_bytes` cross ranks, `local_bytes` stay on the rank (the diagonal of an all-to-all).
+repeats (`time_s`, plus `time_s_min` and `time_s_mean`) and the bytes the rank passed to torch:
+`sent_bytes` and `recv_bytes` cross ranks, `local_bytes` stay on the rank (the diagonal of an
+all-to-all).
 Its `inputs` block records everything needed to ask the simulator for the same traffic: the
 model, the scale and the scaled sizes (`model_update`), the trace and the slice of it that ran,
 the placement, dtype, dedup, phase. `check_bytes` recomputes that Traffic and compares every
@@ -39,6 +40,7 @@ __all__ = [
     "live_inputs",
     "traffic_for_inputs",
     "phase_byte_matrices",
+    "exchange_layers",
     "expected_bytes",
     "build_measurement",
     "load_measurement",
@@ -128,6 +130,7 @@ def live_inputs(
     sp_variant: str = "ring",
     warmup: int = 1,
     repeats: int = 3,
+    barrier: str = "step",
 ) -> dict[str, Any]:
     """The `inputs` block of a live run, checked: resolves the model, trace slice and placement."""
     spec = load_model(model)
@@ -169,6 +172,7 @@ def live_inputs(
         "nproc": par.world,
         "warmup": warmup,
         "repeats": repeats,
+        "barrier": barrier,
     }
 
 
@@ -216,6 +220,18 @@ def phase_byte_matrices(traffic: Traffic) -> dict[str, np.ndarray]:
     return {name: matrices[name] for name in PHASES}
 
 
+def exchange_layers(traffic: Traffic) -> np.ndarray:
+    """`[L, P]` bool: the layer's phase moves bytes between ranks. Where it does not (TP's
+    dispatch and combine: every token's experts are on its own rank), the harness copies the
+    local rows and calls no collective, as a TP deployment runs no all-to-all and the engine
+    books none."""
+    out = np.zeros((traffic.num_layers, len(PHASES)), dtype=bool)
+    for p, matrix in enumerate(phase_byte_matrices(traffic).values()):
+        cross = matrix.sum(axis=(1, 2)) - np.trace(matrix, axis1=1, axis2=2)  # [L]
+        out[:, p] = cross > 0
+    return out
+
+
 def expected_bytes(traffic: Traffic) -> np.ndarray:
     """Predicted `[L, W, P, 3]` bytes: (sent, received, local) per layer, rank and phase."""
     out = np.zeros((traffic.num_layers, traffic.world, len(PHASES), 3), dtype=np.int64)
@@ -236,13 +252,14 @@ def build_measurement(
 ) -> dict[str, Any]:
     """Assemble the JSON document from `time_s[R, L, W, P]` (repeats), `byte_counts[L, W, P, 3]`
     and `step_time_s[R, W]` (each rank's time over all layers per repeat)."""
-    median, fastest = np.median(time_s, axis=0), time_s.min(axis=0)
+    median, fastest, mean = np.median(time_s, axis=0), time_s.min(axis=0), time_s.mean(axis=0)
     num_layers, world = byte_counts.shape[:2]
 
     def record(layer: int, rank: int, p: int) -> dict[str, Any]:
         counts = byte_counts[layer, rank, p]
         return {"time_s": float(median[layer, rank, p]),
                 "time_s_min": float(fastest[layer, rank, p]),
+                "time_s_mean": float(mean[layer, rank, p]),
                 **{field: int(counts[i]) for i, field in enumerate(BYTE_FIELDS)}}
 
     per_layer = [

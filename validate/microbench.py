@@ -5,8 +5,10 @@ same environment, thread count, failure handling, no orphans) running
 `python -m validate.microbench PLAN_DIR RANK`. Every rank, together, after a barrier per
 iteration:
 
-- `alltoall`: `all_to_all_single` of an evenly split send buffer of `size` bytes per rank
-  (nccl-tests' `alltoall_perf` convention: `size / N` to every rank, itself included);
+- `alltoall`: `all_to_all_single` of about `size` bytes per rank (nccl-tests' `alltoall_perf`
+  convention: about `size / N` to every rank, itself included) as rows of `hidden`
+  activations with per-peer split sizes drawn from an even routing, as the harness's dispatch
+  calls it (gloo then runs alltoallv, which costs more than an evenly split buffer);
 - `allgather`: a ring all-gather of `N` chunks of `size / N` bytes built from the same
   point-to-point steps (`batch_isend_irecv` to the successor, from the predecessor) as the
   harness's attention-TP ring, so `N - 1` point-to-point exchanges per iteration;
@@ -15,13 +17,16 @@ iteration:
   host's cores as they do in a live run.
 
 With `load_tokens > 0` (the default) each communication iteration is `barrier, op, expert
-GEMM of load_tokens rows, op` and both ops are timed: a live MoE layer computes between its
-collectives, and on a host with fewer cores than ranks the ranks that finished a collective
-compute while the others still wait to be scheduled to finish it. That scheduling delay is
-part of every collective the harness times, so calibration measures it in the same setting
-(`load_tokens=0`: idle collectives). Each rank records the median over repeats; a row's time
-is the slowest rank's median, as the harness reports layers. torch is imported only in the
-rank processes.
+GEMMs, op` and both ops are timed, the GEMMs being `load_experts` SwiGLU experts of
+`load_tokens` rows each, with their own weights per layer, cycling over `load_layers` layers
+as a live run's experts phase does (`moesim calibrate live` sizes them like a live run of its
+trace: experts per rank and rows per expert of an even routing). A live MoE layer computes
+between its collectives, and on a host with fewer cores than ranks the ranks that finished a
+collective compute while the others still wait to be scheduled to finish it. That scheduling
+delay is part of every collective the harness times, so calibration measures it in the same
+setting (`load_tokens=0`: idle collectives). Each rank records the median, minimum and mean
+over repeats; a row's time is the slowest rank's (per `statistic`), as the harness reports
+layers. torch is imported only in the rank processes.
 
 Fitting (`fit_live`, no torch): the communication rows become `moesim.calibrate.fit.Measurement`
 objects fitted by `fit_topology` (link efficiency of the fitted media and collective launch
@@ -63,11 +68,12 @@ __all__ = [
 ]
 
 BENCH_OPS = ("alltoall", "allgather", "gemm")
-STATISTICS = ("median", "min")
+STATISTICS = ("median", "min", "mean")
 DEFAULT_SIZES_BYTES: tuple[int, ...] = (1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20,
                                         1 << 22)
 DEFAULT_GEMM_TOKENS: tuple[int, ...] = (8, 32, 128, 512)
 DEFAULT_LOAD_TOKENS = 128
+DEFAULT_REPEATS = 100
 
 
 def run_microbench(
@@ -80,8 +86,10 @@ def run_microbench(
     ffn: int = 448,
     act_dtype: str = "bf16",
     load_tokens: int = DEFAULT_LOAD_TOKENS,
+    load_experts: int = 1,
+    load_layers: int = 1,
     warmup: int = 3,
-    repeats: int = 10,
+    repeats: int = DEFAULT_REPEATS,
     timeout_s: float = 300.0,
     workdir: str | Path | None = None,
     rank_commands: Any = None,
@@ -105,7 +113,8 @@ def run_microbench(
             "world": nproc, "threads": threads, "warmup": warmup, "repeats": repeats,
             "sizes_bytes": np.asarray(sizes_bytes, dtype=np.int64),
             "gemm_tokens": np.asarray(gemm_tokens, dtype=np.int64),
-            "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens}
+            "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
+            "load_experts": load_experts, "load_layers": load_layers}
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-bench-", dir=workdir))
     for rank in range(nproc):
         np.savez(plan_dir / f"rank{rank}.npz", **plan, rank=rank)  # type: ignore[arg-type]
@@ -118,13 +127,14 @@ def run_microbench(
     for path in plan_dir.iterdir():
         path.unlink()
     plan_dir.rmdir()
-    suffix = "" if statistic == "median" else "_min"
+    suffix = "" if statistic == "median" else "_" + statistic
     picked = [{op: m[op + suffix] for op in BENCH_OPS} for m in medians]
     rows = _rows(picked, nproc, sizes_bytes, gemm_tokens)
     return {"backend": backend, "nproc": nproc, "device": device, "threads_per_rank": threads,
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
-            "warmup": warmup, "statistic": statistic,
-            "repeats": repeats, "rows": rows, "wall_s": time.perf_counter() - start}
+            "load_experts": load_experts, "load_layers": load_layers, "warmup": warmup,
+            "statistic": statistic, "repeats": repeats, "rows": rows,
+            "wall_s": time.perf_counter() - start}
 
 
 def _rows(medians: list[dict[str, np.ndarray]], nproc: int, sizes: tuple[int, ...],
@@ -246,14 +256,19 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
 # ---- rank side (torch) ----------------------------------------------------------------------
 
 
-def _timed(fn: Any, warmup: int, repeats: int, load: Any = None) -> tuple[float, float]:
-    """Median seconds of `fn()` over `repeats` iterations, each `barrier, fn` or, with a
-    `load`, `barrier, fn, load, fn` (both calls timed)."""
+def _timed(fn: Any, warmup: int, repeats: int,
+           load: Any = None) -> tuple[float, float, float]:
+    """Median, min and mean seconds of `fn()` over `repeats` iterations.
+
+    Without a `load` each iteration is `barrier, fn`. With one, iterations run back to back
+    as a live run's MoE layers do, `fn, load, fn` (both calls timed) after one barrier: one
+    call follows the previous iteration's, the other follows the expert GEMMs."""
     import torch.distributed as dist
 
     times = []
     for i in range(warmup + repeats):
-        dist.barrier()
+        if load is None or i in (0, warmup):
+            dist.barrier()
         calls = []
         for _ in range(1 if load is None else 2):
             begin = time.perf_counter()
@@ -263,7 +278,7 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None) -> tuple[float,
                 load()
         if i >= warmup:
             times += calls
-    return float(np.median(times)), float(np.min(times))
+    return float(np.median(times)), float(np.min(times)), float(np.mean(times))
 
 
 def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -272,7 +287,7 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from validate.harness import TORCH_DTYPES, _ring
+    from validate.harness import TORCH_DTYPES, _all_to_all, _ring
 
     rank, world = int(plan["rank"]), int(plan["world"])
     torch.set_num_threads(int(plan["threads"]))
@@ -282,7 +297,7 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
         timeout=timedelta(seconds=float(plan["timeout_s"])),
     )
     warmup, repeats = int(plan["warmup"]), int(plan["repeats"])
-    out: dict[str, list[tuple[float, float]]] = {op: [] for op in BENCH_OPS}
+    out: dict[str, list[tuple[float, float, float]]] = {op: [] for op in BENCH_OPS}
     dtype, hidden, ffn = TORCH_DTYPES[plan["act_dtype"]], int(plan["hidden"]), int(plan["ffn"])
     gen = torch.Generator().manual_seed(2000 + rank)
 
@@ -294,15 +309,34 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
     def swiglu(x: torch.Tensor) -> torch.Tensor:
         return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down  # [n, D]
 
-    load_x = rand(int(plan["load_tokens"]), hidden)
-    load = (lambda: swiglu(load_x)) if int(plan["load_tokens"]) > 0 else None
+    load_x = rand(int(plan["load_tokens"]), hidden)  # [n, D]
+    # one weight set per (layer, expert), visited layer by layer as a live run does
+    layer_weights = [[(rand(hidden, ffn), rand(hidden, ffn), rand(ffn, hidden))
+                      for _ in range(int(plan["load_experts"]))]
+                     for _ in range(int(plan["load_layers"]))]
+    visits = [0]
+
+    def layer_load() -> None:
+        visits[0] += 1
+        for gate, up, down in layer_weights[visits[0] % len(layer_weights)]:
+            _ = (F.silu(load_x @ gate) * (load_x @ up)) @ down  # [n, D]
+
+    load = layer_load if int(plan["load_tokens"]) > 0 else None
     ranks = np.arange(world)
     for size in plan["sizes_bytes"]:
         per_peer = max(1, int(size) // world)
-        send = torch.zeros(per_peer * world, dtype=torch.uint8)
-        recv = torch.empty_like(send)
-        out["alltoall"].append(_timed(lambda r=recv, s=send: dist.all_to_all_single(r, s),
-                                      warmup, repeats, load))
+        # rows of `hidden` activations per (src, dst) as a MoE dispatch sends them: an even
+        # routing's random counts (the same draw on every rank), through all_to_all_single
+        # with split sizes as the harness calls it (gloo's alltoallv: with uneven splits it
+        # costs more than an evenly split buffer)
+        row_bytes = hidden * load_x.element_size()
+        counts = np.random.default_rng(int(size)).multinomial(
+            max(world, int(size) // row_bytes), np.full(world, 1 / world), size=world)
+        send_x = rand(int(counts.sum(axis=1).max()), hidden)
+        recv_x = rand(int(counts.sum(axis=0).max()), hidden)
+        out["alltoall"].append(_timed(
+            lambda r=recv_x, s=send_x, c=counts: _all_to_all(r, s, c[:, rank], c[rank], rank),
+            warmup, repeats, load))
         rows = np.full(world, per_peer)
         buf = torch.zeros(per_peer * world, 1, dtype=torch.uint8)
         out["allgather"].append(_timed(
@@ -313,8 +347,9 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
         out["gemm"].append(_timed(lambda x=x: swiglu(x), warmup, repeats))
     dist.barrier()
     dist.destroy_process_group()
-    result = {op: np.asarray([median for median, _ in times]) for op, times in out.items()}
-    result.update({f"{op}_min": np.asarray([low for _, low in times]) for op, times in out.items()})
+    result = {op: np.asarray([median for median, _, _ in times]) for op, times in out.items()}
+    for i, suffix in ((1, "_min"), (2, "_mean")):
+        result.update({op + suffix: np.asarray([t[i] for t in times]) for op, times in out.items()})
     return result
 
 

@@ -13,9 +13,9 @@ reverse): `dispatch` -> dispatch, `combine` -> combine, `experts` -> experts; `a
 sp_exchange + attn_reduce_scatter and `moe_comm` holds moe_tp_gather + moe_tp_scatter +
 attn_all_gather: where one engine phase holds several active harness phases its seconds are
 split in proportion to each one's stand-alone time (`predict_collective`, analytic), per rank.
-A phase the harness runs as a collective that moves no cross-rank bytes (TP's all-local
-dispatch) is skipped by the engine, but gloo still exchanges an empty message with every
-peer: it is predicted as one collective launch plus the longest path latency to a peer.
+A phase that moves no cross-rank bytes in a layer (TP's all-local dispatch and combine) is
+skipped by the engine and the harness only copies the rank's own rows: predicted 0 s, and it is
+left out of the per-phase and all-to-all errors (`time_comparison`).
 """
 
 from __future__ import annotations
@@ -29,17 +29,18 @@ from moesim.engine.collectives import collective_launch_s, predict_collective
 from moesim.engine.plan import PHASES as ENGINE_PHASES
 from moesim.engine.plan import StepPlan
 from moesim.engine.step import simulate_step
-from moesim.errors import TopologyError
+from moesim.errors import ConfigError, TopologyError
 from moesim.models import load_model
 from moesim.topology import Topology, build_topology, resolve_topology_path
 from moesim.topology_spec import GpuSpec, TopologySpec
 from moesim.traffic import Traffic
-from validate.measurement import PHASES, phase_byte_matrices
+from validate.measurement import PHASES, exchange_layers, phase_byte_matrices
 
 __all__ = [
     "DEFAULT_TOPOLOGY",
     "ENGINE_GROUPS",
     "active_phases",
+    "local_only_phases",
     "harness_experts_s",
     "harness_step_plan",
     "prediction_topology",
@@ -69,6 +70,15 @@ def active_phases(traffic: Traffic) -> np.ndarray:
     active = np.array([bool(m.any()) for m in phase_byte_matrices(traffic).values()])
     active[_P["experts"]] = True
     return active
+
+
+def local_only_phases(traffic: Traffic) -> list[str]:
+    """Active phases that never cross ranks: the harness copies rows locally (no collective)
+    and the engine books nothing, so they have no time error to report."""
+    crosses = [bool(c) for c in np.any(exchange_layers(traffic), axis=0).tolist()]
+    active = [bool(a) for a in active_phases(traffic)]
+    return [p for p, on, cross in zip(PHASES, active, crosses, strict=True)
+            if on and not cross and p != "experts"]
 
 
 def harness_experts_s(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) -> np.ndarray:
@@ -145,6 +155,8 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
     timeline = simulate_step(plan, topo, fidelity=fidelity)
     launch_s = collective_launch_s(topo)
     active = active_phases(traffic)
+    runs = exchange_layers(traffic)  # [L, P]: the phase's collective runs in the layer
+    runs[:, _P["experts"]] = True
     alone = _standalone_s(traffic, topo, launch_s)
     out = np.zeros((traffic.num_layers, traffic.world, len(PHASES)))
     for e, engine_phase in enumerate(ENGINE_PHASES):
@@ -153,25 +165,12 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
             continue
         engine_s = timeline.phase_s[:, :, e]  # [L, W]
         weights = alone[:, :, members] if len(members) > 1 else np.ones(engine_s.shape + (1,))
+        weights = weights * runs[:, None, members]  # a local copy gets no share
         total = weights.sum(axis=2, keepdims=True)
         share = np.divide(weights, total, out=np.full_like(weights, 1 / len(members)),
                           where=total > 0)
         out[:, :, members] = engine_s[:, :, None] * share
-    comm = active.copy()
-    comm[_P["experts"]] = False
-    skipped = comm[None, None, :] & (out == 0)
-    empty_s = np.broadcast_to(_empty_exchange_s(topo, traffic.world, launch_s)[None, :, None],
-                              out.shape)
-    out[skipped] = empty_s[skipped]
     return out
-
-
-def _empty_exchange_s(topo: Topology, world: int, launch_s: float) -> np.ndarray:
-    """`[W]` seconds of a collective that sends only empty messages: launch + the longest
-    path latency from the rank to a peer."""
-    latency = np.array([[topo.path_latency_s(topo.routes(src, dst)[0]) for dst in range(world)]
-                        for src in range(world)])
-    return launch_s + latency.max(axis=1)
 
 
 def predicted_times(measurement: dict[str, Any], traffic: Traffic,
@@ -186,16 +185,21 @@ def predicted_times(measurement: dict[str, Any], traffic: Traffic,
         "fidelity": fidelity,
         "phases": list(PHASES),
         "active_phases": [p for p, a in zip(PHASES, active_phases(traffic), strict=True) if a],
+        "local_only_phases": local_only_phases(traffic),
         "time_s": times.tolist(),
         "per_layer": [dict(zip(PHASES, row.tolist(), strict=True)) for row in slowest],
         "step_time_s": float(slowest.sum()),
     }
 
 
-def measured_phase_times(measurement: dict[str, Any], statistic: str = "median") -> np.ndarray:
-    """The measurement's seconds `[L, W, P]` per layer, rank and phase: each rank's median over
-    repeats (`time_s`) or its minimum (`time_s_min`, with `statistic="min"`)."""
-    key = "time_s_min" if statistic == "min" else "time_s"
+def measured_phase_times(measurement: dict[str, Any], statistic: str = "mean") -> np.ndarray:
+    """The measurement's seconds `[L, W, P]` per layer, rank and phase: each rank's mean over
+    repeats (`time_s_mean`), median (`time_s`) or minimum (`time_s_min`)."""
+    key = "time_s" if statistic == "median" else "time_s_" + statistic
+    first = measurement["per_layer"][0]["ranks"][0]["phases"] if measurement["per_layer"] else {}
+    if any(key not in record for record in first.values()):
+        raise ConfigError(f"the measurement has no '{key}' per phase (written by an older "
+                          f"moesim); rerun `moesim validate live` or pass --statistic median")
     return np.array([[[rank["phases"].get(p, {}).get(key, 0.0) for p in PHASES]
                       for rank in layer["ranks"]] for layer in measurement["per_layer"]])
 
@@ -213,7 +217,7 @@ def _mape(predicted: np.ndarray, measured: np.ndarray) -> float | None:
 
 
 def time_comparison(
-    measurement: dict[str, Any], prediction: dict[str, Any], statistic: str = "median"
+    measurement: dict[str, Any], prediction: dict[str, Any], statistic: str = "mean"
 ) -> dict[str, Any]:
     """Predicted vs measured per layer and active phase (slowest rank of each), the error per
     phase (MAPE over layers), `a2a_mape` (dispatch + combine), `layer_mape` and overall MAPE."""
@@ -221,7 +225,10 @@ def time_comparison(
     measured = measured_phase_times(measurement, statistic).max(axis=1)[:, active]  # [L, A]
     predicted = np.asarray(prediction["time_s"]).max(axis=1)[:, active]
     names = [PHASES[p] for p in active]
-    a2a = [i for i, name in enumerate(names) if name in ("dispatch", "combine")]
+    local = set(prediction.get("local_only_phases", ()))
+    a2a = [i for i, name in enumerate(names) if name in ("dispatch", "combine")
+           and name not in local]
+    timed = [i for i, name in enumerate(names) if name not in local]
     meas_a2a, pred_a2a = measured[:, a2a].sum(axis=1), predicted[:, a2a].sum(axis=1)
     meas_layer, pred_layer = measured.sum(axis=1), predicted.sum(axis=1)
     rows = [{"layer": layer,
@@ -233,11 +240,12 @@ def time_comparison(
             for layer in range(measured.shape[0])]
     return {
         "statistic": statistic,
-        "phase_mape": {name: _mape(predicted[:, i], measured[:, i])
+        "phase_mape": {name: None if name in local else _mape(predicted[:, i], measured[:, i])
                        for i, name in enumerate(names)},
+        "local_only_phases": sorted(local),
         "a2a_mape": _mape(pred_a2a, meas_a2a) if a2a else None,
         "layer_mape": _mape(pred_layer, meas_layer),
-        "overall_mape": _mape(predicted, measured),
+        "overall_mape": _mape(predicted[:, timed], measured[:, timed]),
         "per_layer": rows,
     }
 

@@ -38,6 +38,7 @@ from moesim.calibrate.nccl_tests import read_nccl_tests
 from moesim.cli.collective import parse_bytes
 from moesim.config import load_model_file
 from moesim.errors import ConfigError
+from moesim.models import ModelSpec
 from moesim.topology import resolve_topology_path
 from moesim.topology_spec import TopologySpec
 
@@ -88,20 +89,27 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
     live.add_argument("--sizes", default="4K,16K,64K,256K",
                       help="all-to-all / ring buffer sizes per rank (default 4K,16K,64K,256K: "
                       "the range a scaled live run sends)")
-    live.add_argument("--gemm-tokens", dest="gemm_tokens", default="8,32,128,512")
-    live.add_argument("--load-tokens", dest="load_tokens", type=int, default=128,
-                      help="GEMM rows computed between the two timed collectives of each "
-                      "iteration, as a MoE layer does (0: idle collectives)")
+    live.add_argument("--gemm-tokens", dest="gemm_tokens", default="8,16,32,64,128,256",
+                      help="rows of the timed single-expert GEMMs (cover the rows per expert "
+                      "of the live runs you will compare)")
+    live.add_argument("--trace", default="bundled:mixtral8x7b_humaneval_decode",
+                      help="sizes the expert GEMMs run between the timed collectives like a "
+                      "live run of this trace's batch (its token count, evenly routed; the "
+                      "routing itself is not used)")
+    live.add_argument("--load-tokens", dest="load_tokens", type=int, default=None,
+                      help="rows per expert of those GEMMs instead (0: idle collectives)")
     live.add_argument("--model", default="mixtral-8x7b", help="sizes the GEMMs like the harness")
     live.add_argument("--scale", default=None, help="width scale (default 1/32 gloo, 1 nccl)")
     live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
                       default="bf16")
     live.add_argument("--warmup", type=int, default=3)
-    live.add_argument("--repeats", type=int, default=10)
+    live.add_argument("--repeats", type=int, default=100,
+                      help="timed iterations per row (default 100: on a CPU host with fewer "
+                      "cores than ranks one collective's time spreads over 0.3-10 ms)")
     live.add_argument(
-        "--statistic", choices=["median", "min"], default="median",
-        help="per-rank time over repeats to fit: median, or min (uncontended cost; use with "
-        "`validate compare --statistic min` on oversubscribed CPU hosts)",
+        "--statistic", choices=["median", "min", "mean"], default="mean",
+        help="per-rank time over repeats to fit: mean (default; compare with `validate "
+        "compare --statistic mean`), median, or min (the uncontended cost)",
     )
     live.add_argument("--timeout-s", dest="timeout_s", type=float, default=300.0)
     live.add_argument("--fidelity", choices=("des", "analytic"), default="analytic")
@@ -138,18 +146,44 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
 
     scale = parse_scale(args.scale) if args.scale else (1.0 if args.backend == "nccl" else 1 / 32)
     sizes = _size_list(args.sizes, "--sizes", parse_bytes)
-    update = scaled_model_update(load_model(args.model), scale, 1)
+    model = load_model(args.model)
+    update = scaled_model_update(model, scale, 1)
+    load = layer_load(model, update, args.nproc, args.trace, args.load_tokens, args.act_dtype)
     bench = run_microbench(
         backend=args.backend, nproc=args.nproc, sizes_bytes=sizes,
         gemm_tokens=_size_list(args.gemm_tokens, "--gemm-tokens", int),
         hidden=update["hidden_size"], ffn=update["expert_ffn_size"], act_dtype=args.act_dtype,
-        load_tokens=args.load_tokens, warmup=args.warmup, repeats=args.repeats,
-        timeout_s=args.timeout_s, statistic=args.statistic,
+        warmup=args.warmup, repeats=args.repeats, timeout_s=args.timeout_s,
+        statistic=args.statistic, load_tokens=load["load_tokens"],
+        load_experts=load["load_experts"], load_layers=load["load_layers"],
     )
-    bench.update(model=args.model, scale=scale)
+    bench.update(model=args.model, scale=scale, trace=args.trace)
     if args.bench_json:
         write_json(bench, args.bench_json)
     return bench
+
+
+_LOAD_WEIGHT_BUDGET_BYTES = 1 << 30  # expert weights a calibration rank may hold for its load
+
+
+def layer_load(model: ModelSpec, update: dict[str, int], nproc: int, trace: str,
+               load_tokens: int | None, act_dtype: str) -> dict[str, int]:
+    """The expert GEMMs between a calibration iteration's two collectives, as in a live run of
+    `trace` on `nproc` expert-parallel ranks: `num_experts / nproc` experts per rank (at least
+    one), each on `tokens * top_k / num_experts` rows (or `load_tokens`), cycling over the
+    model's MoE layers (as many as fit in 1 GiB of weights per rank)."""
+    from moesim.simulate import resolve_trace
+    from moesim.traffic import ACT_DTYPE_BYTES
+
+    experts = max(1, model.num_experts // nproc)
+    if load_tokens is None:
+        tokens = resolve_trace(trace)[0].num_tokens
+        load_tokens = max(1, round(tokens * model.top_k / model.num_experts))
+    weight_bytes = 3 * update["hidden_size"] * update["expert_ffn_size"] * experts \
+        * ACT_DTYPE_BYTES[act_dtype]
+    layers = max(1, min(model.num_layers - model.first_dense_layers,
+                        _LOAD_WEIGHT_BUDGET_BYTES // max(1, weight_bytes)))
+    return {"load_tokens": int(load_tokens), "load_experts": experts, "load_layers": int(layers)}
 
 
 def _size_list(text: str, flag: str, parse) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
@@ -183,8 +217,10 @@ def _run_live(args: argparse.Namespace) -> int:
         f"Calibrated by `moesim calibrate live` on {datetime.date.today()}: {bench['backend']}, "
         f"{bench['nproc']} ranks on {bench.get('device', '?')} ({bench.get('threads_per_rank')} "
         f"threads per rank), all-to-all + ring sizes {args.sizes} B, GEMM {bench['hidden']}x"
-        f"{bench['ffn']} {bench['act_dtype']}, load {bench.get('load_tokens')} tokens, "
-        f"{bench.get('repeats')} repeats: collective_launch_s {fit.comm.launch_s:.3e} s, "
+        f"{bench['ffn']} {bench['act_dtype']}, load {bench.get('load_experts', 1)} experts x "
+        f"{bench.get('load_tokens')} rows over {bench.get('load_layers', 1)} layers, "
+        f"{bench.get('repeats')} repeats, {bench.get('statistic', 'median')}: "
+        f"collective_launch_s {fit.comm.launch_s:.3e} s, "
         f"link_efficiency {fit.comm.efficiency_by_medium}, compute_efficiency "
         f"{gpu.compute_efficiency:.4f}, kernel_launch_s {gpu.kernel_launch_s:.3e} s"
     )

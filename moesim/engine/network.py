@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import networkx as nx
@@ -214,9 +215,12 @@ class FlowNetwork:
                 latency_s = float(self.links.latency_s[links].sum())
                 by_latency.setdefault(latency_s, []).append((links, part, target))
         for latency_s, parts in by_latency.items():
-            self.env.timeout(latency_s).callbacks.append(
-                lambda _ev, parts=parts: self._start_parts(parts)
-            )
+            self.env.timeout(latency_s).callbacks.append(partial(self._start_after, parts))
+
+    def _start_after(self, parts: list[tuple[np.ndarray, float, simpy.Event]],
+                     _event: simpy.Event) -> None:
+        """Timeout callback: start `parts` once their path latency has passed."""
+        self._start_parts(parts)
 
     def _start_parts(self, parts: list[tuple[np.ndarray, float, simpy.Event]]) -> None:
         for links, size_bytes, target in parts:

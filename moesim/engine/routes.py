@@ -112,8 +112,8 @@ def build_route_table(topo: Routing, world: int) -> RouteTable:
     bounds = np.cumsum([0] + [len(path) for routes in paths.values() for path in routes])
     path_ids: dict[tuple[int, int], list[np.ndarray]] = {}
     index = 0
-    for pair, routes in paths.items():
-        path_ids[pair] = [
+    for src_dst, routes in paths.items():
+        path_ids[src_dst] = [
             link_ids[bounds[index + i] : bounds[index + i + 1]] for i in range(len(routes))
         ]
         index += len(routes)
