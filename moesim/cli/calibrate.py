@@ -103,8 +103,8 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
     live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
                       default="bf16")
     live.add_argument("--warmup", type=int, default=3)
-    live.add_argument("--repeats", type=int, default=100,
-                      help="timed iterations per row (default 100: on a CPU host with fewer "
+    live.add_argument("--repeats", type=int, default=200,
+                      help="timed iterations per row (default 200: on a CPU host with fewer "
                       "cores than ranks one collective's time spreads over 0.3-10 ms)")
     live.add_argument(
         "--statistic", choices=["median", "min", "mean"], default="mean",
