@@ -89,3 +89,19 @@ def test_harness_phase_order_is_the_measurement_order() -> None:
     from validate.harness import PHASE_INDEX
 
     assert list(PHASE_INDEX) == list(PHASES)
+
+
+def test_all_local_exchange_copies_own_rows_without_a_collective() -> None:
+    """With `exchange=False` (no process group needed) rank 1 of 3 copies its own send rows
+    (rows 2..4 of the input: rank 0 gets 2 rows first) to its own receive slot (rows 1..3 of
+    the output: 1 row from rank 0 first) and reports only local bytes (3 rows of 4 fp32)."""
+    import torch
+
+    from validate.harness import _all_to_all
+
+    inp = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    out = torch.zeros(6, 4)
+    sent, received, local = _all_to_all(out, inp, recv_rows=np.array([1, 3, 0]),
+                                        send_rows=np.array([2, 3, 1]), rank=1, exchange=False)
+    assert torch.equal(out[1:4], inp[2:5]) and not out[[0, 4, 5]].any()
+    assert (sent, received, local) == (3 * 16, 1 * 16, 3 * 16)

@@ -10,8 +10,10 @@ Per layer, in order (phases named as in `validate.measurement.PHASES`): SP excha
 (all_to_all_single of bytes), attention-TP ring reduce-scatter (point-to-point, so the bytes on
 each link are the ring's), dispatch (all_to_all_single, rows of `hidden`), MoE-TP gather
 (all_to_all_single), expert SwiGLU GEMMs, MoE-TP scatter and combine (the reverse calls),
-attention-TP ring all-gather. Bytes are counted from the split sizes handed to torch times
-the tensors' row size. A barrier starts each pass over the layers (plan `barrier: step`; the
+attention-TP ring all-gather. A phase that moves nothing between ranks in a layer (the plan's
+`exchange[L, P]`, the same on every rank: TP's dispatch and combine) copies the rank's own rows
+and calls no collective. Bytes are counted from the split sizes handed to torch times the
+tensors' row size. A barrier starts each pass over the layers (plan `barrier: step`; the
 layers then run back to back as in a serving step, each layer's first collective absorbing
 the previous one's skew) or each layer (`barrier: layer`: layers timed in isolation, each
 first collective absorbing the barrier's exit skew instead); phases are timed with
