@@ -12,9 +12,12 @@ iteration:
 - `allgather`: a ring all-gather of `N` chunks of `size / N` bytes built from the same
   point-to-point steps (`batch_isend_irecv` to the successor, from the predecessor) as the
   harness's attention-TP ring, so `N - 1` point-to-point exchanges per iteration;
-- `gemm`: one expert's SwiGLU (`down(silu(x W_gate) * (x W_up))`) on `tokens` rows at the
-  harness's (scaled) hidden and FFN widths, on every rank at once, so the ranks share the
-  host's cores as they do in a live run.
+- `gemm`: runs of `experts` SwiGLU experts (`down(silu(x W_gate) * (x W_up))`) back to back on
+  `tokens` rows each, at the harness's (scaled) hidden width and each of `gemm_shapes`' FFN
+  widths, every expert with its own weights, on every rank at once, so the ranks share the
+  host's cores as they do in a live run; the time is per expert. `moesim calibrate live` times
+  an EP rank's experts (full width) and a TP rank's (every expert, 1/N of the width): the
+  harness's experts phase is such a run, and a run's later experts cost less than a lone one.
 
 With `load_tokens > 0` (the default) each communication iteration is `barrier, op, expert
 GEMMs, op` and both ops are timed, the GEMMs being `load_experts` SwiGLU experts of
@@ -33,7 +36,8 @@ objects fitted by `fit_topology` (link efficiency of the fitted media and collec
 latency), inside a golden-section search over the loopback links' latency where the topology
 has a loopback fabric (an all-to-all pays the path latency once, a ring once per step, so
 the two ops separate launch from per-message latency); the GEMM rows give the GPU spec's
-compute efficiency (slope of time over FLOPs) and kernel launch (intercept) by least squares.
+compute efficiency, memory efficiency and kernel launch (`fit_gemm`, the cost model's
+roofline per expert).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ def run_microbench(
     load_tokens: int = DEFAULT_LOAD_TOKENS,
     load_experts: int = 1,
     load_layers: int = 1,
+    gemm_shapes: tuple[tuple[int, int], ...] | None = None,
     warmup: int = 3,
     repeats: int = DEFAULT_REPEATS,
     timeout_s: float = 300.0,
@@ -96,6 +101,9 @@ def run_microbench(
     statistic: str = "median",
 ) -> dict[str, Any]:
     """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time).
+
+    `gemm_shapes` are (FFN width, experts run back to back) of the GEMM rows (default: the
+    full width, one expert); each row's time is per expert.
 
     `statistic` is each rank's `median` over repeats or its `min` (the uncontended cost, which
     is what the simulator models; on an oversubscribed CPU host the median carries the OS
@@ -113,6 +121,7 @@ def run_microbench(
             "world": nproc, "threads": threads, "warmup": warmup, "repeats": repeats,
             "sizes_bytes": np.asarray(sizes_bytes, dtype=np.int64),
             "gemm_tokens": np.asarray(gemm_tokens, dtype=np.int64),
+            "gemm_shapes": np.asarray(gemm_shapes or ((ffn, 1),), dtype=np.int64).reshape(-1, 2),
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
             "load_experts": load_experts, "load_layers": load_layers}
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-bench-", dir=workdir))
@@ -129,7 +138,8 @@ def run_microbench(
     plan_dir.rmdir()
     suffix = "" if statistic == "median" else "_" + statistic
     picked = [{op: m[op + suffix] for op in BENCH_OPS} for m in medians]
-    rows = _rows(picked, nproc, sizes_bytes, gemm_tokens)
+    shapes = [(int(w), int(k)) for w, k in np.asarray(plan["gemm_shapes"]).tolist()]
+    rows = _rows(picked, nproc, sizes_bytes, gemm_tokens, shapes)
     return {"backend": backend, "nproc": nproc, "device": device, "threads_per_rank": threads,
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
             "load_experts": load_experts, "load_layers": load_layers, "warmup": warmup,
@@ -138,16 +148,17 @@ def run_microbench(
 
 
 def _rows(medians: list[dict[str, np.ndarray]], nproc: int, sizes: tuple[int, ...],
-          tokens: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Per op and size: the slowest rank's median time."""
+          tokens: tuple[int, ...], shapes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Per op and size (GEMM: per shape and token count): the slowest rank's time."""
     rows = []
     for op in ("alltoall", "allgather"):
         slowest = np.max([m[op] for m in medians], axis=0)
         rows += [{"op": op, "num_ranks": nproc, "size_bytes": int(s), "time_s": float(t)}
                  for s, t in zip(sizes, slowest, strict=True)]
     slowest = np.max([m["gemm"] for m in medians], axis=0)
-    rows += [{"op": "gemm", "num_ranks": nproc, "tokens": int(n), "time_s": float(t)}
-             for n, t in zip(tokens, slowest, strict=True)]
+    shaped = [(w, k, n) for w, k in shapes for n in tokens]
+    rows += [{"op": "gemm", "num_ranks": nproc, "tokens": int(n), "ffn": w, "experts": k,
+              "time_s": float(t)} for (w, k, n), t in zip(shaped, slowest, strict=True)]
     return rows
 
 
@@ -164,6 +175,7 @@ class LiveFit:
     measurements: list[Measurement]
     loopback_latency_s: float | None
     gemm_tokens: np.ndarray  # [G]
+    gemm_ffn: np.ndarray  # [G] FFN width of each row
     gemm_measured_s: np.ndarray  # [G]
     gemm_before_s: np.ndarray  # [G]
     gemm_after_s: np.ndarray  # [G]
@@ -176,42 +188,77 @@ def bench_measurements(bench: dict[str, Any]) -> list[Measurement]:
             for row in bench["rows"] if row["op"] in ("alltoall", "allgather")]
 
 
-def _gemm_flops(bench: dict[str, Any], tokens: np.ndarray) -> np.ndarray:
-    """FLOPs of one SwiGLU expert (three GEMMs) on `tokens` rows."""
-    return 2.0 * 3 * int(bench["hidden"]) * int(bench["ffn"]) * tokens
+def _gemm_rows(bench: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                               np.ndarray]:
+    """The GEMM rows as arrays: tokens, FLOPs, bytes moved (weights + activations, in the act
+    dtype, as `moesim.cost.experts_cost` counts them) and measured seconds per expert."""
+    from moesim.traffic import ACT_DTYPE_BYTES
+
+    rows = [r for r in bench["rows"] if r["op"] == "gemm"]
+    act, hidden = ACT_DTYPE_BYTES[bench["act_dtype"]], int(bench["hidden"])
+    tokens = np.array([r["tokens"] for r in rows], dtype=np.float64)
+    ffn = np.array([r.get("ffn", bench["ffn"]) for r in rows], dtype=np.float64)
+    flops = 2.0 * 3 * hidden * ffn * tokens
+    moved = 3 * hidden * ffn * act + tokens * (2 * hidden + 3 * ffn) * act
+    return tokens, flops, moved, np.array([r["time_s"] for r in rows], dtype=np.float64)
 
 
-def _gemm_time_s(bench: dict[str, Any], tokens: np.ndarray, gpu: GpuSpec) -> np.ndarray:
-    """The roofline (moesim.cost) of one expert on `tokens` rows, weights in the act dtype."""
+def _gemm_time_s(bench: dict[str, Any], gpu: GpuSpec) -> np.ndarray:
+    """The roofline (moesim.cost) of one expert per GEMM row, weights in the act dtype."""
     from moesim.cost import roofline_time_s
     from moesim.traffic import ACT_DTYPE_BYTES
 
     act = ACT_DTYPE_BYTES[bench["act_dtype"]]
-    hidden, ffn = int(bench["hidden"]), int(bench["ffn"])
-    return np.array([roofline_time_s(f, 3 * hidden * ffn * act + n * (2 * hidden + 3 * ffn) * act,
-                                     gpu, act)
-                     for f, n in zip(_gemm_flops(bench, tokens), tokens, strict=True)])
+    _, flops, moved, _ = _gemm_rows(bench)
+    return np.array([roofline_time_s(f, b, gpu, act) for f, b in zip(flops, moved, strict=True)])
+
+
+# Grid of the roofline fit: achieved FLOP/s and bytes/s, 40 points per decade.
+_FLOPS_GRID = np.logspace(7, 16, 361)
+_BYTES_GRID = np.logspace(7, 14, 281)
+
+
+def _best_roofline(flops: np.ndarray, moved: np.ndarray, measured: np.ndarray,
+                   rates: np.ndarray, bandwidths: np.ndarray) -> tuple[float, float, float]:
+    """The (rate, bandwidth) of the grids, and its launch (weighted mean residual, at least
+    0), that minimise the squared relative error of `launch + max(flops/rate, moved/bw)`."""
+    roof = np.maximum(flops[None, None, :] / rates[:, None, None],
+                      moved[None, None, :] / bandwidths[None, :, None])  # [F, B, G]
+    weight = 1.0 / measured**2
+    launch = np.clip(((measured - roof) * weight).sum(axis=2) / weight.sum(), 0.0, None)
+    loss = ((((launch[:, :, None] + roof) - measured) / measured) ** 2).sum(axis=2)
+    f, b = np.unravel_index(int(np.argmin(loss)), loss.shape)
+    return float(rates[f]), float(bandwidths[b]), float(launch[f, b])
 
 
 def fit_gemm(bench: dict[str, Any], gpu: GpuSpec) -> GpuSpec:
-    """`gpu` with compute efficiency and kernel launch fitted to the GEMM rows (time = FLOPs /
-    (peak * efficiency) + launch); where the slope beats the peak, the peak is raised to it."""
-    rows = [r for r in bench["rows"] if r["op"] == "gemm"]
-    if len(rows) < 2:
+    """`gpu` with compute efficiency, memory efficiency and kernel launch fitted to the GEMM rows
+    by the cost model's own law, `launch + max(FLOPs / rate, bytes / bandwidth)` per expert
+    (least squares on relative error over a log grid of rate and bandwidth, the launch solved
+    for each); where a fitted rate or bandwidth beats the spec's peak, the peak is raised to it.
+    Rows at two FFN widths (a TP shard reads a quarter of the weights) separate the two."""
+    tokens, flops, moved, measured = _gemm_rows(bench)
+    if len(set(tokens.tolist())) < 2:
         raise ConfigError("calibration needs GEMM timings at two or more token counts "
                           "(--gemm-tokens)")
-    tokens = np.array([r["tokens"] for r in rows], dtype=np.float64)
-    slope_s_per_flop, launch_s = np.polyfit(_gemm_flops(bench, tokens),
-                                            [r["time_s"] for r in rows], 1)
-    if slope_s_per_flop <= 0:
+    if np.ptp(measured) <= 0 or np.corrcoef(flops, measured)[0, 1] <= 0:
         raise ConfigError("GEMM times do not grow with tokens; rerun the calibration with "
                           "larger --gemm-tokens or more --repeats")
-    achieved = 1.0 / slope_s_per_flop
-    update: dict[str, float] = {"kernel_launch_s": max(0.0, float(launch_s))}
-    if achieved > gpu.peak_bf16_flops_per_s:
-        update.update(peak_bf16_flops_per_s=achieved, compute_efficiency=1.0)
+    rates, bandwidths = _FLOPS_GRID, _BYTES_GRID
+    for _ in range(4):  # the best grid point, then three finer grids around it
+        rate, bandwidth, launch_s = _best_roofline(flops, moved, measured, rates, bandwidths)
+        step_f, step_b = rates[1] / rates[0], bandwidths[1] / bandwidths[0]
+        rates = rate * np.logspace(-1, 1, 41, base=step_f)
+        bandwidths = bandwidth * np.logspace(-1, 1, 41, base=step_b)
+    update: dict[str, float] = {"kernel_launch_s": launch_s}
+    if rate > gpu.peak_bf16_flops_per_s:
+        update.update(peak_bf16_flops_per_s=rate, compute_efficiency=1.0)
     else:
-        update["compute_efficiency"] = achieved / gpu.peak_bf16_flops_per_s
+        update["compute_efficiency"] = rate / gpu.peak_bf16_flops_per_s
+    if bandwidth > gpu.memory_bandwidth_bytes_per_s:
+        update.update(memory_bandwidth_bytes_per_s=bandwidth, memory_efficiency=1.0)
+    else:
+        update["memory_efficiency"] = bandwidth / gpu.memory_bandwidth_bytes_per_s
     return gpu.model_copy(update=update)
 
 
@@ -243,22 +290,24 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
                              comm.efficiency_by_medium, comm.launch_s)
     gpu = fit_gemm(bench, spec.gpu_spec)
     fitted = fitted.model_copy(update={"gpu_spec": gpu})
-    tokens = np.array([r["tokens"] for r in bench["rows"] if r["op"] == "gemm"], dtype=float)
+    tokens, _, _, measured = _gemm_rows(bench)
     return LiveFit(
         spec=fitted, comm=comm, measurements=measurements, loopback_latency_s=latency_s,
         gemm_tokens=tokens,
-        gemm_measured_s=np.array([r["time_s"] for r in bench["rows"] if r["op"] == "gemm"]),
-        gemm_before_s=_gemm_time_s(bench, tokens, spec.gpu_spec),
-        gemm_after_s=_gemm_time_s(bench, tokens, gpu),
+        gemm_ffn=np.array([r.get("ffn", bench["ffn"]) for r in bench["rows"]
+                           if r["op"] == "gemm"], dtype=np.int64),
+        gemm_measured_s=measured,
+        gemm_before_s=_gemm_time_s(bench, spec.gpu_spec),
+        gemm_after_s=_gemm_time_s(bench, gpu),
     )
 
 
 # ---- rank side (torch) ----------------------------------------------------------------------
 
 
-def _timed(fn: Any, warmup: int, repeats: int,
-           load: Any = None) -> tuple[float, float, float]:
-    """Median, min and mean seconds of `fn()` over `repeats` iterations.
+def _timed(fn: Any, warmup: int, repeats: int, load: Any = None,
+           per_call: int = 1) -> tuple[float, float, float]:
+    """Median, min and mean seconds of `fn()` (divided by `per_call`) over `repeats` iterations.
 
     Without a `load` each iteration is `barrier, fn`. With one, iterations run back to back
     as a live run's MoE layers do, `fn, load, fn` (both calls timed) after one barrier: one
@@ -273,12 +322,26 @@ def _timed(fn: Any, warmup: int, repeats: int,
         for _ in range(1 if load is None else 2):
             begin = time.perf_counter()
             fn()
-            calls.append(time.perf_counter() - begin)
+            calls.append((time.perf_counter() - begin) / per_call)
             if load is not None and len(calls) == 1:
                 load()
         if i >= warmup:
             times += calls
     return float(np.median(times)), float(np.min(times)), float(np.mean(times))
+
+
+_POOL_BYTES = 64 << 20  # weights a GEMM row cycles through, at most
+_visits = [0]
+
+
+def _expert_run(x: Any, pool: list[tuple[Any, Any, Any]], experts: int) -> None:
+    """`experts` SwiGLU experts back to back on `x`, each with the next weights of `pool`."""
+    import torch.nn.functional as F
+
+    for _ in range(experts):
+        gate, up, down = pool[_visits[0] % len(pool)]
+        _visits[0] += 1
+        _ = (F.silu(x @ gate) * (x @ up)) @ down  # [n, D]
 
 
 def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -303,11 +366,6 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
 
     def rand(*shape: int) -> torch.Tensor:
         return (0.02 * torch.randn(*shape, generator=gen)).to(dtype)
-
-    w_gate, w_up, w_down = rand(hidden, ffn), rand(hidden, ffn), rand(ffn, hidden)
-
-    def swiglu(x: torch.Tensor) -> torch.Tensor:
-        return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down  # [n, D]
 
     load_x = rand(int(plan["load_tokens"]), hidden)  # [n, D]
     # one weight set per (layer, expert), visited layer by layer as a live run does
@@ -342,9 +400,14 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
         out["allgather"].append(_timed(
             lambda b=buf, n=rows: _ring(b, b, ranks, n, rank, reduce=False),
             warmup, repeats, load))
-    for tokens in plan["gemm_tokens"]:
-        x = rand(int(tokens), hidden)  # [n, D]
-        out["gemm"].append(_timed(lambda x=x: swiglu(x), warmup, repeats))
+    for width, run in plan["gemm_shapes"]:
+        # distinct weights per expert and per iteration, as a live run's layers visit theirs
+        pool = [(rand(hidden, int(width)), rand(hidden, int(width)), rand(int(width), hidden))
+                for _ in range(max(int(run), min(64, _POOL_BYTES // (6 * hidden * int(width)))))]
+        for tokens in plan["gemm_tokens"]:
+            x = rand(int(tokens), hidden)  # [n, D]
+            out["gemm"].append(_timed(lambda x=x, p=pool, k=int(run): _expert_run(x, p, k),
+                                      warmup, repeats, per_call=int(run)))
     dist.barrier()
     dist.destroy_process_group()
     result = {op: np.asarray([median for median, _, _ in times]) for op, times in out.items()}

@@ -149,6 +149,10 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     model = load_model(args.model)
     update = scaled_model_update(model, scale, 1)
     load = layer_load(model, update, args.nproc, args.trace, args.load_tokens, args.act_dtype)
+    ffn = update["expert_ffn_size"]
+    shapes = [(ffn, load["load_experts"])]  # an EP rank's experts, back to back
+    if args.nproc > 1 and ffn // args.nproc >= 1:  # a TP rank's shards of every expert
+        shapes.append((ffn // args.nproc, model.num_experts))
     bench = run_microbench(
         backend=args.backend, nproc=args.nproc, sizes_bytes=sizes,
         gemm_tokens=_size_list(args.gemm_tokens, "--gemm-tokens", int),
@@ -156,6 +160,7 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         warmup=args.warmup, repeats=args.repeats, timeout_s=args.timeout_s,
         statistic=args.statistic, load_tokens=load["load_tokens"],
         load_experts=load["load_experts"], load_layers=load["load_layers"],
+        gemm_shapes=tuple(shapes),
     )
     bench.update(model=args.model, scale=scale, trace=args.trace)
     if args.bench_json:
@@ -205,12 +210,14 @@ def _run_live(args: argparse.Namespace) -> int:
         print(f"fitted loopback latency_s: {fit.loopback_latency_s * 1e6:.1f} us per link")
     gpu = fit.spec.gpu_spec
     print(f"fitted compute_efficiency {gpu.compute_efficiency:.4f} of "
-          f"{gpu.peak_bf16_flops_per_s:.3g} FLOP/s, kernel_launch_s "
-          f"{gpu.kernel_launch_s * 1e6:.1f} us")
-    for row in zip(fit.gemm_tokens, fit.gemm_measured_s, fit.gemm_before_s, fit.gemm_after_s,
-                   strict=True):
-        tokens, measured, before, after = row
-        print(f"gemm {int(tokens):>6} tokens: measured {measured * 1e6:9.1f} us, before "
+          f"{gpu.peak_bf16_flops_per_s:.3g} FLOP/s, memory_efficiency "
+          f"{gpu.memory_efficiency:.4f} of {gpu.memory_bandwidth_bytes_per_s:.3g} B/s, "
+          f"kernel_launch_s {gpu.kernel_launch_s * 1e6:.1f} us")
+    for row in zip(fit.gemm_ffn, fit.gemm_tokens, fit.gemm_measured_s, fit.gemm_before_s,
+                   fit.gemm_after_s, strict=True):
+        width, tokens, measured, before, after = row
+        print(f"gemm ffn {int(width):>5} x {int(tokens):>4} tokens: measured "
+              f"{measured * 1e6:9.1f} us, before "
               f"{before * 1e6:9.1f} us {_pct(before, measured):>8}, after {after * 1e6:9.1f} us "
               f"{_pct(after, measured):>8}")
     note = (
@@ -222,7 +229,8 @@ def _run_live(args: argparse.Namespace) -> int:
         f"{bench.get('repeats')} repeats, {bench.get('statistic', 'median')}: "
         f"collective_launch_s {fit.comm.launch_s:.3e} s, "
         f"link_efficiency {fit.comm.efficiency_by_medium}, compute_efficiency "
-        f"{gpu.compute_efficiency:.4f}, kernel_launch_s {gpu.kernel_launch_s:.3e} s"
+        f"{gpu.compute_efficiency:.4f}, memory_efficiency {gpu.memory_efficiency:.4f}, "
+        f"kernel_launch_s {gpu.kernel_launch_s:.3e} s"
     )
     _write_live(fit.spec, note, Path(args.output), path)
     print(f"wrote {args.output}")
@@ -236,7 +244,8 @@ def _write_live(spec: TopologySpec, note: str, out: Path, original: Path) -> Non
     header = (
         f"# {spec.name}, calibrated by `moesim calibrate live` (microbenchmarks on live ranks).\n"
         f"# Base topology: {original}. Fitted: link_efficiency, collective_launch_s, loopback\n"
-        "# latency_s, gpu_spec compute_efficiency and kernel_launch_s; see the last `sources`.\n"
+        "# latency_s, gpu_spec compute_efficiency, memory_efficiency and kernel_launch_s; see\n"
+        "# the last `sources`.\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
