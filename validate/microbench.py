@@ -18,6 +18,8 @@ iteration:
   host's cores as they do in a live run; the time is per expert. `moesim calibrate live` times
   an EP rank's experts (full width) and a TP rank's (every expert, 1/N of the width): the
   harness's experts phase is such a run, and a run's later experts cost less than a lone one.
+  Each run follows an all-to-all, back to back, as the experts phase follows the dispatch:
+  a rank computes while its peers' transport threads still finish that collective.
 
 With `load_tokens > 0` (the default) each communication iteration is `barrier, op, expert
 GEMMs, op` and both ops are timed, the GEMMs being `load_experts` SwiGLU experts of
@@ -305,9 +307,12 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
 # ---- rank side (torch) ----------------------------------------------------------------------
 
 
-def _timed(fn: Any, warmup: int, repeats: int, load: Any = None,
-           per_call: int = 1) -> tuple[float, float, float]:
+def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int = 1,
+           between: Any = None) -> tuple[float, float, float]:
     """Median, min and mean seconds of `fn()` (divided by `per_call`) over `repeats` iterations.
+
+    With `between` (a collective), iterations run back to back as `between, fn` after one
+    barrier: `fn` starts as a rank leaves a collective, as the harness's experts phase does.
 
     Without a `load` each iteration is `barrier, fn`. With one, iterations run back to back
     as a live run's MoE layers do, `fn, load, fn` (both calls timed) after one barrier: one
@@ -316,8 +321,10 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None,
 
     times = []
     for i in range(warmup + repeats):
-        if load is None or i in (0, warmup):
+        if (load is None and between is None) or i in (0, warmup):
             dist.barrier()
+        if between is not None:
+            between()
         calls = []
         for _ in range(1 if load is None else 2):
             begin = time.perf_counter()
@@ -381,6 +388,7 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
 
     load = layer_load if int(plan["load_tokens"]) > 0 else None
     ranks = np.arange(world)
+    exchanges: list[Any] = []
     for size in plan["sizes_bytes"]:
         per_peer = max(1, int(size) // world)
         # rows of `hidden` activations per (src, dst) as a MoE dispatch sends them: an even
@@ -392,22 +400,25 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
             max(world, int(size) // row_bytes), np.full(world, 1 / world), size=world)
         send_x = rand(int(counts.sum(axis=1).max()), hidden)
         recv_x = rand(int(counts.sum(axis=0).max()), hidden)
-        out["alltoall"].append(_timed(
-            lambda r=recv_x, s=send_x, c=counts: _all_to_all(r, s, c[:, rank], c[rank], rank),
-            warmup, repeats, load))
+        exchanges.append(
+            lambda r=recv_x, s=send_x, c=counts: _all_to_all(r, s, c[:, rank], c[rank], rank))
+        out["alltoall"].append(_timed(exchanges[-1], warmup, repeats, load))
         rows = np.full(world, per_peer)
         buf = torch.zeros(per_peer * world, 1, dtype=torch.uint8)
         out["allgather"].append(_timed(
             lambda b=buf, n=rows: _ring(b, b, ranks, n, rank, reduce=False),
             warmup, repeats, load))
+    dispatch = exchanges[len(exchanges) // 2]  # a mid-sized all-to-all before every GEMM run
     for width, run in plan["gemm_shapes"]:
-        # distinct weights per expert and per iteration, as a live run's layers visit theirs
+        # distinct weights per expert and layer, as many as a live run visits (its experts
+        # times `load_layers`, within _POOL_BYTES), so they are as cold in cache as there
+        sets = min(int(run) * int(plan["load_layers"]), _POOL_BYTES // (6 * hidden * int(width)))
         pool = [(rand(hidden, int(width)), rand(hidden, int(width)), rand(int(width), hidden))
-                for _ in range(max(int(run), min(64, _POOL_BYTES // (6 * hidden * int(width)))))]
+                for _ in range(max(int(run), sets))]
         for tokens in plan["gemm_tokens"]:
             x = rand(int(tokens), hidden)  # [n, D]
             out["gemm"].append(_timed(lambda x=x, p=pool, k=int(run): _expert_run(x, p, k),
-                                      warmup, repeats, per_call=int(run)))
+                                      warmup, repeats, per_call=int(run), between=dispatch))
     dist.barrier()
     dist.destroy_process_group()
     result = {op: np.asarray([median for median, _, _ in times]) for op, times in out.items()}
