@@ -172,3 +172,21 @@ def test_layer_load_is_an_even_routing_of_the_trace_batch() -> None:
     assert calibrate_cli.layer_load(model, full, 4, trace, None, "bf16")["load_layers"] == 1
     assert calibrate_cli.layer_load(model, small, 16, trace, 0, "bf16") == {
         "load_tokens": 0, "load_experts": 1, "load_layers": 32}
+
+
+def test_layer_load_refuses_bad_input_by_name(tmp_path: Path) -> None:
+    """A negative --load-tokens and a --trace that is not a trace each give one ConfigError
+    naming the flag or the file, before any rank starts."""
+    from moesim.errors import MoesimError
+    from moesim.models import load_model
+    from validate.measurement import scaled_model_update
+
+    model = load_model("mixtral-8x7b")
+    small = scaled_model_update(model, 1 / 32, 1)
+    with pytest.raises(MoesimError, match="--load-tokens -3"):
+        calibrate_cli.layer_load(model, small, 4, "bundled:mixtral8x7b_humaneval_decode", -3,
+                                 "bf16")
+    bad = tmp_path / "notatrace.npz"
+    bad.write_text("garbage")
+    with pytest.raises(MoesimError, match="notatrace.npz"):
+        calibrate_cli.layer_load(model, small, 4, str(bad), None, "bf16")

@@ -79,7 +79,7 @@ DEFAULT_SIZES_BYTES: tuple[int, ...] = (1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 <<
                                         1 << 22)
 DEFAULT_GEMM_TOKENS: tuple[int, ...] = (8, 32, 128, 512)
 DEFAULT_LOAD_TOKENS = 128
-DEFAULT_REPEATS = 100
+DEFAULT_REPEATS = 200
 
 
 def run_microbench(
@@ -100,16 +100,16 @@ def run_microbench(
     timeout_s: float = 300.0,
     workdir: str | Path | None = None,
     rank_commands: Any = None,
-    statistic: str = "median",
+    statistic: str = "mean",
 ) -> dict[str, Any]:
     """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time).
 
     `gemm_shapes` are (FFN width, experts run back to back) of the GEMM rows (default: the
     full width, one expert); each row's time is per expert.
 
-    `statistic` is each rank's `median` over repeats or its `min` (the uncontended cost, which
-    is what the simulator models; on an oversubscribed CPU host the median carries the OS
-    scheduler's noise)."""
+    `statistic` is each rank's `mean` over repeats (default: on an oversubscribed CPU host the
+    median jumps between the modes of the OS scheduler's spread), its `median` or its `min`
+    (the uncontended cost)."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     from validate.launch import LiveRunError, _check_backend, _spawn, free_port

@@ -180,6 +180,9 @@ def layer_load(model: ModelSpec, update: dict[str, int], nproc: int, trace: str,
     from moesim.simulate import resolve_trace
     from moesim.traffic import ACT_DTYPE_BYTES
 
+    if load_tokens is not None and load_tokens < 0:
+        raise ConfigError(f"--load-tokens {load_tokens}: give rows per expert, 0 or more "
+                          "(0: idle collectives), or leave it out to size it from --trace")
     experts = max(1, model.num_experts // nproc)
     if load_tokens is None:
         tokens = resolve_trace(trace)[0].num_tokens
