@@ -16,17 +16,17 @@ import time
 
 import numpy as np
 
-from moesim.config import load_model_file
 from moesim.engine.plan import build_step_plan
 from moesim.engine.routes import build_route_table
 from moesim.engine.step import simulate_step
-from moesim.models import get_model
-from moesim.placement import parse_placement
-from moesim.topology import build_topology, load_topology, resolve_topology_path
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.config import load_model_file
+from moesim.inputs.models import get_model
+from moesim.inputs.topology import build_topology, load_topology, resolve_topology_path
+from moesim.inputs.topology_spec import TopologySpec
 from moesim.trace.format import RouterTrace
-from moesim.traffic import compute_traffic
-from moesim.workload import build_step
+from moesim.traffic.placement import parse_placement
+from moesim.traffic.traffic import compute_traffic
+from moesim.traffic.workload import build_step
 
 
 def random_trace(layers: int, tokens: int, experts: int, k: int, seed: int = 0) -> RouterTrace:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from moesim.sweep import Grid, expand_grid, run_sweep
+from moesim.planning.sweep import Grid, expand_grid, run_sweep
 
 GRID = Grid(
     name="bench",

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from moesim.topology import Topology, build_topology
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.topology import Topology, build_topology
+from moesim.inputs.topology_spec import TopologySpec
 
 ROUND_GPU: dict[str, Any] = {
     "name": "round-gpu",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.models import ModelSpec
+from moesim.inputs.models import ModelSpec
 from moesim.trace.format import RouterTrace
 
 

@@ -19,11 +19,11 @@ from moesim.calibrate import (
     topology_launch_s,
 )
 from moesim.cli import calibrate as calibrate_cli
-from moesim.config import load_model_file
-from moesim.engine.collectives import NCCL_LAUNCH_S, busbw_factor
+from moesim.engine.collective_model import NCCL_LAUNCH_S, busbw_factor
 from moesim.errors import ConfigError, TopologyError
-from moesim.topology import build_topology, load_topology, resolve_topology_path
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.config import load_model_file
+from moesim.inputs.topology import build_topology, load_topology, resolve_topology_path
+from moesim.inputs.topology_spec import TopologySpec
 
 DATA = Path(__file__).parent / "data" / "nccl_tests"
 H100_LOG = DATA / "h100_8gpu_nvswitch_xxrjun.txt"

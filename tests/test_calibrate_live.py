@@ -15,8 +15,8 @@ import yaml
 from moesim.calibrate.fit import Measurement, predict_times_s
 from moesim.cli import calibrate as calibrate_cli
 from moesim.cli import validate as validate_cli
-from moesim.topology import build_topology, load_topology
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.topology import build_topology, load_topology
+from moesim.inputs.topology_spec import TopologySpec
 from validate.microbench import fit_gemm, fit_live, with_loopback_latency
 
 GPU = {"name": "round-cpu", "peak_bf16_flops_per_s": 1e11, "memory_bandwidth_bytes_per_s": 1e13,
@@ -67,7 +67,7 @@ def test_gemm_fit_separates_compute_and_memory_with_two_widths() -> None:
     rate (5e10 FLOP/s), bandwidth (4e9 B/s) and launch (100 us): the small-token rows are
     memory-bound (weights 3 * 128 * 448 * 2 B = 344 KB take 86 us), the large ones
     compute-bound; the fit recovers all three, and predicts every row within 0.1 %."""
-    from moesim.cost import roofline_time_s
+    from moesim.engine.cost import roofline_time_s
     from validate.microbench import _gemm_time_s
 
     truth = _spec().gpu_spec.model_copy(update={
@@ -160,7 +160,7 @@ def test_layer_load_is_an_even_routing_of_the_trace_batch() -> None:
     (2 * 3 * 128 * 448 * 2 B = 688 KiB per layer); at full width one layer's two experts hold
     2 * 3 * 4096 * 14336 * 2 B = 704 MB, so only 1 layer fits the 1 GiB budget. An explicit
     --load-tokens wins over the trace."""
-    from moesim.models import load_model
+    from moesim.inputs.model_files import load_model
     from validate.measurement import scaled_model_update
 
     model = load_model("mixtral-8x7b")
@@ -178,7 +178,7 @@ def test_layer_load_refuses_bad_input_by_name(tmp_path: Path) -> None:
     """A negative --load-tokens and a --trace that is not a trace each give one ConfigError
     naming the flag or the file, before any rank starts."""
     from moesim.errors import MoesimError
-    from moesim.models import load_model
+    from moesim.inputs.model_files import load_model
     from validate.measurement import scaled_model_update
 
     model = load_model("mixtral-8x7b")

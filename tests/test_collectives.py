@@ -11,20 +11,17 @@ import simpy
 from moesim.cli import main
 from moesim.cli.collective import parse_bytes
 from moesim.engine import analytic
-from moesim.engine.collectives import (
+from moesim.engine.collective_model import (
     OPS,
-    allreduce,
-    alltoall,
     busbw_factor,
     double_binary_tree_edges,
     nccl_tests_alltoall_matrix,
-    predict_collective,
-    simulate_collective,
 )
+from moesim.engine.collectives import allreduce, alltoall, predict_collective, simulate_collective
 from moesim.engine.network import FlowNetwork
 from moesim.errors import TopologyError
-from moesim.topology import build_topology
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.topology import build_topology
+from moesim.inputs.topology_spec import TopologySpec
 from tests.conftest import ROUND_GPU
 
 S = 1e9  # bytes

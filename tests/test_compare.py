@@ -10,21 +10,21 @@ from typing import Any
 
 import pytest
 
-import moesim.compare as compare_module
+import moesim.planning.compare as compare_module
 from moesim.cli import compare as cli_compare
 from moesim.cli import report as cli_report
-from moesim.compare import (
+from moesim.errors import ConfigError
+from moesim.inputs.config import Scenario
+from moesim.inputs.topology import load_topology
+from moesim.output.plots import save_plots
+from moesim.planning.compare import (
     evaluate_point,
     format_compare_table,
     rank_rows,
     run_compare,
     usd_per_million_tokens,
 )
-from moesim.config import Scenario
-from moesim.errors import ConfigError
-from moesim.plots import save_plots
-from moesim.simulate import run_scenario
-from moesim.topology import load_topology
+from moesim.planning.evaluate import run_scenario
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Small and fast: Mixtral-8x7B, bundled real trace, 4 sequences of 64 tokens, analytic timing.
@@ -162,7 +162,7 @@ def test_cli_compare_json_then_report(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "infeasible EP16 on dgx-h100: needs 16 GPUs" in printed.out
     assert "[1/2] EP2 on dgx-h100, batch 4" in printed.err
     data = json.loads(out.read_text())
-    assert data["kind"] == "moesim.compare"
+    assert data["kind"] == "moesim.planning.compare"
     assert _cli(["report", str(out)]) == 0
     assert format_compare_table(data) in capsys.readouterr().out
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from moesim.compare import run_compare
-from moesim.config import Scenario
 from moesim.errors import ConfigError
-from moesim.html_report import check_compare_dict, render_html, write_html_report
+from moesim.inputs.config import Scenario
+from moesim.output.html_report import check_compare_dict, render_html, write_html_report
+from moesim.planning.compare import run_compare
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [

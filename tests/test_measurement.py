@@ -11,9 +11,9 @@ import pytest
 
 from moesim.cli import validate as validate_cli
 from moesim.errors import ConfigError
-from moesim.models import get_model
-from moesim.placement import parse_placement
-from moesim.traffic import compute_traffic
+from moesim.inputs.models import get_model
+from moesim.traffic.placement import parse_placement
+from moesim.traffic.traffic import compute_traffic
 from tests.helpers import tiny_model, trace_from
 from validate.measurement import (
     PHASES,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from moesim.memory import (
+from moesim.inputs.models import PRESETS, get_model
+from moesim.traffic.memory import (
     kv_bytes_per_token_per_layer_per_rank,
     memory_fit,
     weight_bytes_per_rank,
 )
-from moesim.models import PRESETS, get_model
-from moesim.placement import Parallelism, parse_placement
+from moesim.traffic.placement import Parallelism, parse_placement
 
 MIXTRAL = get_model("mixtral-8x7b")
 DEEPSEEK = get_model("deepseek-v3")

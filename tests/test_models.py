@@ -9,12 +9,11 @@ import yaml
 from pydantic import ValidationError
 
 from moesim.errors import ConfigError, ModelError
-from moesim.hf_config import model_from_hf_config
-from moesim.models import (
+from moesim.inputs.model_files import load_model, model_from_hf_config
+from moesim.inputs.models import (
     ModelSpec,
     get_model,
     list_models,
-    load_model,
     model_spec_from_mapping,
 )
 

@@ -9,7 +9,7 @@ import simpy
 
 from moesim.engine.network import FlowNetwork, max_min_fair_rates
 from moesim.errors import TopologyError
-from moesim.topology import Topology
+from moesim.inputs.topology import Topology
 
 S = 1e9  # bytes
 B = 100e9  # bytes/s, every fixture link

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moesim.errors import PlacementError
-from moesim.placement import (
+from moesim.traffic.placement import (
     Parallelism,
     block_sizes,
     check_fits_model,

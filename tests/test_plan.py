@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from moesim.config import Scenario
 from moesim.errors import ConfigError
-from moesim.placement import parse_placement
-from moesim.plan import deployments, layout_presets, parse_inventory, plan_deployment
+from moesim.inputs.config import Scenario
+from moesim.planning.deployment import deployments, layout_presets, parse_inventory, plan_deployment
+from moesim.traffic.placement import parse_placement
 
 # Fixed decode times (s) per (topology, placement, batch per replica); anything else does not fit.
 FAKE_TPOT_S = {

@@ -36,15 +36,15 @@ from moesim.calibrate import (
     read_nccl_tests,
     topology_launch_s,
 )
-from moesim.config import load_model_file
-from moesim.engine.collectives import (
+from moesim.engine.collective_model import (
     alltoall_protocol,
     collective_launch_s,
     nccl_tests_alltoall_matrix,
-    predict_collective,
 )
-from moesim.topology import build_topology, load_topology, resolve_topology_path
-from moesim.topology_spec import TopologySpec
+from moesim.engine.collectives import predict_collective
+from moesim.inputs.config import load_model_file
+from moesim.inputs.topology import build_topology, load_topology, resolve_topology_path
+from moesim.inputs.topology_spec import TopologySpec
 
 DATA = Path(__file__).parent / "data" / "nccl_tests"
 XXRJUN = DATA / "h100_8gpu_nvswitch_xxrjun.txt"

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import simpy
 
-from moesim.config import Scenario
 from moesim.engine.network import FlowNetwork
 from moesim.engine.plan import PHASES, StepPlan
 from moesim.engine.step import simulate_step
-from moesim.simulate import resolve_inputs, step_traffic, time_step
-from moesim.topology import Topology, load_topology
-from moesim.workload import build_step
+from moesim.inputs.config import Scenario
+from moesim.inputs.topology import Topology, load_topology
+from moesim.planning.evaluate import resolve_inputs, step_traffic, time_step
+from moesim.traffic.workload import build_step
 
 LAUNCH_S = 5e-6
 EXPERTS = PHASES.index("experts")
@@ -114,7 +114,7 @@ def test_real_trace_imbalance_lengthens_the_hot_ranks_experts() -> None:
 
 def test_ttft_sums_the_prefill_chunk_steps() -> None:
     """32 prompts of 2048 tokens in 8192-token chunks: TTFT is 8 times one 4-prompt step."""
-    from moesim.simulate import prefill_steps, run_scenario
+    from moesim.planning.evaluate import prefill_steps, run_scenario
 
     scenario = Scenario(
         placement="EP8", topology="dgx-h100", batch=32, context=2048, fidelity="analytic"

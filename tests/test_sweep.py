@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from moesim.config import Scenario
 from moesim.errors import ConfigError
-from moesim.simulate import run_scenario
-from moesim.sweep import (
+from moesim.inputs.config import Scenario
+from moesim.planning.evaluate import run_scenario
+from moesim.planning.sweep import (
     ROW_COLUMNS,
     Grid,
     Progress,

@@ -9,10 +9,10 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from moesim.config import read_mapping
 from moesim.errors import ConfigError, TopologyError
-from moesim.topology import PRESET_DIR, build_topology, list_presets, load_topology
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.config import read_mapping
+from moesim.inputs.topology import PRESET_DIR, build_topology, list_presets, load_topology
+from moesim.inputs.topology_spec import TopologySpec
 from tests.conftest import ROUND_GPU, links_topology
 
 PRESET_GPUS = {

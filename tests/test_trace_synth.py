@@ -15,8 +15,7 @@ import pytest
 
 from moesim.cli import main
 from moesim.errors import ConfigError, TraceError
-from moesim.models import get_model
-from moesim.placement import parse_placement
+from moesim.inputs.models import get_model
 from moesim.trace.bundled import load_bundled_trace
 from moesim.trace.compare import batch_imbalance, expert_shares, ks_statistic
 from moesim.trace.fit import (
@@ -34,7 +33,8 @@ from moesim.trace.synth import (
     uniform_params,
     zipf_params,
 )
-from moesim.traffic import compute_traffic
+from moesim.traffic.placement import parse_placement
+from moesim.traffic.traffic import compute_traffic
 
 REAL_PAIRS = 331  # consecutive pairs in the bundled decode trace (333 tokens, 2 sequences)
 SYNTH_TOKENS = 32768  # 512 batches of 64 tokens

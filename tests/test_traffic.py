@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from moesim.errors import PlacementError, TraceError
-from moesim.placement import Parallelism, parse_placement
-from moesim.traffic import compute_traffic
+from moesim.traffic.placement import Parallelism, parse_placement
+from moesim.traffic.traffic import compute_traffic
 from tests.helpers import tiny_model, trace_from
 
 VEC = 8  # hidden 4 x 2 bytes
@@ -121,7 +121,7 @@ def test_imbalance_of_layer_one() -> None:
     """Layer 1 loads experts 2,3,2,1: max/mean 1.5, CV sqrt(0.5)/2; EP2 ranks 5 vs 3: 1.25."""
     traffic = _traffic("EP2")
     assert traffic.expert_load.tolist() == [[2, 2, 2, 2], [2, 3, 2, 1]]
-    from moesim.result import layer_imbalance
+    from moesim.output.result import layer_imbalance
 
     imb = layer_imbalance(traffic)
     assert imb.expert_max_over_mean.tolist() == [1.0, 1.5]

@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moesim.placement import Parallelism
 from moesim.trace.format import RouterTrace
-from moesim.traffic import compute_traffic
+from moesim.traffic.placement import Parallelism
+from moesim.traffic.traffic import compute_traffic
 from tests.helpers import tiny_model
 
 NUM_EXPERTS = 8

@@ -14,8 +14,8 @@ from moesim.cli import validate as validate_cli
 from moesim.engine.plan import PHASES as ENGINE_PHASES
 from moesim.engine.step import simulate_step
 from moesim.errors import ConfigError
-from moesim.topology import build_topology
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.topology import build_topology
+from moesim.inputs.topology_spec import TopologySpec
 from validate.measurement import (
     PHASES,
     build_measurement,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.workload import PrefillChunk, build_step, prefill_chunks, trace_sequences
+from moesim.traffic.workload import PrefillChunk, build_step, prefill_chunks, trace_sequences
 from tests.helpers import trace_from
 
 # one layer, top-1; sequence 0 = tokens 0..3 (experts 0,1,2,3), sequence 1 = tokens 4..5 (4,5)

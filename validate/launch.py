@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import MoesimError
-from moesim.traffic import Traffic
+from moesim.traffic.traffic import Traffic
 from validate.measurement import (
     PHASES,
     build_measurement,

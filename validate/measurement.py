@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from moesim.config import read_mapping
 from moesim.errors import ConfigError
-from moesim.models import ModelSpec, load_model
-from moesim.simulate import resolve_placement, resolve_trace
-from moesim.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic, ring_bytes_matrix
+from moesim.inputs.config import read_mapping
+from moesim.inputs.model_files import load_model
+from moesim.inputs.models import ModelSpec
+from moesim.planning.evaluate import resolve_placement, resolve_trace
+from moesim.traffic.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic, ring_bytes_matrix
 
 __all__ = [
     "SCHEMA",
@@ -46,7 +47,6 @@ __all__ = [
     "load_measurement",
     "measured_bytes",
     "check_bytes",
-    "predicted_times",
 ]
 
 SCHEMA = "moesim-measurement"
@@ -340,14 +340,3 @@ def check_bytes(measurement: dict[str, Any], traffic: Traffic) -> list[Mismatch]
                  int(measured[layer, rank, p, f]), int(predicted[layer, rank, p, f]))
         for layer, rank, p, f in where
     ]
-
-
-def predicted_times(measurement: dict[str, Any], traffic: Traffic,
-                    topology: str | None = None, fidelity: str = "des") -> dict[str, Any]:
-    """The engine's predicted time per layer, rank and measured phase for this run on
-    `topology` (default cpu-loopback): `time_s[L][W][P]`, `per_layer` ({phase: slowest rank's
-    seconds}) and `step_time_s`; see `validate.predict`."""
-    from validate.predict import predicted_times as predict  # predict imports this module
-
-    return predict(measurement, traffic, topology, fidelity)
-

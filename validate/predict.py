@@ -24,16 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from moesim.cost import experts_cost
-from moesim.engine.collectives import collective_launch_s, predict_collective
+from moesim.engine.collective_model import collective_launch_s
+from moesim.engine.collectives import predict_collective
+from moesim.engine.cost import experts_cost
 from moesim.engine.plan import PHASES as ENGINE_PHASES
 from moesim.engine.plan import StepPlan
 from moesim.engine.step import simulate_step
 from moesim.errors import ConfigError, TopologyError
-from moesim.models import load_model
-from moesim.topology import Topology, build_topology, resolve_topology_path
-from moesim.topology_spec import GpuSpec, TopologySpec
-from moesim.traffic import Traffic
+from moesim.inputs.model_files import load_model
+from moesim.inputs.topology import Topology, build_topology, resolve_topology_path
+from moesim.inputs.topology_spec import GpuSpec, TopologySpec
+from moesim.traffic.traffic import Traffic
 from validate.measurement import PHASES, exchange_layers, phase_byte_matrices
 
 __all__ = [
@@ -113,7 +114,7 @@ def harness_step_plan(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) ->
 
 def prediction_topology(topology: str | None, world: int) -> Topology:
     """The topology to predict on; the default `cpu-loopback` is resized to `world` ranks."""
-    from moesim.config import load_model_file
+    from moesim.inputs.config import load_model_file
 
     path = resolve_topology_path(topology or DEFAULT_TOPOLOGY)
     spec = load_model_file(TopologySpec, path, "topology")

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.calibrate.nccl_tests import NcclTestsSection
-from moesim.engine.collectives import (
+from moesim.engine.collective_model import (
     busbw_factor,
     collective_launch_s,
     nccl_tests_alltoall_matrix,
-    predict_collective,
 )
+from moesim.engine.collectives import predict_collective
 from moesim.errors import ConfigError
-from moesim.topology import Topology, build_topology
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.topology import Topology, build_topology
+from moesim.inputs.topology_spec import TopologySpec
 
 __all__ = [
     "Measurement",

@@ -36,11 +36,11 @@ from moesim.calibrate.fit import (
 )
 from moesim.calibrate.nccl_tests import read_nccl_tests
 from moesim.cli.collective import parse_bytes
-from moesim.config import load_model_file
 from moesim.errors import ConfigError
-from moesim.models import ModelSpec
-from moesim.topology import resolve_topology_path
-from moesim.topology_spec import TopologySpec
+from moesim.inputs.config import load_model_file
+from moesim.inputs.models import ModelSpec
+from moesim.inputs.topology import resolve_topology_path
+from moesim.inputs.topology_spec import TopologySpec
 
 __all__ = ["add_parser", "format_table", "write_topology"]
 
@@ -135,11 +135,11 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     """Run the microbenchmarks (or read saved ones) as the flags say."""
     from moesim.cli.run import write_json
     from moesim.cli.validate import parse_scale
-    from moesim.models import load_model
+    from moesim.inputs.model_files import load_model
     from validate.measurement import scaled_model_update
 
     if args.from_bench:
-        from moesim.config import read_mapping
+        from moesim.inputs.config import read_mapping
 
         return read_mapping(args.from_bench, "microbenchmark results")
     from validate.microbench import run_microbench
@@ -177,8 +177,8 @@ def layer_load(model: ModelSpec, update: dict[str, int], nproc: int, trace: str,
     `trace` on `nproc` expert-parallel ranks: `num_experts / nproc` experts per rank (at least
     one), each on `tokens * top_k / num_experts` rows (or `load_tokens`), cycling over the
     model's MoE layers (as many as fit in 1 GiB of weights per rank)."""
-    from moesim.simulate import resolve_trace
-    from moesim.traffic import ACT_DTYPE_BYTES
+    from moesim.planning.evaluate import resolve_trace
+    from moesim.traffic.traffic import ACT_DTYPE_BYTES
 
     if load_tokens is not None and load_tokens < 0:
         raise ConfigError(f"--load-tokens {load_tokens}: give rows per expert, 0 or more "

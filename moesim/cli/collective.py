@@ -27,16 +27,16 @@ import json
 import re
 from typing import Any
 
-from moesim.engine.collectives import (
+from moesim.engine.collective_model import (
     ALLREDUCE_ALGORITHMS,
     OPS,
     busbw_factor,
     collective_launch_s,
     nccl_tests_alltoall_matrix,
-    predict_collective,
 )
+from moesim.engine.collectives import predict_collective
 from moesim.errors import ConfigError, TopologyError
-from moesim.topology import load_topology
+from moesim.inputs.topology import load_topology
 
 __all__ = ["add_parser", "parse_bytes", "collective_report"]
 

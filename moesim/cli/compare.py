@@ -66,7 +66,7 @@ def parse_list(text: str | None, what: str, cast: type = str) -> list:  # type: 
 
 def run_compare_command(args: argparse.Namespace) -> int:
     """Handler of `moesim compare`."""
-    from moesim.compare import format_compare_table, run_compare
+    from moesim.planning.compare import format_compare_table, run_compare
 
     base = scenario_from_args(args)
     drawing = bool(args.plot or args.html)
@@ -105,7 +105,7 @@ def write_figures(compare: dict, plot_dir: str | None, html: str | None,  # type
     """PNGs under `plot_dir` and/or the HTML page `html`, rendering each figure once."""
     if not plot_dir and not html:
         return
-    from moesim.plots import plot_pngs, save_plots
+    from moesim.output.plots import plot_pngs, save_plots
 
     figures = plot_pngs(compare)
     if plot_dir:
@@ -113,7 +113,7 @@ def write_figures(compare: dict, plot_dir: str | None, html: str | None,  # type
         if say:
             print(f"wrote {len(written)} plots to {plot_dir}")
     if html:
-        from moesim.html_report import write_html_report
+        from moesim.output.html_report import write_html_report
 
         write_html_report(compare, html, figures)
         if say:

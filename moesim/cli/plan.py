@@ -40,7 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
-    from moesim.plan import plan_deployment
+    from moesim.planning.deployment import plan_deployment
 
     result = plan_deployment(
         args.model,

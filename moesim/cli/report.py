@@ -26,9 +26,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run_report_command(args: argparse.Namespace) -> int:
     """Handler of `moesim report`."""
     from moesim.cli.compare import write_figures
-    from moesim.compare import format_compare_table
-    from moesim.config import read_mapping
-    from moesim.html_report import check_compare_dict
+    from moesim.inputs.config import read_mapping
+    from moesim.output.html_report import check_compare_dict
+    from moesim.planning.compare import format_compare_table
 
     compare = read_mapping(args.results, "comparison results")
     check_compare_dict(compare, f"comparison results file {args.results}")

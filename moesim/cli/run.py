@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moesim.config import Scenario, load_scenario, parse_model
+from moesim.inputs.config import Scenario, load_scenario, parse_model
 
 __all__ = ["add_parser", "scenario_from_args", "write_json"]
 
@@ -84,8 +84,8 @@ def write_json(result: dict[str, Any], out: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from moesim.report import format_run_table
-    from moesim.simulate import run_scenario
+    from moesim.output.report import format_run_table
+    from moesim.planning.evaluate import run_scenario
 
     result = run_scenario(scenario_from_args(args))
     if not args.quiet and args.json != "-":

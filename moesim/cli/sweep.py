@@ -35,7 +35,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _run(args: argparse.Namespace) -> int:
     from moesim.errors import ConfigError
-    from moesim.sweep import expand_grid, load_grid, parse_row, read_rows, run_sweep
+    from moesim.planning.sweep import expand_grid, load_grid, parse_row, read_rows, run_sweep
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
@@ -66,7 +66,7 @@ def plot_pareto(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from moesim.sweep import pareto_front
+    from moesim.planning.sweep import pareto_front
 
     timed = [r for r in rows if r.get("feasible") and r.get("tpot_s") is not None]
     front = pareto_front(timed)

@@ -154,7 +154,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             _write(Path(args.json_out), text)
             print(f"wrote {args.json_out}")
     if args.plot is not None:
-        from moesim.report_trace import plot_comparison
+        from moesim.output.report_trace import plot_comparison
 
         for path in plot_comparison(comp, args.plot):
             print(f"wrote {path}")

@@ -156,10 +156,9 @@ def compare_summary(measurement: dict[str, Any], topology: str | None = None,
         check_bytes,
         expected_bytes,
         measured_bytes,
-        predicted_times,
         traffic_for_inputs,
     )
-    from validate.predict import time_comparison
+    from validate.predict import predicted_times, time_comparison
 
     traffic = traffic_for_inputs(measurement["inputs"])
     mismatches = check_bytes(measurement, traffic)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from moesim.engine.collectives import (
+from moesim.engine.collective_model import (
     ALLREDUCE_ALGORITHMS,
     NCCL_LAUNCH_S,
     OPS,

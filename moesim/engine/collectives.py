@@ -1,36 +1,10 @@
-"""Collectives as flows: all-to-all, all-reduce, all-gather and reduce-scatter on a FlowNetwork.
+"""Collectives as flows on a FlowNetwork (the discrete-event fidelity of `collective_model`).
 
 Each collective starts at the current simulation time, pays one launch latency `launch_s`,
-then runs as flows between GPU ranks (split over equal-cost routes). A rank's part ends when
-all its sends and receives are done. Algorithms (alpha-beta, as NCCL documents them):
-
-- all-to-all: direct, one flow per ordered pair with nonzero bytes, all at once; the
-  diagonal is a local copy and costs no network time (HBM copies are not modelled).
-- ring all-reduce: reduce-scatter then all-gather, 2(n-1) steps of S/n to the next rank
-  in ring order; a rank starts step s+1 when its step-s send and receive are both done,
-  so every step pays the path latency once.
-- ring all-gather / reduce-scatter: n-1 steps of S/n, S the full gathered buffer.
-- tree all-reduce: NCCL's double binary tree, modelled in its pipelined steady state:
-  two complementary heap-ordered binary trees (the second over the reversed ring order),
-  each reducing up and broadcasting down half the buffer; all tree-edge flows stream at
-  once (pipelining) and the pipeline fill costs 2*depth path latencies in total.
-- NVLS all-reduce (NVLink SHARP, NCCL's default on H100/H200 NVSwitch): the switch reduces.
-  Each GPU owns 1/n of the buffer: `multimem.ld_reduce` makes the switch pull that slice
-  from all n GPUs and return the sum ("it would pull data from all 4 GPUs and give us the
-  final result", sjeaugey, NVIDIA/nccl issue #828), then `multimem.st` sends the sum up once
-  and the switch multicasts it to all n. Per GPU port that is S + S/n up and S/n + S down
-  (for reduce-scatter / all-gather alone: "size in one direction and 1/N*size in the
-  other", NVIDIA/nccl issue #1506), so `nvls_port_bytes = S(n+1)/n` each way, all streaming
-  at once; the first chunk crosses a port four times, so the fill adds three port latencies,
-  plus the switch's `nvls_latency_s` (a fitted fixed cost; NCCL's tuner likewise gives NVLS
-  its own latency, `hwLat[NVLINK][NVLS][SIMPLE]`, src/graph/tuning.cc).
-  NVLS traffic may reach a different fraction of the port than other traffic
-  (`nvls_efficiency` on the nvswitch fabric block): its flows carry `nvls_port_bytes`
-  scaled by (link bandwidth / (nominal bandwidth x nvls_efficiency)), so alone on a port
-  they stream at nominal x nvls_efficiency.
-- `algorithm="auto"` (all-reduce): NVLS where every rank sits on one switch with `nvls`
-  and its closed form is faster than ring's (NCCL's tuner likewise picks its fastest
-  modelled algorithm; at 2-3 GPUs NVLS moves more bytes than ring), else ring.
+then runs as flows between GPU ranks (split over equal-cost routes); a rank's part ends when
+all its sends and receives are done. The algorithms and their geometry are documented in
+`moesim.engine.collective_model`; `moesim.engine.analytic` gives their closed forms, and
+`predict_collective` runs one collective at either fidelity.
 """
 
 from __future__ import annotations
@@ -41,100 +15,32 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from moesim.engine.network import Edge, FlowNetwork, Routing
-from moesim.errors import TopologyError
+from moesim.engine import analytic
+from moesim.engine.collective_model import (
+    ALLREDUCE_ALGORITHMS,
+    NCCL_LAUNCH_S,
+    OPS,
+    CollectiveResult,
+    alltoall_protocol,
+    check_bytes_matrix,
+    check_ranks,
+    double_binary_tree_edges,
+    nvls_fill_s,
+    nvls_flows,
+    nvls_port_bytes,
+    tree_depth,
+)
+from moesim.engine.network import FlowNetwork, Routing
 
 __all__ = [
-    "NCCL_LAUNCH_S",
-    "collective_launch_s",
-    "alltoall_protocol",
-    "LL_WIRE_FACTOR",
-    "OPS",
-    "CollectiveResult",
     "CollectiveRun",
     "alltoall",
     "allreduce",
     "allgather",
     "reducescatter",
-    "double_binary_tree_edges",
-    "tree_depth",
-    "ALLREDUCE_ALGORITHMS",
-    "NVLS_FILL_PORT_CROSSINGS",
-    "nvls_switch",
-    "nvls_port_bytes",
-    "nvls_flows",
-    "nvls_fill_s",
-    "check_ranks",
-    "check_bytes_matrix",
-    "busbw_factor",
-    "nccl_tests_alltoall_matrix",
     "simulate_collective",
     "predict_collective",
 ]
-
-# Fixed cost of one NCCL collective before bytes move: NCCL's own tuning model uses a base
-# latency of 8.4 us for Ring/Simple (NVIDIA/nccl src/graph/tuning.cc, `baseLat`, NCCL 2.1x;
-# LL protocols 6.6-6.8 us). We take 8.4 us for every collective here.
-NCCL_LAUNCH_S = 8.4e-6
-
-
-# NCCL's LL protocol writes each 4-byte word with a 4-byte flag in one 8-byte store, so it puts
-# twice the payload on the wire in exchange for a lower fixed cost (NCCL src/graph/tuning.cc:
-# LL bandwidth is half of Simple's; baseLat LL 6.6 us vs Simple 8.4 us).
-LL_WIRE_FACTOR = 2.0
-
-
-def alltoall_protocol(
-    topo: Routing, ranks: Sequence[int], per_rank_bytes: float, launch_s: float
-) -> tuple[float, float]:
-    """(launch seconds, wire-bytes factor) of a direct all-to-all sending `per_rank_bytes` from
-    the busiest rank: the LL protocol where the topology gives `ll_launch_s` and LL is faster
-    (small messages), else Simple. Estimated on the port of the first rank pair, as NCCL picks
-    a protocol per call by size."""
-    ll_launch_s = getattr(topo, "ll_launch_s", None)
-    if ll_launch_s is None or len(ranks) < 2:
-        return launch_s, 1.0
-    graph = topo.graph
-    route = topo.routes(int(ranks[0]), int(ranks[1]))[0]
-    port = min(float(graph.edges[edge]["bandwidth_bytes_per_s"]) for edge in route)
-    simple_s = launch_s + per_rank_bytes / port
-    ll_s = float(ll_launch_s) + LL_WIRE_FACTOR * per_rank_bytes / port
-    return (float(ll_launch_s), LL_WIRE_FACTOR) if ll_s < simple_s else (launch_s, 1.0)
-
-
-def collective_launch_s(topo: object) -> float:
-    """The topology's calibrated collective launch latency, else NCCL_LAUNCH_S."""
-    launch_s = getattr(topo, "collective_launch_s", None)
-    return NCCL_LAUNCH_S if launch_s is None else float(launch_s)
-
-
-OPS = ("alltoall", "allreduce", "allgather", "reducescatter")
-ALLREDUCE_ALGORITHMS = ("ring", "tree", "nvls", "auto")
-# Port crossings of the first NVLS chunk (up, reduced down, up, multicast down) beyond the
-# one every streaming flow already pays: the pipeline fill.
-NVLS_FILL_PORT_CROSSINGS = 3
-
-
-@dataclass(frozen=True)
-class CollectiveResult:
-    """Outcome of one collective: per-rank end times and bytes that crossed the network."""
-
-    op: str
-    ranks: tuple[int, ...]
-    start_s: float
-    end_times_s: np.ndarray  # [n] absolute end time of each rank's part, seconds
-    network_bytes: float  # bytes sent GPU-to-GPU (each byte once, however many hops)
-    algorithm: str = "direct"
-
-    @property
-    def time_s(self) -> float:
-        """Collective time: from start until the last rank is done."""
-        return float(self.end_times_s.max() - self.start_s)
-
-    @property
-    def rank_times_s(self) -> np.ndarray:
-        """Per-rank duration from the collective's start, seconds."""
-        return self.end_times_s - self.start_s
 
 
 @dataclass
@@ -208,9 +114,7 @@ def allreduce(
     ranks = check_ranks(ranks)
     n = len(ranks)
     if algorithm == "auto":
-        from moesim.engine.analytic import choose_allreduce_algorithm  # avoids an import cycle
-
-        algorithm = choose_allreduce_algorithm(topo, ranks, size_bytes, launch_s=launch_s)
+        algorithm = analytic.choose_allreduce_algorithm(topo, ranks, size_bytes, launch_s=launch_s)
     if algorithm == "ring":
         return _ring(net, topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s)
     if algorithm == "tree":
@@ -283,18 +187,6 @@ def _ring(
 # ---- double binary tree ------------------------------------------------------------------
 
 
-def tree_depth(n: int) -> int:
-    """Depth (edges from root to deepest leaf) of a heap-ordered binary tree of n nodes."""
-    return max(n, 1).bit_length() - 1
-
-
-def double_binary_tree_edges(n: int) -> list[tuple[int, int]]:
-    """(child, parent) positions of both trees: heap order, then heap order over n-1-position."""
-    first = [(p, (p - 1) // 2) for p in range(1, n)]
-    second = [(n - 1 - c, n - 1 - q) for c, q in first]
-    return first + second
-
-
 def _tree_allreduce(
     net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
 ) -> CollectiveRun:
@@ -328,69 +220,6 @@ def _tree_allreduce(
 # ---- NVLS (NVLink SHARP) -----------------------------------------------------------------
 
 
-def nvls_switch(topo: Routing, ranks: Sequence[int]) -> str | None:
-    """The one `nvls` switch every rank's GPU (`gpu{rank}`) has a port to, else None."""
-    graph = topo.graph
-    found: set[str] = set()
-    for rank in ranks:
-        gpu = f"gpu{rank}"
-        if gpu not in graph:
-            return None
-        ports = [
-            node
-            for node in graph.successors(gpu)
-            if graph.nodes[node].get("kind") == "nvswitch" and graph.nodes[node].get("nvls")
-        ]
-        if not ports:
-            return None
-        found.update(ports)
-    return found.pop() if len(found) == 1 else None
-
-
-def nvls_port_bytes(n: int, size_bytes: float) -> float:
-    """Payload bytes an NVLS all-reduce moves each way on every GPU port: S(n+1)/n."""
-    return size_bytes * (n + 1) / n if n > 1 else 0.0
-
-
-def nvls_flows(
-    topo: Routing, ranks: Sequence[int], size_bytes: float
-) -> list[tuple[list[Edge], float]]:
-    """Each rank's port flows, up then down, as (one-edge path, wire bytes)."""
-    switch = nvls_switch(topo, ranks)
-    if switch is None:
-        raise TopologyError(
-            f"allreduce algorithm 'nvls' needs every rank ({list(ranks)}) on one NVSwitch "
-            "with `nvls: true` in its fabric block; use --algorithm ring or auto"
-        )
-    payload = nvls_port_bytes(len(ranks), size_bytes)
-    efficiency = topo.graph.nodes[switch].get("nvls_efficiency")
-    flows: list[tuple[list[Edge], float]] = []
-    for rank in ranks:
-        for edge in ((f"gpu{rank}", switch), (switch, f"gpu{rank}")):
-            flows.append(([edge], payload * _nvls_wire_factor(topo, edge, efficiency)))
-    return flows
-
-
-def _nvls_wire_factor(topo: Routing, edge: Edge, efficiency: float | None) -> float:
-    """Wire bytes per payload byte, so that NVLS alone streams at nominal x efficiency."""
-    if efficiency is None:
-        return 1.0
-    attrs = topo.graph.edges[edge]
-    nominal = attrs.get("nominal_bandwidth_bytes_per_s", attrs["bandwidth_bytes_per_s"])
-    return float(attrs["bandwidth_bytes_per_s"]) / (float(nominal) * efficiency)
-
-
-def nvls_fill_s(topo: Routing, ranks: Sequence[int]) -> float:
-    """Fixed part of an NVLS all-reduce: three more slowest-port crossings + `nvls_latency_s`."""
-    flows = nvls_flows(topo, ranks, 0.0)
-    if len(ranks) < 2:
-        return 0.0
-    switch = flows[0][0][0][1]
-    worst = max(float(topo.graph.edges[path[0]]["latency_s"]) for path, _ in flows)
-    extra_s = float(topo.graph.nodes[switch].get("nvls_latency_s") or 0.0)
-    return NVLS_FILL_PORT_CROSSINGS * worst + extra_s
-
-
 def _nvls_allreduce(
     net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
 ) -> CollectiveRun:
@@ -415,22 +244,6 @@ def _nvls_allreduce(
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def check_bytes_matrix(bytes_matrix: np.ndarray, n: int) -> np.ndarray:
-    """The matrix as floats; ValueError unless it is a finite non-negative [n, n] array."""
-    matrix = np.asarray(bytes_matrix, dtype=float)
-    if matrix.shape != (n, n) or np.any(matrix < 0) or not np.all(np.isfinite(matrix)):
-        raise ValueError(f"bytes_matrix must be a finite non-negative [{n}, {n}] array")
-    return matrix
-
-
-def check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
-    """The group as a tuple of ints; TopologyError if empty or a rank repeats."""
-    ranks = tuple(int(r) for r in ranks)
-    if not ranks or len(set(ranks)) != len(ranks):
-        raise TopologyError(f"a collective needs distinct ranks, got {list(ranks)}")
-    return ranks
 
 
 def _succeed_when_all(
@@ -460,20 +273,6 @@ def _run(
 
 
 # ---- nccl-tests conventions and one-shot runs -------------------------------------------
-
-
-def busbw_factor(op: str, n: int) -> float:
-    """nccl-tests bus-bandwidth factor (doc/PERFORMANCE.md): busbw = algbw * factor."""
-    if op == "allreduce":
-        return 2 * (n - 1) / n
-    if op in ("alltoall", "allgather", "reducescatter"):
-        return (n - 1) / n
-    raise ValueError(f"unknown collective {op!r}; choose one of {', '.join(OPS)}")
-
-
-def nccl_tests_alltoall_matrix(n: int, size_bytes: float) -> np.ndarray:
-    """alltoall_perf's traffic: each rank's `size_bytes` send buffer split evenly, self included."""
-    return np.full((n, n), size_bytes / n)
 
 
 def simulate_collective(
@@ -536,8 +335,6 @@ def predict_collective(
             launch_s=launch_s,
         )
     if fidelity == "analytic":
-        from moesim.engine import analytic  # analytic imports this module for the result type
-
         return analytic.predict(
             topo,
             op,

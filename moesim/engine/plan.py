@@ -14,12 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.cost import attention_cost, dense_ffn_cost, experts_cost, lm_head_cost, router_cost
-from moesim.models import ModelSpec
-from moesim.placement import block_sizes
-from moesim.topology_spec import GpuSpec
-from moesim.traffic import ACT_DTYPE_BYTES, Traffic
-from moesim.workload import StepWorkload
+from moesim.engine.cost import (
+    attention_cost,
+    dense_ffn_cost,
+    experts_cost,
+    lm_head_cost,
+    router_cost,
+)
+from moesim.inputs.models import ModelSpec
+from moesim.inputs.topology_spec import GpuSpec
+from moesim.traffic.placement import block_sizes
+from moesim.traffic.traffic import ACT_DTYPE_BYTES, Traffic
+from moesim.traffic.workload import StepWorkload
 
 __all__ = ["PHASES", "StepPlan", "build_step_plan"]
 

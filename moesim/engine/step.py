@@ -22,12 +22,8 @@ import numpy as np
 import simpy
 
 from moesim.engine import analytic
-from moesim.engine.collectives import (
-    allgather,
-    alltoall_protocol,
-    collective_launch_s,
-    reducescatter,
-)
+from moesim.engine.collective_model import alltoall_protocol, collective_launch_s
+from moesim.engine.collectives import allgather, reducescatter
 from moesim.engine.network import FlowNetwork, Routing
 from moesim.engine.plan import PHASES, StepPlan
 from moesim.engine.routes import RouteTable, build_route_table

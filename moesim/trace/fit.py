@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from moesim.config import read_mapping
 from moesim.errors import ConfigError, TraceError
+from moesim.inputs.config import read_mapping
 from moesim.trace.format import RouterTrace
 from moesim.trace.stats import compute_stats
 from moesim.trace.synth import (

@@ -26,10 +26,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from moesim.config import Scenario
 from moesim.engine.plan import PHASES
-from moesim.simulate import resolve_inputs, step_traffic, time_step
-from moesim.workload import build_step
+from moesim.inputs.config import Scenario
+from moesim.planning.evaluate import resolve_inputs, step_traffic, time_step
+from moesim.traffic.workload import build_step
 
 __all__ = ["point_plot_data", "latency_throughput_sweep", "save_plots", "plot_pngs", "PlotInfo"]
 
@@ -81,7 +81,7 @@ def latency_throughput_sweep(
     progress: TextIO | None = sys.stderr,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Per topology and layout: decode TPOT and tokens/s at each batch (analytic fidelity)."""
-    from moesim.simulate import scenario_memory_fit
+    from moesim.planning.evaluate import scenario_memory_fit
 
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for spec, topology in topologies.items():

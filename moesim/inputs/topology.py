@@ -1,6 +1,6 @@
 """Topology: a cluster as a directed graph of devices and links, with GPU-to-GPU routes.
 
-`build_topology(spec)` expands a `TopologySpec` (see `moesim.topology_spec`) into a
+`build_topology(spec)` expands a `TopologySpec` (see `moesim.inputs.topology_spec`) into a
 `networkx.DiGraph`: nodes are devices with a `kind` attribute (gpu, nvswitch, pcie_switch,
 cpu, hostmem, nic, net_switch); edges are directed links carrying `bandwidth_bytes_per_s`
 (per direction), `latency_s`, `medium` and `origin` (the spec field that made them).
@@ -32,9 +32,9 @@ from typing import Any
 
 import networkx as nx
 
-from moesim.config import load_model_file
 from moesim.errors import TopologyError
-from moesim.topology_spec import (
+from moesim.inputs.config import load_model_file
+from moesim.inputs.topology_spec import (
     GpuSpec,
     LinkSpec,
     LoopbackFabric,
@@ -55,7 +55,7 @@ __all__ = [
     "resolve_topology_path",
 ]
 
-PRESET_DIR = Path(__file__).parent / "presets" / "topologies"
+PRESET_DIR = Path(__file__).parent.parent / "presets" / "topologies"
 
 Edge = tuple[str, str]
 Route = list[Edge]  # a route: directed edges from source GPU to destination GPU

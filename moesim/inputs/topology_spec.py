@@ -2,7 +2,7 @@
 
 A topology file names one GPU model (`gpu_spec`), how many servers (`nodes`) with how many
 GPUs each (`gpus_per_node`), and the fabric joining them as a list of building blocks,
-each a `kind:`-tagged mapping expanded into directed links by `moesim.topology`:
+each a `kind:`-tagged mapping expanded into directed links by `moesim.inputs.topology`:
 
 - `nvswitch`: every GPU of a server has one port to that server's switch node.
 - `pcie_tree`: GPUs under PCIe switches under CPU root complexes, sockets joined by a

@@ -6,15 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moesim.config import Scenario, parse_model
 from moesim.errors import PlacementError
-from moesim.memory import MemoryFit, memory_fit
-from moesim.models import ModelSpec, load_model
-from moesim.placement import Parallelism, parse_placement
-from moesim.result import latency_result, merge_layer_times, traffic_result
+from moesim.inputs.config import Scenario, parse_model
+from moesim.inputs.model_files import load_model
+from moesim.inputs.models import ModelSpec
+from moesim.output.result import latency_result, merge_layer_times, traffic_result
 from moesim.trace.format import RouterTrace, load_trace
-from moesim.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic
-from moesim.workload import StepWorkload, build_step, prefill_chunks, trace_sequences
+from moesim.traffic.memory import MemoryFit, memory_fit
+from moesim.traffic.placement import Parallelism, parse_placement
+from moesim.traffic.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic
+from moesim.traffic.workload import StepWorkload, build_step, prefill_chunks, trace_sequences
 
 __all__ = [
     "RunInputs",
@@ -70,7 +71,7 @@ def resolve_inputs(scenario: Scenario) -> RunInputs:
     topology = None
     gpus_per_node = par.world
     if scenario.topology:
-        from moesim.topology import load_topology
+        from moesim.inputs.topology import load_topology
 
         topology = load_topology(scenario.topology)
         if topology.num_gpus < par.world:

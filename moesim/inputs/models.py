@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, model_validator
 
-from moesim.config import load_model_file, parse_model, read_mapping
 from moesim.errors import ModelError
+from moesim.inputs.config import parse_model
 
 __all__ = [
     "ModelSpec",
     "PRESETS",
     "get_model",
     "list_models",
-    "load_model",
     "model_spec_from_mapping",
 ]
 
@@ -357,27 +355,3 @@ def get_model(name: str) -> ModelSpec:
             "(or give a path to a Hugging Face config.json or a YAML model file)"
         )
     return PRESETS[key]
-
-
-def load_model(spec: str) -> ModelSpec:
-    """A preset name, an HF config.json (or its folder), or a YAML/JSON file of ModelSpec fields."""
-    path = Path(spec)
-    if path.is_dir() and (path / "config.json").is_file():
-        path = path / "config.json"
-    if path.is_file():
-        return _load_model_path(path)
-    if _preset_key(spec) is None and path.suffix.lower() in (".json", ".yaml", ".yml"):
-        raise ModelError(f"model file {spec} does not exist")
-    return get_model(spec)
-
-
-def _load_model_path(path: Path) -> ModelSpec:
-    """Load a model file: ModelSpec fields (YAML or JSON) or a Hugging Face config.json."""
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return load_model_file(ModelSpec, path, "model")
-    data = read_mapping(path, "model")
-    if "expert_ffn_size" in data:  # our own schema written as JSON
-        return model_spec_from_mapping(data, f"model file {path}")
-    from moesim.hf_config import model_from_hf_config  # hf_config builds on this module
-
-    return model_from_hf_config(path)

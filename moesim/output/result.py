@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.traffic import Traffic
+from moesim.traffic.traffic import Traffic
 
 __all__ = [
     "LayerImbalance",

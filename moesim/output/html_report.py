@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moesim.compare import TABLE_COLUMNS, table_cells
 from moesim.errors import ConfigError
+from moesim.planning.compare import TABLE_COLUMNS, table_cells
 
 __all__ = ["render_html", "write_html_report", "check_compare_dict"]
 
@@ -57,8 +57,8 @@ window.addEventListener('load', function () {
 def check_compare_dict(data: dict[str, Any], source: str) -> None:
     """Raise ConfigError unless `data` is a `moesim compare --json` result."""
     missing = [key for key in _REQUIRED_KEYS if key not in data]
-    if missing or data.get("kind") != "moesim.compare":
-        lacks = ", ".join(missing) or "kind: moesim.compare"
+    if missing or data.get("kind") != "moesim.planning.compare":
+        lacks = ", ".join(missing) or "kind: moesim.planning.compare"
         raise ConfigError(
             f"{source} is not a `moesim compare --json` file (missing {lacks}); write one "
             "with: moesim compare SCENARIO.yaml --json OUT"
@@ -118,7 +118,7 @@ def _results_section(compare: dict[str, Any]) -> str:
 def _plots_section(compare: dict[str, Any], figures: list[tuple[dict[str, str], bytes]] | None
                    ) -> str:
     if figures is None:
-        from moesim.plots import plot_pngs
+        from moesim.output.plots import plot_pngs
 
         figures = plot_pngs(compare)
     if not figures:

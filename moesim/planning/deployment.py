@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from moesim.config import Scenario
 from moesim.errors import ConfigError
+from moesim.inputs.config import Scenario
 
 __all__ = [
     "GPU_PRESETS",
@@ -132,13 +132,13 @@ def deployments(
 
 
 def _preset_gpus(preset: str) -> int:
-    from moesim.topology import load_topology
+    from moesim.inputs.topology import load_topology
 
     return load_topology(preset).num_gpus
 
 
 def _evaluate(scenario: Scenario) -> dict[str, Any]:
-    from moesim.sweep import evaluate_point
+    from moesim.planning.sweep import evaluate_point
 
     return evaluate_point(scenario, with_ttft=False)
 

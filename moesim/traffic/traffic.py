@@ -27,8 +27,9 @@ from typing import Literal
 import numpy as np
 
 from moesim.errors import PlacementError, TraceError
-from moesim.models import ModelSpec
-from moesim.placement import (
+from moesim.inputs.models import ModelSpec
+from moesim.trace.format import RouterTrace
+from moesim.traffic.placement import (
     Parallelism,
     block_sizes,
     check_fits_model,
@@ -36,7 +37,6 @@ from moesim.placement import (
     expert_home_rank,
     token_source_rank,
 )
-from moesim.trace.format import RouterTrace
 
 __all__ = [
     "ACT_DTYPE_BYTES",

@@ -20,20 +20,20 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from moesim.config import Scenario
 from moesim.errors import ConfigError, MoesimError
-from moesim.memory import (
-    DEFAULT_PREFILL_CHUNK_TOKENS,
-    DEFAULT_USABLE_FRACTION,
-)
-from moesim.models import load_model
-from moesim.placement import check_fits_model, check_tp_fits_model
-from moesim.simulate import (
+from moesim.inputs.config import Scenario
+from moesim.inputs.model_files import load_model
+from moesim.planning.evaluate import (
     resolve_placement,
     resolve_trace,
     run_scenario,
     scenario_memory_fit,
 )
+from moesim.traffic.memory import (
+    DEFAULT_PREFILL_CHUNK_TOKENS,
+    DEFAULT_USABLE_FRACTION,
+)
+from moesim.traffic.placement import check_fits_model, check_tp_fits_model
 
 __all__ = [
     "RANKING_RULE",
@@ -216,7 +216,7 @@ def _topology_facts(topology: Any) -> dict[str, Any]:
 
 
 def _load_topologies(names: Sequence[str]) -> dict[str, Any]:
-    from moesim.topology import load_topology
+    from moesim.inputs.topology import load_topology
 
     return {name: load_topology(name) for name in names}
 
@@ -253,7 +253,7 @@ def run_compare(
         row = evaluate_point(scenario, loaded[topo])
         row["order"] = index
         if plot_data and row["feasible"]:
-            from moesim.plots import point_plot_data
+            from moesim.output.plots import point_plot_data
 
             row["plot_data"] = point_plot_data(scenario)
         rows.append(row)
@@ -265,7 +265,7 @@ def run_compare(
             )
     compare = _assemble(base, names, loaded, batch_list, rows, max_tpot_s, max_ttft_s)
     if sweep_batches:
-        from moesim.plots import latency_throughput_sweep
+        from moesim.output.plots import latency_throughput_sweep
 
         compare["latency_throughput"] = latency_throughput_sweep(
             base, loaded, compare, sweep_batches, progress=progress
@@ -295,7 +295,7 @@ def _assemble(
             }
         )
     return {
-        "kind": "moesim.compare",
+        "kind": "moesim.planning.compare",
         "version": 1,
         "scenario": base.model_dump(),
         "topologies": [loaded[n].name for n in names],

@@ -29,10 +29,23 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from moesim.config import Scenario, load_model_file, parse_model
 from moesim.errors import ConfigError
-from moesim.sweep_point import PointMetrics, evaluate_point, pareto_front, point_key, run_point
-from moesim.sweep_rows import ROW_COLUMNS, RowLog, RowStore, format_cell, parse_row, read_rows
+from moesim.inputs.config import Scenario, load_model_file, parse_model
+from moesim.planning.sweep_point import (
+    PointMetrics,
+    evaluate_point,
+    pareto_front,
+    point_key,
+    run_point,
+)
+from moesim.planning.sweep_rows import (
+    ROW_COLUMNS,
+    RowLog,
+    RowStore,
+    format_cell,
+    parse_row,
+    read_rows,
+)
 
 __all__ = [
     "Grid",

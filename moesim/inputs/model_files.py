@@ -1,15 +1,19 @@
-"""Hugging Face `config.json` to ModelSpec, for Mixtral, Qwen2/3-MoE, OLMoE and DeepSeek-V2/V3."""
+"""Model files: a preset name, a Hugging Face `config.json` or a ModelSpec YAML/JSON to a ModelSpec.
+
+`load_model` is the one entry point; Hugging Face configs of Mixtral, Qwen2/3-MoE, OLMoE and
+DeepSeek-V2/V3 are read by `model_from_hf_config`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from moesim.config import read_mapping
 from moesim.errors import ModelError
-from moesim.models import ModelSpec, model_spec_from_mapping
+from moesim.inputs.config import load_model_file, read_mapping
+from moesim.inputs.models import ModelSpec, get_model, model_spec_from_mapping
 
-__all__ = ["model_from_hf_config"]
+__all__ = ["load_model", "model_from_hf_config"]
 
 # ---- Hugging Face config.json ------------------------------------------------------------
 # Key names follow transformers' MixtralConfig, Qwen2MoeConfig/Qwen3MoeConfig, OlmoeConfig and
@@ -150,3 +154,37 @@ def _mla_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         "head_dim": nope + rope if isinstance(nope, int) and isinstance(rope, int) else nope,
         "num_kv_heads": heads,
     }
+
+
+# ---- any model file ----------------------------------------------------------------------
+
+
+def load_model(spec: str) -> ModelSpec:
+    """A preset name, an HF config.json (or its folder), or a YAML/JSON file of ModelSpec fields."""
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if path.is_file():
+        return _load_model_path(path)
+    if not _is_preset(spec) and path.suffix.lower() in (".json", ".yaml", ".yml"):
+        raise ModelError(f"model file {spec} does not exist")
+    return get_model(spec)
+
+
+def _load_model_path(path: Path) -> ModelSpec:
+    """Load a model file: ModelSpec fields (YAML or JSON) or a Hugging Face config.json."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return load_model_file(ModelSpec, path, "model")
+    data = read_mapping(path, "model")
+    if "expert_ffn_size" in data:  # our own schema written as JSON
+        return model_spec_from_mapping(data, f"model file {path}")
+    return model_from_hf_config(path)
+
+
+def _is_preset(name: str) -> bool:
+    """Whether `name` names a built-in preset."""
+    try:
+        get_model(name)
+    except ModelError:
+        return False
+    return True

@@ -9,12 +9,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from moesim.config import Scenario
 from moesim.errors import MoesimError, PlacementError
-from moesim.memory import MemoryFit
-from moesim.placement import Parallelism, check_fits_model, check_tp_fits_model
-from moesim.result import layer_imbalance
-from moesim.simulate import (
+from moesim.inputs.config import Scenario
+from moesim.output.result import layer_imbalance
+from moesim.planning.evaluate import (
     WEIGHT_DTYPE_BYTES,
     RunInputs,
     decode_step,
@@ -24,14 +22,16 @@ from moesim.simulate import (
     scenario_memory_fit,
     step_traffic,
 )
-from moesim.sweep_rows import ROW_COLUMNS
-from moesim.traffic import Traffic, compute_traffic
-from moesim.workload import StepWorkload, build_step
+from moesim.planning.sweep_rows import ROW_COLUMNS
+from moesim.traffic.memory import MemoryFit
+from moesim.traffic.placement import Parallelism, check_fits_model, check_tp_fits_model
+from moesim.traffic.traffic import Traffic, compute_traffic
+from moesim.traffic.workload import StepWorkload, build_step
 
 __all__ = ["point_key", "PointMetrics", "run_point", "evaluate_point", "pareto_front"]
 
 if TYPE_CHECKING:
-    from moesim.topology import Topology
+    from moesim.inputs.topology import Topology
 
 
 def point_key(scenario: Scenario) -> str:
@@ -46,7 +46,7 @@ def point_key(scenario: Scenario) -> str:
 
 @functools.cache
 def _model(spec: str):  # type: ignore[no-untyped-def]
-    from moesim.models import load_model
+    from moesim.inputs.model_files import load_model
 
     return load_model(spec)
 
@@ -58,7 +58,7 @@ def _trace(spec: str):  # type: ignore[no-untyped-def]
 
 @functools.cache
 def _topology(spec: str) -> Topology:
-    from moesim.topology import load_topology
+    from moesim.inputs.topology import load_topology
 
     return load_topology(spec)
 

@@ -40,8 +40,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from moesim.models import ModelSpec
-from moesim.placement import Parallelism
+from moesim.inputs.models import ModelSpec
+from moesim.traffic.placement import Parallelism
 
 __all__ = [
     "MemoryFit",

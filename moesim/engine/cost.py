@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.models import ModelSpec
-from moesim.topology_spec import GpuSpec
+from moesim.inputs.models import ModelSpec
+from moesim.inputs.topology_spec import GpuSpec
 
 __all__ = [
     "OpCost",

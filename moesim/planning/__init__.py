@@ -1,0 +1,1 @@
+"""Planning: evaluate one scenario, compare layouts, sweep grids, plan a deployment."""

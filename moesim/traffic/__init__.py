@@ -1,0 +1,1 @@
+"""Traffic: layouts and expert placement, the tokens of a step, exact bytes, the memory fit."""
