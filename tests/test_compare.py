@@ -162,7 +162,7 @@ def test_cli_compare_json_then_report(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "infeasible EP16 on dgx-h100: needs 16 GPUs" in printed.out
     assert "[1/2] EP2 on dgx-h100, batch 4" in printed.err
     data = json.loads(out.read_text())
-    assert data["kind"] == "moesim.planning.compare"
+    assert data["kind"] == "moesim.compare"
     assert _cli(["report", str(out)]) == 0
     assert format_compare_table(data) in capsys.readouterr().out
 

@@ -57,8 +57,8 @@ window.addEventListener('load', function () {
 def check_compare_dict(data: dict[str, Any], source: str) -> None:
     """Raise ConfigError unless `data` is a `moesim compare --json` result."""
     missing = [key for key in _REQUIRED_KEYS if key not in data]
-    if missing or data.get("kind") != "moesim.planning.compare":
-        lacks = ", ".join(missing) or "kind: moesim.planning.compare"
+    if missing or data.get("kind") != "moesim.compare":
+        lacks = ", ".join(missing) or "kind: moesim.compare"
         raise ConfigError(
             f"{source} is not a `moesim compare --json` file (missing {lacks}); write one "
             "with: moesim compare SCENARIO.yaml --json OUT"

@@ -295,7 +295,7 @@ def _assemble(
             }
         )
     return {
-        "kind": "moesim.planning.compare",
+        "kind": "moesim.compare",
         "version": 1,
         "scenario": base.model_dump(),
         "topologies": [loaded[n].name for n in names],
