@@ -6,7 +6,6 @@ import pytest
 
 from moesim.inputs.models import PRESETS, get_model
 from moesim.traffic.memory import (
-    kv_bytes_per_token_per_layer_per_rank,
     memory_fit,
     weight_bytes_per_rank,
 )
@@ -82,15 +81,15 @@ def test_kv_cache_takes_the_fullest_rank_and_replicates_heads_beyond_kv_heads() 
     the 8 KV heads cannot split further, so each rank keeps one whole head (512 B/token/layer)."""
     fit = memory_fit(MIXTRAL, parse_placement("EP8"), H100_BYTES, batch=33, context=2048)
     assert fit.kv_cache_bytes == 5 * 2048 * 32 * 4096
-    assert kv_bytes_per_token_per_layer_per_rank(MIXTRAL, attn_tp=16) == 2 * 1 * 128 * 2
-    assert kv_bytes_per_token_per_layer_per_rank(MIXTRAL, attn_tp=4) == 2 * 2 * 128 * 2
+    assert MIXTRAL.kv_bytes_per_token_per_layer_per_rank(attn_tp=16) == 2 * 1 * 128 * 2
+    assert MIXTRAL.kv_bytes_per_token_per_layer_per_rank(attn_tp=4) == 2 * 2 * 128 * 2
 
 
 def test_deepseek_v3_mla_kv_per_token_is_latent_plus_rope_key_unsharded() -> None:
     """MLA caches kv_lora_rank + qk_rope_head_dim = 512 + 64 values per token and layer
     (DeepSeek-V2 paper, arXiv 2405.04434, Table 1: (d_c + d_h^R) l), not split by TP."""
     for attn_tp in (1, 8):
-        assert kv_bytes_per_token_per_layer_per_rank(DEEPSEEK, attn_tp) == (512 + 64) * 2
+        assert DEEPSEEK.kv_bytes_per_token_per_layer_per_rank(attn_tp) == (512 + 64) * 2
     fit = memory_fit(DEEPSEEK, Parallelism(attn_dp=8, moe_ep=8), 141e9, batch=8, context=1000)
     assert fit.kv_cache_bytes == 1 * 1000 * 61 * 1152  # one sequence per rank, 61 blocks
 

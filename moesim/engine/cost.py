@@ -61,13 +61,6 @@ def _op(
     )
 
 
-def _attention_dims(model: ModelSpec) -> tuple[int, int]:
-    """(q.k dimension, value dimension) of one head."""
-    if model.attention == "mla":
-        return model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim
-    return model.head_dim, model.head_dim
-
-
 def attention_cost(
     model: ModelSpec,
     gpu: GpuSpec,
@@ -82,20 +75,20 @@ def attention_cost(
     """One block's attention on one rank: projections for `tokens` plus scores over
     `keys_attended` (sum over query tokens of keys each attends to), with `attn_tp` sharding
     heads and weights, reading `kv_cache_tokens_read` tokens of KV cache."""
-    qk_dim, v_dim = _attention_dims(model)
-    heads = model.num_attention_heads / attn_tp
-    proj_flops = model.attention_proj_flops_per_token * tokens / attn_tp
-    score_flops = 2 * heads * (qk_dim + v_dim) * keys_attended
-    kv_shards = 1 if model.attention == "mla" else min(attn_tp, model.num_kv_heads)
-    kv_bytes = kv_cache_tokens_read * model.kv_bytes_per_token_per_layer(act_bytes) / kv_shards
-    weight_read = model.attention_params_per_layer / attn_tp * weight_bytes
+    heads = model.heads_per_rank(attn_tp)
+    proj_flops = 2 * model.attention_matmul_params_per_rank(attn_tp) * tokens
+    score_flops = 2 * heads * (model.head_dim + model.value_head_dim) * keys_attended
+    kv_bytes = kv_cache_tokens_read * model.kv_bytes_per_token_per_layer_per_rank(
+        attn_tp, act_bytes
+    )
+    weight_read = model.attention_params_per_rank(attn_tp) * weight_bytes
     activations = 4 * tokens * model.hidden_size * act_bytes
     return _op(proj_flops + score_flops, weight_read + kv_bytes + activations, gpu, weight_bytes, 2)
 
 
 def router_cost(model: ModelSpec, gpu: GpuSpec, *, tokens: int, act_bytes: float) -> OpCost:
     """Router GEMM and top-k of `tokens` on one rank."""
-    flops = 2 * model.hidden_size * model.num_experts * tokens
+    flops = model.router_flops_per_token * tokens
     bytes_moved = model.router_params_per_layer * act_bytes + tokens * model.hidden_size * act_bytes
     return _op(flops, bytes_moved, gpu, act_bytes)
 
@@ -112,9 +105,9 @@ def experts_cost(
     """Grouped GEMM of one rank's local experts: each expert's roofline from its token count,
     weights (sharded by `moe_tp`) read once per expert that received any token; one launch."""
     tokens = np.asarray(tokens_per_expert, dtype=np.float64)
-    params = model.params_per_expert / moe_tp
+    params = model.expert_params_per_shard(moe_tp)
     flops = 2 * params * tokens
-    ffn = model.expert_ffn_size / moe_tp
+    ffn = model.expert_ffn_per_shard(moe_tp)
     bytes_moved = (tokens > 0) * params * weight_bytes + tokens * (
         2 * model.hidden_size + 3 * ffn
     ) * act_bytes
@@ -133,16 +126,14 @@ def dense_ffn_cost(
     gpu: GpuSpec,
     *,
     tokens: int,
-    ffn_size: int,
-    count: int,
-    tp: int,
+    params: int,
     weight_bytes: float,
     act_bytes: float,
 ) -> OpCost:
-    """`count` dense SwiGLU FFNs of width `ffn_size` (dense blocks, shared experts) on `tokens`."""
-    if count == 0 or ffn_size == 0 or tokens == 0:
+    """Dense SwiGLU FFNs of `params` weights on one rank (dense blocks, shared experts) on
+    `tokens`; nothing when either is 0."""
+    if params == 0 or tokens == 0:
         return OpCost(0.0, 0.0, 0.0)
-    params = 3 * model.hidden_size * ffn_size * count / tp
     flops = 2 * params * tokens
     bytes_moved = params * weight_bytes + tokens * (2 * model.hidden_size) * act_bytes
     return _op(flops, bytes_moved, gpu, weight_bytes)
@@ -151,7 +142,8 @@ def dense_ffn_cost(
 def lm_head_cost(
     model: ModelSpec, gpu: GpuSpec, *, tokens: int, tp: int, weight_bytes: float, act_bytes: float
 ) -> OpCost:
-    """Output projection to the vocabulary for `tokens` (sharded over `tp`)."""
-    params = model.hidden_size * model.vocab_size / tp
-    bytes_moved = params * weight_bytes + tokens * model.vocab_size / tp * act_bytes
+    """Output projection to the vocabulary for `tokens` (vocab-parallel over `tp`)."""
+    vocab = model.vocab_per_rank(tp)
+    params = model.hidden_size * vocab
+    bytes_moved = params * weight_bytes + tokens * vocab * act_bytes
     return _op(2 * params * tokens, bytes_moved, gpu, weight_bytes)

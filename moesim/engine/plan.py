@@ -113,9 +113,7 @@ def build_step_plan(
                 model,
                 gpu,
                 tokens=int(n),
-                ffn_size=model.dense_ffn_size,
-                count=1,
-                tp=par.attn_tp,
+                params=model.dense_ffn_params_per_shard(par.attn_tp),
                 weight_bytes=weight_bytes,
                 act_bytes=act_bytes,
             ).time_s
@@ -134,9 +132,7 @@ def build_step_plan(
                 model,
                 gpu,
                 tokens=int(n) * par.moe_tp,
-                ffn_size=model.shared_expert_ffn_size,
-                count=model.num_shared_experts,
-                tp=par.moe_tp,
+                params=model.num_shared_experts * model.shared_expert_params_per_shard(par.moe_tp),
                 weight_bytes=weight_bytes,
                 act_bytes=act_bytes,
             ).time_s

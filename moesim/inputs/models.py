@@ -198,24 +198,80 @@ class ModelSpec(BaseModel):
         """FLOPs of one block's router for one token."""
         return 2 * self.router_params_per_layer
 
-    # ---- helpers ------------------------------------------------------------------------
+    # ---- one rank's share under tensor parallelism -----------------------------------------
+    # Attention heads are split over attn_tp and expert FFNs over moe_tp (the placement checks
+    # that they divide). GQA K/V heads split only up to num_kv_heads (beyond that a head is
+    # replicated); MLA's latent down-projections and their norms are replicated on every rank
+    # (vLLM: ReplicatedLinear) and its per-head up-projections split. Cost, traffic and memory
+    # all take a rank's share from these methods.
 
-    def _attention_matmul_params(self) -> int:
-        """Weights of the attention projections of one block, without norms."""
+    @property
+    def value_head_dim(self) -> int:
+        """Size of one attention output (value) head; the q.k size is `head_dim`."""
+        return self.v_head_dim if self.attention == "mla" else self.head_dim
+
+    def heads_per_rank(self, attn_tp: int) -> int:
+        """Query heads one attention-TP rank computes."""
+        return -(-self.num_attention_heads // attn_tp)
+
+    def kv_head_shards(self, attn_tp: int) -> int:
+        """Ranks one token's KV cache is split over: GQA up to num_kv_heads, MLA's latent 1."""
+        return 1 if self.attention == "mla" else min(attn_tp, self.num_kv_heads)
+
+    def kv_bytes_per_token_per_layer_per_rank(self, attn_tp: int, kv_dtype_bytes: float = 2) -> int:
+        """KV-cache bytes one token adds to one block on one attention-TP rank."""
+        if self.attention == "mla":
+            return self.kv_bytes_per_token_per_layer(kv_dtype_bytes)
+        heads = -(-self.num_kv_heads // self.kv_head_shards(attn_tp))
+        return math.ceil(2 * heads * self.head_dim * kv_dtype_bytes)
+
+    def attention_matmul_params_per_rank(self, attn_tp: int) -> int:
+        """Weights of one block's attention projections held by one attention-TP rank."""
         hidden, heads = self.hidden_size, self.num_attention_heads
         if self.attention == "gqa":
             q_and_o = 2 * hidden * heads * self.head_dim
             k_and_v = 2 * hidden * self.num_kv_heads * self.head_dim
-            return q_and_o + k_and_v
+            return -(-q_and_o // attn_tp) + -(-k_and_v // self.kv_head_shards(attn_tp))
         q_out = heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
+        replicated = hidden * (self.kv_lora_rank + self.qk_rope_head_dim)  # kv down-projection
         if self.q_lora_rank:
-            q_proj = hidden * self.q_lora_rank + self.q_lora_rank * q_out
+            replicated += hidden * self.q_lora_rank
+            q_up = self.q_lora_rank * q_out
         else:
-            q_proj = hidden * q_out
-        kv_down = hidden * (self.kv_lora_rank + self.qk_rope_head_dim)
+            q_up = hidden * q_out
         kv_up = self.kv_lora_rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
         o_proj = heads * self.v_head_dim * hidden
-        return q_proj + kv_down + kv_up + o_proj
+        return replicated + -(-(q_up + kv_up + o_proj) // attn_tp)
+
+    def attention_params_per_rank(self, attn_tp: int) -> int:
+        """One block's attention weights on one attention-TP rank, norms (replicated) included."""
+        return self.attention_matmul_params_per_rank(attn_tp) + self._attention_norm_params()
+
+    def expert_ffn_per_shard(self, moe_tp: int) -> int:
+        """Intermediate width of one routed expert's MoE-TP shard."""
+        return -(-self.expert_ffn_size // moe_tp)
+
+    def expert_params_per_shard(self, moe_tp: int) -> int:
+        """Parameters of one routed expert's MoE-TP shard (SwiGLU)."""
+        return -(-self.params_per_expert // moe_tp)
+
+    def shared_expert_params_per_shard(self, moe_tp: int) -> int:
+        """Parameters of one shared expert's MoE-TP shard (SwiGLU)."""
+        return -(-self.params_per_shared_expert // moe_tp)
+
+    def dense_ffn_params_per_shard(self, attn_tp: int) -> int:
+        """Parameters of one leading dense FFN's attention-TP shard (SwiGLU)."""
+        return -(-self.dense_ffn_params // attn_tp)
+
+    def vocab_per_rank(self, attn_tp: int) -> int:
+        """Vocabulary rows of the embedding and LM head on one rank (vocab-parallel)."""
+        return -(-self.vocab_size // attn_tp)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _attention_matmul_params(self) -> int:
+        """Weights of the attention projections of one block, without norms."""
+        return self.attention_matmul_params_per_rank(1)
 
     def _attention_norm_params(self) -> int:
         """MLA's RMSNorms on the compressed q and kv latents (DeepSeek-V2/V3); none for GQA."""

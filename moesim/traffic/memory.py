@@ -47,7 +47,6 @@ __all__ = [
     "MemoryFit",
     "memory_fit",
     "weight_bytes_per_rank",
-    "kv_bytes_per_token_per_layer_per_rank",
     "DEFAULT_USABLE_FRACTION",
     "DEFAULT_PREFILL_CHUNK_TOKENS",
 ]
@@ -88,32 +87,6 @@ def _ceil_div(num: int, den: int) -> int:
     return -(-num // den)
 
 
-def _kv_head_shards(model: ModelSpec, attn_tp: int) -> int:
-    """Ranks one token's GQA K/V heads are split over (beyond kv_heads a head is replicated)."""
-    return min(attn_tp, model.num_kv_heads)
-
-
-def _attention_weight_params(model: ModelSpec, attn_tp: int) -> int:
-    """One block's attention weights held by one attention-TP rank."""
-    hidden, heads = model.hidden_size, model.num_attention_heads
-    if model.attention == "gqa":
-        q_and_o = 2 * hidden * heads * model.head_dim
-        k_and_v = 2 * hidden * model.num_kv_heads * model.head_dim
-        return _ceil_div(q_and_o, attn_tp) + _ceil_div(k_and_v, _kv_head_shards(model, attn_tp))
-    qk_dim = model.qk_nope_head_dim + model.qk_rope_head_dim
-    # replicated: the latent down-projections and their norms (vLLM: ReplicatedLinear)
-    replicated = hidden * (model.kv_lora_rank + model.qk_rope_head_dim)
-    replicated += model.q_lora_rank + model.kv_lora_rank
-    if model.q_lora_rank:
-        replicated += hidden * model.q_lora_rank
-        q_up = model.q_lora_rank * heads * qk_dim
-    else:
-        q_up = hidden * heads * qk_dim
-    kv_up = model.kv_lora_rank * heads * (model.qk_nope_head_dim + model.v_head_dim)
-    o_proj = heads * model.v_head_dim * hidden
-    return replicated + _ceil_div(q_up + kv_up + o_proj, attn_tp)
-
-
 def weight_bytes_per_rank(
     model: ModelSpec, par: Parallelism, weight_bytes: float = 2
 ) -> dict[str, int]:
@@ -123,14 +96,14 @@ def weight_bytes_per_rank(
     params = {
         "experts": model.num_moe_layers
         * experts_per_rank
-        * _ceil_div(model.params_per_expert, par.moe_tp),
+        * model.expert_params_per_shard(par.moe_tp),
         "shared_experts": model.num_moe_layers
         * model.num_shared_experts
-        * _ceil_div(model.params_per_shared_expert, par.moe_tp),
-        "attention": model.num_layers * _attention_weight_params(model, par.attn_tp),
-        "dense_ffn": model.first_dense_layers * _ceil_div(model.dense_ffn_params, par.attn_tp),
+        * model.shared_expert_params_per_shard(par.moe_tp),
+        "attention": model.num_layers * model.attention_params_per_rank(par.attn_tp),
+        "dense_ffn": model.first_dense_layers * model.dense_ffn_params_per_shard(par.attn_tp),
         "embeddings": (1 if model.tie_embeddings else 2)
-        * _ceil_div(model.vocab_size, par.attn_tp)
+        * model.vocab_per_rank(par.attn_tp)
         * model.hidden_size,
         "router_and_norms": model.num_moe_layers * model.router_params_per_layer
         + model.num_layers * model.norm_params_per_layer
@@ -139,23 +112,13 @@ def weight_bytes_per_rank(
     return {part: math.ceil(count * weight_bytes) for part, count in params.items()}
 
 
-def kv_bytes_per_token_per_layer_per_rank(
-    model: ModelSpec, attn_tp: int, kv_bytes: float = 2
-) -> int:
-    """KV-cache bytes one token adds to one block on one rank (GQA heads split over attn_tp)."""
-    if model.attention == "mla":
-        return model.kv_bytes_per_token_per_layer(kv_bytes)
-    heads = _ceil_div(model.num_kv_heads, _kv_head_shards(model, attn_tp))
-    return math.ceil(2 * heads * model.head_dim * kv_bytes)
-
-
 def _kv_cache_bytes(
     model: ModelSpec, par: Parallelism, batch: int, context: int, kv_bytes: float
 ) -> int:
     sequences = _ceil_div(batch, par.attn_dp)  # a scheduler balancing sequences over DP
     tokens = sequences * _ceil_div(context, par.attn_sp)
-    return tokens * model.num_layers * kv_bytes_per_token_per_layer_per_rank(
-        model, par.attn_tp, kv_bytes
+    return tokens * model.num_layers * model.kv_bytes_per_token_per_layer_per_rank(
+        par.attn_tp, kv_bytes
     )
 
 
@@ -174,20 +137,19 @@ def _activation_bytes(
     group_tokens, received, group_sequences = _step_shape(par, batch, chunk)
     received *= model.top_k
     hidden = model.hidden_size
-    heads = _ceil_div(model.num_attention_heads, par.attn_tp)
+    heads = model.heads_per_rank(par.attn_tp)
     if model.attention == "mla":  # K/V expanded per head in prefill
         kv_heads = heads
-        qk_dim, v_dim = model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim
     else:
-        kv_heads = _ceil_div(model.num_kv_heads, _kv_head_shards(model, par.attn_tp))
-        qk_dim = v_dim = model.head_dim
-    attention = group_tokens * (heads + kv_heads) * (qk_dim + v_dim) * act_bytes
-    expert_width = 2 * hidden + 2 * _ceil_div(model.expert_ffn_size, par.moe_tp)
+        kv_heads = _ceil_div(model.num_kv_heads, model.kv_head_shards(par.attn_tp))
+    head_width = model.head_dim + model.value_head_dim  # q.k plus value
+    attention = group_tokens * (heads + kv_heads) * head_width * act_bytes
+    expert_width = 2 * hidden + 2 * model.expert_ffn_per_shard(par.moe_tp)
     shared_ffn = _ceil_div(model.shared_expert_ffn_size, par.moe_tp)
     shared_width = model.num_shared_experts * 2 * shared_ffn
     dispatched = _ceil_div(group_tokens, par.attn_tp)
     experts = (received * expert_width + dispatched * shared_width) * act_bytes
-    logits = group_sequences * _ceil_div(model.vocab_size, par.attn_tp) * 4  # fp32
+    logits = group_sequences * model.vocab_per_rank(par.attn_tp) * 4  # fp32
     resident = group_tokens * 2 * hidden * act_bytes
     return math.ceil(resident + max(attention, experts, logits))
 
@@ -202,7 +164,7 @@ def _comm_buffer_bytes(
         recv = _ceil_div(received * model.top_k, par.moe_tp)
         total += (send + recv) * model.hidden_size * act_bytes
     if par.attn_sp > 1:
-        per_token = kv_bytes_per_token_per_layer_per_rank(model, par.attn_tp, kv_bytes)
+        per_token = model.kv_bytes_per_token_per_layer_per_rank(par.attn_tp, kv_bytes)
         total += 2 * group_tokens * per_token
     return math.ceil(total)
 

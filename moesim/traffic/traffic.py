@@ -319,7 +319,7 @@ def _sp_bytes(
     peers = (sp_group[:, None] == sp_group[None, :]) & (ranks[:, None] != ranks[None, :])
     tokens = tokens_per_rank_group[ranks // par.attn_tp]  # tokens of each rank's group block
     if phase == "prefill":
-        block = tokens * (model.kv_bytes_per_token_per_layer(act_bytes) // _kv_shards(model, par))
+        block = tokens * model.kv_bytes_per_token_per_layer_per_rank(par.attn_tp, act_bytes)
         if variant == "allgather":
             return block[:, None] * peers
         # rank r = dp*(tp*sp) + sp_index*tp + tp_index; its ring successor has sp_index + 1
@@ -327,29 +327,10 @@ def _sp_bytes(
         group_total = np.bincount(sp_group, weights=block).astype(np.int64)[sp_group]
         matrix[ranks, successor] = group_total - block[successor]
         return matrix
-    heads = model.num_attention_heads // par.attn_tp
-    q_bytes = heads * _query_head_dim(model) * act_bytes
-    out_bytes = heads * (_value_head_dim(model) * act_bytes + 4)
+    heads = model.heads_per_rank(par.attn_tp)
+    q_bytes = heads * model.head_dim * act_bytes
+    out_bytes = heads * (model.value_head_dim * act_bytes + 4)
     return tokens[:, None] * q_bytes * peers + tokens[None, :] * out_bytes * peers
-
-
-def _kv_shards(model: ModelSpec, par: Parallelism) -> int:
-    """TP ranks splitting a token's KV: GQA heads shard up to kv_heads; MLA latent is shared."""
-    if model.attention == "mla":
-        return 1
-    return min(par.attn_tp, model.num_kv_heads)
-
-
-def _query_head_dim(model: ModelSpec) -> int:
-    """Size of one query head (MLA: no-position plus rotary part)."""
-    if model.attention == "mla":
-        return model.qk_nope_head_dim + model.qk_rope_head_dim
-    return model.head_dim
-
-
-def _value_head_dim(model: ModelSpec) -> int:
-    """Size of one attention output head."""
-    return model.v_head_dim if model.attention == "mla" else model.head_dim
 
 
 def compute_traffic(
