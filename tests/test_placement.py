@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from moesim.errors import PlacementError
+from moesim.traffic.experts import contiguous_placement, route_assignments
 from moesim.traffic.placement import (
     Parallelism,
     block_sizes,
-    check_fits_model,
-    expert_home_rank,
     parse_placement,
     token_source_rank,
 )
@@ -50,9 +49,9 @@ def test_explicit_products_must_agree() -> None:
 def test_experts_must_divide_over_ep() -> None:
     """6 experts on EP4 and 8 experts on EP16 are rejected with the fix named."""
     with pytest.raises(PlacementError, match="divisible"):
-        check_fits_model(parse_placement("EP4"), 6)
+        contiguous_placement(6, parse_placement("EP4").moe_ep, num_layers=1)
     with pytest.raises(PlacementError, match="exceeds"):
-        check_fits_model(parse_placement("EP16"), 8)
+        contiguous_placement(8, parse_placement("EP16").moe_ep, num_layers=1)
 
 
 def test_blocks_give_the_remainder_to_the_last() -> None:
@@ -66,9 +65,14 @@ def test_token_source_rank_blocks_then_tp_split() -> None:
     assert token_source_rank(par, 10).tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
 
 
+def _home(par: Parallelism, src: int, expert: int) -> int:
+    """The rank the default placement sends `src`'s token for `expert` to (4 experts)."""
+    placement = contiguous_placement(4, par.moe_ep, num_layers=1)
+    dst, _, _ = route_assignments(placement, par, np.array([src]), np.array([[[expert]]]), 4)
+    return int(dst[0, 0, 0])
+
+
 def test_expert_home_rank_keeps_dp_replica_and_tp_index() -> None:
     """EP2xDP2: rank 3 (dp 1) sends expert 0 to rank 2; TP2xEP2 rank 1 sends expert 3 to rank 3."""
-    ep_dp = parse_placement("EP2xDP2")
-    assert expert_home_rank(ep_dp, 4, np.array([3]), np.array([0])).tolist() == [2]
-    tp_ep = Parallelism(attn_tp=2, attn_dp=2, moe_tp=2, moe_ep=2)
-    assert expert_home_rank(tp_ep, 4, np.array([1]), np.array([3])).tolist() == [3]
+    assert _home(parse_placement("EP2xDP2"), 3, 0) == 2
+    assert _home(Parallelism(attn_tp=2, attn_dp=2, moe_tp=2, moe_ep=2), 1, 3) == 3

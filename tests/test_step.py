@@ -11,7 +11,8 @@ from moesim.engine.plan import PHASES, StepPlan
 from moesim.engine.step import simulate_step
 from moesim.inputs.config import Scenario
 from moesim.inputs.topology import Topology, load_topology
-from moesim.planning.evaluate import resolve_inputs, step_traffic, time_step
+from moesim.planning.evaluate import step_traffic, time_step
+from moesim.planning.resolve import resolve_inputs
 from moesim.traffic.workload import build_step
 
 LAUNCH_S = 5e-6

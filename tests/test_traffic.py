@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.errors import PlacementError, TraceError
+from moesim.errors import ConfigError, PlacementError, TraceError
+from moesim.inputs.config import Scenario, parse_model
 from moesim.traffic.placement import Parallelism, parse_placement
 from moesim.traffic.traffic import compute_traffic
 from tests.helpers import tiny_model, trace_from
@@ -140,10 +141,10 @@ def test_trace_must_fit_model() -> None:
 
 
 def test_bad_options_are_named() -> None:
-    """Unknown dtype / dedup and partial nodes raise PlacementError naming the field."""
-    with pytest.raises(PlacementError, match="act_dtype"):
-        _traffic("EP2", act_dtype="int3")
-    with pytest.raises(PlacementError, match="dedup"):
-        _traffic("EP2", dedup="rack")
+    """Options are checked once, at the edge: an unknown dtype or dedup is refused by the
+    Scenario naming the field; partial nodes raise PlacementError naming gpus_per_node."""
+    for field, value in (("act_dtype", "int3"), ("dedup", "rack"), ("phase", "train")):
+        with pytest.raises(ConfigError, match=f"field '{field}'"):
+            parse_model(Scenario, {field: value}, "scenario")
     with pytest.raises(PlacementError, match="gpus_per_node"):
         _traffic("EP2", gpus_per_node=3)

@@ -27,8 +27,9 @@ from moesim.errors import ConfigError
 from moesim.inputs.config import read_mapping
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec
-from moesim.planning.evaluate import resolve_placement, resolve_trace
-from moesim.traffic.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic, ring_bytes_matrix
+from moesim.inputs.options import ACT_DTYPE_BYTES
+from moesim.planning.resolve import load_any_trace, parse_layout
+from moesim.traffic.traffic import Traffic, compute_traffic, ring_bytes_matrix
 
 __all__ = [
     "SCHEMA",
@@ -134,7 +135,7 @@ def live_inputs(
 ) -> dict[str, Any]:
     """The `inputs` block of a live run, checked: resolves the model, trace slice and placement."""
     spec = load_model(model)
-    router_trace, source = resolve_trace(trace)
+    router_trace, source = load_any_trace(trace)
     if not source.startswith("bundled:"):
         source = str(Path(source).resolve())
     layers = router_trace.num_layers if layers is None else layers
@@ -148,7 +149,7 @@ def live_inputs(
     if act_dtype not in ACT_DTYPE_BYTES or act_dtype == "fp8":
         raise ConfigError(f"--act-dtype {act_dtype}: the live harness runs fp32, bf16 or fp16")
     update = scaled_model_update(spec, scale, layers)
-    par = resolve_placement(placement)
+    par = parse_layout(placement)
     return {
         "model": model,
         "model_name": spec.name,
@@ -179,14 +180,14 @@ def live_inputs(
 def traffic_for_inputs(inputs: dict[str, Any]) -> Traffic:
     """The simulator's Traffic for a live run's recorded inputs (scaled model, trace slice)."""
     model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
-    trace, _ = resolve_trace(inputs["trace"])
+    trace, _ = load_any_trace(inputs["trace"])
     trace = trace.select_tokens(np.arange(int(inputs["tokens"])))
     layers = int(inputs["layers"])
     if layers < trace.num_layers:
         trace = type(trace)(experts=trace.experts[:layers], seq_id=trace.seq_id, pos=trace.pos,
                             weights=None if trace.weights is None else trace.weights[:layers],
                             metadata=dict(trace.metadata))
-    par = resolve_placement(inputs["placement"])
+    par = parse_layout(inputs["placement"])
     return compute_traffic(trace, model, par, act_dtype=inputs["act_dtype"],
                            dedup=inputs["dedup"], gpus_per_node=par.world,
                            phase=inputs["phase"], sp_variant=inputs["sp_variant"])

@@ -194,7 +194,7 @@ def _gemm_rows(bench: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarra
                                                np.ndarray]:
     """The GEMM rows as arrays: tokens, FLOPs, bytes moved (weights + activations, in the act
     dtype, as `moesim.cost.experts_cost` counts them) and measured seconds per expert."""
-    from moesim.traffic.traffic import ACT_DTYPE_BYTES
+    from moesim.inputs.options import ACT_DTYPE_BYTES
 
     rows = [r for r in bench["rows"] if r["op"] == "gemm"]
     act, hidden = ACT_DTYPE_BYTES[bench["act_dtype"]], int(bench["hidden"])
@@ -208,7 +208,7 @@ def _gemm_rows(bench: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _gemm_time_s(bench: dict[str, Any], gpu: GpuSpec) -> np.ndarray:
     """The roofline (moesim.engine.cost) of one expert per GEMM row, weights in the act dtype."""
     from moesim.engine.cost import roofline_time_s
-    from moesim.traffic.traffic import ACT_DTYPE_BYTES
+    from moesim.inputs.options import ACT_DTYPE_BYTES
 
     act = ACT_DTYPE_BYTES[bench["act_dtype"]]
     _, flops, moved, _ = _gemm_rows(bench)

@@ -177,15 +177,15 @@ def layer_load(model: ModelSpec, update: dict[str, int], nproc: int, trace: str,
     `trace` on `nproc` expert-parallel ranks: `num_experts / nproc` experts per rank (at least
     one), each on `tokens * top_k / num_experts` rows (or `load_tokens`), cycling over the
     model's MoE layers (as many as fit in 1 GiB of weights per rank)."""
-    from moesim.planning.evaluate import resolve_trace
-    from moesim.traffic.traffic import ACT_DTYPE_BYTES
+    from moesim.inputs.options import ACT_DTYPE_BYTES
+    from moesim.planning.resolve import load_any_trace
 
     if load_tokens is not None and load_tokens < 0:
         raise ConfigError(f"--load-tokens {load_tokens}: give rows per expert, 0 or more "
                           "(0: idle collectives), or leave it out to size it from --trace")
     experts = max(1, model.num_experts // nproc)
     if load_tokens is None:
-        tokens = resolve_trace(trace)[0].num_tokens
+        tokens = load_any_trace(trace)[0].num_tokens
         load_tokens = max(1, round(tokens * model.top_k / model.num_experts))
     weight_bytes = 3 * update["hidden_size"] * update["expert_ffn_size"] * experts \
         * ACT_DTYPE_BYTES[act_dtype]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moesim.cli.run import scenario_from_args, write_json
+from moesim.cli.flags import RUN_FIELDS, add_scenario_flags, scenario_from_args
+from moesim.cli.run import write_json
 from moesim.errors import ConfigError
 
 __all__ = ["add_parser", "run_compare_command", "parse_list", "write_figures"]
 
 DEFAULT_PLACEMENTS = "TP8,EP8,EP4xDP2,SP8,TP2xEP4"
+# The scenario flags of compare: all of run's but those it takes as comma-separated lists.
+COMPARE_FIELDS = tuple(f for f in RUN_FIELDS if f not in ("placement", "topology", "batch"))
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,12 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="comma-separated topology presets or YAML files (default: the "
                         "scenario's)")
     parser.add_argument("--batch", dest="batches", help="comma-separated batch sizes")
-    parser.add_argument("--model", help="preset name, HF config.json or ModelSpec YAML")
-    parser.add_argument("--trace", help="trace .npz or bundled:NAME")
-    parser.add_argument("--phase", choices=["prefill", "decode"])
-    parser.add_argument("--context", type=int, help="prompt tokens per sequence")
-    parser.add_argument("--weight-dtype", dest="weight_dtype", choices=["bf16", "fp8"])
-    parser.add_argument("--fidelity", choices=["des", "analytic"])
+    add_scenario_flags(parser, COMPARE_FIELDS)
     parser.add_argument("--max-tpot-ms", dest="max_tpot_ms", type=float,
                         help="TPOT target: layouts meeting it rank first")
     parser.add_argument("--max-ttft-ms", dest="max_ttft_ms", type=float,

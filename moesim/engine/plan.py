@@ -22,9 +22,10 @@ from moesim.engine.cost import (
     router_cost,
 )
 from moesim.inputs.models import ModelSpec
+from moesim.inputs.options import ACT_DTYPE_BYTES
 from moesim.inputs.topology_spec import GpuSpec
 from moesim.traffic.placement import block_sizes
-from moesim.traffic.traffic import ACT_DTYPE_BYTES, Traffic
+from moesim.traffic.traffic import Traffic
 from moesim.traffic.workload import StepWorkload
 
 __all__ = ["PHASES", "StepPlan", "build_step_plan"]

@@ -9,18 +9,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationError,
+    model_validator,
+)
 
 from moesim.errors import ConfigError
+from moesim.inputs.options import (
+    ActDtype,
+    CopyChoice,
+    Dedup,
+    Fidelity,
+    Phase,
+    SpVariant,
+    WeightDtype,
+)
 
 __all__ = [
     "read_mapping",
     "parse_model",
     "load_model_file",
     "format_validation_error",
+    "ExpertPlacementSpec",
     "Scenario",
     "load_scenario",
 ]
@@ -83,29 +100,77 @@ def load_model_file(model: type[ModelT], path: str | Path, what: str) -> ModelT:
     return parse_model(model, read_mapping(path, what), f"{what} file {path}")
 
 
+class ExpertPlacementSpec(BaseModel):
+    """Which experts each EP rank holds, as a file or a scenario's inline mapping.
+
+    `ep_ranks[i]` lists the experts EP rank i holds in every MoE layer; `layers[l][i]` gives it
+    per layer instead. An expert listed on several EP ranks is replicated; its tokens pick a
+    copy by `copy_choice` (moesim.traffic.experts). The model-dependent checks (every expert
+    held, ids below the model's experts, one list per EP rank, one entry per layer) run when
+    the scenario is resolved.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ep_ranks: list[list[NonNegativeInt]] | None = None
+    layers: list[list[list[NonNegativeInt]]] | None = None
+    copy_choice: CopyChoice = "round_robin"
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ExpertPlacementSpec:
+        if (self.ep_ranks is None) == (self.layers is None):
+            raise ValueError("give exactly one of 'ep_ranks' (every layer alike) or 'layers' "
+                             "(a list of ep_ranks per MoE layer)")
+        for layer, ranks in enumerate(self.layers or [self.ep_ranks or []]):
+            for rank, experts in enumerate(ranks):
+                if len(set(experts)) != len(experts):
+                    where = f"layer {layer} " if self.layers is not None else ""
+                    raise ValueError(f"{where}EP rank {rank} lists an expert twice ({experts}); "
+                                     "list each expert once per rank")
+        return self
+
+
 class Scenario(BaseModel):
-    """One simulation input: model, trace, placement, topology and workload; flags override it."""
+    """One simulation input: model, trace, placement, topology and workload; flags override it.
+
+    Every field is also a command-line flag (`--field-name`) of `moesim run` (moesim.cli.flags).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = "scenario"
     description: str = ""
-    model: str = "mixtral-8x7b"
-    trace: str = "bundled:mixtral8x7b_humaneval_decode"
-    placement: str | dict[str, int] = "EP8"
-    topology: str | None = None
-    phase: Literal["prefill", "decode"] = "prefill"
-    act_dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
-    dedup: Literal["none", "gpu", "node"] = "none"
-    sp_variant: Literal["ring", "allgather"] = "ring"
-    batch: int | None = Field(None, ge=1)
-    context: int | None = Field(None, ge=1)
-    decode_steps: int = Field(1, ge=1, le=4096)  # TPOT averages this many consecutive steps
+    model: str | dict[str, Any] = Field(
+        "mixtral-8x7b", description="preset name, HF config.json or ModelSpec YAML (a scenario "
+        "file may also give a mapping of ModelSpec fields)")
+    trace: str = Field("bundled:mixtral8x7b_humaneval_decode",
+                       description="router trace .npz or bundled:NAME")
+    placement: str | dict[str, int] = Field(
+        "EP8", description="layout: TP8, EP8, EP4xDP2, SP8, TP2xEP4, ... (a scenario file may "
+        "give the six product-form sizes)")
+    expert_placement: str | ExpertPlacementSpec | None = Field(
+        None, description="YAML/JSON file of the experts each EP rank holds (replicas allowed); "
+        "default: expert e on EP rank e // (E / moe_ep)")
+    topology: str | None = Field(None, description="topology preset name or YAML file")
+    phase: Phase = Field("prefill", description="the step `latency`, traffic and imbalance "
+                         "describe")
+    act_dtype: ActDtype = Field("bf16", description="activation (and KV cache) dtype")
+    dedup: Dedup = Field("none", description="dispatch dedup: one copy per (token, expert), "
+                         "per destination GPU, or per destination node")
+    sp_variant: SpVariant = Field("ring", description="SP prefill K/V exchange")
+    batch: int | None = Field(None, ge=1, description="sequences in the batch")
+    context: int | None = Field(None, ge=1, description="prompt tokens per sequence")
+    decode_steps: int = Field(1, ge=1, le=4096, description="average TPOT over N decode steps")
     # Prefill is scheduled in chunks of at most this many tokens (vLLM's chunked prefill;
     # memory.py sizes activations for the same chunk). TTFT sums the chunk steps.
-    prefill_chunk_tokens: int = Field(8192, ge=1)
-    weight_dtype: Literal["bf16", "fp8"] = "bf16"
-    fidelity: Literal["des", "analytic"] = "des"
+    prefill_chunk_tokens: int = Field(8192, ge=1, description="largest prefill chunk step "
+                                      "(tokens); TTFT sums the chunks")
+    weight_dtype: WeightDtype = Field("bf16", description="weight dtype")
+    fidelity: Fidelity = Field("des", description="des: flows and stragglers; analytic: fast")
+    layers: int | None = Field(None, ge=1, description="simulate only the first N MoE layers "
+                               "(model and trace)")
+    trace_tokens: int | None = Field(None, ge=1, description="replay only the first N tokens "
+                                     "of the trace")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -113,7 +178,7 @@ def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     scenario = load_model_file(Scenario, path, "scenario")
     updates: dict[str, Any] = {}
-    for field_name in ("trace", "topology", "model"):
+    for field_name in ("trace", "topology", "model", "expert_placement"):
         value = getattr(scenario, field_name)
         if isinstance(value, str) and _looks_like_path(value):
             candidate = path.parent / value

@@ -28,7 +28,8 @@ import numpy as np
 
 from moesim.engine.plan import PHASES
 from moesim.inputs.config import Scenario
-from moesim.planning.evaluate import resolve_inputs, step_traffic, time_step
+from moesim.planning.evaluate import step_traffic, time_step
+from moesim.planning.resolve import resolve_inputs
 from moesim.traffic.workload import build_step
 
 __all__ = ["point_plot_data", "latency_throughput_sweep", "save_plots", "plot_pngs", "PlotInfo"]

@@ -24,16 +24,16 @@ from moesim.errors import ConfigError, MoesimError
 from moesim.inputs.config import Scenario
 from moesim.inputs.model_files import load_model
 from moesim.planning.evaluate import (
-    resolve_placement,
-    resolve_trace,
     run_scenario,
     scenario_memory_fit,
 )
+from moesim.planning.resolve import load_any_trace, parse_layout
+from moesim.traffic.experts import contiguous_placement
 from moesim.traffic.memory import (
     DEFAULT_PREFILL_CHUNK_TOKENS,
     DEFAULT_USABLE_FRACTION,
 )
-from moesim.traffic.placement import check_fits_model, check_tp_fits_model
+from moesim.traffic.placement import check_tp_fits_model
 
 __all__ = [
     "RANKING_RULE",
@@ -104,13 +104,13 @@ def _base_row(scenario: Scenario, topology: Any) -> dict[str, Any]:
 def _check_point(scenario: Scenario, topology: Any, row: dict[str, Any]) -> Any | None:
     """Fill `world` and `memory`; return the layout, or None with `reason` set."""
     try:
-        par = resolve_placement(scenario.placement)
+        par = parse_layout(scenario.placement)
         row["world"] = par.world
         if par.world > topology.num_gpus:
             row["reason"] = f"needs {par.world} GPUs but {topology.name} has {topology.num_gpus}"
             return None
         model = load_model(scenario.model)
-        check_fits_model(par, model.num_experts)
+        contiguous_placement(model.num_experts, par.moe_ep, model.num_moe_layers)
         check_tp_fits_model(par, model.num_attention_heads, model.expert_ffn_size)
     except MoesimError as exc:
         row["reason"] = str(exc)
@@ -165,7 +165,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 def _assumptions(base: Scenario, topologies: dict[str, Any], rows: list[dict[str, Any]]) -> dict:
     """What every number rests on: trace, model, dtypes, topologies and their sources."""
-    trace, source = resolve_trace(base.trace)
+    trace, source = load_any_trace(base.trace)
     notes = sorted({n for r in rows if r["feasible"] for n in r["result"]["inputs"]["notes"]})
     return {
         "model": load_model(base.model).name,

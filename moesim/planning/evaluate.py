@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from moesim.errors import PlacementError
-from moesim.inputs.config import Scenario, parse_model
-from moesim.inputs.model_files import load_model
-from moesim.inputs.models import ModelSpec
+from moesim.inputs.config import Scenario
+from moesim.inputs.options import ACT_DTYPE_BYTES
 from moesim.output.result import latency_result, merge_layer_times, traffic_result
-from moesim.trace.format import RouterTrace, load_trace
+from moesim.planning.resolve import RunInputs, resolve_inputs
 from moesim.traffic.memory import MemoryFit, memory_fit
-from moesim.traffic.placement import Parallelism, parse_placement
-from moesim.traffic.traffic import ACT_DTYPE_BYTES, Traffic, compute_traffic
+from moesim.traffic.traffic import Traffic, compute_traffic
 from moesim.traffic.workload import StepWorkload, build_step, prefill_chunks, trace_sequences
 
 __all__ = [
-    "RunInputs",
-    "resolve_inputs",
-    "resolve_trace",
-    "resolve_placement",
     "step_traffic",
     "time_step",
     "run_scenario",
@@ -30,58 +22,7 @@ __all__ = [
     "scenario_memory_fit",
 ]
 
-BUNDLED_PREFIX = "bundled:"
 WEIGHT_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """A scenario's inputs, loaded and checked."""
-
-    scenario: Scenario
-    model: ModelSpec
-    trace: RouterTrace
-    trace_source: str
-    parallelism: Parallelism
-    topology: Any | None  # moesim.topology.Topology when the scenario names one
-    gpus_per_node: int
-
-
-def resolve_trace(spec: str) -> tuple[RouterTrace, str]:
-    """Load `bundled:NAME` from the package or a `.npz` path; return the trace and its source."""
-    if spec.startswith(BUNDLED_PREFIX):
-        from moesim.trace.bundled import bundled_trace_path
-
-        return load_trace(bundled_trace_path(spec[len(BUNDLED_PREFIX) :])), spec
-    return load_trace(Path(spec)), str(spec)
-
-
-def resolve_placement(spec: str | dict[str, int]) -> Parallelism:
-    """A preset name (`EP4xDP2`) or a mapping of explicit product-form sizes."""
-    if isinstance(spec, str):
-        return parse_placement(spec)
-    return parse_model(Parallelism, dict(spec), "scenario field 'placement'")
-
-
-def resolve_inputs(scenario: Scenario) -> RunInputs:
-    """Load the model, trace, placement and topology a scenario names, checking they agree."""
-    model = load_model(scenario.model)
-    trace, source = resolve_trace(scenario.trace)
-    par = resolve_placement(scenario.placement)
-    topology = None
-    gpus_per_node = par.world
-    if scenario.topology:
-        from moesim.inputs.topology import load_topology
-
-        topology = load_topology(scenario.topology)
-        if topology.num_gpus < par.world:
-            raise PlacementError(
-                f"placement {par.label} needs {par.world} GPUs but topology "
-                f"{scenario.topology} has {topology.num_gpus}; pick a smaller layout or a "
-                "larger topology"
-            )
-        gpus_per_node = min(topology.gpus_per_node, par.world)
-    return RunInputs(scenario, model, trace, source, par, topology, gpus_per_node)
 
 
 def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:
@@ -91,6 +32,7 @@ def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:
         step.trace,
         inputs.model,
         inputs.parallelism,
+        experts=inputs.experts,
         act_dtype=sc.act_dtype,
         dedup=sc.dedup,
         gpus_per_node=inputs.gpus_per_node,

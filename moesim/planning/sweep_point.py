@@ -14,17 +14,16 @@ from moesim.inputs.config import Scenario
 from moesim.output.result import layer_imbalance
 from moesim.planning.evaluate import (
     WEIGHT_DTYPE_BYTES,
-    RunInputs,
     decode_step,
     prefill_steps,
-    resolve_placement,
-    resolve_trace,
     scenario_memory_fit,
     step_traffic,
 )
+from moesim.planning.resolve import RunInputs, load_any_trace, parse_layout
 from moesim.planning.sweep_rows import ROW_COLUMNS
+from moesim.traffic.experts import contiguous_placement
 from moesim.traffic.memory import MemoryFit
-from moesim.traffic.placement import Parallelism, check_fits_model, check_tp_fits_model
+from moesim.traffic.placement import Parallelism, check_tp_fits_model
 from moesim.traffic.traffic import Traffic, compute_traffic
 from moesim.traffic.workload import StepWorkload, build_step
 
@@ -53,7 +52,7 @@ def _model(spec: str):  # type: ignore[no-untyped-def]
 
 @functools.lru_cache(maxsize=8)
 def _trace(spec: str):  # type: ignore[no-untyped-def]
-    return resolve_trace(spec)
+    return load_any_trace(spec)
 
 
 @functools.cache
@@ -72,7 +71,7 @@ def _routes(topology: str, world: int):  # type: ignore[no-untyped-def]
 
 @functools.cache
 def _placement(spec_json: str) -> Parallelism:
-    return resolve_placement(json.loads(spec_json))
+    return parse_layout(json.loads(spec_json))
 
 
 @functools.lru_cache(maxsize=4)
@@ -126,7 +125,9 @@ def _inputs(sc: Scenario) -> RunInputs:
         )
     trace, source = _trace(sc.trace)
     gpus_per_node = min(topology.gpus_per_node, par.world)
-    return RunInputs(sc, _model(sc.model), trace, source, par, topology, gpus_per_node)
+    model = _model(sc.model)
+    experts = contiguous_placement(model.num_experts, par.moe_ep, model.num_moe_layers)
+    return RunInputs(sc, model, trace, source, par, experts, topology, gpus_per_node)
 
 
 # ---- one point ------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def evaluate_point(scenario: Scenario, *, with_ttft: bool = True) -> dict[str, A
         price = _topo(inputs).spec.gpu_price_per_hour_usd
         row["gpu_price_per_hour_usd"] = price
         par, model = inputs.parallelism, inputs.model
-        check_fits_model(par, model.num_experts)
+        contiguous_placement(model.num_experts, par.moe_ep, model.num_moe_layers)
         check_tp_fits_model(par, model.num_attention_heads, model.expert_ffn_size)
         fit = _memory_fit(inputs)
         row["memory_total_bytes"] = fit.total_bytes

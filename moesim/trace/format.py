@@ -93,6 +93,16 @@ class RouterTrace:
             metadata=dict(self.metadata),
         )
 
+    def first_layers(self, count: int) -> RouterTrace:
+        """A trace of the first `count` MoE layers (all of them when `count` is larger)."""
+        return RouterTrace(
+            experts=self.experts[:count],
+            seq_id=self.seq_id,
+            pos=self.pos,
+            weights=None if self.weights is None else self.weights[:count],
+            metadata=dict(self.metadata),
+        )
+
 
 def save_trace(trace: RouterTrace, path: str | Path) -> None:
     """Write `trace` to a compressed `.npz` (metadata as a JSON string)."""

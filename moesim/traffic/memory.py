@@ -3,8 +3,9 @@
 Per rank, in bytes (the largest rank where ranks differ: uneven sequence or token blocks are
 rounded up):
 
-- **weights**: routed experts `E / moe_ep` per MoE layer, each split over `moe_tp` (MoE-DP
-  replicas each hold all experts); shared experts split over `moe_tp`; attention q/o
+- **weights**: routed experts in the rank's slots of the expert placement (default `E / moe_ep`
+  per MoE layer; replicas add slots), each split over `moe_tp` (MoE-DP replicas each hold all
+  experts); shared experts split over `moe_tp`; attention q/o
   projections split over `attn_tp`, GQA k/v projections over `min(attn_tp, kv_heads)` (a K/V
   head is replicated beyond that), MLA's latent down-projections replicated and its per-head
   up-projections split; leading dense FFNs split over `attn_tp`; input embedding and LM head
@@ -41,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from moesim.inputs.models import ModelSpec
+from moesim.traffic.experts import ExpertPlacement, contiguous_placement
 from moesim.traffic.placement import Parallelism
 
 __all__ = [
@@ -88,14 +90,18 @@ def _ceil_div(num: int, den: int) -> int:
 
 
 def weight_bytes_per_rank(
-    model: ModelSpec, par: Parallelism, weight_bytes: float = 2
+    model: ModelSpec,
+    par: Parallelism,
+    weight_bytes: float = 2,
+    experts: ExpertPlacement | None = None,
 ) -> dict[str, int]:
     """Weight bytes one rank holds, by part: experts, shared_experts, attention, dense_ffn,
-    embeddings, router_and_norms."""
-    experts_per_rank = model.num_experts // par.moe_ep
+    embeddings, router_and_norms. Routed experts: the EP rank holding the most expert slots over
+    all MoE layers (`experts`; default the contiguous placement, E / moe_ep per layer)."""
+    if experts is None:
+        experts = contiguous_placement(model.num_experts, par.moe_ep, model.num_moe_layers)
     params = {
-        "experts": model.num_moe_layers
-        * experts_per_rank
+        "experts": int(experts.experts_per_rank.sum(axis=0).max())
         * model.expert_params_per_shard(par.moe_tp),
         "shared_experts": model.num_moe_layers
         * model.num_shared_experts
@@ -209,9 +215,11 @@ def memory_fit(
     kv_bytes: float = 2,
     prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
     usable_fraction: float = DEFAULT_USABLE_FRACTION,
+    experts: ExpertPlacement | None = None,
 ) -> MemoryFit:
-    """Per-rank memory of serving `batch` sequences at `context` tokens on layout `par`."""
-    detail = weight_bytes_per_rank(model, par, weight_bytes)
+    """Per-rank memory of serving `batch` sequences at `context` tokens on layout `par`, with
+    `experts` placed as given (default: contiguous)."""
+    detail = weight_bytes_per_rank(model, par, weight_bytes, experts)
     parts = {
         "weights": sum(detail.values()),
         "KV cache": _kv_cache_bytes(model, par, batch, context, kv_bytes),

@@ -15,9 +15,10 @@ Who owns what (the default replay of a trace):
   `T // groups` in trace order, the last block taking the remainder;
 - an attention-TP group splits its block the same way among its `attn_tp` ranks before dispatch
   (each token is dispatched by exactly one rank) and gathers them again after combine;
-- expert `e` lives on EP index `e // (E / moe_ep)`; a token dispatched by rank `s` goes to the
-  rank with `s`'s MoE DP index, the expert's EP index and `s`'s MoE TP index; with `moe_tp > 1`
-  the expert's TP group all-gathers the tokens it received and reduce-scatters the outputs.
+- which EP index holds expert `e` is the expert placement's (moesim.traffic.experts; default
+  `e // (E / moe_ep)`); a token dispatched by rank `s` goes to the rank with `s`'s MoE DP index,
+  the expert's EP index and `s`'s MoE TP index (`moe_rank`); with `moe_tp > 1` the expert's TP
+  group all-gathers the tokens it received and reduce-scatters the outputs.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ __all__ = [
     "block_owner",
     "block_sizes",
     "token_source_rank",
-    "expert_home_rank",
-    "check_fits_model",
+    "moe_ep_index",
+    "moe_dp_index",
+    "moe_rank",
     "check_tp_fits_model",
 ]
 
@@ -135,21 +137,6 @@ def parse_placement(text: str) -> Parallelism:
     )
 
 
-def check_fits_model(par: Parallelism, num_experts: int) -> None:
-    """Raise PlacementError unless experts divide evenly over the EP ranks."""
-    if par.moe_ep > num_experts:
-        raise PlacementError(
-            f"placement {par.label}: moe_ep={par.moe_ep} exceeds the model's {num_experts} "
-            "experts; without expert replication each EP rank needs at least one expert: "
-            f"use moe_ep <= {num_experts} and add moe_dp or moe_tp"
-        )
-    if num_experts % par.moe_ep:
-        raise PlacementError(
-            f"placement {par.label}: {num_experts} experts are not divisible by moe_ep="
-            f"{par.moe_ep}; choose moe_ep among the divisors of {num_experts}"
-        )
-
-
 def check_tp_fits_model(par: Parallelism, num_attention_heads: int, expert_ffn_size: int) -> None:
     """Raise PlacementError unless heads divide over attn_tp and expert FFNs over moe_tp."""
     if num_attention_heads % par.attn_tp:
@@ -189,12 +176,19 @@ def token_source_rank(par: Parallelism, num_tokens: int) -> np.ndarray:
     return (group * par.attn_tp + tp_index).astype(np.int64)
 
 
-def expert_home_rank(
-    par: Parallelism, num_experts: int, src_rank: np.ndarray, experts: np.ndarray
-) -> np.ndarray:
-    """MoE rank serving `experts` for tokens dispatched by `src_rank` (arrays broadcast)."""
-    experts_per_ep = num_experts // par.moe_ep
-    moe_tp_index = src_rank % par.moe_tp
-    moe_dp_index = src_rank // (par.moe_tp * par.moe_ep)
-    ep_index = experts.astype(np.int64) // experts_per_ep
-    return moe_dp_index * (par.moe_ep * par.moe_tp) + ep_index * par.moe_tp + moe_tp_index
+def moe_ep_index(par: Parallelism, rank: np.ndarray) -> np.ndarray:
+    """EP index of MoE rank(s) `rank`."""
+    return (rank // par.moe_tp) % par.moe_ep
+
+
+def moe_dp_index(par: Parallelism, rank: np.ndarray) -> np.ndarray:
+    """MoE-DP replica of MoE rank(s) `rank`."""
+    return rank // (par.moe_tp * par.moe_ep)
+
+
+def moe_rank(par: Parallelism, src_rank: np.ndarray, ep_index: np.ndarray) -> np.ndarray:
+    """The MoE rank with EP index `ep_index` that serves tokens dispatched by `src_rank`: the
+    one in `src_rank`'s MoE-DP replica with its MoE-TP index (arrays broadcast)."""
+    src_rank = np.asarray(src_rank)
+    return (moe_dp_index(par, src_rank) * (par.moe_ep * par.moe_tp)
+            + np.asarray(ep_index) * par.moe_tp + src_rank % par.moe_tp)

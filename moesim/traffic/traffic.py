@@ -28,34 +28,26 @@ import numpy as np
 
 from moesim.errors import PlacementError, TraceError
 from moesim.inputs.models import ModelSpec
+from moesim.inputs.options import ACT_DTYPE_BYTES, ActDtype, Dedup, Phase, SpVariant
 from moesim.trace.format import RouterTrace
+from moesim.traffic.experts import ExpertPlacement, contiguous_placement, route_assignments
 from moesim.traffic.placement import (
     Parallelism,
     block_sizes,
-    check_fits_model,
     check_tp_fits_model,
-    expert_home_rank,
+    moe_dp_index,
+    moe_ep_index,
+    moe_rank,
     token_source_rank,
 )
 
 __all__ = [
-    "ACT_DTYPE_BYTES",
-    "Dedup",
-    "SpVariant",
-    "Phase",
     "GroupCollective",
     "Traffic",
     "compute_traffic",
     "check_trace_fits_model",
     "ring_bytes_matrix",
 ]
-
-ACT_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
-
-Dedup = Literal["none", "gpu", "node"]
-SpVariant = Literal["ring", "allgather"]
-Phase = Literal["prefill", "decode"]
-
 
 @dataclass(frozen=True)
 class GroupCollective:
@@ -108,8 +100,9 @@ class Traffic:
     attn_collectives: tuple[GroupCollective, ...]  # attention TP, same every layer
     sp_bytes: np.ndarray  # [W, W] int64, sequence-parallel attention exchange per layer
     expert_load: np.ndarray  # [L, E] tokens per expert (top-k assignments)
-    rank_expert_tokens: np.ndarray  # [L, W, E/ep] tokens each rank's local experts process
+    rank_expert_tokens: np.ndarray  # [L, W, S] tokens each of a rank's expert slots processes
     tokens_per_rank: np.ndarray  # [W] tokens each rank dispatches
+    experts: ExpertPlacement  # which EP ranks hold which experts
 
     @property
     def num_layers(self) -> int:
@@ -238,27 +231,55 @@ def _src_expert_counts(
     return counts.reshape(num_layers, world, num_experts).astype(np.int64)
 
 
-def _dispatch_from_counts(par: Parallelism, counts: np.ndarray, num_experts: int) -> np.ndarray:
-    """Dedup `none` dispatch vectors `[L, W, W]` from per-(layer, src, expert) counts."""
+def _dispatch_from_counts(
+    par: Parallelism, placement: ExpertPlacement, counts: np.ndarray
+) -> np.ndarray:
+    """Dedup `none` dispatch vectors `[L, W, W]` from per-(layer, src, expert) counts, for a
+    placement without replicas (each expert's one home EP index)."""
     num_layers, world, _ = counts.shape
     ranks = par.ranks()
-    dst = expert_home_rank(par, num_experts, ranks[:, None], np.arange(num_experts)[None, :])
+    home = placement.holders[0][:, :, 0]  # [L, E]
+    dst = moe_rank(par, ranks.reshape(1, -1, 1), home[:, None, :])  # [L, W, E]
     layer = np.arange(num_layers).reshape(-1, 1, 1)
-    flat = (layer * world + ranks.reshape(1, -1, 1)) * world + dst[None, :, :]
+    flat = (layer * world + ranks.reshape(1, -1, 1)) * world + dst
     out = np.bincount(flat.ravel(), weights=counts.ravel(), minlength=num_layers * world * world)
     return out.reshape(num_layers, world, world).round().astype(np.int64)
 
 
-def _rank_expert_tokens(par: Parallelism, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens per expert globally `[L, E]` and per rank's local experts `[L, W, E/ep]`."""
+def _slot_tokens_by_rank(par: Parallelism, per_replica: np.ndarray) -> np.ndarray:
+    """`[L, W, S]` from tokens per (layer, MoE-DP replica, EP index, slot): every MoE-TP rank of
+    an EP index works on all of its tokens."""
+    ranks = par.ranks()
+    return per_replica[:, moe_dp_index(par, ranks), moe_ep_index(par, ranks), :]
+
+
+def _rank_expert_tokens(
+    par: Parallelism, placement: ExpertPlacement, counts: np.ndarray
+) -> np.ndarray:
+    """Tokens each rank's expert slots process `[L, W, S]`, no replicas: each expert's tokens
+    from all dispatching ranks of the MoE-DP replica land in its one slot."""
     num_layers, world, num_experts = counts.shape
     replicas = counts.reshape(num_layers, par.moe_dp, world // par.moe_dp, num_experts).sum(axis=2)
-    per_replica = replicas.reshape(num_layers, par.moe_dp, par.moe_ep, -1)  # [L, dp, ep, E/ep]
-    ranks = par.ranks()
-    rank_replica = ranks // (par.moe_tp * par.moe_ep)
-    rank_ep = (ranks // par.moe_tp) % par.moe_ep
-    rank_tokens = per_replica[:, rank_replica, rank_ep, :]  # [L, W, E/ep]
-    return counts.sum(axis=1), rank_tokens
+    held = placement.slot_expert  # [L, ep, S]
+    layer = np.arange(num_layers).reshape(-1, 1, 1, 1)
+    replica = np.arange(par.moe_dp).reshape(1, -1, 1, 1)
+    per_replica = replicas[layer, replica, np.maximum(held, 0)[:, None, :, :]]  # [L, dp, ep, S]
+    per_replica = np.where(held[:, None, :, :] >= 0, per_replica, 0)
+    return _slot_tokens_by_rank(par, per_replica)
+
+
+def _routed_slot_tokens(
+    par: Parallelism, placement: ExpertPlacement, src: np.ndarray, ep_index: np.ndarray,
+    slot: np.ndarray,
+) -> np.ndarray:
+    """Tokens each rank's expert slots process `[L, W, S]`, from every assignment's copy."""
+    num_layers = ep_index.shape[0]
+    shape = (num_layers, par.moe_dp, par.moe_ep, placement.slots)
+    layer = np.broadcast_to(np.arange(num_layers).reshape(-1, 1, 1), ep_index.shape)
+    replica = np.broadcast_to(moe_dp_index(par, src).reshape(1, -1, 1), ep_index.shape)
+    flat = np.ravel_multi_index((layer, replica, ep_index, slot), shape)
+    per_replica = np.bincount(flat.ravel(), minlength=int(np.prod(shape))).reshape(shape)
+    return _slot_tokens_by_rank(par, per_replica.astype(np.int64))
 
 
 def _moe_tp_gather(par: Parallelism, unique_rows: np.ndarray, hidden_bytes: int) -> np.ndarray:
@@ -338,26 +359,20 @@ def compute_traffic(
     model: ModelSpec,
     par: Parallelism,
     *,
-    act_dtype: str = "bf16",
-    dedup: str = "none",
+    experts: ExpertPlacement | None = None,
+    act_dtype: ActDtype = "bf16",
+    dedup: Dedup = "none",
     gpus_per_node: int | None = None,
-    phase: str = "prefill",
-    sp_variant: str = "ring",
+    phase: Phase = "prefill",
+    sp_variant: SpVariant = "ring",
 ) -> Traffic:
-    """Exact traffic and per-rank expert work of one step that runs every token of `trace`."""
-    if act_dtype not in ACT_DTYPE_BYTES:
-        raise PlacementError(
-            f"act_dtype '{act_dtype}' is unknown; use one of {sorted(ACT_DTYPE_BYTES)}"
-        )
-    if dedup not in ("none", "gpu", "node"):
-        raise PlacementError(f"dedup '{dedup}' is unknown; use none, gpu or node")
-    if sp_variant not in ("ring", "allgather"):
-        raise PlacementError(f"sp_variant '{sp_variant}' is unknown; use ring or allgather")
-    if phase not in ("prefill", "decode"):
-        raise PlacementError(f"phase '{phase}' is unknown; use prefill or decode")
-    check_fits_model(par, model.num_experts)
+    """Exact traffic and per-rank expert work of one step that runs every token of `trace`,
+    with `experts` placed as given (default: the contiguous placement)."""
     check_tp_fits_model(par, model.num_attention_heads, model.expert_ffn_size)
     check_trace_fits_model(trace, model)
+    if experts is None:
+        experts = contiguous_placement(model.num_experts, par.moe_ep, trace.num_layers)
+    _check_placement_fits(experts, model, par, trace)
     gpus_per_node = gpus_per_node or par.world
     if par.world % gpus_per_node:
         raise PlacementError(
@@ -365,20 +380,21 @@ def compute_traffic(
         )
     act_bytes = ACT_DTYPE_BYTES[act_dtype]
     hidden_bytes = model.hidden_size * act_bytes
-    experts = trace.experts  # [L, T, k] int16
+    chosen = trace.experts  # [L, T, k] int16
     src = token_source_rank(par, trace.num_tokens)  # [T]
-    counts = _src_expert_counts(src, experts, par.world, model.num_experts)  # [L, W, E]
+    counts = _src_expert_counts(src, chosen, par.world, model.num_experts)  # [L, W, E]
     unique_rows = np.zeros((trace.num_layers, par.world), dtype=np.int64)
-    if dedup == "none":
-        dispatch = _dispatch_from_counts(par, counts, model.num_experts)
-    if dedup != "none" or par.moe_tp > 1:  # per-token destinations are needed
-        dst = expert_home_rank(par, model.num_experts, src.reshape(1, -1, 1), experts)
-        if dedup != "none":
+    if dedup == "none" and not experts.has_replicas:
+        dispatch = _dispatch_from_counts(par, experts, counts)
+        rank_tokens = _rank_expert_tokens(par, experts, counts)
+    if dedup != "none" or par.moe_tp > 1 or experts.has_replicas:  # per-token destinations
+        dst, ep_index, slot = route_assignments(experts, par, src, chosen, gpus_per_node)
+        if dedup != "none" or experts.has_replicas:
             dispatch = _dispatch_counts(src, dst, par.world, gpus_per_node, dedup)
+            rank_tokens = _routed_slot_tokens(par, experts, src, ep_index, slot)
         if par.moe_tp > 1:  # distinct tokens each rank received, for the MoE-TP all-gather
             unique_rows = _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
     dispatch = dispatch * hidden_bytes
-    expert_load, rank_tokens = _rank_expert_tokens(par, counts)
     group_tokens = block_sizes(trace.num_tokens, par.token_groups)
     return Traffic(
         parallelism=par,
@@ -390,7 +406,22 @@ def compute_traffic(
         moe_tp_gather_bytes=_moe_tp_gather(par, unique_rows, hidden_bytes),
         attn_collectives=_attn_collectives(par, trace.num_tokens, hidden_bytes),
         sp_bytes=_sp_bytes(par, group_tokens, model, act_bytes, phase, sp_variant),
-        expert_load=expert_load,
+        expert_load=counts.sum(axis=1),
         rank_expert_tokens=rank_tokens,
         tokens_per_rank=np.bincount(src, minlength=par.world).astype(np.int64),
+        experts=experts,
     )
+
+
+def _check_placement_fits(
+    experts: ExpertPlacement, model: ModelSpec, par: Parallelism, trace: RouterTrace
+) -> None:
+    """Raise PlacementError unless the expert placement matches the model, layout and trace."""
+    if (experts.num_experts, experts.moe_ep, experts.num_layers) != (
+        model.num_experts, par.moe_ep, trace.num_layers
+    ):
+        raise PlacementError(
+            f"expert placement {experts.name} is for {experts.num_experts} experts on "
+            f"{experts.moe_ep} EP ranks over {experts.num_layers} MoE layers, but the run has "
+            f"{model.num_experts} experts, moe_ep={par.moe_ep} and {trace.num_layers} layers"
+        )

@@ -1,0 +1,76 @@
+"""Scenario fields as command-line flags, by one rule: field `x_y` is flag `--x-y`.
+
+The flag's type and choices come from the field's annotation (a `Literal` gives `choices`, an
+`int` an int, anything else a string) and its help from the field's description, so a new
+Scenario field is a new flag without touching the CLI. Values given on the command line
+override the scenario file; a value pydantic refuses is named by its flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from collections.abc import Sequence
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import ValidationError
+
+from moesim.errors import ConfigError
+from moesim.inputs.config import Scenario, load_scenario
+
+__all__ = ["RUN_FIELDS", "add_scenario_flags", "flag_name", "scenario_from_args"]
+
+# Scenario fields `moesim run` takes as flags (name and description belong in the file).
+RUN_FIELDS: tuple[str, ...] = tuple(
+    name for name in Scenario.model_fields if name not in ("name", "description")
+)
+
+
+def flag_name(field: str) -> str:
+    """The flag of a Scenario field: `act_dtype` -> `--act-dtype`."""
+    return "--" + field.replace("_", "-")
+
+
+def _flag_type(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
+    """(argparse type, choices) of a field annotation; Optional and unions are looked through."""
+    options = [annotation]
+    if get_origin(annotation) in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+    for option in options:
+        if get_origin(option) is Literal:
+            return str, tuple(str(value) for value in get_args(option))
+        if option is int:
+            return int, None
+    return str, None
+
+
+def add_scenario_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
+    """Add one flag per Scenario field in `fields` (type, choices and help from the field)."""
+    for name in fields:
+        info = Scenario.model_fields[name]
+        kind, choices = _flag_type(info.annotation)
+        parser.add_argument(flag_name(name), dest=name, type=kind, choices=choices,
+                            default=None, help=info.description)
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    """The scenario file (`args.scenario`, or the defaults) with every given flag on top."""
+    path = getattr(args, "scenario", None)
+    base = load_scenario(path) if path else Scenario()
+    given = {name: getattr(args, name) for name in Scenario.model_fields
+             if getattr(args, name, None) is not None}
+    try:
+        return Scenario.model_validate({**base.model_dump(), **given})
+    except ValidationError as exc:
+        raise ConfigError(_flag_errors(exc, set(given), path)) from None
+
+
+def _flag_errors(exc: ValidationError, given: set[str], path: str | None) -> str:
+    """One message per refused value, naming the flag (or the scenario file's field)."""
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = (flag_name(field) if field in given
+                 else f"scenario file {path} field '{field}'" if path else f"field '{field}'")
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,181 @@
+"""Resolving a Scenario: the one place that loads and checks what it names.
+
+`Resolver.inputs(scenario)` loads the model (a preset, a file or an inline mapping), the trace
+(a bundled name or an .npz; cut to `trace_tokens` tokens and `layers` MoE layers when asked),
+the layout, the expert placement (default contiguous) and the topology, and checks that they
+agree. A Resolver made with `cache=True` loads each named file once, for a sweep worker or a
+comparison that evaluates many scenarios; the default loads afresh every time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from moesim.errors import PlacementError, TraceError
+from moesim.inputs.config import ExpertPlacementSpec, Scenario, load_model_file, parse_model
+from moesim.inputs.model_files import load_model
+from moesim.inputs.models import ModelSpec, model_spec_from_mapping
+from moesim.trace.format import RouterTrace, load_trace
+from moesim.traffic.experts import ExpertPlacement, contiguous_placement, placement_from_spec
+from moesim.traffic.placement import Parallelism, parse_placement
+
+if TYPE_CHECKING:
+    from moesim.engine.routes import RouteTable
+    from moesim.inputs.topology import Topology
+
+__all__ = ["BUNDLED_PREFIX", "RunInputs", "Resolver", "resolve_inputs", "load_any_trace",
+           "parse_layout"]
+
+BUNDLED_PREFIX = "bundled:"
+T = TypeVar("T")
+# Traces can be large (a 1M-token trace is ~100 MB); a caching Resolver keeps this many.
+_TRACES_KEPT = 4
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """A scenario's inputs, loaded and checked against each other."""
+
+    scenario: Scenario
+    model: ModelSpec
+    trace: RouterTrace
+    trace_source: str
+    parallelism: Parallelism
+    experts: ExpertPlacement
+    topology: Topology | None
+    gpus_per_node: int
+
+
+def load_any_trace(spec: str) -> tuple[RouterTrace, str]:
+    """Load `bundled:NAME` from the package or a `.npz` path; return the trace and its source."""
+    if spec.startswith(BUNDLED_PREFIX):
+        from moesim.trace.bundled import bundled_trace_path
+
+        return load_trace(bundled_trace_path(spec[len(BUNDLED_PREFIX):])), spec
+    return load_trace(Path(spec)), str(spec)
+
+
+def parse_layout(spec: str | dict[str, int]) -> Parallelism:
+    """A preset name (`EP4xDP2`) or a mapping of explicit product-form sizes."""
+    if isinstance(spec, str):
+        return parse_placement(spec)
+    return parse_model(Parallelism, dict(spec), "scenario field 'placement'")
+
+
+class Resolver:
+    """Loads what scenarios name; with `cache=True` each named thing only once."""
+
+    def __init__(self, cache: bool = False) -> None:
+        self._memo: dict[Any, Any] | None = {} if cache else None
+        self._traces: OrderedDict[str, tuple[RouterTrace, str]] = OrderedDict()
+
+    def _once(self, key: Any, make: Callable[[], T]) -> T:
+        if self._memo is None:
+            return make()
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]  # type: ignore[no-any-return]
+
+    def model(self, spec: str | dict[str, Any]) -> ModelSpec:
+        """A preset, model file or inline mapping of ModelSpec fields."""
+        if isinstance(spec, dict):
+            key = ("model", json.dumps(spec, sort_keys=True))
+            return self._once(key, lambda: model_spec_from_mapping(
+                dict(spec), "scenario field 'model'"))
+        return self._once(("model", spec), lambda: load_model(spec))
+
+    def trace(self, spec: str) -> tuple[RouterTrace, str]:
+        """A bundled or .npz trace and its source (a caching Resolver keeps the last few)."""
+        if self._memo is None:
+            return load_any_trace(spec)
+        if spec not in self._traces:
+            self._traces[spec] = load_any_trace(spec)
+            while len(self._traces) > _TRACES_KEPT:
+                self._traces.popitem(last=False)
+        self._traces.move_to_end(spec)
+        return self._traces[spec]
+
+    def layout(self, spec: str | dict[str, int]) -> Parallelism:
+        """The layout a preset name or product-form mapping describes."""
+        return self._once(("layout", json.dumps(spec, sort_keys=True)), lambda: parse_layout(spec))
+
+    def topology(self, spec: str) -> Topology:
+        """A topology preset or YAML file, built."""
+        from moesim.inputs.topology import load_topology
+
+        return self._once(("topology", spec), lambda: load_topology(spec))
+
+    def routes(self, topology: Topology, world: int) -> RouteTable:
+        """Every rank pair's routes among the first `world` GPUs of `topology`."""
+        from moesim.engine.routes import build_route_table
+
+        return self._once(("routes", id(topology), world),
+                          lambda: build_route_table(topology, world))
+
+    def expert_placement(
+        self, spec: str | ExpertPlacementSpec | None, model: ModelSpec, par: Parallelism
+    ) -> ExpertPlacement:
+        """The scenario's expert placement (a file or inline), else the contiguous one."""
+        layers = model.num_moe_layers
+        if spec is None:
+            try:
+                return contiguous_placement(model.num_experts, par.moe_ep, layers)
+            except PlacementError as exc:
+                raise PlacementError(f"placement {par.label}: {exc}") from None
+        if isinstance(spec, str):
+            source = f"expert placement file {spec}"
+            spec = self._once(("experts", spec), lambda: load_model_file(
+                ExpertPlacementSpec, spec, "expert placement"))
+        else:
+            source = "scenario field 'expert_placement'"
+        return placement_from_spec(spec, num_experts=model.num_experts, moe_ep=par.moe_ep,
+                                   num_layers=layers, source=source)
+
+    def inputs(self, scenario: Scenario) -> RunInputs:
+        """Load the model, trace, layout, expert placement and topology a scenario names."""
+        model = self.model(scenario.model)
+        trace, source = self.trace(scenario.trace)
+        if scenario.layers is not None:
+            model, trace = _first_layers(model, trace, scenario.layers)
+        if scenario.trace_tokens is not None:
+            if scenario.trace_tokens > trace.num_tokens:
+                raise TraceError(f"trace_tokens {scenario.trace_tokens} exceeds the "
+                                 f"{trace.num_tokens} tokens of trace {source}")
+            trace = trace.select_tokens(np.arange(scenario.trace_tokens))
+        par = self.layout(scenario.placement)
+        experts = self.expert_placement(scenario.expert_placement, model, par)
+        topology = None
+        gpus_per_node = par.world
+        if scenario.topology:
+            topology = self.topology(scenario.topology)
+            if topology.num_gpus < par.world:
+                raise PlacementError(
+                    f"placement {par.label} needs {par.world} GPUs but topology "
+                    f"{scenario.topology} has {topology.num_gpus}; pick a smaller layout or a "
+                    "larger topology"
+                )
+            gpus_per_node = min(topology.gpus_per_node, par.world)
+        return RunInputs(scenario, model, trace, source, par, experts, topology, gpus_per_node)
+
+
+def _first_layers(
+    model: ModelSpec, trace: RouterTrace, layers: int
+) -> tuple[ModelSpec, RouterTrace]:
+    """The model and trace cut to their first `layers` MoE layers (dense blocks kept)."""
+    if layers > model.num_moe_layers or layers > trace.num_layers:
+        raise TraceError(f"layers {layers} exceeds the model's {model.num_moe_layers} or the "
+                         f"trace's {trace.num_layers} MoE layers; give at most the smaller")
+    model = model.model_copy(update={"num_layers": model.first_dense_layers + layers})
+    return model, trace.first_layers(layers)
+
+
+def resolve_inputs(scenario: Scenario, resolver: Resolver | None = None) -> RunInputs:
+    """`Resolver.inputs` with a fresh (non-caching) resolver unless one is given."""
+    return (resolver or Resolver()).inputs(scenario)
