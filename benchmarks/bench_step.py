@@ -16,9 +16,10 @@ import time
 
 import numpy as np
 
+from moesim.engine.backends import execute
+from moesim.engine.cost import step_costs
 from moesim.engine.plan import build_step_plan
 from moesim.engine.routes import build_route_table
-from moesim.engine.step import simulate_step
 from moesim.inputs.config import load_model_file
 from moesim.inputs.models import get_model
 from moesim.inputs.topology import build_topology, load_topology, resolve_topology_path
@@ -61,11 +62,12 @@ def case(
     traffic = compute_traffic(
         step.trace, model, par, phase=phase, gpus_per_node=min(topo.gpus_per_node, par.world)
     )
-    plan = build_step_plan(step, traffic, model, topo.gpu_spec)
+    plan = build_step_plan(traffic, step_costs(step, traffic, model, topo.gpu_spec),
+                           model.first_dense_layers)
     prepared = time.perf_counter()
     routes = build_route_table(topo, par.world)
     routed = time.perf_counter()
-    timeline = simulate_step(plan, topo, fidelity, routes=routes)
+    timeline = execute(plan, topo, fidelity, routes=routes)
     done = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     flows = (

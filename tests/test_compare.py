@@ -10,21 +10,17 @@ from typing import Any
 
 import pytest
 
-import moesim.planning.compare as compare_module
+import moesim.planning.evaluate as evaluate_module
 from moesim.cli import compare as cli_compare
 from moesim.cli import report as cli_report
 from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario
 from moesim.inputs.topology import load_topology
 from moesim.output.plots import save_plots
-from moesim.planning.compare import (
-    evaluate_point,
-    format_compare_table,
-    rank_rows,
-    run_compare,
-    usd_per_million_tokens,
-)
-from moesim.planning.evaluate import run_scenario
+from moesim.output.report import format_compare_table
+from moesim.output.result import usd_per_million_tokens
+from moesim.planning.compare import evaluate_point, rank_rows, run_compare
+from moesim.planning.evaluate import evaluate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Small and fast: Mixtral-8x7B, bundled real trace, 4 sequences of 64 tokens, analytic timing.
@@ -88,13 +84,14 @@ def test_infeasible_points_carry_the_reason_and_are_not_simulated(
     placement: str, needle: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Too many GPUs, experts or heads not dividing, and not fitting in memory are each
-    reported with the reason, and run_scenario is never called for them."""
-    def forbidden(_: Any) -> None:
+    reported with the reason, and no step is simulated for them."""
+    def forbidden(*_: Any, **__: Any) -> None:
         raise AssertionError("an infeasible point must not be simulated")
 
-    monkeypatch.setattr(compare_module, "run_scenario", forbidden)
+    monkeypatch.setattr(evaluate_module, "execute", forbidden)
     scenario = SMALL.model_copy(update={"placement": placement})
-    row = evaluate_point(scenario, load_topology("dgx-h100"))
+    row, result = evaluate_point(scenario, load_topology("dgx-h100"))
+    assert result is None
     assert not row["feasible"]
     assert needle in row["reason"]
 
@@ -109,13 +106,13 @@ def small_compare() -> dict[str, Any]:
     return result
 
 
-def test_compare_rows_are_run_scenario_results(small_compare: dict[str, Any]) -> None:
-    """Each feasible row carries exactly what run_scenario gives for its scenario, plus
+def test_compare_rows_are_evaluate_results(small_compare: dict[str, Any]) -> None:
+    """Each feasible row carries exactly what `evaluate` gives for its scenario, plus
     tokens/s per GPU and the cost; one progress line per point."""
     (group,) = small_compare["groups"]
     assert {r["placement"] for r in group["ranked"]} == {"EP2", "TP2"}
     for row in group["ranked"]:
-        direct = run_scenario(SMALL.model_copy(update={"placement": row["placement"]}))
+        direct = evaluate(SMALL.model_copy(update={"placement": row["placement"]})).to_json()
         assert row["tpot_s"] == direct["tpot_s"]
         assert row["a2a_bytes"] == direct["a2a_bytes"]
         assert row["tokens_per_s_per_gpu"] == direct["tokens_per_s"] / 2
@@ -159,7 +156,7 @@ def test_cli_compare_json_then_report(tmp_path: Path, capsys: pytest.CaptureFixt
                  "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr()
-    assert "infeasible EP16 on dgx-h100: needs 16 GPUs" in printed.out
+    assert "infeasible EP16 on dgx-h100: placement EP16 needs 16 GPUs" in printed.out
     assert "[1/2] EP2 on dgx-h100, batch 4" in printed.err
     data = json.loads(out.read_text())
     assert data["kind"] == "moesim.compare"

@@ -55,7 +55,7 @@ def test_page_holds_table_infeasible_reasons_and_assumptions(
     topology's sources and calibration all appear on the page."""
     compare, text, _ = page
     assert "<td class=\"text\">EP2</td>" in text and "<td class=\"text\">TP2</td>" in text
-    assert "EP16</b> on dgx-h100: needs 16 GPUs but dgx-h100 has 8" in text
+    assert "EP16</b> on dgx-h100: placement EP16 needs 16 GPUs but dgx-h100 has 8" in text
     assert "mistralai/Mixtral-8x7B-Instruct-v0.1" in text  # trace metadata: model
     assert "link efficiency / collective launch calibrated" in text
     facts = compare["assumptions"]["topologies"]["dgx-h100"]

@@ -12,7 +12,7 @@ import pytest
 
 from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario
-from moesim.planning.evaluate import run_scenario
+from moesim.planning.evaluate import evaluate
 from moesim.planning.sweep import (
     ROW_COLUMNS,
     Grid,
@@ -89,14 +89,14 @@ def test_point_key_ignores_names_but_not_inputs() -> None:
     ("placement", "topology", "fidelity", "phase"),
     [("EP8", "dgx-h100", "analytic", "decode"), ("TP2xEP4", "l40s-8x-pcie", "des", "prefill")],
 )
-def test_row_figures_equal_run_scenario(
+def test_row_figures_equal_evaluate(
     placement: str, topology: str, fidelity: str, phase: str
 ) -> None:
     """The cached point evaluation reports exactly what `moesim run` reports, plus economics."""
     sc = Scenario(
         placement=placement, topology=topology, fidelity=fidelity, phase=phase, batch=4, context=32
     )
-    row, result = evaluate_point(sc), run_scenario(sc)
+    row, result = evaluate_point(sc), evaluate(sc).to_json()
     assert row["feasible"] is True and row["reason"] == ""
     for name in ("ttft_s", "tpot_s", "tokens_per_s", "a2a_bytes"):
         assert row[name] == result[name]

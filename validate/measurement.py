@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import ConfigError
-from moesim.inputs.config import read_mapping
+from moesim.inputs.config import Scenario, read_mapping
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec
 from moesim.inputs.options import ACT_DTYPE_BYTES
-from moesim.planning.resolve import load_any_trace, parse_layout
-from moesim.traffic.traffic import Traffic, compute_traffic, ring_bytes_matrix
+from moesim.planning.evaluate import step_traffic
+from moesim.planning.resolve import resolve_inputs
+from moesim.traffic.traffic import Traffic, ring_bytes_matrix
+from moesim.traffic.workload import build_step
 
 __all__ = [
     "SCHEMA",
@@ -40,6 +42,7 @@ __all__ = [
     "Mismatch",
     "scaled_model_update",
     "live_inputs",
+    "measurement_scenario",
     "traffic_for_inputs",
     "phase_byte_matrices",
     "exchange_layers",
@@ -64,7 +67,7 @@ PHASES: tuple[str, ...] = (
 )
 # Measured phase -> engine phase (moesim.engine.plan.PHASES) whose time holds it: the engine
 # books the MoE-TP gather/scatter and the attention-TP all-gather as `moe_comm`
-# (moesim.engine.step); validate.predict splits shared engine phases back per measured phase.
+# (moesim.engine.plan); validate.predict splits shared engine phases back per measured phase.
 ENGINE_PHASE: dict[str, str] = {
     "sp_exchange": "attn_comm",
     "attn_reduce_scatter": "attn_comm",
@@ -132,10 +135,14 @@ def live_inputs(
     warmup: int = 1,
     repeats: int = 3,
     barrier: str = "step",
+    expert_placement: str | None = None,
 ) -> dict[str, Any]:
-    """The `inputs` block of a live run, checked: resolves the model, trace slice and placement."""
-    spec = load_model(model)
-    router_trace, source = load_any_trace(trace)
+    """The `inputs` block of a live run, checked: the model, trace slice, layout and expert
+    placement are resolved as `moesim run` resolves them (`measurement_scenario`)."""
+    if act_dtype not in ACT_DTYPE_BYTES or act_dtype == "fp8":
+        raise ConfigError(f"--act-dtype {act_dtype}: the live harness runs fp32, bf16 or fp16")
+    full = resolve_inputs(Scenario(model=model, trace=trace, placement=placement))
+    router_trace, source = full.trace, full.trace_source
     if not source.startswith("bundled:"):
         source = str(Path(source).resolve())
     layers = router_trace.num_layers if layers is None else layers
@@ -146,13 +153,11 @@ def live_inputs(
     if not 1 <= tokens <= router_trace.num_tokens:
         raise ConfigError(f"--tokens {tokens} must be in 1..{router_trace.num_tokens} "
                           f"(the trace's tokens)")
-    if act_dtype not in ACT_DTYPE_BYTES or act_dtype == "fp8":
-        raise ConfigError(f"--act-dtype {act_dtype}: the live harness runs fp32, bf16 or fp16")
-    update = scaled_model_update(spec, scale, layers)
-    par = parse_layout(placement)
-    return {
+    update = scaled_model_update(full.model, scale, layers)
+    par = full.parallelism
+    inputs = {
         "model": model,
-        "model_name": spec.name,
+        "model_name": full.model.name,
         "model_update": update,
         "trace": source,
         "tokens": tokens,
@@ -161,7 +166,7 @@ def live_inputs(
         "parallelism": par.model_dump(exclude={"name"}),
         "world": par.world,
         "scale": scale,
-        "hidden_size_full": spec.hidden_size,
+        "hidden_size_full": full.model.hidden_size,
         "hidden_size": update["hidden_size"],
         "expert_ffn_size": update["expert_ffn_size"],
         "act_dtype": act_dtype,
@@ -169,28 +174,43 @@ def live_inputs(
         "dedup": dedup,
         "phase": phase,
         "sp_variant": sp_variant,
+        "expert_placement": expert_placement,
         "backend": backend,
         "nproc": par.world,
         "warmup": warmup,
         "repeats": repeats,
         "barrier": barrier,
     }
+    run = resolve_inputs(measurement_scenario(inputs))  # the placement must fit this run
+    if expert_placement is not None:
+        inputs["expert_placement"] = run.experts.to_spec()  # recorded inline, not as a path
+    return inputs
+
+
+def measurement_scenario(inputs: dict[str, Any]) -> Scenario:
+    """The Scenario a live run executed: the scaled model inline, the trace cut to the run's
+    tokens and layers, the layout, the expert placement and the traffic options."""
+    model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
+    return Scenario(
+        name="live run",
+        model=model.model_dump(),
+        trace=inputs["trace"],
+        trace_tokens=int(inputs["tokens"]),
+        layers=int(inputs["layers"]),
+        placement=inputs["placement"],
+        expert_placement=inputs.get("expert_placement"),
+        act_dtype=inputs["act_dtype"],
+        dedup=inputs["dedup"],
+        phase=inputs["phase"],
+        sp_variant=inputs["sp_variant"],
+    )
 
 
 def traffic_for_inputs(inputs: dict[str, Any]) -> Traffic:
-    """The simulator's Traffic for a live run's recorded inputs (scaled model, trace slice)."""
-    model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
-    trace, _ = load_any_trace(inputs["trace"])
-    trace = trace.select_tokens(np.arange(int(inputs["tokens"])))
-    layers = int(inputs["layers"])
-    if layers < trace.num_layers:
-        trace = type(trace)(experts=trace.experts[:layers], seq_id=trace.seq_id, pos=trace.pos,
-                            weights=None if trace.weights is None else trace.weights[:layers],
-                            metadata=dict(trace.metadata))
-    par = parse_layout(inputs["placement"])
-    return compute_traffic(trace, model, par, act_dtype=inputs["act_dtype"],
-                           dedup=inputs["dedup"], gpus_per_node=par.world,
-                           phase=inputs["phase"], sp_variant=inputs["sp_variant"])
+    """The simulator's Traffic for a live run's recorded inputs: every token of the run's trace
+    slice as one step of its `measurement_scenario`."""
+    run = resolve_inputs(measurement_scenario(inputs))
+    return step_traffic(run, build_step(run.trace, run.scenario.phase))
 
 
 def _ring_matrix(traffic: Traffic, op: str) -> np.ndarray:

@@ -5,8 +5,8 @@ StepPlan is made of what the harness ran: no attention, router or LM-head comput
 runs none: zero), experts = the scaled SwiGLU GEMMs of each rank's local experts, one launch
 per expert that got tokens (the harness loops over experts, it is not a grouped kernel), the
 SP exchange, dispatch, MoE-TP gather/scatter, combine and attention-TP rings with the exact
-bytes. `simulate_step` runs it on a topology (default `cpu-loopback`, or a file written by
-`moesim calibrate live`).
+bytes (`harness_costs`, `moesim.engine.plan.build_step_plan`); `moesim.engine.backends.execute`
+runs it on a topology (default `cpu-loopback`, or a file written by `moesim calibrate live`).
 
 Engine phase -> harness phase (documented mapping; `validate.measurement.ENGINE_PHASE` is the
 reverse): `dispatch` -> dispatch, `combine` -> combine, `experts` -> experts; `attn_comm` holds
@@ -24,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from moesim.engine.backends import execute
 from moesim.engine.collective_model import collective_launch_s
 from moesim.engine.collectives import predict_collective
-from moesim.engine.cost import experts_cost
+from moesim.engine.cost import OpCost, StepCosts, experts_cost
 from moesim.engine.plan import PHASES as ENGINE_PHASES
-from moesim.engine.plan import StepPlan
-from moesim.engine.step import simulate_step
+from moesim.engine.plan import StepPlan, build_step_plan
 from moesim.errors import ConfigError, TopologyError
 from moesim.inputs.model_files import load_model
+from moesim.inputs.options import Fidelity
 from moesim.inputs.topology import Topology, build_topology, resolve_topology_path
 from moesim.inputs.topology_spec import GpuSpec, TopologySpec
 from moesim.traffic.traffic import Traffic
@@ -43,6 +44,7 @@ __all__ = [
     "active_phases",
     "local_only_phases",
     "harness_experts_s",
+    "harness_costs",
     "harness_step_plan",
     "prediction_topology",
     "predict_phase_times",
@@ -85,31 +87,29 @@ def local_only_phases(traffic: Traffic) -> list[str]:
 def harness_experts_s(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) -> np.ndarray:
     """`[L, W]` seconds of the harness's expert GEMMs: the roofline of each local expert's
     SwiGLU at the scaled sizes, weights in the activation dtype, one launch per busy expert."""
+    return harness_costs(inputs, traffic, gpu).experts.arrays()[0]
+
+
+def harness_costs(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) -> StepCosts:
+    """The compute of what the harness runs: expert GEMMs (a Python loop over experts, so one
+    launch per expert that got tokens, not one grouped kernel); no attention, router, shared
+    experts or LM head (zero)."""
     model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
     moe_tp, act_bytes = int(inputs["parallelism"]["moe_tp"]), float(inputs["act_bytes"])
-    tokens = traffic.rank_expert_tokens  # [L, W, E_local]
-    out = np.zeros(tokens.shape[:2])
-    for layer, rank in np.ndindex(*out.shape):
-        busy = int((tokens[layer, rank] > 0).sum())
-        if busy:
-            cost = experts_cost(model, gpu, tokens_per_expert=tokens[layer, rank], moe_tp=moe_tp,
-                                weight_bytes=act_bytes, act_bytes=act_bytes)
-            out[layer, rank] = cost.time_s + (busy - 1) * gpu.kernel_launch_s
-    return out
+    tokens = traffic.rank_expert_tokens  # [L, W, S]
+    cost = experts_cost(model, gpu, tokens_per_expert=tokens, moe_tp=moe_tp,
+                        weight_bytes=act_bytes, act_bytes=act_bytes)
+    busy = (tokens > 0).sum(axis=2)
+    time_s = np.where(busy > 0, cost.time_s + (busy - 1) * gpu.kernel_launch_s, 0.0)
+    zero = OpCost(np.zeros(traffic.world), np.zeros(traffic.world), np.zeros(traffic.world))
+    return StepCosts(attention=zero, dense_ffn=zero, router=zero,
+                     experts=OpCost(cost.flops, cost.bytes_moved, time_s), shared_experts=zero,
+                     lm_head=zero)
 
 
 def harness_step_plan(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) -> StepPlan:
     """The StepPlan of what the harness ran: traffic exact, compute = expert GEMMs only."""
-    world, layers = traffic.world, traffic.num_layers
-    groups = tuple((coll.ranks, coll.buffer_bytes) for coll in traffic.attn_collectives
-                   if coll.op == "reducescatter")
-    return StepPlan(
-        world=world, num_dense_blocks=0, attention_s=np.zeros(world),
-        dense_ffn_s=np.zeros(world), router_s=np.zeros(world),
-        experts_s=harness_experts_s(inputs, traffic, gpu), lm_head_s=np.zeros(world),
-        sp_bytes=traffic.sp_bytes, dispatch_bytes=traffic.dispatch_bytes[:layers],
-        moe_tp_gather_bytes=traffic.moe_tp_gather_bytes, attn_tp_groups=groups,
-    )
+    return build_step_plan(traffic, harness_costs(inputs, traffic, gpu), num_dense_blocks=0)
 
 
 def prediction_topology(topology: str | None, world: int) -> Topology:
@@ -150,10 +150,10 @@ def _standalone_s(traffic: Traffic, topo: Topology, launch_s: float) -> np.ndarr
 
 
 def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology,
-                        fidelity: str = "des") -> np.ndarray:
+                        fidelity: Fidelity = "des") -> np.ndarray:
     """Predicted seconds `[L, W, P]` per layer, rank and harness phase (`PHASES`)."""
     plan = harness_step_plan(inputs, traffic, topo.gpu_spec)
-    timeline = simulate_step(plan, topo, fidelity=fidelity)
+    timeline = execute(plan, topo, fidelity)
     launch_s = collective_launch_s(topo)
     active = active_phases(traffic)
     runs = exchange_layers(traffic)  # [L, P]: the phase's collective runs in the layer
@@ -175,7 +175,7 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
 
 
 def predicted_times(measurement: dict[str, Any], traffic: Traffic,
-                    topology: str | None = None, fidelity: str = "des") -> dict[str, Any]:
+                    topology: str | None = None, fidelity: Fidelity = "des") -> dict[str, Any]:
     """Per layer, rank and harness phase predicted seconds for a measurement, and summaries."""
     topo = prediction_topology(topology, traffic.world)
     times = predict_phase_times(measurement["inputs"], traffic, topo, fidelity)

@@ -64,7 +64,8 @@ def parse_list(text: str | None, what: str, cast: type = str) -> list:  # type: 
 
 def run_compare_command(args: argparse.Namespace) -> int:
     """Handler of `moesim compare`."""
-    from moesim.planning.compare import format_compare_table, run_compare
+    from moesim.output.report import format_compare_table
+    from moesim.planning.compare import run_compare
 
     base = scenario_from_args(args)
     drawing = bool(args.plot or args.html)

@@ -28,7 +28,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     from moesim.cli.compare import write_figures
     from moesim.inputs.config import read_mapping
     from moesim.output.html_report import check_compare_dict
-    from moesim.planning.compare import format_compare_table
+    from moesim.output.report import format_compare_table
 
     compare = read_mapping(args.results, "comparison results")
     check_compare_dict(compare, f"comparison results file {args.results}")

@@ -40,9 +40,9 @@ def write_json(result: dict[str, Any], out: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from moesim.output.report import format_run_table
-    from moesim.planning.evaluate import run_scenario
+    from moesim.planning.evaluate import evaluate
 
-    result = run_scenario(scenario_from_args(args))
+    result = evaluate(scenario_from_args(args)).to_json()
     if not args.quiet and args.json != "-":
         print(format_run_table(result))
     if args.json:

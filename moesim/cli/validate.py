@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import ConfigError
+from moesim.inputs.options import Fidelity
 
 __all__ = ["add_parser", "parse_scale", "compare_summary"]
 
@@ -148,7 +149,7 @@ def _live(args: argparse.Namespace) -> int:
 
 
 def compare_summary(measurement: dict[str, Any], topology: str | None = None,
-                    fidelity: str = "des", statistic: str = "mean") -> dict[str, Any]:
+                    fidelity: Fidelity = "des", statistic: str = "mean") -> dict[str, Any]:
     """Measured vs predicted bytes and times per layer, the mismatches, and the errors:
     `bytes_match`, `a2a_mape` / `layer_mape` / `overall_mape` (percent), `phase_mape`."""
     from validate.measurement import (

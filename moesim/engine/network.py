@@ -12,7 +12,7 @@ so one rate update costs a few numpy passes over all (flow, link) pairs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -23,7 +23,7 @@ import simpy
 
 from moesim.errors import TopologyError
 
-__all__ = ["Edge", "Routing", "Links", "FlowNetwork", "max_min_fair_rates"]
+__all__ = ["Edge", "Routing", "Links", "FlowGroup", "FlowNetwork", "max_min_fair_rates"]
 
 Edge = tuple[str, str]
 
@@ -89,6 +89,7 @@ class Links:
     index: dict[Edge, int]
     capacity_bytes_per_s: np.ndarray  # [L]
     latency_s: np.ndarray  # [L]
+    bound_by: np.ndarray  # [L] the link whose capacity bounds every flow on this one (itself)
 
     @classmethod
     def from_graph(cls, graph: nx.DiGraph) -> Links:
@@ -101,7 +102,8 @@ class Links:
                 "every link needs bandwidth_bytes_per_s > 0 and latency_s >= 0; fix the topology"
             )
         index = {e: i for i, e in enumerate(edges)}
-        return cls(edges, index, capacity.reshape(-1), latency.reshape(-1))
+        capacity, latency = capacity.reshape(-1), latency.reshape(-1)
+        return cls(edges, index, capacity, latency, _pass_through_bounds(graph, index, capacity))
 
     def ids(self, path: Sequence[Edge]) -> np.ndarray:
         """Link indices of a path (a sequence of directed edges)."""
@@ -109,6 +111,39 @@ class Links:
             return np.array([self.index[(e[0], e[1])] for e in path], dtype=np.int64)
         except KeyError as exc:
             raise TopologyError(f"path uses link {exc.args[0]} which is not in the graph") from None
+
+
+def _pass_through_bounds(
+    graph: nx.DiGraph, index: dict[Edge, int], capacity: np.ndarray
+) -> np.ndarray:
+    """Per link, the link that bounds it: at a NIC with exactly two neighbours (its GPU and its
+    switch) every flow that enters from one leaves to the other (NICs are never endpoints, and
+    routes are simple paths), so the two links carry the same flows and the narrower one is the
+    only constraint that can bind. The solver drops the wider one (same rates, fewer pairs)."""
+    bound = np.arange(capacity.size)
+    for node, attrs in graph.nodes(data=True):
+        neighbours = set(graph.predecessors(node)) | set(graph.successors(node))
+        if attrs.get("kind") != "nic" or len(neighbours) != 2:
+            continue
+        first, second = sorted(neighbours)
+        for src, dst in ((first, second), (second, first)):
+            into, out = index.get((src, node)), index.get((node, dst))
+            if into is None or out is None:
+                continue
+            narrow = into if capacity[into] < capacity[out] else out
+            bound[into] = bound[out] = narrow
+    return bound
+
+
+class FlowGroup:
+    """Flow parts counted per rank: `left[r]` parts touching rank r are still to end."""
+
+    def __init__(
+        self, index: int, parts_per_rank: np.ndarray, on_rank_done: Callable[[np.ndarray], None]
+    ) -> None:
+        self.index = index
+        self.left = np.asarray(parts_per_rank, dtype=np.int64).copy()
+        self.on_rank_done = on_rank_done
 
 
 class FlowNetwork:
@@ -143,6 +178,11 @@ class FlowNetwork:
         self._rate = np.zeros(0)
         self._alive = np.zeros(0, dtype=bool)
         self._done_event: list[simpy.Event | None] = []
+        self._group_of = np.zeros(0, dtype=np.int64)  # FlowGroup index of a slot, -1: none
+        self._src_rank = np.zeros(0, dtype=np.int64)
+        self._dst_rank = np.zeros(0, dtype=np.int64)
+        self._groups: list[FlowGroup] = []
+        self._ranks_done: list[tuple[FlowGroup, np.ndarray]] = []
         self._free_slots: list[int] = []
         self._pair_flow = np.zeros(0, dtype=np.int64)
         self._pair_link = np.zeros(0, dtype=np.int64)
@@ -153,11 +193,13 @@ class FlowNetwork:
         self.num_flows_started = 0
         self.num_rate_updates = 0
 
+
     # ---- public API -------------------------------------------------------------------
 
     @property
     def link_bytes(self) -> dict[Edge, float]:
-        """Bytes carried so far by each link (finished flows only), links with traffic only."""
+        """Bytes each link carries for the flows that have started streaming (once the network
+        is idle: all it carried), links with traffic only."""
         return {self.links.edges[i]: float(b) for i, b in enumerate(self._link_bytes) if b > 0}
 
     @property
@@ -229,30 +271,112 @@ class FlowNetwork:
             else:
                 target.succeed(self.env.now)
 
+    def open_group(
+        self, parts_per_rank: np.ndarray, on_rank_done: Callable[[np.ndarray], None]
+    ) -> FlowGroup:
+        """A group of flow parts counted per rank: `parts_per_rank[r]` parts start or end at
+        rank r; when the last of them ends, `on_rank_done(ranks)` is called with the ranks
+        (in rank order) done at that moment. No simpy event is made per part."""
+        group = FlowGroup(len(self._groups), parts_per_rank, on_rank_done)
+        self._groups.append(group)
+        return group
+
+    def start_group_parts(
+        self,
+        group: FlowGroup,
+        src: int,
+        paths: Sequence[np.ndarray],
+        sizes: np.ndarray,
+        dsts: np.ndarray,
+        latency_s: np.ndarray,
+    ) -> None:
+        """Start parts of `group` from rank `src` now: part i streams `sizes[i]` bytes over
+        link ids `paths[i]` to rank `dsts[i]` after its path latency `latency_s[i]` (one simpy
+        timeout per distinct latency)."""
+        self.num_flows_started += len(paths)
+        for latency in sorted(set(latency_s.tolist())):
+            pick = np.flatnonzero(latency_s == latency)
+            batch = ([paths[i] for i in pick.tolist()], sizes[pick], dsts[pick])
+            self.env.timeout(latency).callbacks.append(partial(self._group_after, group, src,
+                                                               batch))
+
+    def _group_after(self, group: FlowGroup, src: int,
+                     batch: tuple[list[np.ndarray], np.ndarray, np.ndarray],
+                     _event: simpy.Event) -> None:
+        """Timeout callback: the parts' latency has passed, they join at the next settle."""
+        paths, sizes, dsts = batch
+        slots = self._take_slots(len(paths))
+        self._size[slots] = self._remaining[slots] = sizes
+        self._rate[slots] = 0.0
+        self._group_of[slots] = group.index
+        self._src_rank[slots], self._dst_rank[slots] = src, dsts
+        self._pending.extend(zip(slots.tolist(), paths, strict=True))
+        self._queue_settle()
+
+    def _count_done(self, group: FlowGroup, src: np.ndarray, dst: np.ndarray) -> None:
+        """Count parts src -> dst of `group` as ended; queue the ranks that are now done."""
+        world = group.left.size
+        ended = np.bincount(src, minlength=world) + np.bincount(dst, minlength=world)
+        group.left -= ended
+        now_done = np.flatnonzero((ended > 0) & (group.left == 0))
+        if now_done.size:
+            self._ranks_done.append((group, now_done))
+
+    def _report_ranks_done(self) -> None:
+        """Tell the groups which of their ranks finished (after the network is consistent)."""
+        while self._ranks_done:
+            group, ranks = self._ranks_done.pop(0)
+            group.on_rank_done(ranks)
+
     # ---- internals ----------------------------------------------------------------------
 
-    def _enqueue(self, links: np.ndarray, size_bytes: float, done: simpy.Event) -> None:
+    def _enqueue(self, links: np.ndarray, size_bytes: float, done: simpy.Event | None) -> int:
         """A flow has paid its latency: join the active set at the next settle (one per instant)."""
         slot = self._take_slot()
         self._size[slot] = self._remaining[slot] = size_bytes
         self._rate[slot] = 0.0
         self._done_event[slot] = done
+        self._group_of[slot] = -1
         self._pending.append((slot, links))
+        self._queue_settle()
+        return slot
+
+    def _queue_settle(self) -> None:
+        """Settle once at this instant, after everything else due now."""
         if not self._settle_queued:
             self._settle_queued = True
             self.env.timeout(0).callbacks.append(self._on_queued_settle)
 
+    def _take_slots(self, count: int) -> np.ndarray:
+        """`count` free slots, in the order `_take_slot` would give them."""
+        taken: list[int] = []
+        while len(taken) < count:
+            if not self._free_slots:
+                self._grow()
+            chunk = min(count - len(taken), len(self._free_slots))
+            taken.extend(reversed(self._free_slots[-chunk:]))
+            del self._free_slots[-chunk:]
+        return np.array(taken, dtype=np.int64)
+
     def _take_slot(self) -> int:
         if not self._free_slots:
-            old = self._size.size
-            new = max(16, 2 * old)
-            self._size = np.concatenate([self._size, np.zeros(new - old)])
-            self._remaining = np.concatenate([self._remaining, np.zeros(new - old)])
-            self._rate = np.concatenate([self._rate, np.zeros(new - old)])
-            self._alive = np.concatenate([self._alive, np.zeros(new - old, dtype=bool)])
-            self._done_event.extend([None] * (new - old))
-            self._free_slots.extend(range(new - 1, old - 1, -1))
+            self._grow()
         return self._free_slots.pop()
+
+    def _grow(self) -> None:
+        """Double the slot arrays; the new slots join the free list."""
+        old = self._size.size
+        new = max(16, 2 * old)
+        self._size = np.concatenate([self._size, np.zeros(new - old)])
+        self._remaining = np.concatenate([self._remaining, np.zeros(new - old)])
+        self._rate = np.concatenate([self._rate, np.zeros(new - old)])
+        self._alive = np.concatenate([self._alive, np.zeros(new - old, dtype=bool)])
+        grow = np.full(new - old, -1, dtype=np.int64)
+        self._group_of = np.concatenate([self._group_of, grow])
+        self._src_rank = np.concatenate([self._src_rank, grow])
+        self._dst_rank = np.concatenate([self._dst_rank, grow])
+        self._done_event.extend([None] * (new - old))
+        self._free_slots.extend(range(new - 1, old - 1, -1))
 
     def _on_queued_settle(self, _ev: simpy.Event) -> None:
         self._settle_queued = False
@@ -274,6 +398,7 @@ class FlowNetwork:
         self._admit()
         self._rerate()
         self._arm_timer()
+        self._report_ranks_done()
 
     def _retire(self, slots: np.ndarray) -> None:
         if slots.size == 0:
@@ -281,28 +406,38 @@ class FlowNetwork:
         gone = np.zeros(self._alive.size, dtype=bool)
         gone[slots] = True
         pair_gone = gone[self._pair_flow]
-        self._link_bytes += np.bincount(
-            self._pair_link[pair_gone],
-            weights=self._size[self._pair_flow[pair_gone]],
-            minlength=self._link_bytes.size,
-        )
         self._pair_flow = self._pair_flow[~pair_gone]
         self._pair_link = self._pair_link[~pair_gone]
         self._alive[slots] = False
-        for slot in slots.tolist():
+        self._free_slots.extend(slots.tolist())
+        groups = self._group_of[slots]
+        for slot in slots[groups < 0].tolist():
             event = self._done_event[slot]
             self._done_event[slot] = None
-            self._free_slots.append(slot)
             assert event is not None
             event.succeed(self.env.now)
+        grouped = slots[groups >= 0]
+        if grouped.size:
+            for index in np.unique(groups[groups >= 0]).tolist():
+                mine = grouped[self._group_of[grouped] == index]
+                self._count_done(self._groups[index], self._src_rank[mine], self._dst_rank[mine])
 
     def _admit(self) -> None:
+        """Pending flows join the active set: their (flow, link) pairs, each link replaced by
+        the link that bounds it (`Links.bound_by`), a link repeated along a path once."""
         if not self._pending:
             return
         slots = np.array([slot for slot, _ in self._pending], dtype=np.int64)
         lengths = [links.size for _, links in self._pending]
-        self._pair_flow = np.concatenate([self._pair_flow, np.repeat(slots, lengths)])
-        self._pair_link = np.concatenate([self._pair_link] + [links for _, links in self._pending])
+        links = np.concatenate([links for _, links in self._pending])
+        flows = np.repeat(slots, lengths)
+        self._link_bytes += np.bincount(links, weights=self._size[flows],
+                                        minlength=self._link_bytes.size)
+        bound = self.links.bound_by[links]
+        keep = np.ones(bound.size, dtype=bool)
+        keep[1:] = (bound[1:] != bound[:-1]) | (flows[1:] != flows[:-1])
+        self._pair_flow = np.concatenate([self._pair_flow, flows[keep]])
+        self._pair_link = np.concatenate([self._pair_link, bound[keep]])
         self._alive[slots] = True
         self._pending.clear()
 

@@ -1,195 +1,226 @@
-"""StepPlan: everything the engine needs for one step, per rank, in seconds and bytes.
+"""StepPlan: one step as data, a list of operations with ranks, a stream and dependencies.
 
-Built from a workload, its traffic, the model and the GPU spec; the engine only reads it.
-Per block (transformer layer) and rank the step runs, in order:
-attention comm (SP exchange) -> attention -> attention comm (TP reduce-scatter) ->
-[dense blocks: dense FFN as `experts`] or [router -> dispatch -> MoE-TP all-gather ->
-experts -> MoE-TP reduce-scatter -> combine] -> MoE comm (attention-TP all-gather);
-after the last block, the LM head.
+Four kinds of operation (aiconfigurator's "a model is a list of operations", ASTRA-sim's
+workload graph):
+- `Compute`: per-rank seconds, FLOPs and bytes of one op kind (from `moesim.engine.cost`);
+- `Exchange`: a `[W, W]` src -> dst byte matrix sent directly (MoE dispatch and combine, the
+  MoE-TP gather/scatter, the SP attention exchange); a rank starts its sends when it is ready
+  and its part ends when its sends and receives are done; the diagonal is a local copy;
+- `Collective`: an all-reduce, all-gather or reduce-scatter run by each of a set of disjoint
+  rank groups (attention TP: one ring per group), a group starting when all its ranks are ready;
+- `Barrier`: every rank of the set waits for the last.
+
+Every operation has a `block` (transformer block; the LM head is block `num_blocks`), the
+`phase` its seconds are booked in (`PHASES`, or `lm_head`), a `stream` (`compute` or `comm`)
+and `deps`: indices of earlier operations it waits for on the same rank. A rank also runs the
+operations of one stream one at a time, in plan order. So an operation on the comm stream whose
+deps do not include a compute operation runs beside it: the backends give `max`, not the sum.
+
+`build_step_plan` writes the step serving engines run, in this order per block (each operation
+waiting for the one before it):
+SP exchange -> attention -> attention-TP reduce-scatter -> [dense block: dense FFN] or
+[router -> dispatch -> MoE-TP all-gather -> experts -> shared experts -> MoE-TP reduce-scatter
+-> combine] -> attention-TP all-gather; after the last block, the LM head. An exchange or
+gather that moves nothing between ranks in a layer (TP's dispatch: every expert is local) is
+left out, as no kernel runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from moesim.engine.cost import (
-    attention_cost,
-    dense_ffn_cost,
-    experts_cost,
-    lm_head_cost,
-    router_cost,
-)
-from moesim.inputs.models import ModelSpec
-from moesim.inputs.options import ACT_DTYPE_BYTES
-from moesim.inputs.topology_spec import GpuSpec
-from moesim.traffic.placement import block_sizes
+from moesim.engine.cost import StepCosts
+from moesim.inputs.options import AllreduceAlgorithm, Stream
 from moesim.traffic.traffic import Traffic
-from moesim.traffic.workload import StepWorkload
 
-__all__ = ["PHASES", "StepPlan", "build_step_plan"]
+__all__ = [
+    "PHASES",
+    "Operation",
+    "Compute",
+    "Exchange",
+    "Collective",
+    "Barrier",
+    "StepPlan",
+    "PlanBuilder",
+    "build_step_plan",
+    "crosses_ranks",
+]
 
 PHASES = ("attention", "attn_comm", "router", "dispatch", "experts", "combine", "moe_comm")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Operation:
+    """What every operation has: where it is booked, who runs it, on which stream, after what."""
+
+    name: str  # what it is: attention, router, experts, dispatch, attn_reduce_scatter, ...
+    phase: str  # the phase its seconds count in (PHASES or "lm_head")
+    block: int  # transformer block (the LM head: num_blocks)
+    ranks: tuple[int, ...]  # ranks taking part
+    stream: Stream
+    deps: tuple[int, ...] = ()  # plan indices of operations it waits for (on the same rank)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Compute(Operation):
+    """A kernel on each rank: `time_s[W]` seconds from `flops[W]` and `bytes_moved[W]`."""
+
+    kind: str  # cost model op kind: attention, router, grouped_moe, dense_ffn, lm_head
+    time_s: np.ndarray  # [W]
+    flops: np.ndarray  # [W]
+    bytes_moved: np.ndarray  # [W]
+    stream: Stream = "compute"
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Exchange(Operation):
+    """Direct point-to-point sends of `bytes_matrix[src, dst]` (an all-to-all when dense)."""
+
+    bytes_matrix: np.ndarray  # [W, W]; the diagonal is a local copy (no link bytes)
+    stream: Stream = "comm"
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Collective(Operation):
+    """One `op` per group of ranks, `size_bytes[g]` the group's buffer (nccl-tests' size)."""
+
+    op: Literal["allreduce", "allgather", "reducescatter"]
+    groups: tuple[tuple[int, ...], ...]
+    size_bytes: tuple[float, ...]
+    algorithm: AllreduceAlgorithm = "ring"
+    stream: Stream = "comm"
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Barrier(Operation):
+    """Every rank of `ranks` waits until the last of them is ready."""
+
+    stream: Stream = "comm"
+
+
+@dataclass(frozen=True, eq=False)
 class StepPlan:
-    """Per-rank compute times and per-block traffic of one step."""
+    """The operations of one step on `world` ranks, in plan order."""
 
     world: int
+    num_blocks: int
     num_dense_blocks: int
-    attention_s: np.ndarray  # [W] every block
-    dense_ffn_s: np.ndarray  # [W] dense blocks
-    router_s: np.ndarray  # [W] MoE blocks
-    experts_s: np.ndarray  # [L, W] MoE blocks, routed and shared experts
-    lm_head_s: np.ndarray  # [W]
-    sp_bytes: np.ndarray  # [W, W] every block
-    dispatch_bytes: np.ndarray  # [L, W, W]
-    moe_tp_gather_bytes: np.ndarray  # [L, W, W]
-    attn_tp_groups: tuple[tuple[tuple[int, ...], int], ...]  # (ranks, buffer bytes) per group
+    ops: tuple[Operation, ...]
 
     @property
     def num_moe_layers(self) -> int:
-        """MoE blocks L."""
-        return int(self.dispatch_bytes.shape[0])
+        """MoE blocks."""
+        return self.num_blocks - self.num_dense_blocks
+
+    def find(self, name: str) -> list[Operation]:
+        """The operations called `name`, in plan order."""
+        return [op for op in self.ops if op.name == name]
+
+
+def crosses_ranks(matrix: np.ndarray) -> bool:
+    """Whether a `[W, W]` bytes matrix sends anything between different ranks."""
+    return bool(matrix.sum() - np.trace(matrix) > 0)
+
+
+@dataclass
+class PlanBuilder:
+    """Appends operations to a plan, each waiting for the previous one unless told otherwise."""
+
+    world: int
+    ops: list[Operation] = field(default_factory=list)
 
     @property
-    def num_blocks(self) -> int:
-        """All transformer blocks."""
-        return self.num_dense_blocks + self.num_moe_layers
+    def all_ranks(self) -> tuple[int, ...]:
+        """Every rank of the world."""
+        return tuple(range(self.world))
+
+    def add(self, op: Operation, after: tuple[int, ...] | None = None) -> int:
+        """Append `op` waiting for `after` (default: the last operation); return its index."""
+        deps = after if after is not None else ((len(self.ops) - 1,) if self.ops else ())
+        self.ops.append(_with_deps(op, deps))
+        return len(self.ops) - 1
+
+    def compute(self, name: str, phase: str, block: int, kind: str, time_s: np.ndarray,
+                flops: np.ndarray, bytes_moved: np.ndarray,
+                after: tuple[int, ...] | None = None) -> int:
+        """Append a Compute on every rank."""
+        return self.add(Compute(name=name, phase=phase, block=block, ranks=self.all_ranks,
+                                kind=kind, time_s=np.asarray(time_s, dtype=np.float64),
+                                flops=np.asarray(flops, dtype=np.float64),
+                                bytes_moved=np.asarray(bytes_moved, dtype=np.float64)), after)
+
+    def exchange(self, name: str, phase: str, block: int, matrix: np.ndarray,
+                 after: tuple[int, ...] | None = None) -> int:
+        """Append an Exchange among every rank."""
+        return self.add(Exchange(name=name, phase=phase, block=block, ranks=self.all_ranks,
+                                 bytes_matrix=matrix), after)
+
+    def plan(self, num_blocks: int, num_dense_blocks: int) -> StepPlan:
+        """The plan built so far."""
+        return StepPlan(self.world, num_blocks, num_dense_blocks, tuple(self.ops))
 
 
-def _group_sums(values: np.ndarray, groups: int) -> np.ndarray:
-    """Sum of `values` over `groups` contiguous blocks (last takes the remainder)."""
-    sizes = block_sizes(values.size, groups)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    sums = np.add.reduceat(values, starts) if values.size else np.zeros(groups)
-    return np.where(sizes > 0, sums, 0)
+def _with_deps(op: Operation, deps: tuple[int, ...]) -> Operation:
+    """A copy of `op` waiting for `deps`."""
+    values = {f: getattr(op, f) for f in op.__dataclass_fields__}
+    values["deps"] = tuple(deps)
+    return type(op)(**values)
 
 
-def build_step_plan(
-    workload: StepWorkload,
-    traffic: Traffic,
-    model: ModelSpec,
-    gpu: GpuSpec,
-    *,
-    act_dtype: str = "bf16",
-    weight_bytes: float = 2,
-) -> StepPlan:
-    """Cost every rank's compute and collect the step's traffic."""
-    par = traffic.parallelism
-    act_bytes = ACT_DTYPE_BYTES[act_dtype]
-    ranks = par.ranks()
-    group = ranks // par.attn_tp  # attention token group of each rank
-    group_tokens = block_sizes(workload.num_tokens, par.token_groups)[group]
-    group_keys = _group_sums(workload.keys_per_token.astype(np.float64), par.token_groups)[group]
-    if workload.phase == "decode" and par.attn_sp > 1:
-        # the KV cache is sharded over SP ranks: each computes every group token on its shard
-        sp_group = ranks // (par.attn_tp * par.attn_sp)
-        sp_keys = np.bincount(sp_group, weights=group_keys) / par.attn_tp
-        group_keys = sp_keys[sp_group] / par.attn_sp
-    if workload.phase == "decode":
-        kv_read = group_keys
-    else:  # the chunk's own K/V plus, for a later piece of a long prompt, its cached prefix
-        kv_read = group_tokens * workload.kv_tokens_read_per_token
-    attention_s = np.array(
-        [
-            attention_cost(
-                model,
-                gpu,
-                tokens=int(n),
-                keys_attended=float(k),
-                kv_cache_tokens_read=float(kv),
-                attn_tp=par.attn_tp,
-                weight_bytes=weight_bytes,
-                act_bytes=act_bytes,
-            ).time_s
-            for n, k, kv in zip(group_tokens, group_keys, kv_read, strict=True)
-        ]
-    )
-    dense_ffn_s = np.array(
-        [
-            dense_ffn_cost(
-                model,
-                gpu,
-                tokens=int(n),
-                params=model.dense_ffn_params_per_shard(par.attn_tp),
-                weight_bytes=weight_bytes,
-                act_bytes=act_bytes,
-            ).time_s
-            for n in group_tokens
-        ]
-    )
-    router_s = np.array(
-        [
-            router_cost(model, gpu, tokens=int(n), act_bytes=act_bytes).time_s
-            for n in traffic.tokens_per_rank
-        ]
-    )
-    shared_s = np.array(
-        [
-            dense_ffn_cost(
-                model,
-                gpu,
-                tokens=int(n) * par.moe_tp,
-                params=model.num_shared_experts * model.shared_expert_params_per_shard(par.moe_tp),
-                weight_bytes=weight_bytes,
-                act_bytes=act_bytes,
-            ).time_s
-            for n in traffic.tokens_per_rank
-        ]
-    )
-    experts_s = (
-        np.array(
-            [
-                [
-                    experts_cost(
-                        model,
-                        gpu,
-                        tokens_per_expert=traffic.rank_expert_tokens[layer, rank],
-                        moe_tp=par.moe_tp,
-                        weight_bytes=weight_bytes,
-                        act_bytes=act_bytes,
-                    ).time_s
-                    for rank in ranks
-                ]
-                for layer in range(traffic.num_layers)
-            ]
-        )
-        + shared_s[None, :]
-    )
-    last = np.r_[workload.trace.seq_id[1:] != workload.trace.seq_id[:-1], True]
-    logits_tokens = last if workload.phase == "prefill" else np.ones(workload.num_tokens, bool)
-    lm_tokens = _group_sums(logits_tokens.astype(np.float64), par.token_groups)[group]
-    lm_head_s = np.array(
-        [
-            lm_head_cost(
-                model,
-                gpu,
-                tokens=int(n),
-                tp=par.attn_tp,
-                weight_bytes=weight_bytes,
-                act_bytes=act_bytes,
-            ).time_s
-            for n in lm_tokens
-        ]
-    )
-    groups = tuple(
-        (coll.ranks, coll.buffer_bytes)
-        for coll in traffic.attn_collectives
-        if coll.op == "reducescatter"
-    )
-    return StepPlan(
-        world=par.world,
-        num_dense_blocks=model.first_dense_layers,
-        attention_s=attention_s,
-        dense_ffn_s=dense_ffn_s,
-        router_s=router_s,
-        experts_s=experts_s,
-        lm_head_s=lm_head_s,
-        sp_bytes=traffic.sp_bytes,
-        dispatch_bytes=traffic.dispatch_bytes,
-        moe_tp_gather_bytes=traffic.moe_tp_gather_bytes,
-        attn_tp_groups=groups,
-    )
+def _attn_tp_collective(traffic: Traffic, op: str, phase: str, name: str, block: int
+                        ) -> Collective | None:
+    """The attention-TP ring of kind `op` (one per group), or None without attention TP."""
+    colls = [c for c in traffic.attn_collectives if c.op == op]
+    if not colls:
+        return None
+    ranks = tuple(sorted(r for c in colls for r in c.ranks))
+    return Collective(name=name, phase=phase, block=block, ranks=ranks, op=op,  # type: ignore[arg-type]
+                      groups=tuple(c.ranks for c in colls),
+                      size_bytes=tuple(float(c.buffer_bytes) for c in colls))
+
+
+def build_step_plan(traffic: Traffic, costs: StepCosts, num_dense_blocks: int) -> StepPlan:
+    """The step serving engines run (module doc), from its traffic and per-rank compute costs."""
+    b = PlanBuilder(traffic.world)
+    blocks = num_dense_blocks + traffic.num_layers
+    for block in range(blocks):
+        layer = block - num_dense_blocks
+        if crosses_ranks(traffic.sp_bytes):
+            b.exchange("sp_exchange", "attn_comm", block, traffic.sp_bytes)
+        b.compute("attention", "attention", block, "attention", *costs.attention.arrays())
+        ring = _attn_tp_collective(traffic, "reducescatter", "attn_comm",
+                                   "attn_reduce_scatter", block)
+        if ring is not None:
+            b.add(ring)
+        if layer < 0:
+            b.compute("dense_ffn", "experts", block, "dense_ffn", *costs.dense_ffn.arrays())
+        else:
+            _moe_block(b, traffic, costs, block, layer)
+        ring = _attn_tp_collective(traffic, "allgather", "moe_comm", "attn_all_gather", block)
+        if ring is not None:
+            b.add(ring)
+    b.compute("lm_head", "lm_head", blocks, "lm_head", *costs.lm_head.arrays())
+    return b.plan(blocks, num_dense_blocks)
+
+
+def _moe_block(b: PlanBuilder, traffic: Traffic, costs: StepCosts, block: int, layer: int
+               ) -> None:
+    """Router, dispatch, MoE-TP gather, experts, shared experts, MoE-TP scatter, combine."""
+    dispatch, gather = traffic.dispatch_bytes[layer], traffic.moe_tp_gather_bytes[layer]
+    a2a = crosses_ranks(dispatch)  # no kernel runs where every copy is local (TP, DP)
+    b.compute("router", "router", block, "router", *costs.router.arrays())
+    if a2a:
+        b.exchange("dispatch", "dispatch", block, dispatch)
+    if gather.any():
+        b.exchange("moe_tp_gather", "moe_comm", block, gather)
+    b.compute("experts", "experts", block, "grouped_moe", *costs.experts.arrays(layer))
+    if costs.shared_experts.time_s.any():
+        b.compute("shared_experts", "experts", block, "dense_ffn",
+                  *costs.shared_experts.arrays())
+    if gather.any():
+        b.exchange("moe_tp_scatter", "moe_comm", block, gather.T)
+    if a2a:
+        b.exchange("combine", "combine", block, dispatch.T)

@@ -29,6 +29,17 @@ class RouteTable:
     pair_latency_s: np.ndarray  # [world * world] longest path latency of each pair
     paths: dict[tuple[int, int], list[list[Edge]]]
     path_ids: dict[tuple[int, int], list[np.ndarray]]  # the same routes as link-id arrays
+    path_count: np.ndarray  # [world * world] routes of each pair (0 on the diagonal)
+    first_path: np.ndarray  # [world * world + 1] index of each pair's first route in path_links
+    path_links: list[np.ndarray]  # every route as link ids, pairs in src-major order
+    path_latency_s: np.ndarray  # [routes] latency of each route
+
+    def routes_from(self, src: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(route indices, their destinations)` of every route from rank `src`, destinations
+        ascending, a pair's routes together (routes of one source are contiguous)."""
+        first = self.first_path[src * self.world: (src + 1) * self.world + 1]
+        index = np.arange(first[0], first[-1])
+        return index, np.repeat(np.arange(self.world), np.diff(first))
 
     def link_loads(self, bytes_matrix: np.ndarray) -> np.ndarray:
         """Bytes each link carries when the off-diagonal `bytes_matrix[src, dst]` is sent."""
@@ -117,6 +128,10 @@ def build_route_table(topo: Routing, world: int) -> RouteTable:
             link_ids[bounds[index + i] : bounds[index + i + 1]] for i in range(len(routes))
         ]
         index += len(routes)
+    count = np.zeros(world * world, dtype=np.int64)
+    for (src, dst), routes in paths.items():
+        count[src * world + dst] = len(routes)
+    path_links = [link_ids[bounds[i]: bounds[i + 1]] for i in range(len(path_pair))]
     return RouteTable(
         world=world,
         links=links,
@@ -126,4 +141,8 @@ def build_route_table(topo: Routing, world: int) -> RouteTable:
         pair_latency_s=latency,
         paths=paths,
         path_ids=path_ids,
+        path_count=count,
+        first_path=np.concatenate(([0], np.cumsum(count))),
+        path_links=path_links,
+        path_latency_s=path_latency,
     )

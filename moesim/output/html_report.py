@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from moesim.errors import ConfigError
-from moesim.planning.compare import TABLE_COLUMNS, table_cells
+from moesim.output.report import TABLE_COLUMNS, table_cells
 
 __all__ = ["render_html", "write_html_report", "check_compare_dict"]
 

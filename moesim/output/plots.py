@@ -5,34 +5,30 @@ Figures (matplotlib, Agg, imported only inside the drawing functions):
 - rank-by-rank dispatch traffic: bytes from each source rank to each destination rank summed
   over layers (the diagonal is local copies, which cross no link);
 - expert load per layer: tokens (top-k assignments) per expert in every MoE layer;
-- a Gantt timeline of one step: every rank's phases as coloured bars. A rank's phases run
-  back to back (waits are part of the communication phase that waits); inside a block they are
-  drawn in the canonical order `PHASES`, a phase that occurs twice in a block (TP/SP exchange
-  before and after attention) as one bar of its total;
+- a Gantt timeline of one step: every operation of every rank as a bar from when the rank was
+  ready for it to when its part ended (waiting for peers counts in the communication operation
+  that waits), each rank in two lanes, its compute stream above its communication stream, so
+  operations that overlap show side by side;
 - latency against throughput: TPOT against decode tokens/s as the batch grows, per layout,
   from decode steps at analytic fidelity; batches that do not fit in memory are left out.
 
-The per-point data (`point_plot_data`) is stored in the comparison JSON, so `moesim report`
-redraws every figure from the JSON alone.
+The per-point data (`RunResult.plot_data`: the evaluated step's own arrays) is stored in the
+comparison JSON, so `moesim report` redraws every figure from the JSON alone and no plot runs
+the engine.
 """
 
 from __future__ import annotations
 
 import io
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 from moesim.engine.plan import PHASES
-from moesim.inputs.config import Scenario
-from moesim.planning.evaluate import step_traffic, time_step
-from moesim.planning.resolve import resolve_inputs
-from moesim.traffic.workload import build_step
 
-__all__ = ["point_plot_data", "latency_throughput_sweep", "save_plots", "plot_pngs", "PlotInfo"]
+__all__ = ["save_plots", "plot_pngs", "PlotInfo"]
 
 PlotInfo = dict[str, str]  # name, title, caption (and path once saved)
 
@@ -46,77 +42,6 @@ PHASE_COLOURS = {
     "moe_comm": "#da8bc3",
     "lm_head": "#8c8c8c",
 }
-
-
-# ---- data --------------------------------------------------------------------------------
-
-
-def point_plot_data(scenario: Scenario) -> dict[str, Any]:
-    """Traffic matrix, expert load and the step timeline of one point (its own phase)."""
-    inputs = resolve_inputs(scenario)
-    step = build_step(inputs.trace, scenario.phase, scenario.batch, scenario.context)
-    traffic = step_traffic(inputs, step)
-    timeline = time_step(inputs, step, traffic)
-    return {
-        "phase": step.phase,
-        "traffic_rank_bytes": traffic.dispatch_bytes.sum(axis=0).tolist(),  # [W, W]
-        "expert_load": traffic.expert_load.tolist(),  # [L, E]
-        "gantt": {
-            "phases": list(PHASES),
-            "phase_s": np.round(timeline.phase_s, 12).tolist(),  # [blocks, W, phases]
-            "block_end_s": timeline.block_end_s.tolist(),  # [blocks, W]
-            "lm_head_s": timeline.lm_head_s.tolist(),  # [W]
-            "step_s": timeline.step_s,
-            "fidelity": timeline.fidelity,
-            "num_dense_blocks": timeline.num_dense_blocks,
-        },
-    }
-
-
-def latency_throughput_sweep(
-    base: Scenario,
-    topologies: dict[str, Any],
-    compare: dict[str, Any],
-    batches: Sequence[int],
-    *,
-    progress: TextIO | None = sys.stderr,
-) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Per topology and layout: decode TPOT and tokens/s at each batch (analytic fidelity)."""
-    from moesim.planning.evaluate import scenario_memory_fit
-
-    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for spec, topology in topologies.items():
-        layouts = _sweepable_layouts(compare, topology.name)
-        out[topology.name] = {}
-        for placement in layouts:
-            points = []
-            for batch in batches:
-                sc = base.model_copy(update={"batch": batch, "topology": spec, "phase": "decode",
-                                             "placement": placement, "fidelity": "analytic"})
-                inputs = resolve_inputs(sc)
-                fit = scenario_memory_fit(sc, inputs.model, inputs.parallelism, topology)
-                point: dict[str, Any] = {"batch": batch, "fits": fit.fits}
-                if fit.fits:
-                    step = build_step(inputs.trace, "decode", batch, sc.context)
-                    tpot_s = time_step(inputs, step, step_traffic(inputs, step)).step_s
-                    point.update(tpot_s=tpot_s, tokens_per_s=batch / tpot_s)
-                points.append(point)
-            out[topology.name][placement] = points
-            if progress is not None:
-                print(f"sweep {placement} on {topology.name}: batches {list(batches)}",
-                      file=progress)
-    return out
-
-
-def _sweepable_layouts(compare: dict[str, Any], topology: str) -> list[str]:
-    """Layouts that ran, or failed only for memory, on `topology` in some workload."""
-    rows = [r for g in compare["groups"] for r in g["ranked"] + g["infeasible"]]
-    layouts: list[str] = []
-    for row in sorted(rows, key=lambda r: r["order"]):
-        ok = row["feasible"] or row["reason"].startswith("out of memory")
-        if row["topology"] == topology and ok and row["placement"] not in layouts:
-            layouts.append(row["placement"])
-    return layouts
 
 
 # ---- figures -----------------------------------------------------------------------------
@@ -200,7 +125,7 @@ def _expert_figure(row: dict[str, Any], title: str):  # type: ignore[no-untyped-
 
 
 def _gantt_figure(rows: list[dict[str, Any]], title: str):  # type: ignore[no-untyped-def]
-    world_max = max(len(r["plot_data"]["gantt"]["lm_head_s"]) for r in rows)
+    world_max = max(r["plot_data"]["gantt"]["world"] for r in rows)
     fig = _new_figure(14, 0.9 + (0.32 * world_max + 0.7) * len(rows))
     axes = fig.subplots(len(rows), 2, squeeze=False, width_ratios=[3, 1])
     for (full, zoom), row in zip(axes, rows, strict=True):
@@ -208,7 +133,8 @@ def _gantt_figure(rows: list[dict[str, Any]], title: str):  # type: ignore[no-un
         _draw_gantt(full, gantt)
         full.set_xlim(0, max(r["plot_data"]["gantt"]["step_s"] for r in rows) * 1e3)
         full.set_title(f"{row['placement']}: whole step {gantt['step_s'] * 1e3:.2f} ms "
-                       f"({gantt['fidelity']})", fontsize=10, loc="left")
+                       f"({gantt['fidelity']}); per rank compute above, communication below",
+                       fontsize=10, loc="left")
         full.set_ylabel("rank")
         _draw_gantt(zoom, gantt)
         zoom.set_xlim(*_zoom_window_ms(gantt))
@@ -225,29 +151,33 @@ def _gantt_figure(rows: list[dict[str, Any]], title: str):  # type: ignore[no-un
 
 def _zoom_window_ms(gantt: dict[str, Any]) -> tuple[float, float]:
     """From the start to the end of the first two MoE blocks (slowest rank), in ms."""
-    block_end = np.array(gantt["block_end_s"]) * 1e3
     first = gantt.get("num_dense_blocks", 0)
-    start = block_end[first - 1].min() if first > 0 else 0.0
-    end = block_end[min(first + 1, block_end.shape[0] - 1)].max()
-    return float(start), float(end)
+    blocks = np.array([op["block"] for op in gantt["ops"]])
+    start = np.array(gantt["start_s"]) * 1e3
+    end = np.array(gantt["end_s"]) * 1e3
+    shown = (blocks >= first) & (blocks <= first + 1)
+    begin = start[shown][start[shown] >= 0]
+    stop = end[shown][end[shown] >= 0]
+    if not begin.size:
+        return 0.0, float(gantt["step_s"] * 1e3)
+    return float(begin.min()), float(stop.max())
 
 
 def _draw_gantt(ax: Any, gantt: dict[str, Any]) -> None:
-    """Bars per rank: each block's phases back to back from the end of the previous block."""
-    phase_s = np.array(gantt["phase_s"]) * 1e3  # [blocks, W, phases] ms
-    block_end = np.array(gantt["block_end_s"]) * 1e3
-    blocks, world, _ = phase_s.shape
-    start = np.vstack([np.zeros((1, world)), block_end[:-1]])  # [blocks, W]
-    offsets = start[:, :, None] + np.cumsum(phase_s, axis=2) - phase_s  # phase start times
+    """Per rank two lanes (compute above, comm below): each operation as a bar, start to end."""
+    start = np.array(gantt["start_s"]) * 1e3  # [ops, W] ms, negative: not the rank's op
+    end = np.array(gantt["end_s"]) * 1e3
+    world = gantt["world"]
+    lanes = {"compute": -0.42, "comm": 0.02}
     for rank in range(world):
-        for i, phase in enumerate(gantt["phases"]):
-            bars = [(offsets[b, rank, i], phase_s[b, rank, i]) for b in range(blocks)
-                    if phase_s[b, rank, i] > 0]
-            if bars:
-                ax.broken_barh(bars, (rank - 0.4, 0.8), facecolors=PHASE_COLOURS[phase])
-        lm = gantt["lm_head_s"][rank] * 1e3
-        ax.broken_barh([(block_end[-1, rank], lm)], (rank - 0.4, 0.8),
-                       facecolors=PHASE_COLOURS["lm_head"])
+        for stream, offset in lanes.items():
+            for phase in (*PHASES, "lm_head"):
+                ops = [i for i, op in enumerate(gantt["ops"])
+                       if op["stream"] == stream and op["phase"] == phase]
+                bars = [(start[i, rank], end[i, rank] - start[i, rank]) for i in ops
+                        if start[i, rank] >= 0 and end[i, rank] > start[i, rank]]
+                if bars:
+                    ax.broken_barh(bars, (rank + offset, 0.4), facecolors=PHASE_COLOURS[phase])
     ax.set_yticks(np.arange(world))
     ax.set_ylim(world - 0.5, -0.5)
 

@@ -1,10 +1,11 @@
-"""Human-readable tables (and, later, plots) of a Result dict. matplotlib is imported only here."""
+"""Human-readable tables of a run result (`RunResult.to_json()`) and of a comparison."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_run_table", "format_bytes"]
+__all__ = ["format_run_table", "format_bytes", "format_compare_table", "table_cells",
+           "TABLE_COLUMNS"]
 
 
 def format_bytes(num_bytes: float) -> str:
@@ -76,3 +77,70 @@ def _latency_lines(result: dict[str, Any]) -> list[str]:
         f"decode {result['tokens_per_s']:.0f} tokens/s   "
         f"prefill {result['prefill_tokens_per_s']:.0f} tokens/s",
     ]
+
+
+# ---- comparisons ---------------------------------------------------------------------------
+
+
+def _cell(value: float | None, scale: float, digits: int) -> str:
+    return "n/a" if value is None else f"{value * scale:.{digits}f}"
+
+
+TABLE_COLUMNS = (
+    ("rank", 4),
+    ("layout", 9),
+    ("topology", 14),
+    ("GPUs", 4),
+    ("TTFT ms", 9),
+    ("TPOT ms", 8),
+    ("tok/s", 8),
+    ("tok/s/GPU", 9),
+    ("a2a GB", 7),
+    ("imb e/r", 9),
+    ("free GB", 7),
+    ("$/M tok", 7),
+)
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """The ranked-table cells of one feasible row (human units: ms, GB, $)."""
+    return [
+        str(row["rank"]) + ("" if row.get("meets_slo") is not False else "*"),
+        row["placement"],
+        row["topology"],
+        str(row["world"]),
+        _cell(row["ttft_s"], 1e3, 1),
+        _cell(row["tpot_s"], 1e3, 2),
+        _cell(row["tokens_per_s"], 1, 0),
+        _cell(row["tokens_per_s_per_gpu"], 1, 1),
+        _cell(row["a2a_bytes"], 1e-9, 3),
+        f"{row['expert_imbalance_max']:.2f}/{row['rank_imbalance_max']:.2f}",
+        _cell(row["memory_headroom_bytes"], 1e-9, 1),
+        _cell(row["usd_per_million_tokens"], 1, 2),
+    ]
+
+
+def format_compare_table(compare: dict[str, Any]) -> str:
+    """The ranked tables (one per workload) and the infeasible points with their reasons."""
+    sc = compare["scenario"]
+    lines = [
+        f"model {compare['assumptions']['model']}  trace {sc['trace']}  phase {sc['phase']}"
+        f"  {sc['fidelity']}  weights {sc['weight_dtype']}  act {sc['act_dtype']}"
+    ]
+    header = " ".join(f"{name:>{width}}" for name, width in TABLE_COLUMNS)
+    for group in compare["groups"]:
+        lines += ["", f"batch {group['batch']}, context {group['context']}:", header]
+        for row in group["ranked"]:
+            cells = table_cells(row)
+            lines.append(
+                " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, TABLE_COLUMNS, strict=True))
+            )
+        for row in group["infeasible"]:
+            lines.append(f"  infeasible {row['placement']} on {row['topology']}: {row['reason']}")
+    lines += [
+        "",
+        "imb e/r: max over layers of expert and rank max/mean load; free GB: memory "
+        "headroom per GPU; $/M tok: per million output tokens; * misses the target",
+        f"ranking: {compare['ranking']}",
+    ]
+    return "\n".join(lines)

@@ -1,10 +1,10 @@
 """Compare: every parallel layout on every topology for one workload, side by side and ranked.
 
-A comparison runs one scenario (model, trace, phase, context, dtypes) for each layout x
-topology x batch through `moesim.simulate.run_scenario`. A point that cannot run is listed as
-infeasible with its reason, and not simulated: a layout needing more GPUs than the topology
-has, a layout the model does not divide into (experts over EP, heads over TP), or one whose
-rank does not fit in GPU memory (`moesim.memory.memory_fit`).
+A comparison evaluates one scenario (model, trace, phase, context, dtypes) for each layout x
+topology x batch with `moesim.planning.evaluate` (one cache for all points). A point that
+cannot run is listed as infeasible with its reason, and not simulated: a layout needing more
+GPUs than the topology has, a layout the model does not divide into (experts over EP, heads
+over TP), or one whose rank does not fit in GPU memory (`moesim.traffic.memory.memory_fit`).
 
 Ranking (`RANKING_RULE`): within each workload (batch, context), feasible points are ranked by
 decode tokens/s per GPU, highest first, ties broken by lower TPOT. With a TPOT or TTFT target
@@ -20,31 +20,19 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from moesim.errors import ConfigError, MoesimError
+from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario
-from moesim.inputs.model_files import load_model
-from moesim.planning.evaluate import (
-    run_scenario,
-    scenario_memory_fit,
-)
-from moesim.planning.resolve import load_any_trace, parse_layout
-from moesim.traffic.experts import contiguous_placement
-from moesim.traffic.memory import (
-    DEFAULT_PREFILL_CHUNK_TOKENS,
-    DEFAULT_USABLE_FRACTION,
-)
-from moesim.traffic.placement import check_tp_fits_model
+from moesim.output.result import RunResult
+from moesim.planning.evaluate import DoesNotFit, EvaluationCache, Infeasible, evaluate, try_evaluate
+from moesim.traffic.memory import DEFAULT_USABLE_FRACTION
 
 __all__ = [
     "RANKING_RULE",
     "DEFAULT_SWEEP_BATCHES",
-    "usd_per_million_tokens",
     "rank_rows",
     "evaluate_point",
     "run_compare",
-    "format_compare_table",
-    "table_cells",
-    "TABLE_COLUMNS",
+    "latency_throughput_sweep",
 ]
 
 RANKING_RULE = (
@@ -53,15 +41,6 @@ RANKING_RULE = (
     "every target rank above those missing one. Infeasible layouts are listed with the reason."
 )
 DEFAULT_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-def usd_per_million_tokens(
-    world: int, gpu_price_per_hour_usd: float | None, tokens_per_s: float
-) -> float | None:
-    """Dollars per million decode output tokens: world * price / 3600 / tokens_per_s * 1e6."""
-    if gpu_price_per_hour_usd is None or tokens_per_s <= 0:
-        return None
-    return world * gpu_price_per_hour_usd / 3600 / tokens_per_s * 1e6
 
 
 def rank_rows(
@@ -86,71 +65,47 @@ def rank_rows(
     return ranked
 
 
-def _base_row(scenario: Scenario, topology: Any) -> dict[str, Any]:
+def evaluate_point(
+    scenario: Scenario, topology: Any, cache: EvaluationCache | None = None
+) -> tuple[dict[str, Any], RunResult | None]:
+    """One comparison row (and its RunResult when it ran): `try_evaluate`, so a point that
+    cannot run (too many GPUs, not dividing, out of memory) is a row with the reason and is
+    never simulated."""
     placement = scenario.placement
-    return {
+    outcome = try_evaluate(scenario, cache=cache)
+    row: dict[str, Any] = {
         "placement": placement if isinstance(placement, str) else str(placement),
         "topology": topology.name,
         "topology_spec": scenario.topology,
         "batch": scenario.batch,
         "context": scenario.context,
-        "world": None,
-        "feasible": False,
+        "world": outcome.world,
+        "feasible": isinstance(outcome, RunResult),
         "reason": "",
         "gpu_price_per_hour_usd": topology.spec.gpu_price_per_hour_usd,
     }
-
-
-def _check_point(scenario: Scenario, topology: Any, row: dict[str, Any]) -> Any | None:
-    """Fill `world` and `memory`; return the layout, or None with `reason` set."""
-    try:
-        par = parse_layout(scenario.placement)
-        row["world"] = par.world
-        if par.world > topology.num_gpus:
-            row["reason"] = f"needs {par.world} GPUs but {topology.name} has {topology.num_gpus}"
-            return None
-        model = load_model(scenario.model)
-        contiguous_placement(model.num_experts, par.moe_ep, model.num_moe_layers)
-        check_tp_fits_model(par, model.num_attention_heads, model.expert_ffn_size)
-    except MoesimError as exc:
-        row["reason"] = str(exc)
-        return None
-    fit = scenario_memory_fit(scenario, model, par, topology)
-    row["memory"] = fit.to_dict()
-    row["memory_headroom_bytes"] = fit.headroom_bytes
-    if not fit.fits:
-        row["reason"] = f"out of memory: {fit.reason}"
-        return None
-    return par
-
-
-def evaluate_point(scenario: Scenario, topology: Any) -> dict[str, Any]:
-    """One comparison row: checks, then `run_scenario`; a MoesimError makes it infeasible."""
-    row = _base_row(scenario, topology)
-    par = _check_point(scenario, topology, row)
-    if par is None:
-        return row
-    try:
-        result = run_scenario(scenario)
-    except MoesimError as exc:
-        row["reason"] = str(exc)
-        return row
-    imbalance = result["imbalance"]
+    if isinstance(outcome, Infeasible):
+        row["reason"] = outcome.reason
+        if outcome.memory is not None:
+            row["memory"] = outcome.memory.to_dict()
+            row["memory_headroom_bytes"] = outcome.memory.headroom_bytes
+        return row, None
+    assert outcome.memory is not None and outcome.tpot_s is not None
+    imbalance = outcome.imbalance
     row.update(
-        feasible=True,
-        ttft_s=result["ttft_s"],
-        tpot_s=result["tpot_s"],
-        tokens_per_s=result["tokens_per_s"],
-        tokens_per_s_per_gpu=result["tokens_per_s"] / par.world,
-        a2a_bytes=result["a2a_bytes"],
-        expert_imbalance_max=imbalance["expert_max_over_mean"]["max"],
-        rank_imbalance_max=imbalance["rank_max_over_mean"]["max"],
-        usd_per_million_tokens=usd_per_million_tokens(
-            par.world, row["gpu_price_per_hour_usd"], result["tokens_per_s"]
-        ),
-        result=result,
+        memory=outcome.memory.to_dict(),
+        memory_headroom_bytes=outcome.memory.headroom_bytes,
+        ttft_s=outcome.ttft_s,
+        tpot_s=outcome.tpot_s,
+        tokens_per_s=outcome.tokens_per_s,
+        tokens_per_s_per_gpu=outcome.tokens_per_s_per_gpu,
+        a2a_bytes=outcome.a2a_bytes,
+        expert_imbalance_max=imbalance["expert_max_over_mean"].max,
+        rank_imbalance_max=imbalance["rank_max_over_mean"].max,
+        usd_per_million_tokens=outcome.usd_per_million_tokens,
+        result=outcome.to_json(),
     )
-    return row
+    return row, outcome
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -163,12 +118,13 @@ def _describe(row: dict[str, Any]) -> str:
     )
 
 
-def _assumptions(base: Scenario, topologies: dict[str, Any], rows: list[dict[str, Any]]) -> dict:
+def _assumptions(base: Scenario, topologies: dict[str, Any], rows: list[dict[str, Any]],
+                 cache: EvaluationCache) -> dict[str, Any]:
     """What every number rests on: trace, model, dtypes, topologies and their sources."""
-    trace, source = load_any_trace(base.trace)
+    trace, source = cache.resolver.trace(base.trace)
     notes = sorted({n for r in rows if r["feasible"] for n in r["result"]["inputs"]["notes"]})
     return {
-        "model": load_model(base.model).name,
+        "model": cache.resolver.model(base.model).name,
         "trace": source,
         "trace_tokens": trace.num_tokens,
         "trace_layers": trace.num_layers,
@@ -183,11 +139,11 @@ def _assumptions(base: Scenario, topologies: dict[str, Any], rows: list[dict[str
         "fidelity": base.fidelity,
         "memory_model": {
             "usable_fraction": DEFAULT_USABLE_FRACTION,
-            "prefill_chunk_tokens": DEFAULT_PREFILL_CHUNK_TOKENS,
+            "prefill_chunk_tokens": base.prefill_chunk_tokens,
             "kv_dtype": base.act_dtype,
-            "doc": "see moesim/memory.py: per-rank weights, KV cache of the rank's sequences, "
-            "activation peak of a chunked-prefill step, all-to-all buffers, and a runtime "
-            "reserve of (1 - usable_fraction) of the GPU",
+            "doc": "see moesim/traffic/memory.py: per-rank weights, KV cache of the rank's "
+            "sequences, activation peak of a chunked-prefill step, all-to-all buffers, and a "
+            "runtime reserve of (1 - usable_fraction) of the GPU",
         },
         "topologies": {name: _topology_facts(topo) for name, topo in topologies.items()},
         "notes": notes,
@@ -215,12 +171,6 @@ def _topology_facts(topology: Any) -> dict[str, Any]:
     }
 
 
-def _load_topologies(names: Sequence[str]) -> dict[str, Any]:
-    from moesim.inputs.topology import load_topology
-
-    return {name: load_topology(name) for name in names}
-
-
 def run_compare(
     base: Scenario,
     placements: Sequence[str],
@@ -241,7 +191,8 @@ def run_compare(
         )
     if not placements:
         raise ConfigError("compare needs at least one layout: --placements TP8,EP8,...")
-    loaded = _load_topologies(names)
+    cache = EvaluationCache()
+    loaded = {name: cache.resolver.topology(name) for name in names}
     batch_list = list(batches or [base.batch])
     points = [(b, t, p) for b in batch_list for t in names for p in placements]
     rows = []
@@ -250,12 +201,10 @@ def run_compare(
             update={"batch": batch, "topology": topo, "placement": placement}
         )
         began = time.perf_counter()
-        row = evaluate_point(scenario, loaded[topo])
+        row, result = evaluate_point(scenario, loaded[topo], cache)
         row["order"] = index
-        if plot_data and row["feasible"]:
-            from moesim.output.plots import point_plot_data
-
-            row["plot_data"] = point_plot_data(scenario)
+        if plot_data and result is not None:
+            row["plot_data"] = result.plot_data()
         rows.append(row)
         if progress is not None:
             print(
@@ -263,14 +212,59 @@ def run_compare(
                 f"{_describe(row)} ({time.perf_counter() - began:.1f} s)",
                 file=progress,
             )
-    compare = _assemble(base, names, loaded, batch_list, rows, max_tpot_s, max_ttft_s)
+    compare = _assemble(base, names, loaded, batch_list, rows, max_tpot_s, max_ttft_s, cache)
     if sweep_batches:
-        from moesim.output.plots import latency_throughput_sweep
-
         compare["latency_throughput"] = latency_throughput_sweep(
-            base, loaded, compare, sweep_batches, progress=progress
+            base, loaded, compare, sweep_batches, cache=cache, progress=progress
         )
     return compare
+
+
+def latency_throughput_sweep(
+    base: Scenario,
+    topologies: dict[str, Any],
+    compare: dict[str, Any],
+    batches: Sequence[int],
+    *,
+    cache: EvaluationCache | None = None,
+    progress: TextIO | None = sys.stderr,
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per topology and layout: one decode step's TPOT and tokens/s at each batch (analytic
+    fidelity), for the layouts that ran or failed only for memory; a batch that does not fit
+    in memory is a point with `fits` false."""
+    cache = cache or EvaluationCache()
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for spec, topology in topologies.items():
+        out[topology.name] = {}
+        for placement in _sweepable_layouts(compare, topology.name):
+            points: list[dict[str, Any]] = []
+            for batch in batches:
+                sc = base.model_copy(update={"batch": batch, "topology": spec, "phase": "decode",
+                                             "placement": placement, "fidelity": "analytic",
+                                             "decode_steps": 1})
+                try:
+                    result = evaluate(sc, with_ttft=False, cache=cache)
+                except DoesNotFit:
+                    points.append({"batch": batch, "fits": False})
+                    continue
+                points.append({"batch": batch, "fits": True, "tpot_s": result.tpot_s,
+                               "tokens_per_s": result.tokens_per_s})
+            out[topology.name][placement] = points
+            if progress is not None:
+                print(f"sweep {placement} on {topology.name}: batches {list(batches)}",
+                      file=progress)
+    return out
+
+
+def _sweepable_layouts(compare: dict[str, Any], topology: str) -> list[str]:
+    """Layouts that ran, or failed only for memory, on `topology` in some workload."""
+    rows = [r for g in compare["groups"] for r in g["ranked"] + g["infeasible"]]
+    layouts: list[str] = []
+    for row in sorted(rows, key=lambda r: r["order"]):
+        ok = row["feasible"] or row["reason"].startswith("out of memory")
+        if row["topology"] == topology and ok and row["placement"] not in layouts:
+            layouts.append(row["placement"])
+    return layouts
 
 
 def _assemble(
@@ -281,6 +275,7 @@ def _assemble(
     rows: list[dict[str, Any]],
     max_tpot_s: float | None,
     max_ttft_s: float | None,
+    cache: EvaluationCache,
 ) -> dict[str, Any]:
     """The comparison dict: ranked groups per batch, infeasible rows, assumptions."""
     groups = []
@@ -302,69 +297,6 @@ def _assemble(
         "ranking": RANKING_RULE,
         "slo": {"max_tpot_s": max_tpot_s, "max_ttft_s": max_ttft_s},
         "groups": groups,
-        "assumptions": _assumptions(base, {loaded[n].name: loaded[n] for n in names}, rows),
+        "assumptions": _assumptions(base, {loaded[n].name: loaded[n] for n in names}, rows,
+                                    cache),
     }
-
-
-def _cell(value: float | None, scale: float, digits: int) -> str:
-    return "n/a" if value is None else f"{value * scale:.{digits}f}"
-
-
-TABLE_COLUMNS = (
-    ("rank", 4),
-    ("layout", 9),
-    ("topology", 14),
-    ("GPUs", 4),
-    ("TTFT ms", 9),
-    ("TPOT ms", 8),
-    ("tok/s", 8),
-    ("tok/s/GPU", 9),
-    ("a2a GB", 7),
-    ("imb e/r", 9),
-    ("free GB", 7),
-    ("$/M tok", 7),
-)
-
-
-def table_cells(row: dict[str, Any]) -> list[str]:
-    """The ranked-table cells of one feasible row (human units: ms, GB, $)."""
-    return [
-        str(row["rank"]) + ("" if row.get("meets_slo") is not False else "*"),
-        row["placement"],
-        row["topology"],
-        str(row["world"]),
-        _cell(row["ttft_s"], 1e3, 1),
-        _cell(row["tpot_s"], 1e3, 2),
-        _cell(row["tokens_per_s"], 1, 0),
-        _cell(row["tokens_per_s_per_gpu"], 1, 1),
-        _cell(row["a2a_bytes"], 1e-9, 3),
-        f"{row['expert_imbalance_max']:.2f}/{row['rank_imbalance_max']:.2f}",
-        _cell(row["memory_headroom_bytes"], 1e-9, 1),
-        _cell(row["usd_per_million_tokens"], 1, 2),
-    ]
-
-
-def format_compare_table(compare: dict[str, Any]) -> str:
-    """The ranked tables (one per workload) and the infeasible points with their reasons."""
-    sc = compare["scenario"]
-    lines = [
-        f"model {compare['assumptions']['model']}  trace {sc['trace']}  phase {sc['phase']}"
-        f"  {sc['fidelity']}  weights {sc['weight_dtype']}  act {sc['act_dtype']}"
-    ]
-    header = " ".join(f"{name:>{width}}" for name, width in TABLE_COLUMNS)
-    for group in compare["groups"]:
-        lines += ["", f"batch {group['batch']}, context {group['context']}:", header]
-        for row in group["ranked"]:
-            cells = table_cells(row)
-            lines.append(
-                " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, TABLE_COLUMNS, strict=True))
-            )
-        for row in group["infeasible"]:
-            lines.append(f"  infeasible {row['placement']} on {row['topology']}: {row['reason']}")
-    lines += [
-        "",
-        "imb e/r: max over layers of expert and rank max/mean load; free GB: memory "
-        "headroom per GPU; $/M tok: per million output tokens; * misses the target",
-        f"ranking: {compare['ranking']}",
-    ]
-    return "\n".join(lines)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario
+from moesim.output.result import usd_per_million_tokens
 
 __all__ = [
     "GPU_PRESETS",
@@ -152,9 +153,7 @@ def _measure(
     price = row.get("gpu_price_per_hour_usd")
     tokens_per_s = users / tpot_s if feasible and tpot_s else None
     usd_per_hour = price * world * replicas if price is not None else None
-    per_million = None
-    if usd_per_hour is not None and tokens_per_s:
-        per_million = usd_per_hour / 3600 / tokens_per_s * 1e6
+    per_million = usd_per_million_tokens(world * replicas, price, tokens_per_s)
     return Candidate(
         topology=preset,
         replicas=replicas,

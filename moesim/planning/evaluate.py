@@ -1,28 +1,107 @@
-"""One run end to end: resolve a Scenario's inputs, build the step, count traffic, time it."""
+"""Evaluate: the one function that walks a Scenario through the whole chain to a RunResult.
+
+`evaluate(scenario)` resolves the inputs (`moesim.planning.resolve`), fits the layout in
+memory, builds the steps (`moesim.traffic.workload`), counts their traffic, costs and plans
+them (`moesim.engine`), runs the plans on the chosen backend and assembles the typed
+`RunResult`. Every command (run, compare, sweep, plan, the plots and the report, validate's
+prediction) gets its figures here or from the step-level part (`step_traffic`, `time_step`).
+
+What the figures mean:
+- traffic, imbalance and `latency` describe the scenario's own phase: its first prefill chunk
+  or its first decode step;
+- `ttft_s` is the prefill of `batch` prompts of `context` tokens in chunks of at most
+  `prefill_chunk_tokens`, summed over the chunk steps; `tpot_s` the mean of `decode_steps`
+  consecutive decode steps; `tokens_per_s` = sequences / `tpot_s`.
+
+An `EvaluationCache` keeps loaded inputs, route tables and the traffic of recent steps across
+scenarios (a sweep worker or a comparison): points that differ only in topology share a step's
+traffic.
+"""
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
-from moesim.errors import PlacementError
+from moesim.engine.backends import execute
+from moesim.engine.cost import StepCosts, step_costs
+from moesim.engine.plan import build_step_plan
+from moesim.engine.timeline import StepTimeline
+from moesim.errors import MoesimError, PlacementError
 from moesim.inputs.config import Scenario
-from moesim.inputs.options import ACT_DTYPE_BYTES
-from moesim.output.result import latency_result, merge_layer_times, traffic_result
-from moesim.planning.resolve import RunInputs, resolve_inputs
+from moesim.inputs.options import ACT_DTYPE_BYTES, WEIGHT_DTYPE_BYTES
+from moesim.output.result import RunResult, StepDetail, latency_of, traffic_figures
+from moesim.planning.resolve import Resolver, RunInputs
 from moesim.traffic.memory import MemoryFit, memory_fit
 from moesim.traffic.traffic import Traffic, compute_traffic
 from moesim.traffic.workload import StepWorkload, build_step, prefill_chunks, trace_sequences
 
 __all__ = [
+    "DoesNotFit",
+    "Infeasible",
+    "EvaluationCache",
+    "evaluate",
+    "try_evaluate",
     "step_traffic",
     "time_step",
-    "run_scenario",
     "prefill_steps",
     "decode_step",
     "scenario_memory_fit",
 ]
 
-WEIGHT_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
+# Traffic of this many recent steps is kept by a caching evaluation (each is [L, W, W] small).
+_TRAFFIC_KEPT = 64
+
+
+class DoesNotFit(PlacementError):
+    """The layout does not fit in GPU memory; `memory` says by how much and why."""
+
+    def __init__(self, message: str, memory: MemoryFit) -> None:
+        super().__init__(message)
+        self.memory = memory
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    """A scenario that cannot run, with the reason and what was known before it stopped."""
+
+    reason: str
+    world: int | None = None
+    gpu_price_per_hour_usd: float | None = None
+    memory: MemoryFit | None = None
+
+
+class EvaluationCache:
+    """Inputs, route tables and recent steps' traffic shared by many evaluations."""
+
+    def __init__(self) -> None:
+        self.resolver = Resolver(cache=True)
+        self._traffic: OrderedDict[Any, tuple[StepWorkload, Traffic]] = OrderedDict()
+
+    def step(
+        self, inputs: RunInputs, key: tuple[Any, ...], build: Callable[[], StepWorkload]
+    ) -> tuple[StepWorkload, Traffic]:
+        """The step `key` of the scenario and its traffic, computed once per traffic inputs."""
+        sc = inputs.scenario
+        full = (_traffic_key(sc), inputs.gpus_per_node, key)
+        if full not in self._traffic:
+            step = build()
+            self._traffic[full] = (step, step_traffic(inputs, step))
+            while len(self._traffic) > _TRAFFIC_KEPT:
+                self._traffic.popitem(last=False)
+        self._traffic.move_to_end(full)
+        return self._traffic[full]
+
+
+def _traffic_key(sc: Scenario) -> str:
+    """Everything but the topology that a step's traffic depends on."""
+    fields = ("model", "trace", "trace_tokens", "layers", "placement", "expert_placement",
+              "batch", "context", "prefill_chunk_tokens", "act_dtype", "dedup", "sp_variant")
+    return json.dumps({f: sc.model_dump()[f] for f in fields}, sort_keys=True)
 
 
 def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:
@@ -41,46 +120,75 @@ def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:
     )
 
 
-def time_step(inputs: RunInputs, step: StepWorkload, traffic: Traffic):  # type: ignore[no-untyped-def]
-    """Simulate one step on the scenario's topology; returns a StepTimeline."""
-    from moesim.engine.plan import build_step_plan
-    from moesim.engine.step import simulate_step
-
-    sc = inputs.scenario
+def time_step(
+    inputs: RunInputs,
+    step: StepWorkload,
+    traffic: Traffic,
+    *,
+    costs: StepCosts | None = None,
+    resolver: Resolver | None = None,
+) -> StepTimeline:
+    """Plan one step and run it on the scenario's topology at its fidelity; `costs` replaces
+    the cost model's compute (the live harness runs only the expert GEMMs)."""
     topology = inputs.topology
     if topology is None:
         raise ValueError("time_step needs a scenario with a topology")
-    plan = build_step_plan(
-        step,
-        traffic,
-        inputs.model,
-        topology.gpu_spec,
-        act_dtype=sc.act_dtype,
-        weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype],
-    )
-    return simulate_step(plan, topology, sc.fidelity)
+    sc = inputs.scenario
+    if costs is None:
+        costs = step_costs(step, traffic, inputs.model, topology.gpu_spec,
+                           act_dtype=sc.act_dtype, weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype])
+    plan = build_step_plan(traffic, costs, inputs.model.first_dense_layers)
+    routes = (resolver or Resolver()).routes(topology, inputs.parallelism.world)
+    return execute(plan, topology, sc.fidelity, routes=routes)
 
 
-def scenario_memory_fit(scenario: Scenario, model: Any, par: Any, topology: Any) -> MemoryFit:
-    """The memory fit of one scenario's layout on `topology` (KV cache in the activation dtype)."""
-    act_bytes = ACT_DTYPE_BYTES[scenario.act_dtype]
+def scenario_memory_fit(inputs: RunInputs) -> MemoryFit:
+    """The memory fit of one scenario's layout on its topology (KV cache in the act dtype)."""
+    sc = inputs.scenario
+    if inputs.topology is None:
+        raise ValueError("a memory fit needs a scenario with a topology")
+    act_bytes = ACT_DTYPE_BYTES[sc.act_dtype]
     return memory_fit(
-        model,
-        par,
-        topology.gpu_spec.memory_bytes,
-        batch=scenario.batch or 1,
-        context=scenario.context or 1,
-        weight_bytes=WEIGHT_DTYPE_BYTES[scenario.weight_dtype],
+        inputs.model,
+        inputs.parallelism,
+        inputs.topology.gpu_spec.memory_bytes,
+        batch=sc.batch or 1,
+        context=sc.context or 1,
+        weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype],
         act_bytes=act_bytes,
         kv_bytes=act_bytes,
-        prefill_chunk_tokens=scenario.prefill_chunk_tokens,
+        prefill_chunk_tokens=sc.prefill_chunk_tokens,
+        experts=inputs.experts,
     )
 
 
-def describe_inputs(inputs: RunInputs, step: StepWorkload) -> dict[str, Any]:
-    """The `inputs` block of a Result: what was run, so every number can be traced back."""
-    par = inputs.parallelism
+StepSource = tuple[tuple[Any, ...], Callable[[], StepWorkload], int]  # key, builder, repeats
+
+
+def prefill_steps(inputs: RunInputs) -> list[StepSource]:
+    """The chunk steps of the batch's prefill: (key, builder, how many times it runs)."""
     sc = inputs.scenario
+    if sc.batch is None and sc.context is None:
+        return [(("prefill",), lambda: build_step(inputs.trace, "prefill"), 1)]
+    context = sc.context or int(trace_sequences(inputs.trace)[1].max())
+    return [
+        (("prefill", c.sequences, c.offset, c.length),
+         partial(build_step, inputs.trace, "prefill", c.sequences, c.length, offset=c.offset),
+         c.repeats)
+        for c in prefill_chunks(sc.batch or 1, context, sc.prefill_chunk_tokens)
+    ]
+
+
+def decode_step(inputs: RunInputs, index: int = 0) -> StepWorkload:
+    """Decode step `index` of the scenario's batch."""
+    sc = inputs.scenario
+    return build_step(inputs.trace, "decode", sc.batch, sc.context, decode_step=index)
+
+
+def _describe(inputs: RunInputs, step: StepWorkload, notes: list[str]) -> dict[str, Any]:
+    """The `inputs` block of a result: what was run, so every number can be traced back."""
+    par, sc = inputs.parallelism, inputs.scenario
+    topology = inputs.topology
     return {
         "scenario": sc.name,
         "model": inputs.model.name,
@@ -98,90 +206,136 @@ def describe_inputs(inputs: RunInputs, step: StepWorkload) -> dict[str, Any]:
         "world": par.world,
         "topology": sc.topology,
         "gpus_per_node": inputs.gpus_per_node,
+        "gpu_price_per_hour_usd": topology.spec.gpu_price_per_hour_usd if topology else None,
         "phase": sc.phase,
         "act_dtype": sc.act_dtype,
         "weight_dtype": sc.weight_dtype,
         "dedup": sc.dedup,
         "sp_variant": sc.sp_variant,
-        "fidelity": sc.fidelity if inputs.topology is not None else None,
-        "ownership": "default: contiguous token blocks per attention DP/SP group in trace order; "
-        "expert e on EP rank e // (E / ep)",
-        "notes": list(step.notes),
+        "fidelity": sc.fidelity if topology is not None else None,
+        "ownership": "default: contiguous token blocks per attention DP/SP group in trace order",
+        "expert_placement": "contiguous: expert e on EP rank e // (E / ep)"
+        if sc.expert_placement is None else inputs.experts.to_spec(),
+        "notes": notes,
     }
 
 
-def prefill_steps(inputs: RunInputs) -> list[tuple[StepWorkload, int]]:
-    """The chunk steps of the batch's prefill, each with how many times it runs."""
-    sc = inputs.scenario
-    if sc.batch is None and sc.context is None:
-        return [(build_step(inputs.trace, "prefill"), 1)]
-    context = sc.context or int(trace_sequences(inputs.trace)[1].max())
-    return [
-        (build_step(inputs.trace, "prefill", c.sequences, c.length, offset=c.offset), c.repeats)
-        for c in prefill_chunks(sc.batch or 1, context, sc.prefill_chunk_tokens)
-    ]
-
-
-def decode_step(inputs: RunInputs, index: int = 0) -> StepWorkload:
-    """Decode step `index` of the scenario's batch."""
-    sc = inputs.scenario
-    return build_step(inputs.trace, "decode", sc.batch, sc.context, decode_step=index)
-
-
-def run_scenario(scenario: Scenario) -> dict[str, Any]:
-    """Run one scenario and return its Result dict (latency keys only with a topology).
-
-    Traffic, imbalance and `latency` describe the scenario's own phase: its first prefill chunk
-    or its first decode step.
-    """
-    inputs = resolve_inputs(scenario)
+def evaluate(
+    scenario: Scenario, *, with_ttft: bool = True, cache: EvaluationCache | None = None
+) -> RunResult:
+    """Evaluate one scenario (module doc). Raises a MoesimError (DoesNotFit for memory) when it
+    cannot run; `with_ttft=False` skips the prefill (its `ttft_s` is then None)."""
+    cache = cache or EvaluationCache()
+    inputs = cache.resolver.inputs(scenario)
+    memory = None
+    if inputs.topology is not None:
+        memory = scenario_memory_fit(inputs)
+        if not memory.fits:
+            raise DoesNotFit(
+                f"placement {inputs.parallelism.label} does not fit in memory on "
+                f"{scenario.topology}: {memory.reason}; use more GPUs, --weight-dtype fp8, or a "
+                "smaller --batch/--context", memory)
     prefill = prefill_steps(inputs)
-    step = prefill[0][0] if scenario.phase == "prefill" else decode_step(inputs)
-    traffic = step_traffic(inputs, step)
-    result = traffic_result(traffic, describe_inputs(inputs, step))
+    decode_key, decode_build = ("decode", 0), lambda: decode_step(inputs)
+    if scenario.phase == "prefill":
+        main_key, main_build, _ = prefill[0]
+    else:
+        main_key, main_build = decode_key, decode_build
+    step, traffic = cache.step(inputs, main_key, main_build)
+    figures = traffic_figures(traffic)
+    detail = StepDetail(traffic.dispatch_bytes.sum(axis=0), traffic.expert_load)
     if inputs.topology is None:
-        return result
-    fit = scenario_memory_fit(scenario, inputs.model, inputs.parallelism, inputs.topology)
-    if not fit.fits:
-        raise PlacementError(
-            f"placement {inputs.parallelism.label} does not fit in memory on "
-            f"{scenario.topology}: {fit.reason}; use more GPUs, --weight-dtype fp8, or a "
-            "smaller --batch/--context"
-        )
-    main = time_step(inputs, step, traffic)
-    ttft_s = 0.0
-    for index, (chunk, repeats) in enumerate(prefill):
-        same = index == 0 and scenario.phase == "prefill"
-        timeline = main if same else time_step(inputs, chunk, step_traffic(inputs, chunk))
-        ttft_s += timeline.step_s * repeats
-    decode_s = []
-    for index in range(scenario.decode_steps):
-        if index == 0 and scenario.phase == "decode":
-            decode_s.append(main.step_s)
-        else:
-            decode = decode_step(inputs, index)
-            decode_s.append(time_step(inputs, decode, step_traffic(inputs, decode)).step_s)
+        return RunResult(inputs=_describe(inputs, step, list(step.notes)), detail=detail,
+                         **figures)
+    main = time_step(inputs, step, traffic, resolver=cache.resolver)
+
+    def timed_s(key: tuple[Any, ...], build: Callable[[], StepWorkload]) -> float:
+        if key == main_key:
+            return main.step_s
+        later, later_traffic = cache.step(inputs, key, build)
+        return time_step(inputs, later, later_traffic, resolver=cache.resolver).step_s
+
+    ttft_s = sum(timed_s(k, b) * n for k, b, n in prefill) if with_ttft else None
+    decode_s = [timed_s(("decode", i), partial(decode_step, inputs, i))
+                for i in range(scenario.decode_steps)]
     tpot_s = float(sum(decode_s) / len(decode_s))
-    prefill_tokens = sum(chunk.num_tokens * repeats for chunk, repeats in prefill)
-    result.update(
-        latency_result(
-            main,
-            scenario.phase,
-            ttft_s=ttft_s,
-            tpot_s=tpot_s,
-            decode_sequences=decode_step(inputs).num_sequences,
-            prefill_tokens=prefill_tokens,
-        )
+    sequences = cache.step(inputs, decode_key, decode_build)[0].num_sequences
+    notes = _notes(inputs, prefill, cache, decode_key, decode_build, with_ttft)
+    prefill_tokens_per_s = None
+    if ttft_s:
+        tokens = sum(cache.step(inputs, k, b)[0].num_tokens * n for k, b, n in prefill)
+        prefill_tokens_per_s = tokens / ttft_s
+    return RunResult(
+        inputs=_describe(inputs, step, notes),
+        latency=latency_of(main, scenario.phase),
+        ttft_s=ttft_s,
+        tpot_s=tpot_s,
+        tokens_per_s=sequences / tpot_s,
+        prefill_tokens_per_s=prefill_tokens_per_s,
+        tpot_steps_s=tuple(decode_s),
+        memory=memory,
+        gpu_price_per_hour_usd=inputs.topology.spec.gpu_price_per_hour_usd,
+        detail=StepDetail(detail.dispatch_rank_bytes, detail.expert_load, main),
+        **_with_layer_times(figures, main),
     )
-    result["tpot_steps_s"] = decode_s
-    result["memory"] = fit.to_dict()
-    notes = {f"prefill: {note}" for chunk, _ in prefill for note in chunk.notes}
-    notes |= {f"decode: {note}" for note in decode_step(inputs).notes}
-    if len(prefill) > 1 or prefill[0][1] > 1:
-        notes.add(
-            f"prefill: TTFT sums {sum(r for _, r in prefill)} chunk steps of at most "
-            f"{scenario.prefill_chunk_tokens} tokens (prefill_chunk_tokens)"
-        )
-    result["inputs"]["notes"] = sorted(notes)
-    merge_layer_times(result, inputs.model.first_dense_layers)
-    return result
+
+
+def _notes(
+    inputs: RunInputs,
+    prefill: list[StepSource],
+    cache: EvaluationCache,
+    decode_key: tuple[Any, ...],
+    decode_build: Callable[[], StepWorkload],
+    with_ttft: bool,
+) -> list[str]:
+    """What the figures rest on beyond the inputs: trace reuse and tiling, chunked prefill."""
+    notes = {f"decode: {n}" for n in cache.step(inputs, decode_key, decode_build)[0].notes}
+    if with_ttft or inputs.scenario.phase == "prefill":
+        chunks = prefill if with_ttft else prefill[:1]
+        notes |= {f"prefill: {n}" for k, b, _ in chunks for n in cache.step(inputs, k, b)[0].notes}
+    if with_ttft and (len(prefill) > 1 or prefill[0][2] > 1):
+        notes.add(f"prefill: TTFT sums {sum(n for _, _, n in prefill)} chunk steps of at most "
+                  f"{inputs.scenario.prefill_chunk_tokens} tokens (prefill_chunk_tokens)")
+    return sorted(notes)
+
+
+def _with_layer_times(figures: dict[str, Any], main: StepTimeline) -> dict[str, Any]:
+    """The traffic figures with each MoE layer's block time and slowest-rank phase times."""
+    blocks = main.per_layer()
+    dense = main.num_dense_blocks
+    layers = tuple(
+        replace(row, time_s=blocks[dense + row.layer]["time_s"],
+                phase_s=blocks[dense + row.layer]["phase_max_s"])
+        for row in figures["per_layer"]
+    )
+    return {**figures, "per_layer": layers}
+
+
+def try_evaluate(
+    scenario: Scenario, *, with_ttft: bool = True, cache: EvaluationCache | None = None
+) -> RunResult | Infeasible:
+    """`evaluate`, or why the scenario cannot run (with its world, GPU price and memory fit
+    where they are known): for compare, sweep and plan, which list infeasible points."""
+    cache = cache or EvaluationCache()
+    try:
+        return evaluate(scenario, with_ttft=with_ttft, cache=cache)
+    except DoesNotFit as exc:
+        return Infeasible(f"out of memory: {exc.memory.reason}", *_known(scenario, cache),
+                          memory=exc.memory)
+    except MoesimError as exc:
+        return Infeasible(str(exc), *_known(scenario, cache))
+
+
+def _known(scenario: Scenario, cache: EvaluationCache) -> tuple[int | None, float | None]:
+    """The layout's world and the topology's GPU price, where they can be read."""
+    world = price = None
+    try:
+        world = cache.resolver.layout(scenario.placement).world
+    except MoesimError:
+        pass
+    try:
+        if scenario.topology:
+            price = cache.resolver.topology(scenario.topology).spec.gpu_price_per_hour_usd
+    except MoesimError:
+        pass
+    return world, price

@@ -130,9 +130,10 @@ class Resolver:
             except PlacementError as exc:
                 raise PlacementError(f"placement {par.label}: {exc}") from None
         if isinstance(spec, str):
-            source = f"expert placement file {spec}"
-            spec = self._once(("experts", spec), lambda: load_model_file(
-                ExpertPlacementSpec, spec, "expert placement"))
+            path = spec
+            source = f"expert placement file {path}"
+            spec = self._once(("experts", path), lambda: load_model_file(
+                ExpertPlacementSpec, path, "expert placement"))
         else:
             source = "scenario field 'expert_placement'"
         return placement_from_spec(spec, num_experts=model.num_experts, moe_ep=par.moe_ep,
@@ -150,18 +151,17 @@ class Resolver:
                                  f"{trace.num_tokens} tokens of trace {source}")
             trace = trace.select_tokens(np.arange(scenario.trace_tokens))
         par = self.layout(scenario.placement)
-        experts = self.expert_placement(scenario.expert_placement, model, par)
         topology = None
         gpus_per_node = par.world
         if scenario.topology:
             topology = self.topology(scenario.topology)
             if topology.num_gpus < par.world:
                 raise PlacementError(
-                    f"placement {par.label} needs {par.world} GPUs but topology "
-                    f"{scenario.topology} has {topology.num_gpus}; pick a smaller layout or a "
-                    "larger topology"
+                    f"placement {par.label} needs {par.world} GPUs but {scenario.topology} has "
+                    f"{topology.num_gpus}; pick a smaller layout or a larger topology"
                 )
             gpus_per_node = min(topology.gpus_per_node, par.world)
+        experts = self.expert_placement(scenario.expert_placement, model, par)
         return RunInputs(scenario, model, trace, source, par, experts, topology, gpus_per_node)
 
 

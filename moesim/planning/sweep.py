@@ -32,11 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario, load_model_file, parse_model
 from moesim.planning.sweep_point import (
-    PointMetrics,
     evaluate_point,
     pareto_front,
     point_key,
-    run_point,
 )
 from moesim.planning.sweep_rows import (
     ROW_COLUMNS,
@@ -52,8 +50,6 @@ __all__ = [
     "load_grid",
     "expand_grid",
     "point_key",
-    "PointMetrics",
-    "run_point",
     "evaluate_point",
     "ROW_COLUMNS",
     "SWEPT_FIELDS",

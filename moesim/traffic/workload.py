@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moesim.inputs.options import Phase
 from moesim.trace.format import RouterTrace
 
 __all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trace_sequences"]
@@ -36,7 +37,7 @@ __all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trac
 class StepWorkload:
     """Tokens of one step and the attention keys each token attends to."""
 
-    phase: str
+    phase: Phase
     trace: RouterTrace  # the step's tokens
     keys_per_token: np.ndarray  # [T] keys each token's attention reads (itself included)
     num_sequences: int
@@ -129,7 +130,7 @@ def prefill_chunks(batch: int, context: int, chunk_tokens: int) -> list[PrefillC
 
 def build_step(
     trace: RouterTrace,
-    phase: str,
+    phase: Phase,
     batch: int | None = None,
     context: int | None = None,
     decode_step: int = 0,
