@@ -60,6 +60,24 @@ def test_live_bytes_match_prediction_exactly(placement: str, extra: dict, comm_p
     assert not list(tmp_path.iterdir())  # plan files are removed after a good run
 
 
+def test_replicated_experts_move_the_predicted_bytes_live(tmp_path: Path) -> None:
+    """EP2 with experts 0 and 7 on both ranks (round robin between the copies): the live run's
+    dispatch and combine bytes equal the simulator's on every layer and rank, each rank runs
+    its 5 expert slots, and the measurement records the placement inline so `validate
+    compare` rebuilds the same traffic."""
+    path = tmp_path / "replicas.yaml"
+    path.write_text("ep_ranks: [[0, 1, 2, 3, 7], [4, 5, 6, 7, 0]]\ncopy_choice: round_robin\n")
+    measurement = run_live(placement="EP2", workdir=tmp_path / "run", expert_placement=str(path),
+                           **SMALL)
+    assert measurement["inputs"]["expert_placement"] == {
+        "ep_ranks": [[0, 1, 2, 3, 7], [4, 5, 6, 7, 0]], "copy_choice": "round_robin"}
+    traffic = traffic_for_inputs(measurement["inputs"])
+    assert traffic.experts.has_replicas and traffic.rank_expert_tokens.shape[2] == 5
+    assert check_bytes(measurement, traffic) == []
+    default = traffic_for_inputs({**measurement["inputs"], "expert_placement": None})
+    assert not np.array_equal(traffic.dispatch_bytes, default.dispatch_bytes)
+
+
 def test_failing_rank_gives_one_error_and_no_orphans(tmp_path: Path) -> None:
     """A rank that raises ends the run with LiveRunError naming that rank and its error, and
     every rank process is gone when run_live returns."""

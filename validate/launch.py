@@ -279,17 +279,20 @@ def run_live(
     inject_failure: tuple[int, str] | None = None,
     workdir: str | Path | None = None,
     rank_commands: Sequence[RankCommand] | None = None,
+    expert_placement: str | None = None,
 ) -> dict[str, Any]:
     """Run the predicted traffic live and return the measurement dict (see validate.measurement).
 
-    `inject_failure=(rank, "raise" | "hang")` makes that rank fail after joining (for tests);
+    `expert_placement` names a file of the experts each EP rank holds (replicas allowed; the
+    measurement records it inline); `inject_failure=(rank, "raise" | "hang")` makes that rank
+    fail after joining (for tests);
     `rank_commands` start ranks elsewhere (network namespaces: `validate.netns`).
     """
     start = time.perf_counter()
     inputs = live_inputs(model=model, trace=trace, placement=placement, backend=backend,
                          scale=scale, layers=layers, tokens=tokens, act_dtype=act_dtype,
                          dedup=dedup, phase=phase, sp_variant=sp_variant, warmup=warmup,
-                         repeats=repeats, barrier=barrier)
+                         repeats=repeats, barrier=barrier, expert_placement=expert_placement)
     world = int(inputs["world"])
     if nproc is not None and nproc != world:
         raise LiveRunError(f"--nproc {nproc} differs from placement {placement}'s world {world}; "
@@ -301,6 +304,8 @@ def run_live(
     settings = {"backend": backend, "port": free_port(), "timeout_s": float(timeout_s),
                 "warmup": warmup, "repeats": repeats, "threads": threads, "barrier": barrier,
                 "fail_rank": fail_rank, "fail_mode": fail_mode}
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-live-", dir=workdir))
     for rank, plan in enumerate(rank_plans(traffic, inputs, settings)):
         np.savez(plan_dir / f"rank{rank}.npz", **plan)

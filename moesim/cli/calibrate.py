@@ -41,6 +41,7 @@ from moesim.inputs.config import load_model_file
 from moesim.inputs.models import ModelSpec
 from moesim.inputs.topology import resolve_topology_path
 from moesim.inputs.topology_spec import TopologySpec
+from moesim.output.files import write_atomic
 
 __all__ = ["add_parser", "format_table", "write_topology"]
 
@@ -178,14 +179,14 @@ def layer_load(model: ModelSpec, update: dict[str, int], nproc: int, trace: str,
     one), each on `tokens * top_k / num_experts` rows (or `load_tokens`), cycling over the
     model's MoE layers (as many as fit in 1 GiB of weights per rank)."""
     from moesim.inputs.options import ACT_DTYPE_BYTES
-    from moesim.planning.resolve import load_any_trace
+    from moesim.trace.bundled import load_named_trace
 
     if load_tokens is not None and load_tokens < 0:
         raise ConfigError(f"--load-tokens {load_tokens}: give rows per expert, 0 or more "
                           "(0: idle collectives), or leave it out to size it from --trace")
     experts = max(1, model.num_experts // nproc)
     if load_tokens is None:
-        tokens = load_any_trace(trace)[0].num_tokens
+        tokens = load_named_trace(trace).num_tokens
         load_tokens = max(1, round(tokens * model.top_k / model.num_experts))
     weight_bytes = 3 * update["hidden_size"] * update["expert_ffn_size"] * experts \
         * ACT_DTYPE_BYTES[act_dtype]
@@ -251,7 +252,7 @@ def _write_live(spec: TopologySpec, note: str, out: Path, original: Path) -> Non
         "# the last `sources`.\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    write_atomic(out, header + yaml.safe_dump(data, sort_keys=False))
 
 
 def _run_nccl_tests(args: argparse.Namespace) -> int:
@@ -322,4 +323,4 @@ def write_topology(
         f"# Base topology: {original} (see its comments for the source of every figure).\n"
         "# Fitted: link_efficiency and collective_launch_s; see the last `sources` entry.\n"
     )
-    out.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    write_atomic(out, header + yaml.safe_dump(data, sort_keys=False))

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from moesim.output.files import write_atomic
+
 __all__ = ["add_parser", "format_plan_table"]
 
 
@@ -57,8 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json == "-":
             sys.stdout.write(text)
         else:
-            with open(args.json, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            write_atomic(args.json, text)
     if args.json != "-":
         print(format_plan_table(result, top=args.top))
     return 0 if result.chosen else 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from moesim.cli.flags import RUN_FIELDS, add_scenario_flags, scenario_from_args
+from moesim.output.files import write_atomic
 
 __all__ = ["add_parser", "write_json"]
 
@@ -33,9 +33,7 @@ def write_json(result: dict[str, Any], out: str) -> None:
     if out == "-":
         sys.stdout.write(text + "\n")
         return
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
+    write_atomic(out, text + "\n")
 
 
 def _run(args: argparse.Namespace) -> int:

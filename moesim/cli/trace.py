@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from moesim.errors import TraceError
+from moesim.output.files import write_atomic
 from moesim.trace.bundled import BUNDLED_TRACES, bundled_trace_path
 from moesim.trace.convert import FORMATS, convert_file
 from moesim.trace.format import RouterTrace, load_trace
@@ -99,7 +100,7 @@ def _run_stats(args: argparse.Namespace) -> int:
         sys.stdout.write(text + "\n")
     else:
         try:
-            Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+            write_atomic(args.json_out, text + "\n")
         except OSError as exc:
             raise TraceError(f"cannot write {args.json_out}: {exc.strerror}") from None
         print(f"wrote {args.json_out}")

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from moesim.errors import TraceError
-from moesim.trace.bundled import BUNDLED_TRACES, bundled_trace_path
+from moesim.output.files import write_atomic
+from moesim.trace.bundled import BUNDLED_PREFIX, BUNDLED_TRACES, bundled_trace_path
 from moesim.trace.format import RouterTrace, load_trace, save_trace
 from moesim.trace.synth import SynthParams, generate_trace, uniform_params, zipf_params
 
 __all__ = ["add_parser", "resolve_trace_path", "build_params"]
 
-_BUNDLED_PREFIX = "bundled:"
 
 
 def add_parser(trace_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -74,8 +74,8 @@ def _add_compare(trace_commands: argparse._SubParsersAction) -> None:  # type: i
 
 def resolve_trace_path(name: str) -> Path:
     """A trace argument: a file, `bundled:NAME`, or a bare bundled name."""
-    if name.startswith(_BUNDLED_PREFIX):
-        return bundled_trace_path(name[len(_BUNDLED_PREFIX):])
+    if name.startswith(BUNDLED_PREFIX):
+        return bundled_trace_path(name[len(BUNDLED_PREFIX):])
     path = Path(name)
     if not path.exists() and name in BUNDLED_TRACES:
         return bundled_trace_path(name)
@@ -163,6 +163,6 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 def _write(path: Path, text: str) -> None:
     try:
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, text)
     except OSError as exc:
         raise TraceError(f"cannot write {path}: {exc.strerror}") from None

@@ -62,6 +62,9 @@ def _add_live(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     live.add_argument("--barrier", choices=["step", "layer"], default="step",
                       help="synchronise the ranks once per pass over the layers (default: "
                       "layers back to back, as served) or before every layer")
+    live.add_argument("--expert-placement", dest="expert_placement", metavar="FILE",
+                      help="YAML/JSON of the experts each EP rank holds (replicas allowed), as "
+                      "`moesim run --expert-placement`; default: contiguous")
     live.add_argument("--dedup", choices=["none", "gpu"], default="none")
     live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
                       default="bf16")
@@ -138,6 +141,7 @@ def _live(args: argparse.Namespace) -> int:
         dedup=args.dedup, phase=args.phase, sp_variant=args.sp_variant, warmup=args.warmup,
         repeats=args.repeats, timeout_s=args.timeout_s, nproc=args.nproc, barrier=args.barrier,
         inject_failure=_parse_injection(args.inject_failure),
+        expert_placement=args.expert_placement,
     )
     write_json(measurement, args.output)
     totals = measurement["totals"]

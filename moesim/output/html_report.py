@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from moesim.errors import ConfigError
+from moesim.output.files import write_atomic
 from moesim.output.report import TABLE_COLUMNS, table_cells
 
 __all__ = ["render_html", "write_html_report", "check_compare_dict"]
@@ -214,7 +215,4 @@ def write_html_report(
     figures: list[tuple[dict[str, str], bytes]] | None = None,
 ) -> Path:
     """Write the page to `out` (folders created); return its path."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(compare, figures), encoding="utf-8")
-    return path
+    return write_atomic(out, render_html(compare, figures))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from moesim.engine.plan import PHASES
+from moesim.output.files import write_atomic
 
 __all__ = ["save_plots", "plot_pngs", "PlotInfo"]
 
@@ -263,7 +264,7 @@ def save_plots(
     written = []
     for info, png in plot_pngs(compare) if rendered is None else rendered:
         path = folder / info["name"]
-        path.write_bytes(png)
+        write_atomic(path, png)
         written.append({**info, "path": str(path)})
     return written
 

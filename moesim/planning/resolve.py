@@ -13,7 +13,6 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -22,7 +21,8 @@ from moesim.errors import PlacementError, TraceError
 from moesim.inputs.config import ExpertPlacementSpec, Scenario, load_model_file, parse_model
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec, model_spec_from_mapping
-from moesim.trace.format import RouterTrace, load_trace
+from moesim.trace.bundled import named_trace
+from moesim.trace.format import RouterTrace
 from moesim.traffic.experts import ExpertPlacement, contiguous_placement, placement_from_spec
 from moesim.traffic.placement import Parallelism, parse_placement
 
@@ -30,10 +30,8 @@ if TYPE_CHECKING:
     from moesim.engine.routes import RouteTable
     from moesim.inputs.topology import Topology
 
-__all__ = ["BUNDLED_PREFIX", "RunInputs", "Resolver", "resolve_inputs", "load_any_trace",
-           "parse_layout"]
+__all__ = ["RunInputs", "Resolver", "resolve_inputs", "parse_layout"]
 
-BUNDLED_PREFIX = "bundled:"
 T = TypeVar("T")
 # Traces can be large (a 1M-token trace is ~100 MB); a caching Resolver keeps this many.
 _TRACES_KEPT = 4
@@ -51,15 +49,6 @@ class RunInputs:
     experts: ExpertPlacement
     topology: Topology | None
     gpus_per_node: int
-
-
-def load_any_trace(spec: str) -> tuple[RouterTrace, str]:
-    """Load `bundled:NAME` from the package or a `.npz` path; return the trace and its source."""
-    if spec.startswith(BUNDLED_PREFIX):
-        from moesim.trace.bundled import bundled_trace_path
-
-        return load_trace(bundled_trace_path(spec[len(BUNDLED_PREFIX):])), spec
-    return load_trace(Path(spec)), str(spec)
 
 
 def parse_layout(spec: str | dict[str, int]) -> Parallelism:
@@ -94,9 +83,9 @@ class Resolver:
     def trace(self, spec: str) -> tuple[RouterTrace, str]:
         """A bundled or .npz trace and its source (a caching Resolver keeps the last few)."""
         if self._memo is None:
-            return load_any_trace(spec)
+            return named_trace(spec)
         if spec not in self._traces:
-            self._traces[spec] = load_any_trace(spec)
+            self._traces[spec] = named_trace(spec)
             while len(self._traces) > _TRACES_KEPT:
                 self._traces.popitem(last=False)
         self._traces.move_to_end(spec)

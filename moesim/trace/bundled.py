@@ -12,7 +12,17 @@ from pathlib import Path
 from moesim.errors import TraceError
 from moesim.trace.format import RouterTrace, load_trace
 
-__all__ = ["BUNDLED_TRACES", "DEFAULT_BUNDLED_TRACE", "bundled_trace_path", "load_bundled_trace"]
+__all__ = [
+    "BUNDLED_PREFIX",
+    "BUNDLED_TRACES",
+    "DEFAULT_BUNDLED_TRACE",
+    "bundled_trace_path",
+    "load_bundled_trace",
+    "named_trace",
+    "load_named_trace",
+]
+
+BUNDLED_PREFIX = "bundled:"
 
 BUNDLED_TRACES: dict[str, str] = {
     "mixtral8x7b_humaneval_decode": (
@@ -46,3 +56,15 @@ def bundled_trace_path(name: str = DEFAULT_BUNDLED_TRACE) -> Path:
 def load_bundled_trace(name: str = DEFAULT_BUNDLED_TRACE) -> RouterTrace:
     """Load the bundled trace `name`."""
     return load_trace(bundled_trace_path(name))
+
+
+def named_trace(spec: str | Path) -> tuple[RouterTrace, str]:
+    """The trace `bundled:NAME` or at a `.npz` path, and the source it is recorded under."""
+    if isinstance(spec, str) and spec.startswith(BUNDLED_PREFIX):
+        return load_trace(bundled_trace_path(spec[len(BUNDLED_PREFIX):])), spec
+    return load_trace(Path(spec)), str(spec)
+
+
+def load_named_trace(spec: str | Path) -> RouterTrace:
+    """Load `bundled:NAME` from the package or a `.npz` router trace from a path."""
+    return named_trace(spec)[0]
