@@ -117,7 +117,7 @@ def _ring(buf: torch.Tensor, tmp: torch.Tensor, ranks: np.ndarray, rows: np.ndar
     """Ring reduce-scatter (`reduce`) or all-gather over `ranks` with chunk `rows` per rank.
 
     Step s: rank i sends chunk (i-s-1) mod n (reduce-scatter) or (i-s) mod n (all-gather) to
-    i+1 and receives the chunk one behind from i-1, as `moesim.traffic.ring_bytes_matrix`.
+    i+1 and receives the chunk one behind from i-1, as `moesim.traffic.traffic.ring_bytes_matrix`.
     """
     n = len(ranks)
     i = int(np.flatnonzero(ranks == rank)[0])

@@ -193,7 +193,7 @@ def bench_measurements(bench: dict[str, Any]) -> list[Measurement]:
 def _gemm_rows(bench: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                np.ndarray]:
     """The GEMM rows as arrays: tokens, FLOPs, bytes moved (weights + activations, in the act
-    dtype, as `moesim.cost.experts_cost` counts them) and measured seconds per expert."""
+    dtype, as `moesim.engine.cost.experts_cost` counts them) and measured seconds per expert."""
     from moesim.inputs.options import ACT_DTYPE_BYTES
 
     rows = [r for r in bench["rows"] if r["op"] == "gemm"]

@@ -30,6 +30,7 @@ from moesim.engine.collective_model import (
 )
 from moesim.engine.collectives import predict_collective
 from moesim.errors import ConfigError
+from moesim.inputs.options import AllreduceAlgorithm
 from moesim.inputs.topology import Topology, build_topology
 from moesim.inputs.topology_spec import TopologySpec
 
@@ -119,7 +120,7 @@ def predict_times_s(
     *,
     launch_s: float,
     fidelity: str = "des",
-    algorithm: str = "ring",
+    algorithm: AllreduceAlgorithm = "ring",
 ) -> np.ndarray:
     """Predicted time of each measurement on `topo`, as `moesim collective` computes it."""
     times = np.empty(len(measurements))
@@ -144,7 +145,7 @@ def fit_topology(
     fit_launch: bool = True,
     loss: str = "log",
     fidelity: str = "des",
-    algorithm: str = "ring",
+    algorithm: AllreduceAlgorithm = "ring",
 ) -> FitResult:
     """Fit one link efficiency for `media` (default: every medium) and the launch latency.
 

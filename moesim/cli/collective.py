@@ -36,6 +36,7 @@ from moesim.engine.collective_model import (
 )
 from moesim.engine.collectives import predict_collective
 from moesim.errors import ConfigError, TopologyError
+from moesim.inputs.options import AllreduceAlgorithm
 from moesim.inputs.topology import load_topology
 
 __all__ = ["add_parser", "parse_bytes", "collective_report"]
@@ -83,7 +84,8 @@ def parse_bytes(text: str) -> float:
 
 
 def collective_report(
-    topology: str, op: str, gpus: int | None, size_bytes: float, fidelity: str, algorithm: str
+    topology: str, op: str, gpus: int | None, size_bytes: float, fidelity: str,
+    algorithm: AllreduceAlgorithm,
 ) -> dict[str, Any]:
     """Predict one collective and return the nccl-tests style figures (seconds, bytes, B/s)."""
     topo = load_topology(topology)

@@ -40,6 +40,7 @@ from moesim.engine.collective_model import (
     tree_depth,
 )
 from moesim.engine.network import Edge, Links, Routing
+from moesim.inputs.options import AllreduceAlgorithm
 
 __all__ = [
     "concurrent_flow_times_s",
@@ -110,7 +111,7 @@ def allreduce(
     ranks: Sequence[int],
     size_bytes: float,
     *,
-    algorithm: str = "ring",
+    algorithm: AllreduceAlgorithm = "ring",
     launch_s: float = NCCL_LAUNCH_S,
 ) -> CollectiveResult:
     """All-reduce bound by `ring` (2(n-1) steps of S/n), pipelined `tree`, `nvls` or `auto`."""
@@ -131,7 +132,7 @@ def allreduce(
 
 def choose_allreduce_algorithm(
     topo: Routing, ranks: Sequence[int], size_bytes: float, *, launch_s: float = NCCL_LAUNCH_S
-) -> str:
+) -> AllreduceAlgorithm:
     """What `auto` runs: `nvls` if the ranks share an `nvls` switch and it is faster, else ring."""
     ranks = check_ranks(ranks)
     if len(ranks) < 2 or nvls_switch(topo, ranks) is None:
@@ -212,7 +213,7 @@ def predict(
     *,
     size_bytes: float | None = None,
     bytes_matrix: np.ndarray | None = None,
-    algorithm: str = "ring",
+    algorithm: AllreduceAlgorithm = "ring",
     launch_s: float = NCCL_LAUNCH_S,
 ) -> CollectiveResult:
     """Analytic counterpart of `collectives.simulate_collective` (same arguments)."""

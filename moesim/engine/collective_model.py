@@ -42,6 +42,7 @@ import numpy as np
 
 from moesim.engine.network import Edge, Routing
 from moesim.errors import TopologyError
+from moesim.inputs.options import AllreduceAlgorithm, CollectiveOp, choices
 
 __all__ = [
     "NCCL_LAUNCH_S",
@@ -101,9 +102,9 @@ def collective_launch_s(topo: object) -> float:
     launch_s = getattr(topo, "collective_launch_s", None)
     return NCCL_LAUNCH_S if launch_s is None else float(launch_s)
 
-OPS = ("alltoall", "allreduce", "allgather", "reducescatter")
+OPS: tuple[str, ...] = choices(CollectiveOp)
 
-ALLREDUCE_ALGORITHMS = ("ring", "tree", "nvls", "auto")
+ALLREDUCE_ALGORITHMS: tuple[str, ...] = choices(AllreduceAlgorithm)
 
 
 # Port crossings of the first NVLS chunk (up, reduced down, up, multicast down) beyond the

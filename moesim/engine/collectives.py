@@ -31,6 +31,7 @@ from moesim.engine.collective_model import (
     tree_depth,
 )
 from moesim.engine.network import FlowNetwork, Routing
+from moesim.inputs.options import AllreduceAlgorithm
 
 __all__ = [
     "CollectiveRun",
@@ -107,7 +108,7 @@ def allreduce(
     ranks: Sequence[int],
     size_bytes: float,
     *,
-    algorithm: str = "ring",
+    algorithm: AllreduceAlgorithm = "ring",
     launch_s: float = NCCL_LAUNCH_S,
 ) -> CollectiveRun:
     """All-reduce of a `size_bytes` buffer on every rank: `ring`, `tree`, `nvls` or `auto`."""
@@ -282,7 +283,7 @@ def simulate_collective(
     *,
     size_bytes: float | None = None,
     bytes_matrix: np.ndarray | None = None,
-    algorithm: str = "ring",
+    algorithm: AllreduceAlgorithm = "ring",
     launch_s: float = NCCL_LAUNCH_S,
 ) -> CollectiveResult:
     """Run one collective alone on an idle network in a fresh simpy environment."""
@@ -313,7 +314,7 @@ def predict_collective(
     *,
     size_bytes: float | None = None,
     bytes_matrix: np.ndarray | None = None,
-    algorithm: str = "ring",
+    algorithm: AllreduceAlgorithm = "ring",
     launch_s: float = NCCL_LAUNCH_S,
     fidelity: str = "des",
 ) -> CollectiveResult:

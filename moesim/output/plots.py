@@ -1,4 +1,4 @@
-"""Plots of a comparison (`moesim.compare.run_compare`): PNG figures and the data behind them.
+"""Plots of a comparison (`moesim.planning.compare.run_compare`): PNGs and the data behind them.
 
 Figures (matplotlib, Agg, imported only inside the drawing functions):
 - per-layer phase times per layout: the slowest rank's seconds per phase in every block;
