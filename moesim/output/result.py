@@ -226,11 +226,8 @@ def traffic_figures(traffic: Traffic) -> dict[str, Any]:
     dispatch_cross = traffic.dispatch_cross_bytes()
     a2a = traffic.a2a_bytes_per_layer()
     local = traffic.local_bytes_per_layer()
-    # attention comm: TP reduce-scatter after attention plus the SP exchange
-    attn_comm = traffic.attn_collective_bytes("attn_comm") + int(traffic.sp_bytes.sum())
-    # MoE comm: MoE-TP all-gather + reduce-scatter, and the attention-TP all-gather after combine
-    moe_comm = traffic.moe_tp_gather_bytes.sum(axis=(1, 2)) * 2
-    moe_comm = moe_comm + traffic.attn_collective_bytes("moe_comm")
+    attn_comm = traffic.attn_comm_bytes_per_layer()
+    moe_comm = traffic.moe_comm_bytes_per_layer()
     per_layer = tuple(
         LayerResult(
             layer=layer,

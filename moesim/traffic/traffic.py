@@ -159,6 +159,17 @@ class Traffic:
         """Local dispatch plus combine copies per layer `[L]`."""
         return 2 * self.dispatch_local_bytes()
 
+    def attn_comm_bytes_per_layer(self) -> int:
+        """Attention-side collective bytes of one layer: the attention-TP reduce-scatter after
+        attention plus the SP exchange (the same in every layer)."""
+        return self.attn_collective_bytes("attn_comm") + int(self.sp_bytes.sum())
+
+    def moe_comm_bytes_per_layer(self) -> np.ndarray:
+        """MoE-side collective bytes per layer `[L]`: the MoE-TP all-gather and the
+        reduce-scatter that returns it, plus the attention-TP all-gather after combine."""
+        return (2 * self.moe_tp_gather_bytes.sum(axis=(1, 2))
+                + self.attn_collective_bytes("moe_comm"))
+
     def rank_load(self) -> np.ndarray:
         """Token-expert pairs each rank's experts process, per layer `[L, W]`."""
         return self.rank_expert_tokens.sum(axis=2)
