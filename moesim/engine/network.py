@@ -12,6 +12,7 @@ so one rate update costs a few numpy passes over all (flow, link) pairs.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -27,6 +28,8 @@ __all__ = ["Edge", "Routing", "Links", "FlowGroup", "FlowNetwork", "max_min_fair
 
 Edge = tuple[str, str]
 
+# Links of frozen (immutable) graphs, indexed once per graph.
+_LINKS_OF_FROZEN: weakref.WeakKeyDictionary[nx.DiGraph, Links] = weakref.WeakKeyDictionary()
 # Two bottleneck shares closer than this (relative) are one level: avoids extra rounds
 # caused by floating-point noise in cap_left / count.
 _SHARE_RTOL = 1e-12
@@ -93,7 +96,18 @@ class Links:
 
     @classmethod
     def from_graph(cls, graph: nx.DiGraph) -> Links:
-        """Index every edge; raise TopologyError if one lacks a positive bandwidth or a latency."""
+        """Index every edge; raise TopologyError if one lacks a positive bandwidth or a latency.
+        A frozen graph (a built Topology's) is indexed once and the result reused."""
+        frozen = nx.is_frozen(graph)
+        if frozen and graph in _LINKS_OF_FROZEN:
+            return _LINKS_OF_FROZEN[graph]
+        links = cls._index(graph)
+        if frozen:
+            _LINKS_OF_FROZEN[graph] = links
+        return links
+
+    @classmethod
+    def _index(cls, graph: nx.DiGraph) -> Links:
         edges: list[Edge] = list(graph.edges)
         capacity = np.array([_edge_attr(graph, e, "bandwidth_bytes_per_s") for e in edges])
         latency = np.array([_edge_attr(graph, e, "latency_s") for e in edges])

@@ -27,7 +27,7 @@ left out, as no kernel runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -132,42 +132,42 @@ class PlanBuilder:
     world: int
     ops: list[Operation] = field(default_factory=list)
 
-    @property
-    def all_ranks(self) -> tuple[int, ...]:
-        """Every rank of the world."""
-        return tuple(range(self.world))
+    def __post_init__(self) -> None:
+        self.all_ranks: tuple[int, ...] = tuple(range(self.world))
+
+    def _deps(self, after: tuple[int, ...] | None) -> tuple[int, ...]:
+        """`after`, or by default the last operation appended."""
+        if after is not None:
+            return tuple(after)
+        return (len(self.ops) - 1,) if self.ops else ()
+
+    def _append(self, op: Operation) -> int:
+        self.ops.append(op)
+        return len(self.ops) - 1
 
     def add(self, op: Operation, after: tuple[int, ...] | None = None) -> int:
         """Append `op` waiting for `after` (default: the last operation); return its index."""
-        deps = after if after is not None else ((len(self.ops) - 1,) if self.ops else ())
-        self.ops.append(_with_deps(op, deps))
-        return len(self.ops) - 1
+        return self._append(replace(op, deps=self._deps(after)))
 
     def compute(self, name: str, phase: str, block: int, kind: str, time_s: np.ndarray,
                 flops: np.ndarray, bytes_moved: np.ndarray,
                 after: tuple[int, ...] | None = None) -> int:
         """Append a Compute on every rank."""
-        return self.add(Compute(name=name, phase=phase, block=block, ranks=self.all_ranks,
-                                kind=kind, time_s=np.asarray(time_s, dtype=np.float64),
-                                flops=np.asarray(flops, dtype=np.float64),
-                                bytes_moved=np.asarray(bytes_moved, dtype=np.float64)), after)
+        return self._append(Compute(
+            name=name, phase=phase, block=block, ranks=self.all_ranks, deps=self._deps(after),
+            kind=kind, time_s=np.asarray(time_s, dtype=np.float64),
+            flops=np.asarray(flops, dtype=np.float64),
+            bytes_moved=np.asarray(bytes_moved, dtype=np.float64)))
 
     def exchange(self, name: str, phase: str, block: int, matrix: np.ndarray,
                  after: tuple[int, ...] | None = None) -> int:
         """Append an Exchange among every rank."""
-        return self.add(Exchange(name=name, phase=phase, block=block, ranks=self.all_ranks,
-                                 bytes_matrix=matrix), after)
+        return self._append(Exchange(name=name, phase=phase, block=block, ranks=self.all_ranks,
+                                     deps=self._deps(after), bytes_matrix=matrix))
 
     def plan(self, num_blocks: int, num_dense_blocks: int) -> StepPlan:
         """The plan built so far."""
         return StepPlan(self.world, num_blocks, num_dense_blocks, tuple(self.ops))
-
-
-def _with_deps(op: Operation, deps: tuple[int, ...]) -> Operation:
-    """A copy of `op` waiting for `deps`."""
-    values = {f: getattr(op, f) for f in op.__dataclass_fields__}
-    values["deps"] = tuple(deps)
-    return type(op)(**values)
 
 
 def _attn_tp_collective(traffic: Traffic, op: str, phase: str, name: str, block: int

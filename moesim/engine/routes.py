@@ -33,6 +33,7 @@ class RouteTable:
     first_path: np.ndarray  # [world * world + 1] index of each pair's first route in path_links
     path_links: list[np.ndarray]  # every route as link ids, pairs in src-major order
     path_latency_s: np.ndarray  # [routes] latency of each route
+    pair_starts: np.ndarray  # index of each pair's first entry (entries are grouped by pair)
 
     def routes_from(self, src: int) -> tuple[np.ndarray, np.ndarray]:
         """`(route indices, their destinations)` of every route from rank `src`, destinations
@@ -42,21 +43,32 @@ class RouteTable:
         return index, np.repeat(np.arange(self.world), np.diff(first))
 
     def link_loads(self, bytes_matrix: np.ndarray) -> np.ndarray:
-        """Bytes each link carries when the off-diagonal `bytes_matrix[src, dst]` is sent."""
-        flat = np.asarray(bytes_matrix, dtype=np.float64).reshape(-1)
-        weights = flat[self.pair_of_entry] * self.share_of_entry
-        return np.bincount(self.link_of_entry, weights=weights, minlength=len(self.links.edges))
+        """Bytes each link carries when the off-diagonal `bytes_matrix[..., src, dst]` is sent:
+        `[..., links]` (leading axes: several matrices at once)."""
+        matrices = np.asarray(bytes_matrix, dtype=np.float64)
+        lead = matrices.shape[:-2]
+        flat = matrices.reshape(-1, self.world * self.world)
+        weights = flat[:, self.pair_of_entry] * self.share_of_entry  # [K, entries]
+        num_links = len(self.links.edges)
+        if flat.shape[0] == 1:  # one matrix: no (matrix, link) index needed
+            loads = np.bincount(self.link_of_entry, weights=weights[0], minlength=num_links)
+            return loads.reshape(*lead, num_links)
+        index = np.arange(flat.shape[0])[:, None] * num_links + self.link_of_entry
+        loads = np.bincount(index.ravel(), weights=weights.ravel(),
+                            minlength=flat.shape[0] * num_links)
+        return loads.reshape(*lead, num_links)
 
     def pair_drain_s(self, link_drain_s: np.ndarray) -> np.ndarray:
-        """Per pair, the longest drain time of any link on its routes: `[world * world]`.
+        """Per pair, the longest drain time of any link on its routes: `[..., world * world]`.
 
         Entries are stored grouped by pair, so one `maximum.reduceat` over the segments does it.
         """
-        worst = np.zeros(self.world * self.world)
+        drain = np.asarray(link_drain_s)
+        worst = np.zeros(drain.shape[:-1] + (self.world * self.world,))
         if self.pair_of_entry.size:
-            starts = np.flatnonzero(np.r_[True, np.diff(self.pair_of_entry) != 0])
-            segment_max = np.maximum.reduceat(link_drain_s[self.link_of_entry], starts)
-            worst[self.pair_of_entry[starts]] = segment_max
+            starts = self.pair_starts
+            segment_max = np.maximum.reduceat(drain[..., self.link_of_entry], starts, axis=-1)
+            worst[..., self.pair_of_entry[starts]] = segment_max
         return worst
 
 
@@ -145,4 +157,6 @@ def build_route_table(topo: Routing, world: int) -> RouteTable:
         first_path=np.concatenate(([0], np.cumsum(count))),
         path_links=path_links,
         path_latency_s=path_latency,
+        pair_starts=np.flatnonzero(np.r_[True, np.diff(np.asarray(pair_list, dtype=np.int64))
+                                         != 0]) if pair_list else np.zeros(0, dtype=np.int64),
     )

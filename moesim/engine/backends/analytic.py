@@ -17,28 +17,40 @@ import numpy as np
 from moesim.engine import analytic
 from moesim.engine.collective_model import alltoall_protocol
 from moesim.engine.network import Routing
-from moesim.engine.plan import Barrier, Collective, Compute, Exchange, Operation, StepPlan
+from moesim.engine.plan import Barrier, Collective, Compute, Exchange, StepPlan
 from moesim.engine.routes import RouteTable
 from moesim.engine.timeline import StepTimeline
 
-__all__ = ["AnalyticBackend", "pairwise_bound_s"]
+__all__ = ["AnalyticBackend", "pairwise_bound_s", "pairwise_bounds_s"]
+
+# Exchanges are bounded in batches of at most this many (matrix, route entry) pairs: many
+# small matrices at once (per-call overhead dominates), large fabrics one by one.
+_BATCH_ENTRIES = 1 << 16  # small enough to stay in cache
 
 
 def pairwise_bound_s(
     routes: RouteTable, topo: Routing, matrix: np.ndarray, launch_s: float
 ) -> np.ndarray:
     """Per rank: launch + its slowest send or receive under the bottleneck-link bound."""
-    off = np.array(matrix, dtype=np.float64)
-    np.fill_diagonal(off, 0.0)
+    return pairwise_bounds_s(routes, topo, np.asarray(matrix)[None], launch_s)[0]
+
+
+def pairwise_bounds_s(
+    routes: RouteTable, topo: Routing, matrices: np.ndarray, launch_s: float
+) -> np.ndarray:
+    """`[K, W]`: `pairwise_bound_s` of K `[W, W]` matrices at once, each on the protocol
+    `alltoall_protocol` picks for its busiest rank's bytes."""
     world = routes.world
-    launch_s, factor = alltoall_protocol(topo, range(world), float(off.sum(axis=1).max()), launch_s)
-    off *= factor
-    if not off.any():
-        return np.full(world, launch_s)
+    off = np.array(matrices, dtype=np.float64).reshape(-1, world, world)
+    off[:, np.arange(world), np.arange(world)] = 0.0
+    busiest = off.sum(axis=2).max(axis=1)
+    protocol = [alltoall_protocol(topo, range(world), float(b), launch_s) for b in busiest]
+    launch = np.array([p[0] for p in protocol])
+    off *= np.array([p[1] for p in protocol])[:, None, None]
     drain = routes.link_loads(off) / routes.links.capacity_bytes_per_s
     pair_s = routes.pair_drain_s(drain) + routes.pair_latency_s
-    pair_s = np.where(off.reshape(-1) > 0, pair_s, 0.0).reshape(world, world)
-    return launch_s + np.maximum(pair_s.max(axis=1), pair_s.max(axis=0))
+    pair_s = np.where(off.reshape(off.shape[0], -1) > 0, pair_s, 0.0).reshape(off.shape)
+    return launch[:, None] + np.maximum(pair_s.max(axis=2), pair_s.max(axis=1))
 
 
 def _collective_s(topo: Routing, op: Collective, world: int, launch_s: float) -> np.ndarray:
@@ -64,38 +76,88 @@ class AnalyticBackend:
     def execute(self, plan: StepPlan, topo: Routing, routes: RouteTable, launch_s: float
                 ) -> StepTimeline:
         """Every operation's start and end on every rank, in plan order."""
-        count, world = len(plan.ops), plan.world
-        start = np.full((count, world), np.nan)
-        end = np.full((count, world), np.nan)
-        free = {"compute": np.zeros(world), "comm": np.zeros(world)}
-        cache: dict[tuple[int, ...], np.ndarray] = {}  # durations of identical comm ops
-        for index, op in enumerate(plan.ops):
-            ranks = np.asarray(op.ranks, dtype=np.int64)
-            ready = free[op.stream][ranks]
-            for dep in op.deps:
-                ready = np.fmax(ready, end[dep, ranks])  # NaN: the dep is not on that rank
-            start[index, ranks] = ready
-            end[index, ranks] = self._end(op, ready, ranks, topo, routes, launch_s, cache)
-            free[op.stream][ranks] = end[index, ranks]
+        comm_s = _comm_durations(plan, topo, routes, launch_s)
+        if _is_chain(plan):
+            start, end = _chain_times(plan, comm_s)
+        else:
+            start, end = _graph_times(plan, comm_s)
         return StepTimeline(plan, start, end, self.name)
 
-    @staticmethod
-    def _end(op: Operation, ready: np.ndarray, ranks: np.ndarray, topo: Routing,
-             routes: RouteTable, launch_s: float, cache: dict[tuple[int, ...], np.ndarray]
-             ) -> np.ndarray:
-        """When each rank's part of `op` ends, the ranks being ready at `ready`."""
-        if isinstance(op, Compute):
-            return ready + op.time_s[ranks]
-        if isinstance(op, Barrier):
-            return np.full(ranks.size, ready.max())
-        if isinstance(op, Exchange):
-            key = (id(op.bytes_matrix),)
-            if key not in cache:
-                cache[key] = pairwise_bound_s(routes, topo, op.bytes_matrix, launch_s)
-            return ready.max() + cache[key][ranks]
+
+def _comm_durations(plan: StepPlan, topo: Routing, routes: RouteTable, launch_s: float
+                    ) -> dict[int, np.ndarray]:
+    """Per communication operation, each rank's seconds after the barrier (`[W]`): every
+    exchange's bound in one batch, identical collectives once."""
+    out: dict[int, np.ndarray] = {}
+    exchanges = {i: op for i, op in enumerate(plan.ops) if isinstance(op, Exchange)}
+    row: dict[int, int] = {}  # a matrix (by identity) -> its row in the batch
+    stack: list[np.ndarray] = []
+    for exchange in exchanges.values():
+        if id(exchange.bytes_matrix) not in row:
+            row[id(exchange.bytes_matrix)] = len(stack)
+            stack.append(exchange.bytes_matrix)
+    if stack:
+        # in batches of at most _BATCH_ENTRIES (matrix, route entry) pairs
+        chunk = max(1, _BATCH_ENTRIES // max(routes.link_of_entry.size, 1))
+        bounds = np.concatenate([
+            pairwise_bounds_s(routes, topo, stack[i][None] if chunk == 1 else
+                              np.stack(stack[i: i + chunk]), launch_s)
+            for i in range(0, len(stack), chunk)])
+        out.update({i: bounds[row[id(x.bytes_matrix)]] for i, x in exchanges.items()})
+    seen: dict[tuple[object, ...], np.ndarray] = {}
+    for i, op in enumerate(plan.ops):
         if isinstance(op, Collective):
-            key = (hash((op.op, op.algorithm, op.groups, op.size_bytes)),)
-            if key not in cache:
-                cache[key] = _collective_s(topo, op, routes.world, launch_s)
-            return ready.max() + cache[key][ranks]
-        raise TypeError(f"unknown operation {type(op).__name__}")
+            key = (op.op, op.algorithm, op.groups, op.size_bytes)
+            if key not in seen:
+                seen[key] = _collective_s(topo, op, plan.world, launch_s)
+            out[i] = seen[key]
+        elif isinstance(op, Barrier):
+            out[i] = np.zeros(plan.world)
+    return out
+
+
+def _is_chain(plan: StepPlan) -> bool:
+    """Whether every operation runs on every rank right after the one before it."""
+    everyone = tuple(range(plan.world))
+    return all(op.ranks == everyone and op.deps == ((i - 1,) if i else ())
+               for i, op in enumerate(plan.ops))
+
+
+def _chain_times(plan: StepPlan, comm_s: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of a chain: a compute adds its seconds to each rank's clock; a
+    communication starts at the latest clock (the barrier) and adds each rank's seconds."""
+    count, world = len(plan.ops), plan.world
+    start = np.empty((count, world))
+    end = np.empty((count, world))
+    now = np.zeros(world)
+    for index, op in enumerate(plan.ops):
+        start[index] = now
+        if isinstance(op, Compute):
+            now = now + op.time_s
+        else:
+            now = now.max() + comm_s[index]
+        end[index] = now
+    return start, end
+
+
+def _graph_times(plan: StepPlan, comm_s: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of any plan: an operation starts on a rank when its dependencies there
+    are done and the rank's stream is free; a communication waits for all its ranks."""
+    count, world = len(plan.ops), plan.world
+    start = np.full((count, world), np.nan)
+    end = np.full((count, world), np.nan)
+    free = {"compute": np.zeros(world), "comm": np.zeros(world)}
+    for index, op in enumerate(plan.ops):
+        ranks = np.asarray(op.ranks, dtype=np.int64)
+        ready = free[op.stream][ranks]
+        for dep in op.deps:
+            ready = np.fmax(ready, end[dep, ranks])  # NaN: the dep is not on that rank
+        start[index, ranks] = ready
+        if isinstance(op, Compute):
+            end[index, ranks] = ready + op.time_s[ranks]
+        elif isinstance(op, (Exchange, Collective, Barrier)):
+            end[index, ranks] = ready.max() + comm_s[index][ranks]
+        else:
+            raise TypeError(f"unknown operation {type(op).__name__}")
+        free[op.stream][ranks] = end[index, ranks]
+    return start, end
