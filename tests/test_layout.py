@@ -13,8 +13,8 @@ import moesim
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stages in data-flow order; a module may import its own stage or an earlier one.
-STAGES = ("errors", "inputs", "trace", "traffic", "engine", "output", "planning", "calibrate",
-          "cli")
+STAGES = ("errors", "inputs", "trace", "traffic", "engine", "serve", "output", "planning",
+          "calibrate", "cli")
 
 
 def _module_name(path: Path) -> str:
@@ -67,7 +67,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_stages_import_only_earlier_stages() -> None:
-    """inputs < trace < traffic < engine < output < planning < calibrate < cli."""
+    """inputs < trace < traffic < engine < serve < output < planning < calibrate < cli."""
     for module, imported in _imports().items():
         own = _stage(module)
         for other in imported:

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         plan,
         report,
         run,
+        serve,
         sweep,
         trace,
         validate,
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moesim {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run, compare, report, sweep, plan, trace, collective, calibrate, validate):
+    for module in (run, serve, compare, report, sweep, plan, trace, collective, calibrate,
+                   validate):
         module.add_parser(commands)
     return parser
 

@@ -1,9 +1,10 @@
-"""Scenario fields as command-line flags, by one rule: field `x_y` is flag `--x-y`.
+"""Input fields as command-line flags, by one rule: field `x_y` is flag `--x-y`.
 
 The flag's type and choices come from the field's annotation (a `Literal` gives `choices`, an
-`int` an int, anything else a string) and its help from the field's description, so a new
-Scenario field is a new flag without touching the CLI. Values given on the command line
-override the scenario file; a value pydantic refuses is named by its flag.
+`int` an int, a `float` a float, a mapping `KEY=VALUE,...`, anything else a string) and its help
+from the field's description, so a new Scenario (or ServeSpec) field is a new flag without
+touching the CLI. Values given on the command line override the scenario file; a value pydantic
+refuses is named by its flag.
 """
 
 from __future__ import annotations
@@ -13,17 +14,29 @@ import types
 from collections.abc import Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from moesim.errors import ConfigError
-from moesim.inputs.config import Scenario, load_scenario
+from moesim.inputs.config import Scenario, ServeSpec, load_scenario
 
-__all__ = ["RUN_FIELDS", "add_scenario_flags", "flag_name", "scenario_from_args"]
+__all__ = [
+    "RUN_FIELDS",
+    "SERVE_FIELDS",
+    "add_model_flags",
+    "add_scenario_flags",
+    "flag_name",
+    "scenario_from_args",
+    "serve_spec_from_args",
+]
 
-# Scenario fields `moesim run` takes as flags (name and description belong in the file).
+# Scenario fields `moesim run` takes as flags (name and description belong in the file, the
+# served workload has flags of its own).
 RUN_FIELDS: tuple[str, ...] = tuple(
-    name for name in Scenario.model_fields if name not in ("name", "description")
+    name for name in Scenario.model_fields if name not in ("name", "description", "serve")
 )
+# ServeSpec fields `moesim serve` takes as flags: all of them.
+SERVE_FIELDS: tuple[str, ...] = tuple(ServeSpec.model_fields)
+_ARRIVALS = ("rate", "concurrency", "requests_file")
 
 
 def flag_name(field: str) -> str:
@@ -39,18 +52,51 @@ def _flag_type(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
     for option in options:
         if get_origin(option) is Literal:
             return str, tuple(str(value) for value in get_args(option))
-        if option is int:
-            return int, None
+    if str in options:  # a name, or a mapping a scenario file may give instead
+        return str, None
+    for option in options:
+        if option in (int, float):
+            return option, None
+        if get_origin(option) is dict:
+            return _mapping, None  # type: ignore[return-value]
     return str, None
 
 
-def add_scenario_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
-    """Add one flag per Scenario field in `fields` (type, choices and help from the field)."""
+def _mapping(text: str) -> dict[str, str]:
+    """`a=b,c=d` -> {"a": "b", "c": "d"}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}; write NAME=VALUE,NAME=VALUE")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
+                    fields: Sequence[str]) -> None:
+    """Add one flag per field of `model` in `fields` (type, choices, help from the field)."""
     for name in fields:
-        info = Scenario.model_fields[name]
+        info = model.model_fields[name]
         kind, choices = _flag_type(info.annotation)
         parser.add_argument(flag_name(name), dest=name, type=kind, choices=choices,
                             default=None, help=info.description)
+
+
+def add_scenario_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
+    """Add one flag per Scenario field in `fields`."""
+    add_model_flags(parser, Scenario, fields)
+
+
+def serve_spec_from_args(args: argparse.Namespace, base: ServeSpec | None) -> ServeSpec:
+    """The scenario's served workload (or the defaults) with every given serve flag on top;
+    an arrival flag replaces the scenario's arrival process."""
+    given = {name: getattr(args, name) for name in SERVE_FIELDS
+             if getattr(args, name, None) is not None}
+    data = base.model_dump() if base is not None else {}
+    if any(name in given for name in _ARRIVALS):
+        data.update(dict.fromkeys(_ARRIVALS))
+    try:
+        return ServeSpec.model_validate({**data, **given})
+    except ValidationError as exc:
+        raise ConfigError(_flag_errors(exc, set(given), getattr(args, "scenario", None))) from None
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
@@ -70,6 +116,9 @@ def _flag_errors(exc: ValidationError, given: set[str], path: str | None) -> str
     parts = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else ""
+        if not field:  # a rule across fields
+            parts.append(err["msg"].removeprefix("Value error, "))
+            continue
         where = (flag_name(field) if field in given
                  else f"scenario file {path} field '{field}'" if path else f"field '{field}'")
         parts.append(f"{where}: {err['msg']}")

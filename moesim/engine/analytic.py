@@ -43,6 +43,7 @@ from moesim.engine.network import Edge, Links, Routing
 from moesim.inputs.options import AllreduceAlgorithm
 
 __all__ = [
+    "Flow",
     "concurrent_flow_times_s",
     "alltoall",
     "allreduce",

@@ -23,7 +23,6 @@ import numpy as np
 from moesim.inputs.models import ModelSpec
 from moesim.inputs.options import ACT_DTYPE_BYTES, ActDtype
 from moesim.inputs.topology_spec import GpuSpec
-from moesim.traffic.placement import block_sizes
 from moesim.traffic.traffic import Traffic
 from moesim.traffic.workload import StepWorkload
 
@@ -192,27 +191,21 @@ class StepCosts:
     lm_head: OpCost  # [W]
 
 
-def _group_sums(values: np.ndarray, groups: int) -> np.ndarray:
-    """Sum of `values` over `groups` contiguous blocks (last takes the remainder)."""
-    sizes = block_sizes(values.size, groups)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    sums = np.add.reduceat(values, starts) if values.size else np.zeros(groups)
-    return np.where(sizes > 0, sums, 0)
-
-
 def _attention_reads(workload: StepWorkload, traffic: Traffic) -> tuple[np.ndarray, ...]:
     """Per rank: tokens of its attention group, keys they attend to, KV-cache tokens read."""
     par = traffic.parallelism
     ranks = par.ranks()
     group = ranks // par.attn_tp  # attention token group of each rank
-    group_tokens = block_sizes(workload.num_tokens, par.token_groups)[group]
-    group_keys = _group_sums(workload.keys_per_token.astype(np.float64), par.token_groups)[group]
+    group_tokens = workload.group_sizes(par.token_groups)[group]
+    group_keys = workload.per_group(workload.keys_per_token, par.token_groups)[group]
     if workload.phase == "decode" and par.attn_sp > 1:
         # the KV cache is sharded over SP ranks: each computes every group token on its shard
         sp_group = ranks // (par.attn_tp * par.attn_sp)
         sp_keys = np.bincount(sp_group, weights=group_keys) / par.attn_tp
         group_keys = sp_keys[sp_group] / par.attn_sp
-    if workload.phase == "decode":
+    if workload.kv_read_per_token is not None:
+        kv_read = workload.per_group(workload.kv_read_per_token, par.token_groups)[group]
+    elif workload.phase == "decode":
         kv_read = group_keys
     else:  # the chunk's own K/V plus, for a later piece of a long prompt, its cached prefix
         kv_read = group_tokens * workload.kv_tokens_read_per_token
@@ -222,10 +215,14 @@ def _attention_reads(workload: StepWorkload, traffic: Traffic) -> tuple[np.ndarr
 def _logit_tokens(workload: StepWorkload, traffic: Traffic) -> np.ndarray:
     """Per rank: tokens whose logits it computes (prefill: each sequence's last; decode: all)."""
     par = traffic.parallelism
-    seq = workload.trace.seq_id
-    last = np.r_[seq[1:] != seq[:-1], True]
-    logits = last if workload.phase == "prefill" else np.ones(workload.num_tokens, bool)
-    return _group_sums(logits.astype(np.float64), par.token_groups)[par.ranks() // par.attn_tp]
+    if workload.logits_per_token is not None:
+        logits = workload.logits_per_token
+    elif workload.phase == "prefill":
+        seq = workload.trace.seq_id
+        logits = np.r_[seq[1:] != seq[:-1], True]
+    else:
+        logits = np.ones(workload.num_tokens, bool)
+    return workload.per_group(logits, par.token_groups)[par.ranks() // par.attn_tp]
 
 
 def step_costs(

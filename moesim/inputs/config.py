@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -38,6 +38,7 @@ __all__ = [
     "load_model_file",
     "format_validation_error",
     "ExpertPlacementSpec",
+    "ServeSpec",
     "Scenario",
     "load_scenario",
 ]
@@ -130,6 +131,76 @@ class ExpertPlacementSpec(BaseModel):
         return self
 
 
+class ServeSpec(BaseModel):
+    """A served workload and the serving engine's knobs (`moesim serve`, moesim.serve).
+
+    Arrivals come from exactly one of `rate` (open loop, gamma inter-arrival times of mean
+    1/rate and coefficient of variation `burst_cv`: 1 is Poisson), `concurrency` (closed loop:
+    that many clients, each sending its next request when its last one finishes) or
+    `requests_file` (replay). Every field is also a flag of `moesim serve`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: float | None = Field(None, gt=0, allow_inf_nan=False,
+                               description="open loop: requests per second")
+    burst_cv: float = Field(1.0, gt=0, allow_inf_nan=False,
+                            description="coefficient of variation of inter-arrival times (1: "
+                            "Poisson, above 1: bursty, gamma)")
+    concurrency: int | None = Field(None, ge=1, description="closed loop: clients, each sending "
+                                    "its next request when its last one finishes")
+    requests_file: str | None = Field(None, description="JSONL to replay, one request a line "
+                                      "(arrival_s, prompt_tokens, output_tokens)")
+    field_map: dict[str, str] = Field(default_factory=dict, description="the file's names for "
+                                      "the fields, e.g. arrival_s=timestamp,prompt_tokens=input")
+    isl: int = Field(1024, ge=1, description="prompt tokens per request (the mean with --isl-cv)")
+    osl: int = Field(256, ge=1, description="output tokens per request (the mean with --osl-cv)")
+    isl_cv: float = Field(0.0, ge=0, allow_inf_nan=False,
+                          description="coefficient of variation of prompt lengths (lognormal)")
+    osl_cv: float = Field(0.0, ge=0, allow_inf_nan=False,
+                          description="coefficient of variation of output lengths (lognormal)")
+    requests: int | None = Field(None, ge=1, le=10_000_000,
+                                 description="requests to send (default 200)")
+    duration_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="open loop: send requests for this long instead")
+    warmup_requests: int = Field(0, ge=0, description="first requests left out of the statistics")
+    seed: int = Field(0, ge=0, description="random seed of arrivals and lengths")
+    max_num_seqs: int = Field(256, ge=1, description="running sequences per scheduler (vLLM "
+                              "--max-num-seqs)")
+    max_num_batched_tokens: int = Field(8192, ge=1, description="tokens per iteration (vLLM "
+                                        "--max-num-batched-tokens)")
+    block_size: int = Field(16, ge=1, description="tokens per paged KV-cache block")
+    kv_cache_tokens: int | None = Field(None, ge=1, description="KV cache per attention group, "
+                                        "tokens (default: what the memory fit leaves)")
+    dp_balance: Literal["round_robin", "least_loaded"] = Field(
+        "round_robin", description="how requests are spread over attention-DP schedulers")
+    disagg: str | None = Field(None, description="prefill/decode disaggregation "
+                               "xPyD:PREFILL_LAYOUT:DECODE_LAYOUT, e.g. 1P1D:EP4:EP4")
+    slo_ttft_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                      description="TTFT target for goodput (ms)")
+    slo_tpot_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                      description="TPOT target for goodput (ms)")
+
+    @model_validator(mode="after")
+    def _one_arrival_process(self) -> ServeSpec:
+        given = [name for name in ("rate", "concurrency", "requests_file")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of rate, concurrency and requests_file, not {given}")
+        if self.duration_s is not None and self.rate is None:
+            raise ValueError("duration_s needs an open-loop rate")
+        return self
+
+    @property
+    def arrival(self) -> str:
+        """`rate`, `concurrency`, `replay`, or `` when none is given yet."""
+        if self.rate is not None:
+            return "rate"
+        if self.concurrency is not None:
+            return "concurrency"
+        return "replay" if self.requests_file is not None else ""
+
+
 class Scenario(BaseModel):
     """One simulation input: model, trace, placement, topology and workload; flags override it.
 
@@ -171,6 +242,7 @@ class Scenario(BaseModel):
                                "(model and trace)")
     trace_tokens: int | None = Field(None, ge=1, description="replay only the first N tokens "
                                      "of the trace")
+    serve: ServeSpec | None = Field(None, description="served workload (moesim serve)")
 
 
 def load_scenario(path: str | Path) -> Scenario:

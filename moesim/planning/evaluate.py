@@ -112,6 +112,7 @@ def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:
         inputs.model,
         inputs.parallelism,
         experts=inputs.experts,
+        token_group=step.token_group,
         act_dtype=sc.act_dtype,
         dedup=sc.dedup,
         gpus_per_node=inputs.gpus_per_node,

@@ -15,7 +15,7 @@ __all__ = ["point_key", "evaluate_point", "pareto_front"]
 
 # Scenario fields added after sweeps were first written: left out of a point's key while they
 # are unset, so an output written before them still resumes.
-_LATER_FIELDS = ("expert_placement", "layers", "trace_tokens")
+_LATER_FIELDS = ("expert_placement", "layers", "trace_tokens", "serve")
 
 # One cache per worker process: inputs, route tables and recent steps' traffic are shared by
 # the points a worker runs (topology is the grid's innermost field, so neighbours share a step).

@@ -9,7 +9,8 @@ from typing import Any
 
 from moesim.errors import ConfigError
 
-__all__ = ["ROW_COLUMNS", "format_cell", "parse_row", "read_rows", "RowLog", "RowStore"]
+__all__ = ["ROW_COLUMNS", "format_cell", "parse_row", "read_rows", "RowLog", "RowStore",
+           "parquet_module"]
 
 ROW_COLUMNS = (
     "key",
@@ -97,7 +98,7 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     if not path.is_file() or path.stat().st_size == 0:
         return []
     if path.suffix == ".parquet":
-        table = _pyarrow_parquet().read_table(path).to_pylist()
+        table = parquet_module().read_table(path).to_pylist()
         return [{name: format_cell(row.get(name)) for name in ROW_COLUMNS} for row in table]
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -110,7 +111,8 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
         return [row for row in reader if None not in row.values() and row.get("key")]
 
 
-def _pyarrow_parquet() -> Any:
+def parquet_module() -> Any:
+    """pyarrow.parquet, or a ConfigError saying how to get it."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -154,7 +156,7 @@ class RowStore:
         self.out = out
         self.parquet = out.suffix == ".parquet"
         if self.parquet:
-            _pyarrow_parquet()
+            parquet_module()
         self.log_path = Path(f"{out}.partial.csv") if self.parquet else out
 
     def rows(self) -> list[dict[str, str]]:
@@ -174,7 +176,7 @@ class RowStore:
         if self.parquet:
             typed = [parse_row(row) for row in rows]
             table = _pyarrow_table(typed)
-            _pyarrow_parquet().write_table(table, self.out)
+            parquet_module().write_table(table, self.out)
             self.log_path.unlink(missing_ok=True)
             return
         tmp = self.out.with_name(self.out.name + ".tmp")

@@ -49,6 +49,7 @@ __all__ = [
     "MemoryFit",
     "memory_fit",
     "weight_bytes_per_rank",
+    "kv_cache_capacity_tokens",
     "DEFAULT_USABLE_FRACTION",
     "DEFAULT_PREFILL_CHUNK_TOKENS",
 ]
@@ -248,3 +249,32 @@ def memory_fit(
         reason=reason,
         weights_detail_bytes=detail,
     )
+
+
+def kv_cache_capacity_tokens(
+    model: ModelSpec,
+    par: Parallelism,
+    gpu_memory_bytes: float,
+    *,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    weight_bytes: float = 2,
+    act_bytes: float = 2,
+    kv_bytes: float = 2,
+    usable_fraction: float = DEFAULT_USABLE_FRACTION,
+    experts: ExpertPlacement | None = None,
+) -> int:
+    """Tokens of KV cache one attention group holds when serving: what a rank has left after
+    the reserve, its weights, the activation peak of a `max_num_batched_tokens` step of
+    `max_num_seqs` sequences and the communication buffers, over the KV bytes one token costs
+    on the rank in every block (vLLM sizes its paged cache the same way). 0 when nothing is
+    left. Sequence parallelism is not covered (a serving engine splits no context)."""
+    capacity = int(gpu_memory_bytes)
+    reserved = math.ceil(capacity * (1 - usable_fraction))
+    used = (sum(weight_bytes_per_rank(model, par, weight_bytes, experts).values())
+            + _activation_bytes(model, par, max_num_seqs, max_num_batched_tokens, act_bytes)
+            + _comm_buffer_bytes(model, par, max_num_seqs, max_num_batched_tokens, act_bytes,
+                                 kv_bytes))
+    per_token = model.num_layers * model.kv_bytes_per_token_per_layer_per_rank(par.attn_tp,
+                                                                                kv_bytes)
+    return max(0, (capacity - reserved - used) // per_token)

@@ -163,12 +163,23 @@ def block_owner(num_items: int, parts: int) -> np.ndarray:
     return np.repeat(np.arange(parts), block_sizes(num_items, parts))
 
 
-def token_source_rank(par: Parallelism, num_tokens: int) -> np.ndarray:
-    """The rank that dispatches each token: its group's block, then the TP split of the block."""
-    group = block_owner(num_tokens, par.token_groups)
-    group_sizes = block_sizes(num_tokens, par.token_groups)
-    group_start = np.concatenate(([0], np.cumsum(group_sizes)[:-1]))
-    offset = np.arange(num_tokens) - group_start[group]
+def token_source_rank(
+    par: Parallelism, num_tokens: int, token_group: np.ndarray | None = None
+) -> np.ndarray:
+    """The rank that dispatches each token: its attention group (`token_group`, default the
+    contiguous blocks), then the TP split of the group's tokens in token order."""
+    if token_group is None:
+        group = block_owner(num_tokens, par.token_groups)
+        group_sizes = block_sizes(num_tokens, par.token_groups)
+        group_start = np.concatenate(([0], np.cumsum(group_sizes)[:-1]))
+        offset = np.arange(num_tokens) - group_start[group]
+    else:
+        group = np.asarray(token_group, dtype=np.int64)
+        group_sizes = np.bincount(group, minlength=par.token_groups)
+        order = np.argsort(group, kind="stable")
+        group_start = np.concatenate(([0], np.cumsum(group_sizes)[:-1]))
+        offset = np.empty(num_tokens, dtype=np.int64)
+        offset[order] = np.arange(num_tokens) - group_start[group[order]]
     # Within a block of n tokens, TP rank i takes n // tp tokens; the last takes the rest.
     share = group_sizes[group] // par.attn_tp
     tp_index = np.minimum(offset // np.maximum(share, 1), par.attn_tp - 1)

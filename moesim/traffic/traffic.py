@@ -310,15 +310,15 @@ def _moe_tp_gather(par: Parallelism, unique_rows: np.ndarray, hidden_bytes: int)
 
 
 def _attn_collectives(
-    par: Parallelism, num_tokens: int, hidden_bytes: int
+    par: Parallelism, group_tokens: np.ndarray, hidden_bytes: int
 ) -> tuple[GroupCollective, ...]:
     """Attention-TP reduce-scatter (after attention) and all-gather (after combine), per group."""
     if par.attn_tp == 1:
         return ()
     colls: list[GroupCollective] = []
-    for group, group_tokens in enumerate(block_sizes(num_tokens, par.token_groups)):
+    for group, tokens in enumerate(group_tokens):
         ranks = tuple(range(group * par.attn_tp, (group + 1) * par.attn_tp))
-        chunks = tuple(int(n) * hidden_bytes for n in block_sizes(int(group_tokens), par.attn_tp))
+        chunks = tuple(int(n) * hidden_bytes for n in block_sizes(int(tokens), par.attn_tp))
         colls.append(GroupCollective("attn_comm", "reducescatter", ranks, chunks))
         colls.append(GroupCollective("moe_comm", "allgather", ranks, chunks))
     return tuple(colls)
@@ -371,6 +371,7 @@ def compute_traffic(
     par: Parallelism,
     *,
     experts: ExpertPlacement | None = None,
+    token_group: np.ndarray | None = None,
     act_dtype: ActDtype = "bf16",
     dedup: Dedup = "none",
     gpus_per_node: int | None = None,
@@ -378,7 +379,8 @@ def compute_traffic(
     sp_variant: SpVariant = "ring",
 ) -> Traffic:
     """Exact traffic and per-rank expert work of one step that runs every token of `trace`,
-    with `experts` placed as given (default: the contiguous placement)."""
+    with `experts` placed as given (default: the contiguous placement) and each token run by
+    the attention group `token_group` gives (default: contiguous blocks in token order)."""
     check_tp_fits_model(par, model.num_attention_heads, model.expert_ffn_size)
     check_trace_fits_model(trace, model)
     if experts is None:
@@ -392,7 +394,7 @@ def compute_traffic(
     act_bytes = ACT_DTYPE_BYTES[act_dtype]
     hidden_bytes = model.hidden_size * act_bytes
     chosen = trace.experts  # [L, T, k] int16
-    src = token_source_rank(par, trace.num_tokens)  # [T]
+    src = token_source_rank(par, trace.num_tokens, token_group)  # [T]
     counts = _src_expert_counts(src, chosen, par.world, model.num_experts)  # [L, W, E]
     unique_rows = np.zeros((trace.num_layers, par.world), dtype=np.int64)
     if dedup == "none" and not experts.has_replicas:
@@ -406,7 +408,10 @@ def compute_traffic(
         if par.moe_tp > 1:  # distinct tokens each rank received, for the MoE-TP all-gather
             unique_rows = _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
     dispatch = dispatch * hidden_bytes
-    group_tokens = block_sizes(trace.num_tokens, par.token_groups)
+    if token_group is None:
+        group_tokens = block_sizes(trace.num_tokens, par.token_groups)
+    else:
+        group_tokens = np.bincount(token_group, minlength=par.token_groups).astype(np.int64)
     return Traffic(
         parallelism=par,
         num_experts=model.num_experts,
@@ -415,7 +420,7 @@ def compute_traffic(
         dedup=dedup,
         dispatch_bytes=dispatch,
         moe_tp_gather_bytes=_moe_tp_gather(par, unique_rows, hidden_bytes),
-        attn_collectives=_attn_collectives(par, trace.num_tokens, hidden_bytes),
+        attn_collectives=_attn_collectives(par, group_tokens, hidden_bytes),
         sp_bytes=_sp_bytes(par, group_tokens, model, act_bytes, phase, sp_variant),
         expert_load=counts.sum(axis=1),
         rank_expert_tokens=rank_tokens,

@@ -29,13 +29,20 @@ import numpy as np
 
 from moesim.inputs.options import Phase
 from moesim.trace.format import RouterTrace
+from moesim.traffic.placement import block_owner, block_sizes
 
 __all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trace_sequences"]
 
 
 @dataclass(frozen=True)
 class StepWorkload:
-    """Tokens of one step and the attention keys each token attends to."""
+    """Tokens of one step and the attention keys each token attends to.
+
+    A step that mixes prefill chunks and decodes (a continuous-batching iteration) says per
+    token which attention group runs it (`token_group`, default: contiguous blocks in token
+    order), how many KV-cache tokens its attention reads (`kv_read_per_token`, default from
+    the phase) and whether it produces logits (`logits_per_token`, default from the phase).
+    """
 
     phase: Phase
     trace: RouterTrace  # the step's tokens
@@ -43,6 +50,31 @@ class StepWorkload:
     num_sequences: int
     notes: tuple[str, ...] = ()
     prefix_tokens: int = 0  # prefill: tokens each sequence already has in the KV cache
+    token_group: np.ndarray | None = None  # [T] attention token group of each token
+    kv_read_per_token: np.ndarray | None = None  # [T] KV-cache tokens read per token
+    logits_per_token: np.ndarray | None = None  # [T] bool: the token's logits are computed
+
+    def group_of_tokens(self, groups: int) -> np.ndarray:
+        """`[T]` attention token group of each token."""
+        if self.token_group is not None:
+            return self.token_group
+        return block_owner(self.num_tokens, groups)
+
+    def per_group(self, values: np.ndarray, groups: int) -> np.ndarray:
+        """`[groups]` sums of the per-token `values` over each attention group's tokens."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.token_group is not None:
+            return np.bincount(self.token_group, weights=values, minlength=groups)
+        sizes = block_sizes(values.size, groups)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        sums = np.add.reduceat(values, starts) if values.size else np.zeros(groups)
+        return np.where(sizes > 0, sums, 0)
+
+    def group_sizes(self, groups: int) -> np.ndarray:
+        """`[groups]` tokens of each attention group."""
+        if self.token_group is not None:
+            return np.bincount(self.token_group, minlength=groups).astype(np.int64)
+        return block_sizes(self.num_tokens, groups)
 
     @property
     def kv_tokens_read_per_token(self) -> float:

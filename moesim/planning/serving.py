@@ -1,0 +1,235 @@
+"""Serve: a Scenario with a served workload (`scenario.serve`) to a ServeResult.
+
+The engines are the scenario's layout on its topology (or, with `disagg`, the prefill and
+decode pools). Each attention-DP rank of an engine runs its own scheduler
+(`moesim.serve.scheduler`) with a paged KV cache of what the memory fit leaves
+(`moesim.traffic.memory.kv_cache_capacity_tokens`, or `kv_cache_tokens`); every iteration is
+one step evaluated by `moesim.planning.evaluate`'s step-level part, routing exactly the tokens
+in flight (`moesim.serve.iteration`). `moesim.serve.simulator` runs the requests
+(`moesim.serve.requests`) to the end and `moesim.serve.metrics` summarises them.
+
+`run`'s `ttft_s` and `tpot_s` are one-batch figures (the chunked prefill of `batch` prompts,
+a decode step of `batch` sequences); `serve`'s are per request under load, as serving
+benchmark clients measure them, queueing included.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import ConfigError, PlacementError
+from moesim.inputs.config import Scenario, ServeSpec
+from moesim.inputs.options import ACT_DTYPE_BYTES, WEIGHT_DTYPE_BYTES
+from moesim.output.serve_result import ServeResult
+from moesim.planning.evaluate import DoesNotFit, EvaluationCache, step_traffic, time_step
+from moesim.planning.resolve import RunInputs
+from moesim.serve.disagg import KvTransfer, parse_disagg
+from moesim.serve.iteration import iteration_workload
+from moesim.serve.kv_cache import KvCache
+from moesim.serve.metrics import request_stats
+from moesim.serve.requests import (
+    DEFAULT_REQUESTS,
+    Request,
+    TraceSequences,
+    closed_loop_first,
+    open_loop_requests,
+    read_requests_file,
+)
+from moesim.serve.scheduler import Batch, Scheduler
+from moesim.serve.simulator import Engine, Role, simulate
+from moesim.traffic.memory import kv_cache_capacity_tokens, memory_fit
+
+__all__ = ["serve", "serve_spec"]
+
+
+def serve_spec(scenario: Scenario) -> ServeSpec:
+    """The scenario's served workload, with an arrival process."""
+    spec = scenario.serve
+    if spec is None or not spec.arrival:
+        raise ConfigError("serve needs an arrival process: give --rate R, --concurrency C or "
+                          "--requests-file F (or a 'serve' block in the scenario)")
+    return spec
+
+
+class _StepTimer:
+    """Times an engine's iterations with the scenario's step evaluation."""
+
+    def __init__(self, inputs: RunInputs, cache: EvaluationCache) -> None:
+        self.inputs, self.cache = inputs, cache
+        self.sequences = TraceSequences(inputs.trace.seq_id)
+
+    def __call__(self, batches: Sequence[Batch]) -> float:
+        step = iteration_workload(batches, self.inputs.trace, self.sequences)
+        traffic = step_traffic(self.inputs, step)
+        return time_step(self.inputs, step, traffic, resolver=self.cache.resolver).step_s
+
+
+def _kv_tokens(inputs: RunInputs, spec: ServeSpec) -> int:
+    """KV-cache tokens per attention group: given, or what the memory fit leaves."""
+    if spec.kv_cache_tokens is not None:
+        return spec.kv_cache_tokens
+    sc, topo = inputs.scenario, inputs.topology
+    assert topo is not None
+    act = ACT_DTYPE_BYTES[sc.act_dtype]
+    weight = WEIGHT_DTYPE_BYTES[sc.weight_dtype]
+    tokens = kv_cache_capacity_tokens(
+        inputs.model, inputs.parallelism, topo.gpu_spec.memory_bytes,
+        max_num_seqs=spec.max_num_seqs, max_num_batched_tokens=spec.max_num_batched_tokens,
+        weight_bytes=weight, act_bytes=act, kv_bytes=act, experts=inputs.experts)
+    if tokens < spec.block_size:
+        fit = memory_fit(inputs.model, inputs.parallelism, topo.gpu_spec.memory_bytes,
+                         batch=spec.max_num_seqs, context=spec.isl + spec.osl,
+                         weight_bytes=weight, act_bytes=act, kv_bytes=act,
+                         prefill_chunk_tokens=spec.max_num_batched_tokens,
+                         experts=inputs.experts)
+        raise DoesNotFit(f"placement {inputs.parallelism.label} leaves no room for a KV cache on "
+                         f"{sc.topology}: {fit.reason or 'weights and buffers fill the GPU'}",
+                         fit)
+    return tokens
+
+
+def _engine(name: str, role: Role, inputs: RunInputs, spec: ServeSpec,
+            cache: EvaluationCache, first_gpu: int = 0) -> Engine:
+    """One replica of `inputs`' layout: a scheduler per attention-DP rank."""
+    par = inputs.parallelism
+    if par.attn_sp > 1:
+        raise PlacementError(f"placement {par.label}: serve runs attention TP and DP; sequence "
+                             "parallel attention (SP) is not modelled for serving")
+    blocks = _kv_tokens(inputs, spec) // spec.block_size
+    schedulers = [Scheduler(KvCache(blocks, spec.block_size), spec.max_num_seqs,
+                            spec.max_num_batched_tokens, prefill_only=role == "prefill")
+                  for _ in range(par.attn_dp)]
+    return Engine(name, role, schedulers, _StepTimer(inputs, cache), spec.dp_balance, first_gpu)
+
+
+def _requests(spec: ServeSpec, rng: np.random.Generator) -> tuple[list[Request], Any]:
+    """The first arrivals, and in a closed loop what sends the next request."""
+    if spec.arrival == "rate":
+        return open_loop_requests(spec, rng), None
+    if spec.arrival == "replay":
+        assert spec.requests_file is not None
+        requests = read_requests_file(spec.requests_file, spec.field_map)
+        if spec.requests is not None:
+            requests = requests[: spec.requests]
+        return requests, None
+    first, rest = closed_loop_first(spec, rng)
+    return first, rest
+
+
+def serve(scenario: Scenario, cache: EvaluationCache | None = None) -> ServeResult:
+    """Simulate the scenario's served workload (module doc)."""
+    spec = serve_spec(scenario)
+    cache = cache or EvaluationCache()
+    if scenario.topology is None:
+        raise ConfigError("serve needs a topology: give --topology or set it in the scenario")
+    rng = np.random.default_rng(spec.seed)
+    arrivals, rest = _requests(spec, rng)
+    expected = len(arrivals) + (len(rest) if rest is not None else 0)
+    if spec.disagg:
+        engines, decode, transfer, gpus, inputs = _disaggregated(scenario, spec, cache)
+    else:
+        inputs = cache.resolver.inputs(scenario)
+        engines, decode, transfer = [_engine("engine", "both", inputs, spec, cache)], [], None
+        gpus = inputs.parallelism.world
+    sequences = TraceSequences(inputs.trace.seq_id)
+    for request in arrivals:
+        sequences.assign(request, expected)
+    next_request = _closed_loop(rest, len(arrivals), sequences, expected)
+    run = simulate(engines, arrivals, next_request=next_request, decode_engines=decode,
+                   transfer_s=transfer)
+    measured = [r for r in run.requests if r.id >= spec.warmup_requests]
+    stats = request_stats(
+        measured,
+        slo_ttft_s=None if spec.slo_ttft_ms is None else spec.slo_ttft_ms / 1e3,
+        slo_tpot_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
+    assert inputs.topology is not None
+    return ServeResult(
+        inputs=_describe(scenario, spec, inputs, gpus, sequences, run.requests),
+        gpus=gpus, stats=stats, preemptions=run.preemptions,
+        kv_cache_peak_fraction=run.kv_peak_fraction,
+        gpu_price_per_hour_usd=inputs.topology.spec.gpu_price_per_hour_usd,
+        requests=tuple(sorted(run.requests, key=lambda r: r.id)),
+        iterations=tuple(run.iterations), warmup_requests=spec.warmup_requests)
+
+
+def _closed_loop(rest: deque[tuple[int, int]] | None, first_id: int, sequences: TraceSequences,
+                 expected: int) -> Any:
+    """A closed loop's next request: the finished request's client sends one at once."""
+    if rest is None:
+        return None
+    counter = [first_id]
+
+    def next_request(done: Request, now_s: float) -> Request | None:
+        if not rest:
+            return None
+        prompt, output = rest.popleft()
+        request = Request(counter[0], now_s, prompt, output, client=done.client)
+        counter[0] += 1
+        sequences.assign(request, expected)
+        return request
+
+    return next_request
+
+
+def _disaggregated(scenario: Scenario, spec: ServeSpec, cache: EvaluationCache
+                   ) -> tuple[list[Engine], list[Engine], Any, int, RunInputs]:
+    """The prefill and decode pools on consecutive GPUs, and the KV transfer between them."""
+    assert spec.disagg is not None
+    pools = parse_disagg(spec.disagg)
+    prefill = cache.resolver.inputs(scenario.model_copy(update={
+        "placement": pools.prefill_layout}))
+    decode = cache.resolver.inputs(scenario.model_copy(update={
+        "placement": pools.decode_layout}))
+    wp, wd = prefill.parallelism.world, decode.parallelism.world
+    gpus = pools.prefill_engines * wp + pools.decode_engines * wd
+    assert prefill.topology is not None
+    if gpus > prefill.topology.num_gpus:
+        raise PlacementError(f"--disagg {spec.disagg} needs {pools.prefill_engines} x {wp} + "
+                             f"{pools.decode_engines} x {wd} = {gpus} GPUs but "
+                             f"{scenario.topology} has {prefill.topology.num_gpus}")
+    front = [_engine(f"prefill{i}", "prefill", prefill, spec, cache, i * wp)
+             for i in range(pools.prefill_engines)]
+    back = [_engine(f"decode{i}", "decode", decode, spec, cache,
+                    pools.prefill_engines * wp + i * wd)
+            for i in range(pools.decode_engines)]
+    kv = KvTransfer(prefill.topology, decode.model, prefill.parallelism, decode.parallelism,
+                    ACT_DTYPE_BYTES[scenario.act_dtype])
+
+    def transfer_s(request: Request, src: Engine, dst: Engine, group: int) -> float:
+        return kv.seconds(request.prompt_tokens, src.first_gpu, request.group, dst.first_gpu,
+                          group)
+
+    return front, back, transfer_s, gpus, decode
+
+
+def _describe(scenario: Scenario, spec: ServeSpec, inputs: RunInputs, gpus: int,
+              sequences: TraceSequences, requests: list[Request]) -> dict[str, Any]:
+    """The `inputs` block of a serving result: what was served, where, and what to know."""
+    notes = []
+    if len(requests) > sequences.count:
+        notes.append(f"{len(requests)} requests replay the trace's {sequences.count} sequences "
+                     "(reused, later reuses starting further along); capture or synthesise "
+                     "more sequences (`moesim trace synth`) for independent routing")
+    longest = max((r.prompt_tokens + r.output_tokens for r in requests), default=0)
+    if longest > int(sequences.lengths.max()):
+        notes.append(f"requests of up to {longest} tokens replay trace sequences of at most "
+                     f"{int(sequences.lengths.max())} tokens, tiled (routing repeats)")
+    return {
+        "scenario": scenario.name,
+        "model": inputs.model.name,
+        "trace": inputs.trace_source,
+        "placement": scenario.placement if not spec.disagg else None,
+        "disagg": spec.disagg,
+        "topology": scenario.topology,
+        "gpus": gpus,
+        "fidelity": scenario.fidelity,
+        "act_dtype": scenario.act_dtype,
+        "weight_dtype": scenario.weight_dtype,
+        "serve": spec.model_dump(),
+        "default_requests": DEFAULT_REQUESTS,
+        "notes": notes,
+    }

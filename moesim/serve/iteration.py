@@ -1,0 +1,56 @@
+"""One serving iteration as a step: the tokens every scheduler runs, evaluated like any step.
+
+The iteration's tokens are each scheduled request's positions `computed .. computed + n - 1`,
+taken from its trace sequence (`TraceSequences`), run by the request's attention group (the
+DP scheduler it is on), each attending to its position + 1 keys. A decode token reads its
+whole context from the KV cache; a prefill chunk reads the cached prefix and its own K/V once;
+logits are computed for the tokens that produce an output token. `moesim.planning.serving`
+times the step like any other (traffic of exactly these tokens, costs, plan, backend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from moesim.serve.requests import TraceSequences
+from moesim.serve.scheduler import Batch
+from moesim.trace.format import RouterTrace
+from moesim.traffic.workload import StepWorkload
+
+__all__ = ["iteration_workload"]
+
+
+def iteration_workload(batches: Sequence[Batch], trace: RouterTrace,
+                       sequences: TraceSequences) -> StepWorkload:
+    """The step of one iteration: `batches[g]` is attention group g's scheduled requests."""
+    entries = [(g, request, tokens) for g, batch in enumerate(batches)
+               for request, tokens in batch]
+    counts = np.array([n for _, _, n in entries], dtype=np.int64)
+    first = np.array([r.computed for _, r, _ in entries], dtype=np.int64)
+    known = np.array([r.known for _, r, _ in entries], dtype=np.int64)
+    decode = np.array([r.decoding for _, r, _ in entries], dtype=bool)
+    owner = np.repeat(np.arange(len(entries)), counts)
+    positions = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    positions += first[owner]
+    seq = np.array([r.sequence for _, r, _ in entries], dtype=np.int64)
+    offset = np.array([r.offset for _, r, _ in entries], dtype=np.int64)
+    picked = trace.select_tokens(sequences.trace_index(seq[owner], offset[owner], positions))
+    ids = np.array([r.id for _, r, _ in entries], dtype=np.int64)
+    tokens = RouterTrace(experts=picked.experts, seq_id=ids[owner], pos=positions,
+                         weights=picked.weights, metadata=picked.metadata)
+    keys = positions + 1
+    # a prefill chunk reads its cached prefix and its own K/V once: (prefix + n) / n per token
+    chunk_read = ((first + counts) / np.maximum(counts, 1))[owner]
+    kv_read = np.where(decode[owner], keys, chunk_read)
+    last = positions == (known[owner] - 1)
+    return StepWorkload(
+        phase="prefill" if (~decode).any() else "decode",
+        trace=tokens,
+        keys_per_token=keys,
+        num_sequences=len(entries),
+        token_group=np.array([g for g, _, _ in entries], dtype=np.int64)[owner],
+        kv_read_per_token=kv_read.astype(np.float64),
+        logits_per_token=last,
+    )
