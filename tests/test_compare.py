@@ -14,13 +14,15 @@ import moesim.planning.evaluate as evaluate_module
 from moesim.cli import compare as cli_compare
 from moesim.cli import report as cli_report
 from moesim.errors import ConfigError
-from moesim.inputs.config import Scenario
+from moesim.inputs.config import Scenario, ServeSpec
 from moesim.inputs.topology import load_topology
+from moesim.output.html_report import render_html
 from moesim.output.plots import save_plots
 from moesim.output.report import format_compare_table
 from moesim.output.result import usd_per_million_tokens
 from moesim.planning.compare import evaluate_point, rank_rows, run_compare
 from moesim.planning.evaluate import evaluate
+from moesim.planning.serving import serve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Small and fast: Mixtral-8x7B, bundled real trace, 4 sequences of 64 tokens, analytic timing.
@@ -168,3 +170,68 @@ def test_compare_without_topology_is_a_config_error() -> None:
     """A scenario with no topology and no --topology cannot be compared."""
     with pytest.raises(ConfigError, match="compare needs a topology"):
         run_compare(Scenario(), ["EP8"], progress=None)
+
+
+def _served(name: str, goodput_per_gpu: float, tokens_per_gpu: float, ttft_ms: float,
+            tpot_ms: float) -> dict[str, Any]:
+    row = _row(name, 1.0, 1.0)  # one-step figures the serving ranking must ignore
+    row["serve"] = {"ttft_s": ttft_ms * 1e-3, "tpot_s": tpot_ms * 1e-3,
+                    "goodput_per_s_per_gpu": goodput_per_gpu,
+                    "output_tokens_per_s_per_gpu": tokens_per_gpu}
+    return row
+
+
+def test_serving_ranking_is_by_goodput_per_gpu_with_targets_and_throughput_without() -> None:
+    """With a target, goodput per GPU decides among layouts meeting it (A over B, though B
+    serves more tokens) and C, missing the TTFT target, ranks last despite the most goodput;
+    without one, served output tokens/s per GPU decides (C, B, A)."""
+    rows = [_served("A", 2.0, 100, 50, 10), _served("B", 1.0, 300, 50, 10),
+            _served("C", 9.0, 900, 500, 10)]
+    ranked = rank_rows(rows, max_ttft_s=0.1, serving=True)
+    assert [(r["placement"], r["meets_slo"]) for r in ranked] == [
+        ("A", True), ("B", True), ("C", False)]
+    assert [r["placement"] for r in rank_rows(rows, serving=True)] == ["C", "B", "A"]
+
+
+@pytest.fixture(scope="module")
+def served_compare() -> dict[str, Any]:
+    """EP2, TP2 and SP2 on dgx-h100 serving 6 requests from 2 closed-loop clients."""
+    spec = ServeSpec(concurrency=2, requests=6, isl=64, osl=8, slo_ttft_ms=500)
+    base = SMALL.model_copy(update={"serve": spec})
+    return run_compare(base, ["EP2", "TP2", "SP2"], ["dgx-h100"], [4], max_tpot_s=0.05,
+                       plot_data=True, percentile="p50", progress=None)
+
+
+def test_serving_compare_rows_are_serve_results(served_compare: dict[str, Any]) -> None:
+    """Each served row holds what `serve` gives for its scenario at the chosen percentile,
+    goodput counted against the targets (--max-tpot-ms and the workload's TTFT SLO); SP,
+    which has no served decode, is listed infeasible with the reason."""
+    (group,) = served_compare["groups"]
+    assert served_compare["serving"]["percentile"] == "p50"
+    assert served_compare["slo"] == {"max_tpot_s": 0.05, "max_ttft_s": 0.5}
+    assert [r["placement"] for r in group["infeasible"]] == ["SP2"]
+    assert group["infeasible"][0]["reason"].startswith("cannot serve:")
+    for row in group["ranked"]:
+        spec = ServeSpec(concurrency=2, requests=6, isl=64, osl=8, slo_ttft_ms=500,
+                         slo_tpot_ms=50)
+        direct = serve(SMALL.model_copy(update={"placement": row["placement"],
+                                                "serve": spec})).to_json()
+        got = row["serve"]
+        assert got["ttft_s"] == direct["ttft_s"]["p50"]
+        assert got["tpot_s"] == direct["tpot_s"]["p50"]
+        assert got["goodput_per_s_per_gpu"] == direct["goodput_per_s"] / 2
+        assert row["meets_slo"] == (got["ttft_s"] <= 0.5 and got["tpot_s"] <= 0.05)
+    table = format_compare_table(served_compare)
+    assert "goodput/GPU" in table and "p50 over the requests" in table
+    assert "infeasible SP2 on dgx-h100: cannot serve" in table
+
+
+def test_serving_compare_draws_the_served_distributions(served_compare: dict[str, Any],
+                                                        tmp_path: Path) -> None:
+    """The served comparison adds the TTFT/TPOT CDF and batch/KV plots; the HTML report says
+    what was served and tables the served columns."""
+    names = {Path(info["path"]).name for info in save_plots(served_compare, tmp_path)}
+    assert {"serve_latency_cdf_b4.png", "serve_batch_kv_b4.png"} <= names
+    page = render_html(served_compare, figures=None)
+    assert "Served workload" in page and "closed loop of 2 clients" in page
+    assert "goodput/GPU" in page

@@ -5,15 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moesim.cli.flags import RUN_FIELDS, add_scenario_flags, scenario_from_args
+from moesim.cli.flags import (
+    RUN_FIELDS,
+    SERVE_FIELDS,
+    add_model_flags,
+    add_scenario_flags,
+    scenario_with_serve,
+)
 from moesim.cli.run import write_json
 from moesim.errors import ConfigError
+from moesim.inputs.config import ServeSpec
 
 __all__ = ["add_parser", "run_compare_command", "parse_list", "write_figures"]
 
 DEFAULT_PLACEMENTS = "TP8,EP8,EP4xDP2,SP8,TP2xEP4"
 # The scenario flags of compare: all of run's but those it takes as comma-separated lists.
 COMPARE_FIELDS = tuple(f for f in RUN_FIELDS if f not in ("placement", "topology", "batch"))
+# The served-workload flags of compare (every layout serves it): all but disaggregation.
+COMPARE_SERVE_FIELDS = tuple(f for f in SERVE_FIELDS if f != "disagg")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,6 +44,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "scenario's)")
     parser.add_argument("--batch", dest="batches", help="comma-separated batch sizes")
     add_scenario_flags(parser, COMPARE_FIELDS)
+    add_model_flags(parser, ServeSpec, COMPARE_SERVE_FIELDS)
+    parser.add_argument("--percentile", choices=["p50", "p90", "p99", "mean"], default="p90",
+                        help="with a served workload (--rate/--concurrency/--requests-file): "
+                        "the TTFT/TPOT percentile the targets and the ranking use (default p90)")
     parser.add_argument("--max-tpot-ms", dest="max_tpot_ms", type=float,
                         help="TPOT target: layouts meeting it rank first")
     parser.add_argument("--max-ttft-ms", dest="max_ttft_ms", type=float,
@@ -67,7 +80,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     from moesim.output.report import format_compare_table
     from moesim.planning.compare import run_compare
 
-    base = scenario_from_args(args)
+    base = scenario_with_serve(args)
     drawing = bool(args.plot or args.html)
     sweep = [] if args.sweep_batches == "none" or not drawing else parse_list(
         args.sweep_batches, "--sweep-batches", int)
@@ -81,6 +94,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
         max_ttft_s=None if args.max_ttft_ms is None else args.max_ttft_ms * ms,
         plot_data=drawing,
         sweep_batches=sweep,
+        percentile=args.percentile,
         progress=None if args.quiet else sys.stderr,
     )
     if not args.quiet and args.json != "-":

@@ -27,6 +27,7 @@ __all__ = [
     "flag_name",
     "scenario_from_args",
     "serve_spec_from_args",
+    "scenario_with_serve",
 ]
 
 # Scenario fields `moesim run` takes as flags (name and description belong in the file, the
@@ -123,3 +124,13 @@ def _flag_errors(exc: ValidationError, given: set[str], path: str | None) -> str
                  else f"scenario file {path} field '{field}'" if path else f"field '{field}'")
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def scenario_with_serve(args: argparse.Namespace) -> Scenario:
+    """The scenario file and flags, with the served workload from its serve flags when any is
+    given (or the scenario has a `serve` block)."""
+    scenario = scenario_from_args(args)
+    if scenario.serve is None and not any(getattr(args, name, None) is not None
+                                          for name in SERVE_FIELDS):
+        return scenario
+    return scenario.model_copy(update={"serve": serve_spec_from_args(args, scenario.serve)})

@@ -17,15 +17,14 @@ from moesim.cli.flags import (
     SERVE_FIELDS,
     add_model_flags,
     add_scenario_flags,
-    scenario_from_args,
-    serve_spec_from_args,
+    scenario_with_serve,
 )
 from moesim.cli.run import write_json
 from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario, ServeSpec
 from moesim.output.files import write_atomic, write_atomic_with
 
-__all__ = ["add_parser", "scenario_with_serve"]
+__all__ = ["add_parser"]
 
 # Scenario flags of serve: the one-step workload flags (phase, batch, context, decode steps,
 # prefill chunk) do not apply, the served workload has its own.
@@ -57,12 +56,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(handler=_run)
 
 
-def scenario_with_serve(args: argparse.Namespace) -> Scenario:
-    """The scenario file and flags, with the served workload from the serve flags."""
-    scenario = scenario_from_args(args)
-    return scenario.model_copy(update={"serve": serve_spec_from_args(args, scenario.serve)})
-
-
 def _levels(args: argparse.Namespace) -> tuple[str, list[float]]:
     if args.rates and args.concurrencies:
         raise ConfigError("give --rates or --concurrencies, not both")
@@ -79,6 +72,8 @@ def _run(args: argparse.Namespace) -> int:
     from moesim.planning.serving import serve
 
     scenario = scenario_with_serve(args)
+    if scenario.serve is None:
+        scenario = scenario.model_copy(update={"serve": ServeSpec()})
     kind, levels = _levels(args)
     cache = EvaluationCache()
     say = not args.quiet and args.json != "-"

@@ -17,7 +17,7 @@ from typing import Any
 
 from moesim.errors import ConfigError
 from moesim.output.files import write_atomic
-from moesim.output.report import TABLE_COLUMNS, table_cells
+from moesim.output.report import table_cells, table_columns
 
 __all__ = ["render_html", "write_html_report", "check_compare_dict"]
 
@@ -70,8 +70,8 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(group: dict[str, Any]) -> str:
-    head = "".join(f"<th>{_e(name)}</th>" for name, _ in TABLE_COLUMNS)
+def _table(group: dict[str, Any], columns: tuple[tuple[str, int], ...]) -> str:
+    head = "".join(f"<th>{_e(name)}</th>" for name, _ in columns)
     body = []
     for row in group["ranked"]:
         cls = "best" if row["rank"] == 1 else ("miss" if row.get("meets_slo") is False else "")
@@ -81,7 +81,7 @@ def _table(group: dict[str, Any]) -> str:
         )
         body.append(f'<tr class="{cls}">{cells}</tr>')
     if not body:
-        body.append(f'<tr><td colspan="{len(TABLE_COLUMNS)}" class="text">no feasible layout'
+        body.append(f'<tr><td colspan="{len(columns)}" class="text">no feasible layout'
                     "</td></tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -103,17 +103,39 @@ def _results_section(compare: dict[str, Any]) -> str:
                (("TPOT", slo.get("max_tpot_s")), ("TTFT", slo.get("max_ttft_s"))) if value]
     if targets:
         parts.append(f"<p>Targets: {_e(', '.join(targets))}; rows marked * miss one.</p>")
+    serving = compare.get("serving")
+    if serving:
+        parts.append(_serving_paragraph(serving))
     for group in compare["groups"]:
         parts.append(f"<h3>Batch {_e(group['batch'])}, context {_e(group['context'])}</h3>")
-        parts.append(_table(group))
+        parts.append(_table(group, table_columns(compare)))
         parts.append(_infeasible(group))
+    first = ("TTFT, TPOT: the percentile over the served requests (arrival to first token, "
+             "queueing included; per output token after the first); out tok/s/GPU: served "
+             "output tokens per second per GPU; goodput/GPU: requests per second meeting both "
+             "targets, per GPU" if serving else
+             "TTFT: prefill of the batch; TPOT: one decode step; tok/s: decode output tokens "
+             "per second")
     parts.append(
-        '<p class="small">TTFT: prefill of the batch; TPOT: one decode step; tok/s: decode '
-        "output tokens per second; a2a GB: cross-rank all-to-all bytes of one step over all "
-        "layers; imb e/r: max over layers of expert and rank max/mean load; free GB: memory "
-        "headroom per GPU; $/M tok = GPUs x price per GPU-hour / 3600 / tok/s x 1e6.</p>"
+        f'<p class="small">{_e(first)}; a2a GB: cross-rank all-to-all bytes of one step over '
+        "all layers; imb e/r: max over layers of expert and rank max/mean load; free GB: "
+        "memory headroom per GPU; $/M tok = GPUs x price per GPU-hour / 3600 / tok/s x 1e6.</p>"
     )
     return "\n".join(parts)
+
+
+def _serving_paragraph(serving: dict[str, Any]) -> str:
+    """What was served: the arrival process, lengths, scheduler knobs, the percentile."""
+    w = serving["workload"]
+    load = (f"open loop at {w['rate']:g} requests/s (inter-arrival CV {w['burst_cv']:g})"
+            if w["rate"] is not None else
+            f"closed loop of {w['concurrency']} clients" if w["concurrency"] is not None
+            else f"replay of {w['requests_file']}")
+    return (f"<h3>Served workload</h3><p>{_e(load)}; prompts of {_e(w['isl'])} tokens, "
+            f"outputs of {_e(w['osl'])}; {_e(w['requests'] or 'default')} requests; scheduler "
+            f"max_num_seqs {_e(w['max_num_seqs'])}, max_num_batched_tokens "
+            f"{_e(w['max_num_batched_tokens'])}, KV block {_e(w['block_size'])} tokens. TTFT "
+            f"and TPOT are the {_e(serving['percentile'])} over the requests.</p>")
 
 
 def _plots_section(compare: dict[str, Any], figures: list[tuple[dict[str, str], bytes]] | None

@@ -239,12 +239,36 @@ def _figures(compare: dict[str, Any]) -> Iterator[tuple[PlotInfo, Any]]:
             yield ({"name": f"expert_load_{tag}.png", "title": title,
                     "caption": "From the replayed router trace; the same for every layout."},
                    _expert_figure(rows[0], title))
+    if compare.get("serving"):
+        yield from _serving_figures(compare)
     if compare.get("latency_throughput"):
         title = "Latency vs throughput as the decode batch grows (analytic)"
         yield ({"name": "latency_throughput.png", "title": title,
                 "caption": "Each point is one decode batch size; batches that do not fit in "
                 "memory are left out. Lower and further right is better."},
                _sweep_figure(compare["latency_throughput"], title, _layout_order(compare)))
+
+
+def _serving_figures(compare: dict[str, Any]) -> Iterator[tuple[PlotInfo, Any]]:
+    """TTFT/TPOT CDFs and batch/KV over time of the served layouts, per workload."""
+    from moesim.output.serve_plots import batch_kv_figure, latency_cdf_figure
+
+    slo = {"ttft_s": compare["slo"]["max_ttft_s"], "tpot_s": compare["slo"]["max_tpot_s"]}
+    for group in compare["groups"]:
+        runs = {f"{r['placement']} on {r['topology']}": r["serve_plot"]
+                for r in sorted(group["ranked"], key=lambda r: r.get("order", 0))
+                if "serve_plot" in r}
+        if not runs:
+            continue
+        tag = f"b{group['batch']}"
+        title = "Served requests: TTFT and TPOT distributions"
+        yield ({"name": f"serve_latency_cdf_{tag}.png", "title": title,
+                "caption": "Cumulative distribution over the served requests, per layout; "
+                "dashed: the targets."}, latency_cdf_figure(runs, slo))
+        title = "Served requests: running batch, queue and KV cache over time"
+        yield ({"name": f"serve_batch_kv_{tag}.png", "title": title,
+                "caption": "Per layout, at each iteration start: running sequences, waiting "
+                "requests and the busiest scheduler's KV-cache use."}, batch_kv_figure(runs))
 
 
 def _layout_order(compare: dict[str, Any]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["format_run_table", "format_bytes", "format_compare_table", "table_cells",
-           "TABLE_COLUMNS"]
+           "table_columns", "TABLE_COLUMNS", "SERVING_COLUMNS"]
 
 
 def format_bytes(num_bytes: float) -> str:
@@ -102,8 +102,48 @@ TABLE_COLUMNS = (
 )
 
 
+SERVING_COLUMNS = (
+    ("rank", 4),
+    ("layout", 9),
+    ("topology", 14),
+    ("GPUs", 4),
+    ("TTFT ms", 9),
+    ("TPOT ms", 8),
+    ("out tok/s/GPU", 13),
+    ("goodput/GPU", 11),
+    ("a2a GB", 7),
+    ("imb e/r", 9),
+    ("free GB", 7),
+    ("$/M tok", 7),
+)
+
+
+def table_columns(compare: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """The ranked table's columns: one-step figures, or served ones when the comparison
+    served a workload."""
+    return SERVING_COLUMNS if compare.get("serving") else TABLE_COLUMNS
+
+
 def table_cells(row: dict[str, Any]) -> list[str]:
-    """The ranked-table cells of one feasible row (human units: ms, GB, $)."""
+    """The ranked-table cells of one feasible row (human units: ms, GB, $); a served row shows
+    TTFT and TPOT at the comparison's percentile, served throughput and goodput per GPU."""
+    if "serve" in row:
+        s = row["serve"]
+        good = s["goodput_per_s_per_gpu"]
+        return [
+            str(row["rank"]) + ("" if row.get("meets_slo") is not False else "*"),
+            row["placement"],
+            row["topology"],
+            str(row["world"]),
+            _cell(s["ttft_s"], 1e3, 1),
+            _cell(s["tpot_s"], 1e3, 2),
+            _cell(s["output_tokens_per_s_per_gpu"], 1, 1),
+            "-" if good is None else f"{good:.3f}",
+            _cell(row["a2a_bytes"], 1e-9, 3),
+            f"{row['expert_imbalance_max']:.2f}/{row['rank_imbalance_max']:.2f}",
+            _cell(row["memory_headroom_bytes"], 1e-9, 1),
+            _cell(s["usd_per_million_tokens"], 1, 2),
+        ]
     return [
         str(row["rank"]) + ("" if row.get("meets_slo") is not False else "*"),
         row["placement"],
@@ -127,13 +167,22 @@ def format_compare_table(compare: dict[str, Any]) -> str:
         f"model {compare['assumptions']['model']}  trace {sc['trace']}  phase {sc['phase']}"
         f"  {sc['fidelity']}  weights {sc['weight_dtype']}  act {sc['act_dtype']}"
     ]
-    header = " ".join(f"{name:>{width}}" for name, width in TABLE_COLUMNS)
+    columns = table_columns(compare)
+    serving = compare.get("serving")
+    if serving:
+        w = serving["workload"]
+        load = (f"rate {w['rate']:g}/s" if w["rate"] is not None else
+                f"concurrency {w['concurrency']}" if w["concurrency"] is not None else
+                f"replay {w['requests_file']}")
+        lines.append(f"served: {load}, isl {w['isl']}, osl {w['osl']}; TTFT and TPOT are "
+                     f"{serving['percentile']} over the requests")
+    header = " ".join(f"{name:>{width}}" for name, width in columns)
     for group in compare["groups"]:
         lines += ["", f"batch {group['batch']}, context {group['context']}:", header]
         for row in group["ranked"]:
             cells = table_cells(row)
             lines.append(
-                " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, TABLE_COLUMNS, strict=True))
+                " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, columns, strict=True))
             )
         for row in group["infeasible"]:
             lines.append(f"  infeasible {row['placement']} on {row['topology']}: {row['reason']}")

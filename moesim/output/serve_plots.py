@@ -15,7 +15,7 @@ import numpy as np
 
 from moesim.output.files import write_atomic
 
-__all__ = ["serve_pngs", "save_serve_plots"]
+__all__ = ["serve_pngs", "save_serve_plots", "latency_cdf_figure", "batch_kv_figure"]
 
 
 def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _cdf_figure(runs: dict[str, dict[str, Any]], slo: dict[str, float | None]):  # type: ignore[no-untyped-def]
+def latency_cdf_figure(runs: dict[str, dict[str, Any]], slo: dict[str, float | None]):  # type: ignore[no-untyped-def]
     fig = _figure(12, 4.5)
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "ttft_s", "TTFT (ms)"), (axes[1], "tpot_s", "TPOT (ms)")):
@@ -43,7 +43,7 @@ def _cdf_figure(runs: dict[str, dict[str, Any]], slo: dict[str, float | None]): 
     return fig
 
 
-def _time_figure(runs: dict[str, dict[str, Any]]):  # type: ignore[no-untyped-def]
+def batch_kv_figure(runs: dict[str, dict[str, Any]]):  # type: ignore[no-untyped-def]
     fig = _figure(12, 2.6 * len(runs) + 0.6)
     axes = fig.subplots(len(runs), 1, squeeze=False)[:, 0]
     for ax, (name, data) in zip(axes, runs.items(), strict=True):
@@ -92,8 +92,8 @@ def serve_pngs(runs: dict[str, dict[str, Any]], *, curves: dict[str, list[dict[s
                ) -> list[tuple[str, bytes]]:
     """Every serving figure as (file name, PNG bytes)."""
     slo = slo or {}
-    figures = [("serve_latency_cdf.png", _cdf_figure(runs, slo)),
-               ("serve_batch_kv.png", _time_figure(runs))]
+    figures = [("serve_latency_cdf.png", latency_cdf_figure(runs, slo)),
+               ("serve_batch_kv.png", batch_kv_figure(runs))]
     if curves:
         figures.append(("serve_latency_vs_load.png", _load_figure(curves, kind, slo)))
     out = []

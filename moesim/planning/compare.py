@@ -20,16 +20,20 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from moesim.errors import ConfigError
+from moesim.errors import ConfigError, MoesimError
 from moesim.inputs.config import Scenario
 from moesim.output.result import RunResult
+from moesim.output.serve_result import ServeResult
 from moesim.planning.evaluate import DoesNotFit, EvaluationCache, Infeasible, evaluate, try_evaluate
+from moesim.planning.serving import serve
 from moesim.traffic.memory import DEFAULT_USABLE_FRACTION
 
 __all__ = [
     "RANKING_RULE",
+    "SERVING_RANKING_RULE",
     "DEFAULT_SWEEP_BATCHES",
     "rank_rows",
+    "serve_figures",
     "evaluate_point",
     "run_compare",
     "latency_throughput_sweep",
@@ -40,6 +44,13 @@ RANKING_RULE = (
     "GPU, highest first; ties go to the lower TPOT. With a TPOT/TTFT target, layouts meeting "
     "every target rank above those missing one. Infeasible layouts are listed with the reason."
 )
+SERVING_RANKING_RULE = (
+    "Every layout serves the same requests (moesim serve). With a TTFT/TPOT target, layouts are "
+    "ranked by goodput per GPU (requests/s meeting both targets), highest first, and those "
+    "whose {p} TTFT and TPOT meet the targets rank above those missing one; without, by served "
+    "output tokens/s per GPU. Ties go to the lower {p} TPOT. Infeasible layouts (including "
+    "those that cannot serve: SP, no room for a KV cache) are listed with the reason."
+)
 DEFAULT_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -48,21 +59,49 @@ def rank_rows(
     *,
     max_tpot_s: float | None = None,
     max_ttft_s: float | None = None,
+    serving: bool = False,
 ) -> list[dict[str, Any]]:
-    """Feasible rows of one workload, best first, each with `rank` (1..) and `meets_slo`."""
+    """Feasible rows of one workload, best first, each with `rank` (1..) and `meets_slo`:
+    one-step figures, or with `serving` the rows' `serve` figures (`SERVING_RANKING_RULE`)."""
+    has_slo = max_tpot_s is not None or max_ttft_s is not None
     ranked = []
     for row in rows:
         if not row["feasible"]:
             continue
-        meets = (max_tpot_s is None or row["tpot_s"] <= max_tpot_s) and (
-            max_ttft_s is None or row["ttft_s"] <= max_ttft_s
+        figures = row["serve"] if serving else row
+        meets = (max_tpot_s is None or figures["tpot_s"] <= max_tpot_s) and (
+            max_ttft_s is None or figures["ttft_s"] <= max_ttft_s
         )
-        has_slo = max_tpot_s is not None or max_ttft_s is not None
         ranked.append({**row, "meets_slo": meets if has_slo else None})
-    ranked.sort(key=lambda r: (r["meets_slo"] is False, -r["tokens_per_s_per_gpu"], r["tpot_s"]))
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        if not serving:
+            return (row["meets_slo"] is False, -row["tokens_per_s_per_gpu"], row["tpot_s"])
+        s = row["serve"]
+        first = s["goodput_per_s_per_gpu"] if has_slo else s["output_tokens_per_s_per_gpu"]
+        return (row["meets_slo"] is False, -first, s["tpot_s"])
+
+    ranked.sort(key=key)
     for index, row in enumerate(ranked, start=1):
         row["rank"] = index
     return ranked
+
+
+def serve_figures(result: ServeResult, percentile: str) -> dict[str, Any]:
+    """A comparison row's serving figures: TTFT and TPOT at `percentile`, throughput and
+    goodput per GPU, cost, and the whole result."""
+    data = result.to_json()
+    goodput = data["goodput_per_s"]
+    return {
+        "percentile": percentile,
+        "ttft_s": data["ttft_s"][percentile],
+        "tpot_s": data["tpot_s"][percentile],
+        "output_tokens_per_s_per_gpu": data["output_tokens_per_s_per_gpu"],
+        "goodput_per_s": goodput,
+        "goodput_per_s_per_gpu": None if goodput is None else goodput / result.gpus,
+        "usd_per_million_tokens": data["usd_per_million_tokens"],
+        "result": data,
+    }
 
 
 def evaluate_point(
@@ -181,9 +220,12 @@ def run_compare(
     max_ttft_s: float | None = None,
     plot_data: bool = False,
     sweep_batches: Sequence[int] = (),
+    percentile: str = "p90",
     progress: TextIO | None = sys.stderr,
 ) -> dict[str, Any]:
-    """Every layout on every topology (and batch): the comparison as a JSON-ready dict."""
+    """Every layout on every topology (and batch): the comparison as a JSON-ready dict. With a
+    served workload (`base.serve`) every feasible layout also serves it and the ranking is by
+    serving figures at `percentile` (`SERVING_RANKING_RULE`)."""
     names = list(topologies or ([base.topology] if base.topology else []))
     if not names:
         raise ConfigError(
@@ -191,6 +233,9 @@ def run_compare(
         )
     if not placements:
         raise ConfigError("compare needs at least one layout: --placements TP8,EP8,...")
+    serving = base.serve is not None and bool(base.serve.arrival)
+    if serving:
+        base, max_ttft_s, max_tpot_s = _serving_targets(base, max_ttft_s, max_tpot_s)
     cache = EvaluationCache()
     loaded = {name: cache.resolver.topology(name) for name in names}
     batch_list = list(batches or [base.batch])
@@ -205,6 +250,8 @@ def run_compare(
         row["order"] = index
         if plot_data and result is not None:
             row["plot_data"] = result.plot_data()
+        if serving and result is not None:
+            _serve_point(scenario, row, cache, percentile, plot_data)
         rows.append(row)
         if progress is not None:
             print(
@@ -212,12 +259,40 @@ def run_compare(
                 f"{_describe(row)} ({time.perf_counter() - began:.1f} s)",
                 file=progress,
             )
-    compare = _assemble(base, names, loaded, batch_list, rows, max_tpot_s, max_ttft_s, cache)
+    compare = _assemble(base, names, loaded, batch_list, rows, max_tpot_s, max_ttft_s, cache,
+                        percentile if serving else None)
     if sweep_batches:
         compare["latency_throughput"] = latency_throughput_sweep(
             base, loaded, compare, sweep_batches, cache=cache, progress=progress
         )
     return compare
+
+
+def _serving_targets(base: Scenario, max_ttft_s: float | None, max_tpot_s: float | None
+                     ) -> tuple[Scenario, float | None, float | None]:
+    """One set of targets for ranking and goodput: --max-*-ms, else the workload's SLOs."""
+    spec = base.serve
+    assert spec is not None
+    ttft = max_ttft_s if max_ttft_s is not None else (
+        None if spec.slo_ttft_ms is None else spec.slo_ttft_ms / 1e3)
+    tpot = max_tpot_s if max_tpot_s is not None else (
+        None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
+    spec = spec.model_copy(update={"slo_ttft_ms": None if ttft is None else ttft * 1e3,
+                                   "slo_tpot_ms": None if tpot is None else tpot * 1e3})
+    return base.model_copy(update={"serve": spec}), ttft, tpot
+
+
+def _serve_point(scenario: Scenario, row: dict[str, Any], cache: EvaluationCache,
+                 percentile: str, plot_data: bool) -> None:
+    """Serve the workload on a feasible point; a layout that cannot serve becomes infeasible."""
+    try:
+        served = serve(scenario, cache)
+    except MoesimError as exc:
+        row.update(feasible=False, reason=f"cannot serve: {exc}")
+        return
+    row["serve"] = serve_figures(served, percentile)
+    if plot_data:
+        row["serve_plot"] = served.plot_data()
 
 
 def latency_throughput_sweep(
@@ -276,6 +351,7 @@ def _assemble(
     max_tpot_s: float | None,
     max_ttft_s: float | None,
     cache: EvaluationCache,
+    percentile: str | None,
 ) -> dict[str, Any]:
     """The comparison dict: ranked groups per batch, infeasible rows, assumptions."""
     groups = []
@@ -285,7 +361,8 @@ def _assemble(
             {
                 "batch": batch,
                 "context": base.context,
-                "ranked": rank_rows(members, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s),
+                "ranked": rank_rows(members, max_tpot_s=max_tpot_s, max_ttft_s=max_ttft_s,
+                                    serving=percentile is not None),
                 "infeasible": [r for r in members if not r["feasible"]],
             }
         )
@@ -294,7 +371,11 @@ def _assemble(
         "version": 1,
         "scenario": base.model_dump(),
         "topologies": [loaded[n].name for n in names],
-        "ranking": RANKING_RULE,
+        "ranking": RANKING_RULE if percentile is None
+        else SERVING_RANKING_RULE.format(p=percentile),
+        "serving": None if percentile is None else {"percentile": percentile,
+                                                    "workload": base.serve.model_dump()
+                                                    if base.serve else None},
         "slo": {"max_tpot_s": max_tpot_s, "max_ttft_s": max_ttft_s},
         "groups": groups,
         "assumptions": _assumptions(base, {loaded[n].name: loaded[n] for n in names}, rows,
