@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from moesim.errors import ConfigError
-from moesim.inputs.config import Scenario
+from moesim.inputs.config import Scenario, ServeSpec
 from moesim.planning.deployment import deployments, layout_presets, parse_inventory, plan_deployment
 from moesim.traffic.placement import parse_placement
 
@@ -139,3 +139,90 @@ def test_cli_plan_table_and_json(tmp_path: Any, capsys: pytest.CaptureFixture[st
                               "--context", "512", "--users", "8"])  # fmt: skip
     assert args.handler(args) == 1
     assert "no candidate meets the SLO" in capsys.readouterr().out
+
+
+# Served figures (p90 TTFT s, p90 TPOT s, output tokens/s of one replica) per (topology,
+# placement, clients per replica); anything else cannot serve.
+FAKE_SERVED = {
+    ("dgx-h100", "EP8", 64): (0.30, 0.020, 3000.0),
+    ("dgx-h100", "TP8", 64): (0.90, 0.010, 5000.0),
+    ("l40s-8x-pcie", "EP8", 32): (0.40, 0.040, 1000.0),
+}
+
+
+def fake_serve(sc: Scenario, percentile: str) -> dict[str, Any]:
+    """A served row with the figures above; records the workload each replica was given."""
+    assert percentile == "p90" and sc.serve is not None
+    SEEN.append((str(sc.topology), str(sc.placement), sc.serve))
+    figures = FAKE_SERVED.get((str(sc.topology), str(sc.placement), sc.serve.concurrency or 0))
+    if figures is None:
+        return {"placement": sc.placement, "feasible": False, "reason": "fake",
+                "verdict": "cannot serve: fake"}
+    ttft_s, tpot_s, tokens = figures
+    return {"placement": sc.placement, "world": 8, "feasible": True, "reason": "",
+            "gpu_price_per_hour_usd": PRICE[str(sc.topology)], "ttft_s": ttft_s,
+            "tpot_s": tpot_s, "output_tokens_per_s": tokens, "goodput_per_s": 1.0}
+
+
+SEEN: list[tuple[str, str, Any]] = []
+
+
+def test_served_plan_needs_both_targets_and_prices_served_tokens() -> None:
+    """64 users, TTFT 500 ms and TPOT 50 ms at p90; worked by hand from FAKE_SERVED.
+
+    dgx TP8 has the best TPOT but a 900 ms TTFT: it misses. dgx EP8 meets both and serves
+    3000 tok/s at 23.92 $/h -> 23.92/3600/3000*1e6 = 2.2148 $/M. 2x l40s EP8 (32 clients each)
+    serves 2 x 1000 tok/s at 15.84 $/h -> 2.2 $/M: the cheapest. 1x l40s EP8 cannot serve 64.
+    Each replica got its share of the users as closed-loop clients and prompts of the context.
+    """
+    SEEN.clear()
+    result = plan_deployment(
+        "mixtral-8x7b", "8xH100,16xL40S", slo_tpot_s=0.050, slo_ttft_s=0.5, context=4096,
+        users=64, serve=fake_serve,
+    )  # fmt: skip
+    best = result.chosen
+    assert best is not None and best.label == "2x l40s-8x-pcie EP8"
+    assert best.tokens_per_s == 2000.0 and best.goodput_per_s == 2.0
+    assert best.usd_per_million_tokens == pytest.approx(15.84 / 3600 / 2000 * 1e6)
+    verdicts = {c.label: c.verdict for c in result.candidates}
+    assert verdicts["1x dgx-h100 EP8"].startswith("more expensive by 0.7%")  # 2.2148 / 2.2
+    assert verdicts["1x dgx-h100 TP8"] == "misses the SLO: p90 TTFT 900.0 ms > 500 ms"
+    assert verdicts["1x l40s-8x-pcie EP8"] == "cannot serve: fake"
+    assert {(topo, spec.concurrency) for topo, _, spec in SEEN} == {
+        ("dgx-h100", 64), ("l40s-8x-pcie", 64), ("l40s-8x-pcie", 32)}
+    assert {(spec.isl, spec.osl, spec.slo_ttft_ms, spec.slo_tpot_ms) for *_, spec in SEEN} == {
+        (4096, 256, 500.0, 50.0)}
+    assert result.query["serving"]["percentile"] == "p90"
+
+
+def test_served_plan_splits_a_request_rate_over_replicas() -> None:
+    """With --rate 6 and no --users, two replicas each serve 3 requests/s open loop."""
+    SEEN.clear()
+    plan_deployment("mixtral-8x7b", "16xL40S", slo_tpot_s=0.05, slo_ttft_s=0.5, context=512,
+                    users=None, serve_spec=ServeSpec(rate=6.0, isl=100), serve=fake_serve)
+    assert {(spec.rate, spec.isl) for *_, spec in SEEN if spec.rate == 3.0} == {(3.0, 100)}
+    assert {spec.rate for *_, spec in SEEN} == {6.0, 3.0}
+    with pytest.raises(ConfigError, match="--users"):
+        plan_deployment("mixtral-8x7b", "8xH100", slo_tpot_s=0.05, context=512, users=None)
+
+
+def test_cli_served_plan_reports_ttft_and_tpot(tmp_path: Any,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A real served plan on one DGX H100 (8 users, short requests): the table has the
+    percentile TTFT column, SP cannot serve, the JSON carries both figures of the winner."""
+    from moesim.cli import plan as cli_plan
+
+    parser = argparse.ArgumentParser()
+    cli_plan.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["plan", "--gpus-available", "8xH100", "--slo-tpot-ms", "50",
+                              "--slo-ttft-ms", "2000", "--context", "256", "--users", "8",
+                              "--osl", "8", "--requests", "16", "--quiet",
+                              "--json", str(tmp_path / "plan.json")])  # fmt: skip
+    assert args.handler(args) == 0
+    table = capsys.readouterr().out
+    assert "TTFT ms" in table and "p90 TTFT SLO 2000 ms" in table
+    data = json.loads((tmp_path / "plan.json").read_text())
+    chosen = data["chosen"]
+    assert chosen["ttft_s"] <= 2.0 and chosen["tpot_s"] <= 0.05
+    sp = next(c for c in data["candidates"] if c["placement"] == "SP8")
+    assert sp["verdict"].startswith("cannot serve: placement SP8")

@@ -10,6 +10,14 @@ the cheapest qualifying one wins, and every other candidate says why it lost.
 Economics of a deployment: `usd_per_hour = gpu price x world x replicas`;
 `tokens_per_s = users / tpot_s` (every user gets one token per decode step);
 `usd_per_million_tokens = usd_per_hour / 3600 / tokens_per_s x 1e6`.
+
+With a served workload (`serve_spec`: `moesim plan --slo-ttft-ms`, or any serving flag) each
+candidate instead serves requests (`moesim.planning.serving`): one replica runs a closed loop of
+its share of the users (`ceil(users / replicas)` clients), or with a rate its share of the
+arrivals (`rate / replicas`), prompts of `isl` tokens (default: the context) and outputs of
+`osl`. A candidate qualifies when its TTFT and TPOT at `percentile` (p90 by default) meet the
+targets; `tokens_per_s` is the served output tokens/s of all replicas and `goodput_per_s` their
+requests/s meeting both targets.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from moesim.errors import ConfigError
-from moesim.inputs.config import Scenario
+from moesim.errors import ConfigError, MoesimError
+from moesim.inputs.config import Scenario, ServeSpec
 from moesim.output.result import usd_per_million_tokens
 
 __all__ = [
@@ -44,7 +52,10 @@ GPU_PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 Objective = Literal["usd_per_million_tokens", "usd_per_hour"]
+Percentile = Literal["mean", "p50", "p90", "p99"]
 Evaluate = Callable[[Scenario], dict[str, Any]]
+# A progress line per candidate (or None for silence).
+Progress = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class Candidate:
     usd_per_hour: float | None
     usd_per_million_tokens: float | None
     verdict: str
+    ttft_s: float | None = None
+    goodput_per_s: float | None = None
 
     @property
     def label(self) -> str:
@@ -144,40 +157,111 @@ def _evaluate(scenario: Scenario) -> dict[str, Any]:
     return evaluate_point(scenario, with_ttft=False)
 
 
+def _serve(scenario: Scenario, percentile: Percentile) -> dict[str, Any]:
+    """A candidate served (`moesim.planning.serving.serve`): a row like `_evaluate`'s with the
+    TTFT and TPOT at `percentile`, output tokens/s and goodput of one replica."""
+    from moesim.planning.evaluate import DoesNotFit
+    from moesim.planning.serving import serve
+
+    try:
+        result = serve(scenario)
+    except MoesimError as exc:
+        kind = "does not fit" if isinstance(exc, DoesNotFit) else "cannot serve"
+        return {"placement": scenario.placement, "feasible": False, "reason": str(exc),
+                "verdict": f"{kind}: {exc}"}
+    data = result.to_json()
+    return {
+        "placement": scenario.placement,
+        "world": result.gpus,
+        "gpu_price_per_hour_usd": result.gpu_price_per_hour_usd,
+        "feasible": True,
+        "reason": "",
+        "ttft_s": data["ttft_s"][percentile],
+        "tpot_s": data["tpot_s"][percentile],
+        "output_tokens_per_s": data["output_tokens_per_s"],
+        "goodput_per_s": data["goodput_per_s"],
+    }
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """The SLO a candidate must meet: TPOT always, TTFT when serving."""
+
+    tpot_s: float
+    ttft_s: float | None = None
+    percentile: str | None = None
+
+    def meets(self, c: Candidate) -> bool:
+        return (c.feasible and c.tpot_s is not None and c.tpot_s <= self.tpot_s
+                and (self.ttft_s is None or (c.ttft_s is not None and c.ttft_s <= self.ttft_s)))
+
+    def overshoot(self, c: Candidate) -> float:
+        """How far past the targets, as the largest ratio figure / target."""
+        ratios = [_tpot(c) / self.tpot_s]
+        if self.ttft_s is not None:
+            ratios.append((c.ttft_s if c.ttft_s is not None else math.inf) / self.ttft_s)
+        return max(ratios)
+
+    def miss(self, c: Candidate) -> str:
+        """Why a feasible candidate misses."""
+        tpot_ms = _tpot(c) * 1e3
+        if self.percentile is None:
+            over_ms = tpot_ms - self.tpot_s * 1e3
+            return f"slower than the SLO by {over_ms:.2f} ms (TPOT {tpot_ms:.2f} ms)"
+        p = self.percentile
+        misses = []
+        if self.ttft_s is not None and c.ttft_s is not None and c.ttft_s > self.ttft_s:
+            misses.append(f"{p} TTFT {c.ttft_s * 1e3:.1f} ms > {self.ttft_s * 1e3:g} ms")
+        if tpot_ms > self.tpot_s * 1e3:
+            misses.append(f"{p} TPOT {tpot_ms:.2f} ms > {self.tpot_s * 1e3:g} ms")
+        return "misses the SLO: " + ", ".join(misses)
+
+
 def _measure(
-    row: dict[str, Any], preset: str, replicas: int, users: int, batch: int, slo_s: float
+    row: dict[str, Any], preset: str, replicas: int, users: int, batch: int, targets: _Targets
 ) -> Candidate:
-    """A candidate's figures from its evaluated row (verdict filled in later)."""
+    """A candidate's figures from its evaluated (or served) row; verdict filled in later."""
     feasible, tpot_s = bool(row["feasible"]), row.get("tpot_s")
     world = row.get("world") or 0
     price = row.get("gpu_price_per_hour_usd")
-    tokens_per_s = users / tpot_s if feasible and tpot_s else None
+    served = row.get("output_tokens_per_s")
+    if not feasible:
+        tokens_per_s = None
+    elif served is not None:
+        tokens_per_s = served * replicas
+    else:
+        tokens_per_s = users / tpot_s if tpot_s else None
+    goodput = row.get("goodput_per_s")
     usd_per_hour = price * world * replicas if price is not None else None
     per_million = usd_per_million_tokens(world * replicas, price, tokens_per_s)
-    return Candidate(
+    candidate = Candidate(
         topology=preset,
         replicas=replicas,
         placement=str(row["placement"]),
         gpus=world * replicas,
         batch_per_replica=batch,
         feasible=feasible,
-        meets_slo=feasible and tpot_s is not None and tpot_s <= slo_s,
+        meets_slo=False,
         tpot_s=tpot_s if feasible else None,
         tokens_per_s=tokens_per_s,
         usd_per_hour=usd_per_hour if feasible else None,
         usd_per_million_tokens=per_million,
-        verdict="" if feasible else f"does not fit: {row.get('reason')}",
+        verdict="" if feasible else row.get("verdict") or f"does not fit: {row.get('reason')}",
+        ttft_s=row.get("ttft_s") if feasible else None,
+        goodput_per_s=None if goodput is None or not feasible else goodput * replicas,
     )
+    return _with(candidate, candidate.verdict, targets.meets(candidate))
 
 
 def _verdicts(
-    candidates: list[Candidate], slo_s: float, objective: Objective
+    candidates: list[Candidate], targets: _Targets, objective: Objective
 ) -> tuple[Candidate | None, list[Candidate]]:
     """Order candidates best first and say why each one lost to the winner."""
     qualify = [c for c in candidates if c.meets_slo and getattr(c, objective) is not None]
     qualify.sort(key=lambda c: (getattr(c, objective), c.tpot_s, c.gpus, c.label))
     best = qualify[0] if qualify else None
-    slow = sorted((c for c in candidates if c.feasible and not c.meets_slo), key=_tpot)
+    slow = sorted((c for c in candidates if c.feasible and not c.meets_slo),
+                  key=lambda c: (targets.overshoot(c), _tpot(c)))
     unpriced = [c for c in candidates if c.meets_slo and getattr(c, objective) is None]
     broken = [c for c in candidates if not c.feasible]
     ordered = []
@@ -186,10 +270,7 @@ def _verdicts(
         extra = 100 * (cost / best_cost - 1) if best_cost else math.inf
         costs = f"{_usd(cost, objective)} vs {_usd(best_cost, objective)}"
         ordered.append(_with(c, f"more expensive by {extra:.1f}% ({costs})"))
-    for c in slow:
-        tpot_ms = _tpot(c) * 1e3
-        over_ms = tpot_ms - slo_s * 1e3
-        ordered.append(_with(c, f"slower than the SLO by {over_ms:.2f} ms (TPOT {tpot_ms:.2f} ms)"))
+    ordered += [_with(c, targets.miss(c)) for c in slow]
     ordered += [_with(c, f"no GPU price in topology {c.topology}") for c in unpriced]
     return best, ([best] if best else []) + ordered + broken
 
@@ -198,8 +279,9 @@ def _tpot(c: Candidate) -> float:
     return c.tpot_s if c.tpot_s is not None else math.inf
 
 
-def _with(c: Candidate, verdict: str) -> Candidate:
-    return Candidate(**{**asdict(c), "verdict": verdict})
+def _with(c: Candidate, verdict: str, meets_slo: bool | None = None) -> Candidate:
+    meets = c.meets_slo if meets_slo is None else meets_slo
+    return Candidate(**{**asdict(c), "verdict": verdict, "meets_slo": meets})
 
 
 def _usd(value: float, objective: Objective) -> str:
@@ -212,40 +294,91 @@ def plan_deployment(
     *,
     slo_tpot_s: float,
     context: int,
-    users: int,
+    users: int | None,
     trace: str | None = None,
     fidelity: Literal["analytic", "des"] = "analytic",
     objective: Objective = "usd_per_million_tokens",
     evaluate: Evaluate = _evaluate,
+    slo_ttft_s: float | None = None,
+    serve_spec: ServeSpec | None = None,
+    percentile: Percentile = "p90",
+    serve: Callable[[Scenario, Percentile], dict[str, Any]] = _serve,
+    progress: Progress = None,
 ) -> PlanResult:
-    """Search deployments x layouts for the cheapest one meeting the TPOT SLO (module doc)."""
-    if slo_tpot_s <= 0 or context < 1 or users < 1:
+    """Search deployments x layouts for the cheapest one meeting the SLO (module doc): the TPOT
+    of a decode step, or with `slo_ttft_s` or `serve_spec` the served TTFT and TPOT."""
+    serving = slo_ttft_s is not None or serve_spec is not None
+    spec = serve_spec or ServeSpec()
+    if "isl" not in spec.model_fields_set:  # prompts of the context's length
+        spec = spec.model_copy(update={"isl": context})
+    if spec.rate is None and users is None:
+        raise ConfigError("plan needs --users (concurrent users), or a request --rate with "
+                          "a served workload")
+    if slo_tpot_s <= 0 or context < 1 or (users is not None and users < 1):
         raise ConfigError("--slo-tpot-ms, --context and --users must be positive")
+    if slo_ttft_s is not None and slo_ttft_s <= 0:
+        raise ConfigError("--slo-ttft-ms must be positive")
+    if serving and (spec.concurrency is not None or spec.requests_file is not None
+                    or spec.disagg is not None):
+        raise ConfigError("plan serves --users clients (or --rate) per deployment: leave out "
+                          "concurrency, requests_file and disagg")
     inventory = parse_inventory(gpus_available)
     sizes = {p: _preset_gpus(p) for gpu in inventory for p in GPU_PRESETS[gpu]}
     base: dict[str, Any] = {"model": model, "phase": "decode", "context": context}
     base.update(fidelity=fidelity, **({"trace": trace} if trace else {}))
-    candidates = []
-    for preset, replicas in deployments(inventory, sizes):
-        batch = math.ceil(users / replicas)
-        for layout in layout_presets(sizes[preset]):
-            sc = Scenario(**base, topology=preset, placement=layout, batch=batch)
-            row = evaluate(sc)
-            candidates.append(_measure(row, preset, replicas, users, batch, slo_tpot_s))
-    if not candidates:
+    targets = _Targets(slo_tpot_s, slo_ttft_s, percentile if serving else None)
+    points = [(preset, replicas, layout) for preset, replicas in deployments(inventory, sizes)
+              for layout in layout_presets(sizes[preset])]
+    if not points:
         raise ConfigError(
             f"--gpus-available {gpus_available} fills no topology preset: "
             + ", ".join(f"{p} needs {n} GPUs" for p, n in sizes.items())
         )
-    best, ordered = _verdicts(candidates, slo_tpot_s, objective)
+    candidates = []
+    for index, (preset, replicas, layout) in enumerate(points, start=1):
+        batch = math.ceil(users / replicas) if users is not None else 0
+        sc = Scenario(**base, topology=preset, placement=layout, batch=max(batch, 1))
+        if serving:
+            row = serve(sc.model_copy(update={"serve": _replica_workload(
+                spec, batch, replicas, slo_ttft_s, slo_tpot_s)}), percentile)
+        else:
+            row = evaluate(sc)
+        candidate = _measure(row, preset, replicas, users or 0, batch, targets)
+        candidates.append(candidate)
+        if progress is not None:
+            progress(f"[{index}/{len(points)}] {candidate.label}: " + (
+                _figures(candidate, targets) if candidate.feasible else candidate.verdict))
+    best, ordered = _verdicts(candidates, targets, objective)
     query = {
         "model": model,
         "gpus_available": inventory,
         "slo_tpot_s": slo_tpot_s,
+        "slo_ttft_s": slo_ttft_s,
         "context": context,
         "users": users,
         "trace": trace,
         "fidelity": fidelity,
         "objective": objective,
+        "serving": {"percentile": percentile, "workload": spec.model_dump()} if serving else None,
     }
     return PlanResult(query, best, ordered)
+
+
+def _replica_workload(spec: ServeSpec, clients: int, replicas: int,
+                      slo_ttft_s: float | None, slo_tpot_s: float) -> ServeSpec:
+    """What one replica serves: its share of the users (or of the rate), goodput counted
+    against the plan's targets."""
+    share: dict[str, Any] = ({"rate": spec.rate / replicas} if spec.rate is not None
+                             else {"concurrency": clients})
+    return spec.model_copy(update={
+        **share, "slo_tpot_ms": slo_tpot_s * 1e3,
+        "slo_ttft_ms": None if slo_ttft_s is None else slo_ttft_s * 1e3})
+
+
+def _figures(c: Candidate, targets: _Targets) -> str:
+    """A progress line's figures."""
+    if targets.percentile is None:
+        return f"TPOT {_tpot(c) * 1e3:.2f} ms"
+    ttft_ms = math.inf if c.ttft_s is None else c.ttft_s * 1e3
+    return (f"{targets.percentile} TTFT {ttft_ms:.1f} ms, TPOT {_tpot(c) * 1e3:.2f} ms, "
+            f"{c.tokens_per_s or 0:.0f} tok/s")
