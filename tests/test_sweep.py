@@ -253,3 +253,61 @@ def test_cli_sweep_writes_rows_and_plot(tmp_path: Path, capsys: pytest.CaptureFi
     assert "2 points: 2 computed" in capsys.readouterr().out
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 0
     assert {r["fidelity"] for r in read_rows(tmp_path / "o.csv")} == {"analytic"}
+
+
+SERVED_GRID = Grid(
+    name="served",
+    placements=["EP8", "SP8"],
+    batches=[2, 4],
+    contexts=[64],
+    topologies=["dgx-h100"],
+    fixed={"phase": "decode", "fidelity": "analytic",
+           "serve": {"osl": 8, "requests": 8, "slo_ttft_ms": 500, "slo_tpot_ms": 50}},
+)
+
+
+def test_a_served_grid_is_a_load_sweep_of_closed_loops(tmp_path: Path) -> None:
+    """A serve block without arrivals: each point serves `batch` closed-loop clients with
+    prompts of `context` tokens; its served cells are `serve`'s figures of that scenario; SP
+    keeps its one-step figures and says why it cannot serve."""
+    from moesim.planning.serving import serve
+
+    points = expand_grid(SERVED_GRID)
+    workloads = [(p.serve.concurrency, p.serve.isl) for p in points if p.serve]
+    assert workloads == [(2, 64), (4, 64)] * 2
+    out = tmp_path / "s.csv"
+    run_sweep(points, out, workers=1, progress=False)
+    rows = {(r["placement"], r["batch"]): r for r in map(parse_row, read_rows(out))}
+    for batch, point in zip((2, 4), points[:2], strict=True):
+        row, direct = rows[("EP8", batch)], serve(point).to_json()
+        assert row["served_ttft_p90_s"] == direct["ttft_s"]["p90"]
+        assert row["served_tpot_p99_s"] == direct["tpot_s"]["p99"]
+        assert row["served_goodput_per_s"] == direct["goodput_per_s"]
+        assert row["served_preemptions"] == direct["preemptions"] and row["served_reason"] is None
+    sp = rows[("SP8", 2)]
+    assert sp["feasible"] and sp["tpot_s"] is not None and sp["served_tpot_p90_s"] is None
+    assert "sequence parallel attention (SP) is not modelled for serving" in sp["served_reason"]
+    from moesim.cli.sweep import plot_pareto
+
+    assert plot_pareto(list(rows.values()), tmp_path).read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_output_written_before_the_served_columns_resumes(tmp_path: Path) -> None:
+    """A CSV with the columns sweeps wrote before serving: its rows count as done, and the file
+    is rewritten with today's header (served cells empty) before new rows are appended."""
+    points = expand_grid(SMALL_GRID)[:3]
+    out = tmp_path / "s.csv"
+    run_sweep(points[:2], out, workers=1, progress=False)
+    old = ROW_COLUMNS[: ROW_COLUMNS.index("served_ttft_p50_s")]
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    calls: list[str] = []
+    summary = run_sweep(points, out, workers=1, progress=False, evaluate=_counting(calls))
+    assert summary.resumed == 2 and len(calls) == 1
+    with out.open() as handle:
+        assert tuple(next(csv.reader(handle))) == ROW_COLUMNS
+    assert len(read_rows(out)) == 3

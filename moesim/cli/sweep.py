@@ -60,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def plot_pareto(rows: list[dict[str, Any]], out_dir: Path) -> Path:
-    """Scatter of throughput per GPU against TPOT, Pareto front highlighted; returns the PNG."""
+    """Scatter of throughput per GPU against TPOT, Pareto front highlighted; returns the PNG.
+    Served rows (a grid with a `serve` block) plot p90 TPOT and served output tokens/s/GPU."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,33 +69,32 @@ def plot_pareto(rows: list[dict[str, Any]], out_dir: Path) -> Path:
 
     from moesim.planning.sweep import pareto_front
 
-    timed = [r for r in rows if r.get("feasible") and r.get("tpot_s") is not None]
-    front = pareto_front(timed)
+    served = any(r.get("served_tpot_p90_s") is not None for r in rows)
+    x, y = (("served_tpot_p90_s", "served_output_tokens_per_s_per_gpu") if served
+            else ("tpot_s", "tokens_per_s_per_gpu"))
+    timed = [r for r in rows if r.get("feasible") and r.get(x) is not None]
+    front = pareto_front(timed, x, y)
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter(
-        [r["tpot_s"] * 1e3 for r in timed],
-        [r["tokens_per_s_per_gpu"] for r in timed],
-        s=12,
-        color="0.7",
-        label="feasible points",
-    )
-    ax.plot(
-        [r["tpot_s"] * 1e3 for r in front],
-        [r["tokens_per_s_per_gpu"] for r in front],
-        "o-",
-        color="tab:red",
-        label="Pareto front",
-    )
+    ax.scatter([r[x] * 1e3 for r in timed], [r[y] for r in timed], s=12, color="0.7",
+               label="feasible points")
+    ax.plot([r[x] * 1e3 for r in front], [r[y] for r in front], "o-", color="tab:red",
+            label="Pareto front")
     for r in front:
         label = f"{r['placement']} {r['topology']} b{r['batch']}"
-        ax.annotate(label, (r["tpot_s"] * 1e3, r["tokens_per_s_per_gpu"]), fontsize=7)
-    ax.set_xlabel("time per output token, TPOT (ms)")
-    ax.set_ylabel("decode throughput per GPU (tokens/s/GPU)")
-    ax.set_title("Sweep: throughput per GPU vs TPOT")
+        ax.annotate(label, (r[x] * 1e3, r[y]), fontsize=7)
+    if served:
+        ax.set_xlabel("served p90 time per output token, TPOT (ms)")
+        ax.set_ylabel("served output tokens/s per GPU")
+        ax.set_title("Sweep (served): throughput per GPU vs p90 TPOT")
+    else:
+        ax.set_xlabel("time per output token, TPOT (ms)")
+        ax.set_ylabel("decode throughput per GPU (tokens/s/GPU)")
+        ax.set_title("Sweep: throughput per GPU vs TPOT")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "pareto.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    from moesim.output.files import write_atomic_with
+
+    path = write_atomic_with(out_dir / "pareto.png", lambda tmp: fig.savefig(
+        tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path

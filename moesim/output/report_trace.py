@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.errors import TraceError
+from moesim.output.files import write_atomic_with
 from moesim.trace.compare import TraceComparison, expert_shares
 
 __all__ = ["plot_comparison"]
@@ -48,7 +49,7 @@ def _plot_shares(plt: object, comp: TraceComparison, path: Path) -> Path:
     axes[0].set_ylabel("MoE layer")
     fig.colorbar(image, ax=list(axes), label="share of the layer's top-k assignments (%)")
     fig.suptitle("Expert load per layer")
-    fig.savefig(path, dpi=120)
+    write_atomic_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)  # type: ignore[attr-defined]
     return path
 
@@ -72,7 +73,7 @@ def _plot_repetition(plt: object, comp: TraceComparison, path: Path) -> Path:
     ax.set_title("Expert repetition between tokens i and i+1 (Mixtral paper, Table 5)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)  # type: ignore[attr-defined]
     return path
 
@@ -91,6 +92,6 @@ def _plot_batch_imbalance(plt: object, comp: TraceComparison, path: Path) -> Pat
     ax.set_title(f"Per-batch load imbalance (KS {comp.batch_imbalance_ks:.3f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)  # type: ignore[attr-defined]
     return path

@@ -12,6 +12,12 @@ serially, in a local process pool (the default) or on Ray; all three give identi
 
 Economics (decode): `tokens_per_s = batch / tpot_s`; `usd_per_hour = gpu price x world`;
 `usd_per_million_tokens = usd_per_hour / 3600 / tokens_per_s x 1e6`.
+
+A grid whose `fixed` holds a `serve` block also serves that workload at every feasible point
+(`moesim.planning.serving`) and fills the `served_*` columns (TTFT and TPOT p50/p90/p99,
+throughput, goodput, preemptions, cost at the served throughput). A `serve` block without an
+arrival process makes the grid a load sweep: each point runs a closed loop of `batch` clients
+with prompts of `context` tokens (unless the block gives `isl`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moesim.errors import ConfigError
-from moesim.inputs.config import Scenario, load_model_file, parse_model
+from moesim.inputs.config import Scenario, ServeSpec, load_model_file, parse_model
 from moesim.planning.sweep_point import (
     evaluate_point,
     pareto_front,
@@ -140,8 +146,20 @@ def expand_grid(grid: Grid, fidelity: str | None = None) -> list[Scenario]:
     points: list[Scenario] = []
     for values in itertools.product(*lists):
         data = {**fixed, **dict(zip(SWEPT_FIELDS.values(), values, strict=True))}
+        if data.get("serve") is not None:
+            data["serve"] = _point_workload(data["serve"], data["batch"], data["context"])
         points.append(parse_model(Scenario, data, f"grid '{grid.name}' point {len(points)}"))
     return points
+
+
+def _point_workload(serve: Any, batch: int, context: int) -> Any:
+    """A point's served workload: the grid's, or without an arrival process a closed loop of
+    `batch` clients with prompts of `context` tokens (unless it gives `isl`)."""
+    data = serve.model_dump(exclude_unset=True) if isinstance(serve, ServeSpec) else serve
+    if not isinstance(data, dict) or any(
+            data.get(name) is not None for name in ("rate", "concurrency", "requests_file")):
+        return serve
+    return {"isl": context, **data, "concurrency": batch}
 
 
 # ---- running --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+from moesim.errors import MoesimError
 from moesim.inputs.config import Scenario
 from moesim.planning.evaluate import EvaluationCache, Infeasible, try_evaluate
 from moesim.planning.sweep_rows import ROW_COLUMNS
@@ -85,16 +86,39 @@ def evaluate_point(scenario: Scenario, *, with_ttft: bool = True) -> dict[str, A
         usd_per_hour=None if price is None else price * outcome.world,
         usd_per_million_tokens=outcome.usd_per_million_tokens,
     )
+    if scenario.serve is not None:
+        row.update(_served(scenario, _CACHE))
     return row
 
 
-def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Feasible typed rows no other beats on both lower `tpot_s` and higher throughput per GPU."""
-    timed = [r for r in rows if r.get("feasible") and r.get("tpot_s") is not None]
-    timed.sort(key=lambda r: (r["tpot_s"], -r["tokens_per_s_per_gpu"]))
+def _served(scenario: Scenario, cache: EvaluationCache) -> dict[str, Any]:
+    """The `served_*` cells of a feasible point with a served workload; a layout that cannot
+    serve it (SP, no room for a KV cache) has only `served_reason`."""
+    from moesim.planning.serving import serve
+
+    try:
+        data = serve(scenario, cache).to_json()
+    except MoesimError as exc:
+        return {"served_reason": str(exc)}
+    cells: dict[str, Any] = {"served_reason": ""}
+    for metric in ("ttft", "tpot"):
+        for p in ("p50", "p90", "p99"):
+            cells[f"served_{metric}_{p}_s"] = data[f"{metric}_s"][p]
+    for name in ("request_throughput_per_s", "output_tokens_per_s_per_gpu", "goodput_per_s",
+                 "preemptions", "usd_per_million_tokens"):
+        cells[f"served_{name}"] = data[name]
+    return cells
+
+
+def pareto_front(rows: list[dict[str, Any]], tpot: str = "tpot_s",
+                 throughput: str = "tokens_per_s_per_gpu") -> list[dict[str, Any]]:
+    """Feasible typed rows no other beats on both lower `tpot` and higher `throughput` (per
+    GPU): the one-step columns, or served ones such as `served_tpot_p90_s`."""
+    timed = [r for r in rows if r.get("feasible") and r.get(tpot) is not None]
+    timed.sort(key=lambda r: (r[tpot], -r[throughput]))
     front, best = [], -math.inf
     for row in timed:
-        if row["tokens_per_s_per_gpu"] > best:
+        if row[throughput] > best:
             front.append(row)
-            best = row["tokens_per_s_per_gpu"]
+            best = row[throughput]
     return front

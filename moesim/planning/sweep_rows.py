@@ -41,13 +41,30 @@ ROW_COLUMNS = (
     "gpu_price_per_hour_usd",
     "usd_per_hour",
     "usd_per_million_tokens",
+    # served figures (a grid with `fixed.serve`); empty otherwise
+    "served_ttft_p50_s",
+    "served_ttft_p90_s",
+    "served_ttft_p99_s",
+    "served_tpot_p50_s",
+    "served_tpot_p90_s",
+    "served_tpot_p99_s",
+    "served_request_throughput_per_s",
+    "served_output_tokens_per_s_per_gpu",
+    "served_goodput_per_s",
+    "served_preemptions",
+    "served_usd_per_million_tokens",
+    "served_reason",
 )
+# Columns of sweeps written before the served figures: such an output still resumes (its rows
+# read with empty served cells, and the file is rewritten with today's header before appending).
+_FIRST_COLUMNS = ROW_COLUMNS[: ROW_COLUMNS.index("served_ttft_p50_s")]
 
 
 # ---- rows on disk ---------------------------------------------------------------------------
 
 _INT_COLUMNS = frozenset(
-    {"world", "batch", "context", "a2a_bytes", "memory_total_bytes", "memory_headroom_bytes"}
+    {"world", "batch", "context", "a2a_bytes", "memory_total_bytes", "memory_headroom_bytes",
+     "served_preemptions"}
 )
 _FLOAT_COLUMNS = frozenset(
     {
@@ -60,6 +77,8 @@ _FLOAT_COLUMNS = frozenset(
         "gpu_price_per_hour_usd",
         "usd_per_hour",
         "usd_per_million_tokens",
+        *(name for name in ROW_COLUMNS
+          if name.startswith("served_") and name not in ("served_preemptions", "served_reason")),
     }
 )
 
@@ -102,13 +121,30 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
         return [{name: format_cell(row.get(name)) for name in ROW_COLUMNS} for row in table]
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != ROW_COLUMNS:
+        header = tuple(reader.fieldnames or ())
+        if reader.fieldnames is not None and header not in (ROW_COLUMNS, _FIRST_COLUMNS):
             raise ConfigError(
                 f"{path} holds rows with other columns than a moesim sweep writes; "
                 "give a new output file or delete this one"
             )
         # a row cut short by an interruption has None cells: it is recomputed
-        return [row for row in reader if None not in row.values() and row.get("key")]
+        rows = [row for row in reader if None not in row.values() and row.get("key")]
+    return [{**dict.fromkeys(ROW_COLUMNS, ""), **row} for row in rows]
+
+
+def _upgrade_header(path: Path) -> None:
+    """Rewrite an output written before the served columns with today's header."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = tuple(next(csv.reader(handle), ()))
+    if header != _FIRST_COLUMNS:
+        return
+    rows = read_rows(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def parquet_module() -> Any:
@@ -129,6 +165,8 @@ class RowLog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not path.is_file() or path.stat().st_size == 0
+        if not fresh:
+            _upgrade_header(path)
         if not fresh and not path.read_bytes().endswith(b"\n"):
             with path.open("a", encoding="utf-8") as handle:
                 handle.write("\n")  # end a line cut short by an interruption
