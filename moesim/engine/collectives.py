@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import simpy
@@ -164,24 +165,64 @@ def _ring(
     num_steps: int,
     launch_s: float,
 ) -> CollectiveRun:
-    """`num_steps` ring steps of `chunk_bytes` from ranks[i] to ranks[i+1], step-synchronised."""
+    """`num_steps` ring steps of `chunk_bytes` from ranks[i] to ranks[i+1], step-synchronised:
+    a rank starts step s+1 when its send and its receive of step s are done. Each step is one
+    flow group (`FlowNetwork.open_group`) counting a rank's send and receive parts, so the
+    network reports ranks ready for their next step without a simpy event per flow."""
     env = net.env
     n = len(ranks)
-    sent = [[env.event() for _ in range(num_steps)] for _ in range(n)]
     rank_done = [env.event() for _ in range(n)]
-    routes = [topo.routes(ranks[i], ranks[(i + 1) % n]) for i in range(n)] if n > 1 else []
-
-    def rank_process(i: int) -> Generator[simpy.Event, object, None]:
-        yield env.timeout(launch_s)
-        for step in range(num_steps):
-            flow = net.transfer_multipath(routes[i], chunk_bytes)
-            _succeed_when_all(env, [flow], sent[i][step])
-            yield sent[i][step] & sent[(i - 1) % n][step]
-        rank_done[i].succeed(env.now)
-
-    for i in range(n):
-        env.process(rank_process(i))
     network_bytes = chunk_bytes * num_steps * n if n > 1 else 0.0
+    if n == 1 or num_steps == 0:
+        def finish_all(_ev: simpy.Event) -> None:
+            for event in rank_done:
+                event.succeed(env.now)
+
+        env.timeout(launch_s).callbacks.append(finish_all)
+        return _run(op, ranks, env, rank_done, network_bytes, "ring")
+    links = net.links
+    paths = [[links.ids(path) for path in topo.routes(ranks[i], ranks[(i + 1) % n])]
+             for i in range(n)]
+    latency_s = [np.array([float(links.latency_s[ids].sum()) for ids in rank_paths])
+                 for rank_paths in paths]
+    parts = np.zeros(max(ranks) + 1, dtype=np.int64)
+    for i, rank_paths in enumerate(paths):
+        parts[ranks[i]] += len(rank_paths)
+        parts[ranks[(i + 1) % n]] += len(rank_paths)
+    position = {rank: i for i, rank in enumerate(ranks)}
+
+    flat_paths = [ids for rank_paths in paths for ids in rank_paths]
+    part_of = np.repeat(np.arange(n), [len(rank_paths) for rank_paths in paths])
+    part_sizes = np.concatenate([np.full(len(rank_paths), chunk_bytes / len(rank_paths))
+                                 for rank_paths in paths])
+    part_src = np.asarray(ranks, dtype=np.int64)[part_of]
+    part_dst = np.asarray([ranks[(i + 1) % n] for i in range(n)], dtype=np.int64)[part_of]
+    part_latency = np.concatenate(latency_s)
+
+    def send(step: int, senders: list[int]) -> None:
+        """Start the step's sends of ring positions `senders`, in one batch."""
+        if len(senders) == n:
+            net.start_group_parts(groups[step], part_src, flat_paths, part_sizes, part_dst,
+                                  part_latency)
+            return
+        pick = np.flatnonzero(np.isin(part_of, senders))
+        net.start_group_parts(groups[step], part_src[pick], [flat_paths[k] for k in pick.tolist()],
+                              part_sizes[pick], part_dst[pick], part_latency[pick])
+
+    def step_done(step: int, done: np.ndarray) -> None:
+        senders = [position[rank] for rank in done.tolist()]
+        if step + 1 < num_steps:
+            send(step + 1, senders)
+        else:
+            for i in senders:
+                rank_done[i].succeed(env.now)
+
+    groups = [net.open_group(parts, partial(step_done, step)) for step in range(num_steps)]
+
+    def start(_ev: simpy.Event) -> None:
+        send(0, list(range(n)))
+
+    env.timeout(launch_s).callbacks.append(start)
     return _run(op, ranks, env, rank_done, network_bytes, "ring")
 
 

@@ -35,6 +35,10 @@ _LINKS_OF_FROZEN: weakref.WeakKeyDictionary[nx.DiGraph, Links] = weakref.WeakKey
 _SHARE_RTOL = 1e-12
 # A flow with this fraction of its bytes (or less) left counts as finished.
 _DONE_RTOL = 1e-12
+# Max-min solutions a network keeps for reuse, per mix of paths (cleared when full), while it
+# has seen at most _SOLVED_MAX_PATHS paths (8 GPUs use ~100; on large fabrics mixes rarely recur).
+_SOLVED_MAX = 4096
+_SOLVED_MAX_PATHS = 4096
 
 
 class Routing(Protocol):
@@ -185,7 +189,14 @@ class FlowNetwork:
         self.time_quantum_s = time_quantum_s
         self.time_quantum_rel = time_quantum_rel
         self.links = Links.from_graph(graph)
-        self._link_bytes = np.zeros(len(self.links.edges))
+        # Paths by number: each distinct link sequence once, its (flow, link) pair links for
+        # the solver (bound links, a repeat dropped), bytes it carried; numbers by array id.
+        self._number_of_id: dict[int, int] = {}
+        self._number_of_bytes: dict[bytes, int] = {}
+        self._path_arrays: list[np.ndarray] = []
+        self._numbered: list[np.ndarray] = []
+        self._path_pairs: list[np.ndarray] = []
+        self._path_bytes = np.zeros(0)
         # Slot arrays: one slot per active flow, reused through a free list.
         self._size = np.zeros(0)
         self._remaining = np.zeros(0)
@@ -195,12 +206,15 @@ class FlowNetwork:
         self._group_of = np.zeros(0, dtype=np.int64)  # FlowGroup index of a slot, -1: none
         self._src_rank = np.zeros(0, dtype=np.int64)
         self._dst_rank = np.zeros(0, dtype=np.int64)
+        self._path_of = np.zeros(0, dtype=np.int64)  # path number of a slot's flow
         self._groups: list[FlowGroup] = []
         self._ranks_done: list[tuple[FlowGroup, np.ndarray]] = []
         self._free_slots: list[int] = []
         self._pair_flow = np.zeros(0, dtype=np.int64)
         self._pair_link = np.zeros(0, dtype=np.int64)
-        self._pending: list[tuple[int, np.ndarray]] = []
+        self._pending: list[tuple[int, int]] = []  # (slot, path number) waiting to join
+        # max-min solutions by (flows, flow-link pairs): the same pattern recurs every layer
+        self._solved: dict[bytes, np.ndarray] = {}
         self._last_update_s = env.now
         self._generation = 0
         self._settle_queued = False
@@ -214,7 +228,10 @@ class FlowNetwork:
     def link_bytes(self) -> dict[Edge, float]:
         """Bytes each link carries for the flows that have started streaming (once the network
         is idle: all it carried), links with traffic only."""
-        return {self.links.edges[i]: float(b) for i, b in enumerate(self._link_bytes) if b > 0}
+        totals = np.zeros(len(self.links.edges))
+        for number in np.flatnonzero(self._path_bytes).tolist():
+            totals[self._path_arrays[number]] += self._path_bytes[number]
+        return {self.links.edges[i]: float(b) for i, b in enumerate(totals) if b > 0}
 
     @property
     def num_active_flows(self) -> int:
@@ -298,33 +315,39 @@ class FlowNetwork:
     def start_group_parts(
         self,
         group: FlowGroup,
-        src: int,
+        src: int | np.ndarray,
         paths: Sequence[np.ndarray],
         sizes: np.ndarray,
         dsts: np.ndarray,
         latency_s: np.ndarray,
     ) -> None:
-        """Start parts of `group` from rank `src` now: part i streams `sizes[i]` bytes over
-        link ids `paths[i]` to rank `dsts[i]` after its path latency `latency_s[i]` (one simpy
-        timeout per distinct latency)."""
+        """Start parts of `group` now: part i streams `sizes[i]` bytes over link ids `paths[i]`
+        from rank `src` (or `src[i]`) to rank `dsts[i]` after its path latency `latency_s[i]`
+        (one simpy timeout per distinct latency)."""
         self.num_flows_started += len(paths)
+        srcs = np.broadcast_to(np.asarray(src, dtype=np.int64), dsts.shape)
+        first = float(latency_s[0])
+        if (latency_s == first).all():  # one latency (a switch, a ring hop): no grouping
+            batch = (list(paths), sizes, srcs, dsts)
+            self.env.timeout(first).callbacks.append(partial(self._group_after, group, batch))
+            return
         for latency in sorted(set(latency_s.tolist())):
             pick = np.flatnonzero(latency_s == latency)
-            batch = ([paths[i] for i in pick.tolist()], sizes[pick], dsts[pick])
-            self.env.timeout(latency).callbacks.append(partial(self._group_after, group, src,
-                                                               batch))
+            batch = ([paths[i] for i in pick.tolist()], sizes[pick], srcs[pick], dsts[pick])
+            self.env.timeout(latency).callbacks.append(partial(self._group_after, group, batch))
 
-    def _group_after(self, group: FlowGroup, src: int,
-                     batch: tuple[list[np.ndarray], np.ndarray, np.ndarray],
+    def _group_after(self, group: FlowGroup,
+                     batch: tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray],
                      _event: simpy.Event) -> None:
         """Timeout callback: the parts' latency has passed, they join at the next settle."""
-        paths, sizes, dsts = batch
+        paths, sizes, srcs, dsts = batch
         slots = self._take_slots(len(paths))
         self._size[slots] = self._remaining[slots] = sizes
         self._rate[slots] = 0.0
         self._group_of[slots] = group.index
-        self._src_rank[slots], self._dst_rank[slots] = src, dsts
-        self._pending.extend(zip(slots.tolist(), paths, strict=True))
+        self._src_rank[slots], self._dst_rank[slots] = srcs, dsts
+        number = self._path_number
+        self._pending.extend(zip(slots.tolist(), [number(p) for p in paths], strict=True))
         self._queue_settle()
 
     def _count_done(self, group: FlowGroup, src: np.ndarray, dst: np.ndarray) -> None:
@@ -351,9 +374,29 @@ class FlowNetwork:
         self._rate[slot] = 0.0
         self._done_event[slot] = done
         self._group_of[slot] = -1
-        self._pending.append((slot, links))
+        self._pending.append((slot, self._path_number(links)))
         self._queue_settle()
         return slot
+
+    def _path_number(self, links: np.ndarray) -> int:
+        """The number of a path (link ids); a new path gets the next one."""
+        number = self._number_of_id.get(id(links))
+        if number is not None:
+            return number
+        key = links.tobytes()
+        number = self._number_of_bytes.get(key)
+        if number is None:
+            number = len(self._path_arrays)
+            self._number_of_bytes[key] = number
+            self._path_arrays.append(links)
+            bound = self.links.bound_by[links]
+            keep = np.ones(bound.size, dtype=bool)
+            keep[1:] = bound[1:] != bound[:-1]
+            self._path_pairs.append(bound[keep])
+            self._path_bytes = np.append(self._path_bytes, 0.0)
+        self._number_of_id[id(links)] = number
+        self._numbered.append(links)  # keeps the id from being reused by another array
+        return number
 
     def _queue_settle(self) -> None:
         """Settle once at this instant, after everything else due now."""
@@ -387,6 +430,7 @@ class FlowNetwork:
         self._alive = np.concatenate([self._alive, np.zeros(new - old, dtype=bool)])
         grow = np.full(new - old, -1, dtype=np.int64)
         self._group_of = np.concatenate([self._group_of, grow])
+        self._path_of = np.concatenate([self._path_of, grow])
         self._src_rank = np.concatenate([self._src_rank, grow])
         self._dst_rank = np.concatenate([self._dst_rank, grow])
         self._done_event.extend([None] * (new - old))
@@ -396,7 +440,7 @@ class FlowNetwork:
         self._settle_queued = False
         self._settle(finishing=None)
 
-    def _on_timer(self, generation: int, finishing: np.ndarray) -> None:
+    def _on_timer(self, generation: int, finishing: np.ndarray, _ev: simpy.Event) -> None:
         if generation == self._generation:  # stale timers (rates changed since) do nothing
             self._settle(finishing=finishing)
 
@@ -404,81 +448,102 @@ class FlowNetwork:
         """Advance bytes to now, retire finished flows, admit pending ones, re-rate, re-arm."""
         elapsed_s = self.env.now - self._last_update_s
         self._last_update_s = self.env.now
-        alive = self._alive
-        self._remaining[alive] -= self._rate[alive] * elapsed_s
+        # only active slots have a non-zero rate (`_rerate` zeroes the rest)
+        self._remaining -= self._rate * elapsed_s
         if finishing is not None:
             self._remaining[finishing] = 0.0
-        self._retire(np.flatnonzero(alive & (self._remaining <= _DONE_RTOL * self._size)))
+        self._retire(np.flatnonzero(self._alive & (self._remaining <= _DONE_RTOL * self._size)))
         self._admit()
-        self._rerate()
-        self._arm_timer()
+        slots = np.flatnonzero(self._alive)
+        self._rerate(slots)
+        self._arm_timer(slots)
         self._report_ranks_done()
 
     def _retire(self, slots: np.ndarray) -> None:
         if slots.size == 0:
             return
-        gone = np.zeros(self._alive.size, dtype=bool)
-        gone[slots] = True
-        pair_gone = gone[self._pair_flow]
-        self._pair_flow = self._pair_flow[~pair_gone]
-        self._pair_link = self._pair_link[~pair_gone]
         self._alive[slots] = False
+        keep = self._alive[self._pair_flow]
+        self._pair_flow = self._pair_flow[keep]
+        self._pair_link = self._pair_link[keep]
         self._free_slots.extend(slots.tolist())
         groups = self._group_of[slots]
-        for slot in slots[groups < 0].tolist():
-            event = self._done_event[slot]
-            self._done_event[slot] = None
-            assert event is not None
-            event.succeed(self.env.now)
-        grouped = slots[groups >= 0]
-        if grouped.size:
-            for index in np.unique(groups[groups >= 0]).tolist():
-                mine = grouped[self._group_of[grouped] == index]
-                self._count_done(self._groups[index], self._src_rank[mine], self._dst_rank[mine])
+        ungrouped = groups < 0
+        if ungrouped.any():
+            for slot in slots[ungrouped].tolist():
+                event = self._done_event[slot]
+                self._done_event[slot] = None
+                assert event is not None
+                event.succeed(self.env.now)
+        if ungrouped.all():
+            return
+        grouped, groups = slots[~ungrouped], groups[~ungrouped]
+        first = int(groups[0])
+        if (groups == first).all():
+            self._count_done(self._groups[first], self._src_rank[grouped],
+                             self._dst_rank[grouped])
+            return
+        for index in np.unique(groups).tolist():
+            mine = grouped[groups == index]
+            self._count_done(self._groups[index], self._src_rank[mine], self._dst_rank[mine])
 
     def _admit(self) -> None:
-        """Pending flows join the active set: their (flow, link) pairs, each link replaced by
-        the link that bounds it (`Links.bound_by`), a link repeated along a path once."""
+        """Pending flows join the active set with their paths' (flow, link) pairs (each link
+        replaced by the link that bounds it, `Links.bound_by`, a repeat dropped)."""
         if not self._pending:
             return
-        slots = np.array([slot for slot, _ in self._pending], dtype=np.int64)
-        lengths = [links.size for _, links in self._pending]
-        links = np.concatenate([links for _, links in self._pending])
-        flows = np.repeat(slots, lengths)
-        self._link_bytes += np.bincount(links, weights=self._size[flows],
-                                        minlength=self._link_bytes.size)
-        bound = self.links.bound_by[links]
-        keep = np.ones(bound.size, dtype=bool)
-        keep[1:] = (bound[1:] != bound[:-1]) | (flows[1:] != flows[:-1])
-        self._pair_flow = np.concatenate([self._pair_flow, flows[keep]])
-        self._pair_link = np.concatenate([self._pair_link, bound[keep]])
+        slots = np.fromiter((slot for slot, _ in self._pending), dtype=np.int64,
+                            count=len(self._pending))
+        numbers = np.fromiter((number for _, number in self._pending), dtype=np.int64,
+                              count=len(self._pending))
+        pairs = [self._path_pairs[number] for _, number in self._pending]
+        self._path_of[slots] = numbers
+        np.add.at(self._path_bytes, numbers, self._size[slots])
+        self._pair_flow = np.concatenate(
+            [self._pair_flow, np.repeat(slots, [links.size for links in pairs])])
+        self._pair_link = np.concatenate([self._pair_link, *pairs])
         self._alive[slots] = True
         self._pending.clear()
 
-    def _rerate(self) -> None:
+    def _rerate(self, slots: np.ndarray) -> None:
+        """Max-min fair rates of the active `slots` (the rest get 0). Flows on the same path get
+        the same rate and the rates depend only on how many flows take each path, so a mix of
+        paths seen before reuses its solution."""
         self.num_rate_updates += 1
         self._rate[:] = 0.0
-        slots = np.flatnonzero(self._alive)
         if slots.size == 0:
             return
-        compact = np.full(self._alive.size, -1, dtype=np.int64)
-        compact[slots] = np.arange(slots.size)
-        rates = max_min_fair_rates(
-            compact[self._pair_flow], self._pair_link, slots.size, self.links.capacity_bytes_per_s
-        )
-        self._rate[slots] = rates
+        paths = self._path_of[slots]
+        if len(self._path_arrays) > _SOLVED_MAX_PATHS:  # large fabrics: mixes rarely recur
+            self._rate[slots] = self._solve(slots)
+            return
+        key = np.bincount(paths).tobytes()
+        per_path = self._solved.get(key)
+        if per_path is None:
+            per_path = np.zeros(int(paths.max()) + 1)
+            per_path[paths] = self._solve(slots)
+            if len(self._solved) >= _SOLVED_MAX:
+                self._solved.clear()
+            self._solved[key] = per_path
+        self._rate[slots] = per_path[paths]
 
-    def _arm_timer(self) -> None:
+    def _solve(self, slots: np.ndarray) -> np.ndarray:
+        """Max-min fair rates of the active flows, in `slots` order."""
+        compact = np.empty(self._alive.size, dtype=np.int64)
+        compact[slots] = np.arange(slots.size)
+        return max_min_fair_rates(compact[self._pair_flow], self._pair_link, slots.size,
+                                  self.links.capacity_bytes_per_s)
+
+    def _arm_timer(self, slots: np.ndarray) -> None:
         self._generation += 1
-        slots = np.flatnonzero(self._alive)
         if slots.size == 0:
             return
         eta_s = self._remaining[slots] / self._rate[slots]
         next_s = float(eta_s.min())
         window_s = next_s * (1.0 + 1e-9 + self.time_quantum_rel) + self.time_quantum_s
         finishing = slots[eta_s <= window_s]
-        generation = self._generation
-        self.env.timeout(next_s).callbacks.append(lambda _ev: self._on_timer(generation, finishing))
+        self.env.timeout(next_s).callbacks.append(
+            partial(self._on_timer, self._generation, finishing))
 
 
 def _parts_of(env: simpy.Environment, whole: simpy.Event, count: int) -> list[simpy.Event]:

@@ -65,22 +65,27 @@ class _ExchangeRun:
         self.launched = np.zeros(world, dtype=bool)
 
     def arrive(self, rank: int) -> None:
-        """`rank` is ready: after the launch latency its sends start."""
-        self.run.env.timeout(self.launch_s).callbacks.append(partial(self._launched, rank))
+        """`rank` is ready: after the launch latency its sends start (one timeout of launch
+        plus path latency); a rank with nothing to send waits out the launch."""
+        row = self.off[rank]
+        if not row.any():
+            self.run.env.timeout(self.launch_s).callbacks.append(partial(self._launched, rank))
+            return
+        # Counted as launched now: its own sends keep it from being done before they start.
+        self.launched[rank] = True
+        dsts, count, paths, latency_s = self.run.sends_from(rank)
+        sizes = row[dsts]
+        sending = sizes > 0
+        if not sending.all():
+            keep = np.flatnonzero(sending)
+            dsts, count, latency_s = dsts[keep], count[keep], latency_s[keep]
+            sizes, paths = sizes[keep], [paths[i] for i in keep.tolist()]
+        self.run.net.start_group_parts(self.group, rank, paths, sizes / count, dsts,
+                                       latency_s + self.launch_s)
 
     def _launched(self, rank: int, _event: simpy.Event) -> None:
+        """A rank without sends has paid the launch: done unless it still receives."""
         self.launched[rank] = True
-        row = self.off[rank]
-        if row.any():
-            routes = self.run.routes
-            index, dsts = routes.routes_from(rank)
-            pick = row[dsts] > 0
-            index, dsts = index[pick], dsts[pick]
-            count = routes.path_count[rank * row.size + dsts]
-            self.run.net.start_group_parts(
-                self.group, rank, [routes.path_links[i] for i in index.tolist()],
-                row[dsts] / count, dsts, routes.path_latency_s[index],
-            )
         if self.group.left[rank] == 0:
             self.run.finish(self.index, rank)
 
@@ -149,6 +154,19 @@ class _DesRun:
         self.end_s = np.full((count, world), np.nan)
         self.pending, self.successors = _dependency_graph(plan)
         self.active: dict[int, _ExchangeRun | _CollectiveRun | _BarrierRun] = {}
+        self._sends: dict[int, tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]] = {}
+
+    def sends_from(self, rank: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
+        """Every route from `rank`: destination, routes of that pair, links, latency (once)."""
+        cached = self._sends.get(rank)
+        if cached is None:
+            routes = self.routes
+            index, dsts = routes.routes_from(rank)
+            count = routes.path_count[rank * routes.world + dsts]
+            paths = [routes.path_links[i] for i in index.tolist()]
+            cached = (dsts, count, paths, routes.path_latency_s[index])
+            self._sends[rank] = cached
+        return cached
 
     def run(self) -> StepTimeline:
         world = self.plan.world
@@ -167,12 +185,31 @@ class _DesRun:
         self.start_s[index, rank] = self.env.now
         op = self.plan.ops[index]
         if isinstance(op, Compute):
-            self.env.timeout(float(op.time_s[rank])).callbacks.append(
-                partial(self._compute_done, index, rank))
+            self._compute_chain(index, rank, op)
             return
         if index not in self.active:
             self.active[index] = _runner(self, index, op)
         self.active[index].arrive(rank)
+
+    def _compute_chain(self, index: int, rank: int, op: Compute) -> None:
+        """Run a compute and, with no simpy event between them, the computes that wait only for
+        it (its sole successor, a compute waiting for nothing else), one after the other."""
+        world = self.plan.world
+        ops, pending, successors = self.plan.ops, self.pending, self.successors
+        end_s = self.env.now + float(op.time_s[rank])
+        while True:
+            after = successors[index * world + rank]
+            if len(after) != 1 or pending[after[0]] != 1:
+                break
+            following = after[0] // world  # the same rank: a compute's successor on its stream
+            next_op = ops[following]
+            if not isinstance(next_op, Compute):
+                break
+            pending[after[0]] = 0
+            self.end_s[index, rank] = self.start_s[following, rank] = end_s
+            index, end_s = following, end_s + float(next_op.time_s[rank])
+        self.env.timeout(end_s - self.env.now).callbacks.append(
+            partial(self._compute_done, index, rank))
 
     def _compute_done(self, index: int, rank: int, _event: simpy.Event) -> None:
         self.finish(index, rank)
