@@ -107,7 +107,10 @@ def _results_section(compare: dict[str, Any]) -> str:
     if serving:
         parts.append(_serving_paragraph(serving))
     for group in compare["groups"]:
-        parts.append(f"<h3>Batch {_e(group['batch'])}, context {_e(group['context'])}</h3>")
+        where = f"Batch {group['batch']}, context {group['context']}"
+        if serving:
+            where = f"Served; a2a, imbalance and free memory of one decode step at {where.lower()}"
+        parts.append(f"<h3>{_e(where)}</h3>")
         parts.append(_table(group, table_columns(compare)))
         parts.append(_infeasible(group))
     first = ("TTFT, TPOT: the percentile over the served requests (arrival to first token, "

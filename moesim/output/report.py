@@ -178,7 +178,10 @@ def format_compare_table(compare: dict[str, Any]) -> str:
                      f"{serving['percentile']} over the requests")
     header = " ".join(f"{name:>{width}}" for name, width in columns)
     for group in compare["groups"]:
-        lines += ["", f"batch {group['batch']}, context {group['context']}:", header]
+        where = f"batch {group['batch']}, context {group['context']}"
+        if serving:  # the served columns are the workload's; the rest one step's
+            where = f"served; a2a GB, imb e/r and free GB of one decode step at {where}"
+        lines += ["", f"{where}:", header]
         for row in group["ranked"]:
             cells = table_cells(row)
             lines.append(

@@ -151,6 +151,12 @@ def _describe(row: dict[str, Any]) -> str:
     """One progress line's verdict."""
     if not row["feasible"]:
         return f"infeasible: {row['reason']}"
+    if "serve" in row:
+        s = row["serve"]
+        p = s["percentile"]
+        return (f"served: {p} TTFT {s['ttft_s'] * 1e3:.1f} ms, {p} TPOT "
+                f"{s['tpot_s'] * 1e3:.2f} ms, {s['output_tokens_per_s_per_gpu']:.0f} output "
+                "tokens/s/GPU")
     return (
         f"TPOT {row['tpot_s'] * 1e3:.2f} ms, {row['tokens_per_s']:.0f} tokens/s, "
         f"TTFT {row['ttft_s'] * 1e3:.0f} ms"
