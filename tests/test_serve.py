@@ -266,3 +266,23 @@ def test_load_curve_reports_the_saturation_point(capsys: pytest.CaptureFixture[s
     assert code == 0
     out = capsys.readouterr().out
     assert "saturation" in out and out.count("\n") >= 4
+
+
+def test_saturation_is_the_last_level_before_throughput_stops_growing() -> None:
+    """Throughput 100, 190, 300, 310 tokens/s at 1, 2, 4, 8: going to 8 adds 3.3% (< 5%), so
+    the knee is 4; a curve still growing at its last level says saturation was not reached."""
+    from moesim.output.serve_report import format_load_curve, saturation_level
+
+    def point(level: float, tokens: float) -> dict[str, object]:
+        figures = {"mean": 0.01, "p50": 0.01, "p90": 0.01, "p99": 0.01}
+        return {"level": level, "result": {"output_tokens_per_s": tokens,
+                                           "request_throughput_per_s": tokens / 100,
+                                           "ttft_s": figures, "tpot_s": figures,
+                                           "goodput_per_s": None}}
+
+    curve = [point(1, 100), point(2, 190), point(4, 300), point(8, 310)]
+    assert saturation_level(curve) == 4
+    assert "stops growing beyond rate 4 " in format_load_curve(curve, "rate")
+    growing = curve[:3]
+    assert saturation_level(growing) == 4
+    assert "not reached" in format_load_curve(growing, "rate")

@@ -73,7 +73,12 @@ def format_load_curve(curve: list[dict[str, Any]], kind: str) -> str:
             f"{r['output_tokens_per_s']:>10.0f} {_ms(r['ttft_s']['p50'], 1):>9} "
             f"{_ms(r['ttft_s']['p90'], 1):>9} {_ms(r['tpot_s']['p50']):>9} "
             f"{_ms(r['tpot_s']['p90']):>9} {'-' if good is None else f'{good:.2f}':>8}")
-    lines.append(f"saturation: output throughput stops growing beyond {kind} "
-                 f"{saturation_level(curve)} (the next level adds under 5%)")
+    knee = saturation_level(curve)
+    if curve and knee == curve[-1]["level"]:
+        lines.append(f"saturation: not reached; output throughput still grows at {kind} {knee:g} "
+                     "(try higher levels)")
+    else:
+        lines.append(f"saturation: output throughput stops growing beyond {kind} {knee:g} "
+                     "(the next level adds under 5%)")
     lines.append("TTFT, TPOT in ms")
     return "\n".join(lines)
