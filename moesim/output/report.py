@@ -127,36 +127,25 @@ def table_columns(compare: dict[str, Any]) -> tuple[tuple[str, int], ...]:
 def table_cells(row: dict[str, Any]) -> list[str]:
     """The ranked-table cells of one feasible row (human units: ms, GB, $); a served row shows
     TTFT and TPOT at the comparison's percentile, served throughput and goodput per GPU."""
-    if "serve" in row:
-        s = row["serve"]
-        good = s["goodput_per_s_per_gpu"]
-        return [
-            str(row["rank"]) + ("" if row.get("meets_slo") is not False else "*"),
-            row["placement"],
-            row["topology"],
-            str(row["world"]),
-            _cell(s["ttft_s"], 1e3, 1),
-            _cell(s["tpot_s"], 1e3, 2),
-            _cell(s["output_tokens_per_s_per_gpu"], 1, 1),
-            "-" if good is None else f"{good:.3f}",
-            _cell(row["a2a_bytes"], 1e-9, 3),
-            f"{row['expert_imbalance_max']:.2f}/{row['rank_imbalance_max']:.2f}",
-            _cell(row["memory_headroom_bytes"], 1e-9, 1),
-            _cell(s["usd_per_million_tokens"], 1, 2),
-        ]
-    return [
+    head = [
         str(row["rank"]) + ("" if row.get("meets_slo") is not False else "*"),
         row["placement"],
         row["topology"],
         str(row["world"]),
-        _cell(row["ttft_s"], 1e3, 1),
-        _cell(row["tpot_s"], 1e3, 2),
-        _cell(row["tokens_per_s"], 1, 0),
-        _cell(row["tokens_per_s_per_gpu"], 1, 1),
+    ]
+    if "serve" in row:
+        figures = row["serve"]
+        good = figures["goodput_per_s_per_gpu"]
+        middle = [_cell(figures["output_tokens_per_s_per_gpu"], 1, 1),
+                  "-" if good is None else f"{good:.3f}"]
+    else:
+        figures = row
+        middle = [_cell(row["tokens_per_s"], 1, 0), _cell(row["tokens_per_s_per_gpu"], 1, 1)]
+    return head + [_cell(figures["ttft_s"], 1e3, 1), _cell(figures["tpot_s"], 1e3, 2)] + middle + [
         _cell(row["a2a_bytes"], 1e-9, 3),
         f"{row['expert_imbalance_max']:.2f}/{row['rank_imbalance_max']:.2f}",
         _cell(row["memory_headroom_bytes"], 1e-9, 1),
-        _cell(row["usd_per_million_tokens"], 1, 2),
+        _cell(figures["usd_per_million_tokens"], 1, 2),
     ]
 
 
