@@ -178,6 +178,16 @@ def test_disaggregated_requests_wait_for_their_kv_transfer() -> None:
         assert r.token_times_s[1] - r.token_times_s[0] >= transfer.seconds(512, 0, 0, 4, 0)
 
 
+def test_requests_leaving_prefill_together_spread_over_the_decode_groups() -> None:
+    """1P1D:EP4:EP4: the decode engine has 4 attention-DP schedulers; 16 requests whose KV
+    caches are in transfer at the same time go round robin, 4 to each (the group is chosen
+    when the transfer starts, not when it lands)."""
+    spec = ServeSpec(concurrency=16, requests=16, isl=256, osl=4, disagg="1P1D:EP4:EP4")
+    scenario = Scenario(topology="dgx-h100", trace=SYNTH, fidelity="analytic", serve=spec)
+    groups = [r.group for r in serve(scenario).requests]
+    assert sorted(groups.count(g) for g in range(4)) == [4, 4, 4, 4]
+
+
 def test_percentiles_and_goodput_follow_the_client_definitions() -> None:
     """TTFT from arrival, TPOT over the tokens after the first, ITL pooled, goodput counting
     requests inside both SLOs."""

@@ -43,25 +43,51 @@ def latency_cdf_figure(runs: dict[str, dict[str, Any]], slo: dict[str, float | N
     return fig
 
 
+def _busy(start: np.ndarray, duration: np.ndarray, values: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """A step series of `values` over iterations that drops to 0 while the engine is idle."""
+    end = start + duration
+    idle = np.append(start[1:] > end[:-1] * (1 + 1e-12), True)
+    times = np.concatenate([start, end[idle]])
+    series = np.concatenate([values, np.zeros(int(idle.sum()))])
+    order = np.argsort(times, kind="stable")
+    return times[order], series[order]
+
+
 def batch_kv_figure(runs: dict[str, dict[str, Any]]):  # type: ignore[no-untyped-def]
+    """Per run, at each iteration start of each engine (prefill and decode pools apart):
+    running sequences, waiting requests, preemptions so far and the busiest scheduler's KV use."""
     fig = _figure(12, 2.6 * len(runs) + 0.6)
     axes = fig.subplots(len(runs), 1, squeeze=False)[:, 0]
     for ax, (name, data) in zip(axes, runs.items(), strict=True):
         it = data["iterations"]
         start = np.asarray(it["start_s"], dtype=float)
-        ax.step(start, it["running"], where="post", label="running sequences")
-        ax.step(start, it["waiting"], where="post", label="waiting requests")
-        ax.set_ylabel("requests")
+        engines = np.asarray(it.get("engine", [""] * start.size))
+        names = list(dict.fromkeys(engines.tolist()))
+        preempted = np.asarray(it.get("preemptions", [0] * start.size))
         kv = ax.twinx()
-        kv.step(start, 100 * np.asarray(it["kv_used_fraction"], dtype=float), where="post",
-                color="C3", label="KV cache used")
+        duration = np.asarray(it.get("duration_s", np.zeros(start.size)), dtype=float)
+        for engine in names:
+            mine = engines == engine
+            tag = f"{engine}: " if len(names) > 1 else ""
+            at, running = _busy(start[mine], duration[mine], np.asarray(it["running"])[mine])
+            ax.step(at, running, where="post", label=f"{tag}running sequences")
+            ax.step(start[mine], np.asarray(it["waiting"])[mine], where="post", linestyle=":",
+                    label=f"{tag}waiting requests")
+            if preempted[mine].size and preempted[mine][-1] > 0:
+                ax.step(start[mine], preempted[mine], where="post", linestyle="--",
+                        label=f"{tag}preemptions so far")
+            kv.step(start[mine], 100 * np.asarray(it["kv_used_fraction"], dtype=float)[mine],
+                    where="post", linestyle="-.", label=f"{tag}KV cache used")
+        ax.set_ylabel("requests")
         kv.set_ylabel("KV cache used (%)")
         kv.set_ylim(0, 105)
         ax.set_title(name, fontsize=10, loc="left")
         handles = ax.get_legend_handles_labels()[0] + kv.get_legend_handles_labels()[0]
-        ax.legend(handles=handles, fontsize=8, loc="upper right")
+        ax.legend(handles=handles, fontsize=7, loc="upper right")
     axes[-1].set_xlabel("time (s)")
-    fig.suptitle("Batch and KV cache over time (the busiest scheduler's KV use)")
+    fig.suptitle("Batch, queue, preemptions and KV cache over time (the busiest scheduler's KV "
+                 "use)")
     return fig
 
 

@@ -93,7 +93,7 @@ class ServeResult:
 
     def plot_data(self) -> dict[str, Any]:
         """What the serving plots draw: per-request TTFT and TPOT, and each iteration's time,
-        running batch, queue and KV-cache use."""
+        running batch, queue, KV-cache use and preemptions so far."""
         rows = [row for row in self.request_rows() if not row["warmup"]]
         return {
             "ttft_s": [row["ttft_s"] for row in rows if row["ttft_s"] is not None],
@@ -101,8 +101,10 @@ class ServeResult:
             "iterations": {
                 "engine": [it.engine for it in self.iterations],
                 "start_s": [it.start_s for it in self.iterations],
+                "duration_s": [it.duration_s for it in self.iterations],
                 "running": [it.running for it in self.iterations],
                 "waiting": [it.waiting for it in self.iterations],
                 "kv_used_fraction": [it.kv_used_fraction for it in self.iterations],
+                "preemptions": [it.preemptions for it in self.iterations],
             },
         }

@@ -46,23 +46,40 @@ class Engine:
     busy: bool = False
     batches: list[Batch] = field(default_factory=list)
     _next_group: int = 0
+    _incoming: dict[int, int] = field(default_factory=dict)  # reserved, still in transfer
 
     @property
     def load(self) -> int:
-        """Requests it holds."""
-        return sum(s.load for s in self.schedulers)
+        """Requests it holds or will hold (KV transfers on their way in)."""
+        return sum(s.load for s in self.schedulers) + sum(self._incoming.values())
 
     def next_group(self) -> int:
         """The scheduler the balancing rule gives the next request."""
         if self.balance == "least_loaded":
-            return min(range(len(self.schedulers)), key=lambda g: (self.schedulers[g].load, g))
+            return min(range(len(self.schedulers)),
+                       key=lambda g: (self.schedulers[g].load + self._incoming.get(g, 0), g))
         return self._next_group
 
-    def assign(self, request: Request, group: int | None = None) -> None:
-        """Queue `request` on scheduler `group` (default: by the balancing rule)."""
-        group = self.next_group() if group is None else group
-        if group == self._next_group:
-            self._next_group = (group + 1) % len(self.schedulers)
+    def _take_group(self) -> int:
+        group = self.next_group()
+        self._next_group = (group + 1) % len(self.schedulers)
+        return group
+
+    def assign(self, request: Request) -> None:
+        """Queue a new request on the scheduler the balancing rule gives it."""
+        request.group = self._take_group()
+        self.schedulers[request.group].add(request)
+
+    def reserve(self) -> int:
+        """Choose the scheduler of a request arriving later (its KV cache in transfer) now,
+        so that requests leaving prefill together spread over the groups."""
+        group = self._take_group()
+        self._incoming[group] = self._incoming.get(group, 0) + 1
+        return group
+
+    def receive(self, request: Request, group: int) -> None:
+        """A reserved request has arrived: queue it on its scheduler."""
+        self._incoming[group] -= 1
         request.group = group
         self.schedulers[group].add(request)
 
@@ -79,6 +96,7 @@ class IterationRecord:
     running: int
     waiting: int
     kv_used_fraction: float
+    preemptions: int = 0  # the engine's preemptions so far (scheduling this iteration included)
 
 
 @dataclass
@@ -129,7 +147,7 @@ def simulate(
                 assert isinstance(what, tuple)
                 moved: Request = what[0]
                 target: Engine = what[1]
-                target.assign(moved, int(what[2]))
+                target.receive(moved, int(what[2]))
             else:
                 engine = what
                 assert isinstance(engine, Engine)
@@ -161,7 +179,7 @@ def _left(request: Request, engine: Engine, now: float, decode: list[Engine],
     """A request left `engine`: on to decode after a prefill engine, else it finished."""
     if engine.role == "prefill" and not request.done:
         target = min(decode, key=lambda e: (e.load, e.name))
-        group = target.next_group()
+        group = target.reserve()
         assert transfer_s is not None
         push(now + transfer_s(request, engine, target, group), "transferred",
              (request, target, group))
@@ -195,4 +213,5 @@ def _start(engine: Engine, now: float, push: Callable[[float, str, object], None
         waiting=sum(len(s.waiting) for s in engine.schedulers),
         kv_used_fraction=max(s.cache.used / max(s.cache.num_blocks, 1)
                              for s in engine.schedulers),
+        preemptions=sum(s.preemptions for s in engine.schedulers),
     ))
