@@ -174,8 +174,41 @@ def test_disaggregated_requests_wait_for_their_kv_transfer() -> None:
     transfer = KvTransfer(topo, get_model("mixtral-8x7b"), parse_placement("EP4"),
                           parse_placement("EP4"), 2)
     for r in result.requests:
-        assert r.emitted == 8
-        assert r.token_times_s[1] - r.token_times_s[0] >= transfer.seconds(512, 0, 0, 4, 0)
+        assert r.emitted == 8 and r.handoff_s is not None and r.first_token_s is not None
+        # the first token reaches the client when the KV cache lands on the decode engine
+        assert r.first_token_s - r.handoff_s == pytest.approx(transfer.seconds(512, 0, 0, 4, 0))
+
+
+def test_the_prefill_engine_holds_kv_blocks_until_the_transfer_lands() -> None:
+    """A prefill cache of 2 blocks holds one 20-token prompt; two arrive at 0. Every iteration
+    takes 1 ms and a transfer 10 ms: the first hands off at 1 ms, its blocks come back at 11
+    ms, so the second prefills 11-12 ms and hands off at 12 ms (not at 2 ms)."""
+    prefill = Engine("p", "prefill", [Scheduler(KvCache(2, 16), 8, 8192, prefill_only=True)],
+                     lambda batches: 1e-3)
+    decode = Engine("d", "decode", [Scheduler(KvCache(100, 16), 8, 8192)], lambda batches: 1e-3)
+    requests = [Request(0, 0.0, 20, 3), Request(1, 0.0, 20, 3)]
+    run = simulate([prefill], requests, decode_engines=[decode],
+                   transfer_s=lambda *args: 10e-3)
+    assert [r.handoff_s for r in run.requests] == pytest.approx([1e-3, 12e-3])
+    assert [r.first_token_s for r in run.requests] == pytest.approx([11e-3, 22e-3])
+    assert all(r.emitted == 3 for r in run.requests)
+
+
+def test_a_request_that_can_never_fit_is_refused_when_queued() -> None:
+    """Two 100-token prompts on two DP groups of 4 blocks (64 tokens) each, arriving 1 ms
+    apart: one clear error at once (not an endless loop of self-preemption)."""
+    requests = [Request(0, 0.0, 100, 2), Request(1, 1e-3, 100, 2)]
+    with pytest.raises(ConfigError, match="needs 7 KV blocks of 16 tokens .* raise "
+                                          "--kv-cache-tokens"):
+        simulate([_engine(1e-3, blocks=4, groups=2, budget=32)], requests)
+
+
+def test_a_warm_up_covering_every_request_is_an_error() -> None:
+    """--warmup-requests 10 of 4 requests would measure nothing: a ConfigError naming it."""
+    spec = ServeSpec(concurrency=4, requests=4, isl=16, osl=2, warmup_requests=10)
+    scenario = Scenario(topology="dgx-h100", trace=SYNTH, fidelity="analytic", serve=spec)
+    with pytest.raises(ConfigError, match="--warmup-requests 10 leaves none of the 4"):
+        serve(scenario)
 
 
 def test_requests_leaving_prefill_together_spread_over_the_decode_groups() -> None:

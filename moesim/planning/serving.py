@@ -103,7 +103,8 @@ def _engine(name: str, role: Role, inputs: RunInputs, spec: ServeSpec,
     schedulers = [Scheduler(KvCache(blocks, spec.block_size), spec.max_num_seqs,
                             spec.max_num_batched_tokens, prefill_only=role == "prefill")
                   for _ in range(par.attn_dp)]
-    return Engine(name, role, schedulers, _StepTimer(inputs, cache), spec.dp_balance, first_gpu)
+    return Engine(name, role, schedulers, _StepTimer(inputs, cache), spec.dp_balance, first_gpu,
+                  world=par.world)
 
 
 def _requests(spec: ServeSpec, rng: np.random.Generator) -> tuple[list[Request], Any]:
@@ -129,8 +130,10 @@ def serve(scenario: Scenario, cache: EvaluationCache | None = None) -> ServeResu
     rng = np.random.default_rng(spec.seed)
     arrivals, rest = _requests(spec, rng)
     expected = len(arrivals) + (len(rest) if rest is not None else 0)
+    notes: list[str] = []
     if spec.disagg:
         engines, decode, transfer, gpus, inputs = _disaggregated(scenario, spec, cache)
+        notes = _placement_notes(engines + decode, inputs)
     else:
         inputs = cache.resolver.inputs(scenario)
         engines, decode, transfer = [_engine("engine", "both", inputs, spec, cache)], [], None
@@ -142,13 +145,17 @@ def serve(scenario: Scenario, cache: EvaluationCache | None = None) -> ServeResu
     run = simulate(engines, arrivals, next_request=next_request, decode_engines=decode,
                    transfer_s=transfer)
     measured = [r for r in run.requests if r.id >= spec.warmup_requests]
+    if not measured:
+        raise ConfigError(f"--warmup-requests {spec.warmup_requests} leaves none of the "
+                          f"{len(run.requests)} requests to measure; lower it or send more "
+                          "--requests")
     stats = request_stats(
         measured,
         slo_ttft_s=None if spec.slo_ttft_ms is None else spec.slo_ttft_ms / 1e3,
         slo_tpot_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
     assert inputs.topology is not None
     return ServeResult(
-        inputs=_describe(scenario, spec, inputs, gpus, sequences, run.requests),
+        inputs=_describe(scenario, spec, inputs, gpus, sequences, run.requests, notes),
         gpus=gpus, stats=stats, preemptions=run.preemptions,
         kv_cache_peak_fraction=run.kv_peak_fraction,
         gpu_price_per_hour_usd=inputs.topology.spec.gpu_price_per_hour_usd,
@@ -206,10 +213,40 @@ def _disaggregated(scenario: Scenario, spec: ServeSpec, cache: EvaluationCache
     return front, back, transfer_s, gpus, decode
 
 
-def _describe(scenario: Scenario, spec: ServeSpec, inputs: RunInputs, gpus: int,
-              sequences: TraceSequences, requests: list[Request]) -> dict[str, Any]:
-    """The `inputs` block of a serving result: what was served, where, and what to know."""
+def _placement_notes(engines: list[Engine], inputs: RunInputs) -> list[str]:
+    """Every engine's iterations are timed on the topology's first GPUs of its size; say so
+    where an engine's own GPUs are linked differently (a pool on another socket)."""
+    topo = inputs.topology
+    assert topo is not None
     notes = []
+    for engine in engines:
+        world = engine.world
+        if engine.first_gpu and _links_of(topo, range(engine.first_gpu, engine.first_gpu + world)
+                                          ) != _links_of(topo, range(world)):
+            notes.append(f"engine {engine.name} sits on GPUs {engine.first_gpu}.."
+                         f"{engine.first_gpu + world - 1}, linked differently from GPUs "
+                         f"0..{world - 1}, on which its iterations are timed (per-engine GPU "
+                         "placement is not modelled for step times; KV transfers use its GPUs)")
+    return notes
+
+
+def _links_of(topo: Any, gpus: range) -> list[tuple[float, float]]:
+    """Per ordered GPU pair (in order): latency and bottleneck bandwidth of its first route."""
+    pairs = []
+    for src in gpus:
+        for dst in gpus:
+            if src != dst:
+                route = topo.routes(src, dst)[0]
+                pairs.append((round(topo.path_latency_s(route), 12),
+                              topo.path_bottleneck_bytes_per_s(route)))
+    return pairs
+
+
+def _describe(scenario: Scenario, spec: ServeSpec, inputs: RunInputs, gpus: int,
+              sequences: TraceSequences, requests: list[Request], notes: list[str]
+              ) -> dict[str, Any]:
+    """The `inputs` block of a serving result: what was served, where, and what to know."""
+    notes = list(notes)
     if len(requests) > sequences.count:
         notes.append(f"{len(requests)} requests replay the trace's {sequences.count} sequences "
                      "(reused, later reuses starting further along); capture or synthesise "

@@ -64,6 +64,7 @@ class Request:
     preemptions: int = 0
     first_token_s: float | None = None
     finish_s: float | None = None
+    handoff_s: float | None = None  # disaggregated: when the prefill engine handed it on
     token_times_s: list[float] = field(default_factory=list)
 
     @property

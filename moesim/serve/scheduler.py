@@ -16,13 +16,17 @@ stand). A request whose iteration computes up to its last known token produces o
 token when the iteration ends.
 
 Knobs: `max_num_seqs`, `max_num_batched_tokens`, the cache size in blocks and `block_size`.
-`prefill_only` (a disaggregated prefill engine) hands a request back after its first token.
+`prefill_only` (a disaggregated prefill engine) hands a request back after its first token
+and keeps its KV blocks until the transfer to the decode engine is done (`sent`), as vLLM's
+NIXL connector frees them only once the decode side has read them. A request that could never
+fit the cache is refused when it is queued.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from moesim.errors import ConfigError
 from moesim.serve.kv_cache import KvCache
 from moesim.serve.requests import Request
 
@@ -43,6 +47,8 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.preemptions = 0
+        # prefill_only: blocks of requests whose KV cache is still being sent, by request id
+        self.sending: dict[int, int] = {}
 
     @property
     def load(self) -> int:
@@ -55,8 +61,23 @@ class Scheduler:
         return not self.running and not self.waiting
 
     def add(self, request: Request) -> None:
-        """Queue a new (or transferred) request."""
+        """Queue a new (or transferred) request; one that could never fit the cache (its prompt,
+        or with decoding its prompt and output but the last token) is a ConfigError."""
+        tokens = request.prompt_tokens + (0 if self.prefill_only else request.output_tokens - 1)
+        need = self.cache.blocks_for(tokens)
+        if need > self.cache.num_blocks:
+            size = self.cache.block_size
+            raise ConfigError(
+                f"a request of {request.prompt_tokens} prompt + {request.output_tokens} output "
+                f"tokens needs {need} KV blocks of {size} tokens but an attention group's cache "
+                f"holds {self.cache.num_blocks} ({self.cache.num_blocks * size} tokens); raise "
+                "--kv-cache-tokens (or use more GPUs / fp8) or shorten the requests")
         self.waiting.append(request)
+
+    def sent(self, request: Request) -> None:
+        """A prefill-only scheduler's request has finished sending its KV cache: its blocks
+        are free again."""
+        self.cache.used -= self.sending.pop(request.id)
 
     def schedule(self) -> Batch:
         """The requests and token counts of the next iteration (module doc)."""
@@ -122,6 +143,10 @@ class Scheduler:
                 request.emit(now_s)
                 if request.done or (self.prefill_only and request.emitted == 1):
                     self.running.remove(request)
-                    self.cache.release(request)
+                    if request.done:
+                        self.cache.release(request)
+                    else:  # its blocks stay until the decode side has read them (`sent`)
+                        self.sending[request.id] = request.blocks
+                        request.blocks = 0
                     leaving.append(request)
         return leaving

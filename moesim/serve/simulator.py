@@ -12,7 +12,9 @@ iteration to start); an engine's iteration ends (its requests advance, tokens ar
 finished requests leave; in a closed loop the client sends its next request at once); an
 idle engine with work starts its next iteration at once. With prefill/decode disaggregation a
 request goes to a prefill engine, leaves it with its first token, its KV cache crosses the
-topology to a decode engine (`transfer_s`), and joins that engine's queue when it arrives.
+topology to a decode engine (`transfer_s`; the prefill engine keeps the blocks until then), and
+joins that engine's queue when it arrives; its first token reaches the client at that moment
+(as SGLang and Dynamo stream it from the decode side), so TTFT includes the transfer.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Engine:
     step_s: StepTimer
     balance: Literal["round_robin", "least_loaded"] = "round_robin"
     first_gpu: int = 0  # where its ranks start on the topology (rank r is GPU first_gpu + r)
+    world: int = 1  # GPUs it runs on
     busy: bool = False
     batches: list[Batch] = field(default_factory=list)
     _next_group: int = 0
@@ -147,6 +150,9 @@ def simulate(
                 assert isinstance(what, tuple)
                 moved: Request = what[0]
                 target: Engine = what[1]
+                what[3].sent(moved)  # the prefill scheduler's blocks are free again
+                # the first token reaches the client with the KV cache on the decode side
+                moved.first_token_s = moved.token_times_s[0] = now
                 target.receive(moved, int(what[2]))
             else:
                 engine = what
@@ -154,8 +160,8 @@ def simulate(
                 engine.busy = False
                 for scheduler, batch in zip(engine.schedulers, engine.batches, strict=True):
                     for request in scheduler.complete(batch, now):
-                        _left(request, engine, now, pools["decode"], push, transfer_s,
-                              next_request, everyone)
+                        _left(request, engine, scheduler, now, pools["decode"], push,
+                              transfer_s, next_request, everyone)
         for engine in pools["front"] + pools["decode"]:
             if not engine.busy and any(not s.idle for s in engine.schedulers):
                 iterations += 1
@@ -171,7 +177,8 @@ def simulate(
                         default=0.0))
 
 
-def _left(request: Request, engine: Engine, now: float, decode: list[Engine],
+def _left(request: Request, engine: Engine, scheduler: Scheduler, now: float,
+          decode: list[Engine],
           push: Callable[[float, str, object], None],
           transfer_s: Callable[[Request, Engine, Engine, int], float] | None,
           next_request: Callable[[Request, float], Request | None] | None,
@@ -181,8 +188,9 @@ def _left(request: Request, engine: Engine, now: float, decode: list[Engine],
         target = min(decode, key=lambda e: (e.load, e.name))
         group = target.reserve()
         assert transfer_s is not None
+        request.handoff_s = now
         push(now + transfer_s(request, engine, target, group), "transferred",
-             (request, target, group))
+             (request, target, group, scheduler))
         return
     if next_request is not None:
         follow = next_request(request, now)
@@ -196,6 +204,8 @@ def _start(engine: Engine, now: float, push: Callable[[float, str, object], None
     """Form the engine's next iteration from every scheduler and time it."""
     engine.batches = [s.schedule() for s in engine.schedulers]
     tokens = sum(n for batch in engine.batches for _, n in batch)
+    if tokens == 0 and any(s.sending for s in engine.schedulers):
+        return  # blocks still held by KV transfers: the next one to land frees some
     if tokens == 0:
         stuck = next(s for s in engine.schedulers if not s.idle)
         request = stuck.waiting[0]
