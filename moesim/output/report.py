@@ -86,36 +86,11 @@ def _cell(value: float | None, scale: float, digits: int) -> str:
     return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
 
-TABLE_COLUMNS = (
-    ("rank", 4),
-    ("layout", 9),
-    ("topology", 14),
-    ("GPUs", 4),
-    ("TTFT ms", 9),
-    ("TPOT ms", 8),
-    ("tok/s", 8),
-    ("tok/s/GPU", 9),
-    ("a2a GB", 7),
-    ("imb e/r", 9),
-    ("free GB", 7),
-    ("$/M tok", 7),
-)
-
-
-SERVING_COLUMNS = (
-    ("rank", 4),
-    ("layout", 9),
-    ("topology", 14),
-    ("GPUs", 4),
-    ("TTFT ms", 9),
-    ("TPOT ms", 8),
-    ("out tok/s/GPU", 13),
-    ("goodput/GPU", 11),
-    ("a2a GB", 7),
-    ("imb e/r", 9),
-    ("free GB", 7),
-    ("$/M tok", 7),
-)
+_HEAD_COLUMNS = (("rank", 4), ("layout", 9), ("topology", 14), ("GPUs", 4), ("TTFT ms", 9),
+                 ("TPOT ms", 8))
+_TAIL_COLUMNS = (("a2a GB", 7), ("imb e/r", 9), ("free GB", 7), ("$/M tok", 7))
+TABLE_COLUMNS = _HEAD_COLUMNS + (("tok/s", 8), ("tok/s/GPU", 9)) + _TAIL_COLUMNS
+SERVING_COLUMNS = _HEAD_COLUMNS + (("out tok/s/GPU", 13), ("goodput/GPU", 11)) + _TAIL_COLUMNS
 
 
 def table_columns(compare: dict[str, Any]) -> tuple[tuple[str, int], ...]:
