@@ -226,3 +226,24 @@ def test_cli_served_plan_reports_ttft_and_tpot(tmp_path: Any,
     assert chosen["ttft_s"] <= 2.0 and chosen["tpot_s"] <= 0.05
     sp = next(c for c in data["candidates"] if c["placement"] == "SP8")
     assert sp["verdict"].startswith("cannot serve: placement SP8")
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--users", "4", "--osl", "0"], "--osl: Input should be greater than or equal to 1"),
+        (["--users", "4", "--slo-ttft-ms", "-5"], "--slo-ttft-ms must be positive"),
+        ([], "plan needs --users"),
+        (["--users", "4", "--rate", "-1"], "--rate: Input should be greater than 0"),
+    ],
+)
+def test_served_plan_refuses_bad_flags_by_name(flags: list[str], needle: str) -> None:
+    """Malformed serving flags of plan: one ConfigError naming the flag, nothing simulated."""
+    from moesim.cli import plan as cli_plan
+
+    parser = argparse.ArgumentParser()
+    cli_plan.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["plan", "--gpus-available", "8xH100", "--slo-tpot-ms", "50",
+                              "--context", "64", "--quiet", *flags])
+    with pytest.raises(ConfigError, match=needle):
+        args.handler(args)

@@ -311,3 +311,12 @@ def test_an_output_written_before_the_served_columns_resumes(tmp_path: Path) -> 
     with out.open() as handle:
         assert tuple(next(csv.reader(handle))) == ROW_COLUMNS
     assert len(read_rows(out)) == 3
+
+
+def test_a_bad_serve_block_in_a_grid_names_the_field(tmp_path: Path) -> None:
+    """A grid whose fixed serve block has a negative rate fails on load, naming the field."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nplacements: [EP8]\nbatches: [2]\ncontexts: [16]\n"
+                    "topologies: [dgx-h100]\nfixed: {serve: {rate: -1}}\n")
+    with pytest.raises(ConfigError, match="serve.rate"):
+        load_grid(grid)
