@@ -1,10 +1,17 @@
-"""Compute cost: a roofline per operation plus a launch overhead, per rank of a step.
+"""Compute cost of every operation of a step, per rank: kernel curves, or the roofline.
+
+With a kernel profile entry for the GPU (`ComputeModel.kernels`), each op is costed by its
+kernel family's curves (moesim.engine.kernels: tiles, waves, launch, efficiency by size). An op
+kind the profile leaves out, and every op on a GPU no profile covers, uses the roofline:
 
 time = max(FLOPs / (peak * compute_efficiency), bytes / (memory bandwidth * memory_efficiency))
        + kernel_launch_s
 
 Peaks and efficiencies come from the topology's `GpuSpec` (datasheet peaks, calibrated
-efficiencies). A rank's share of each weight comes from `ModelSpec` (heads, K/V heads, expert
+efficiencies). Norms and other elementwise kernels are costed only with a profile's
+`elementwise` curves (the roofline leaves them out, as it always has).
+
+A rank's share of each weight comes from `ModelSpec` (heads, K/V heads, expert
 shards). Expert GEMMs are costed per expert slot from the tokens it received, with its weights
 read once when it got any token: that is how expert load imbalance becomes time.
 
@@ -20,13 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from moesim.engine.kernels import attention_time, elementwise_time, gemm_time, moe_time
+from moesim.inputs.kernel_profile import GpuKernels, KernelCurves
 from moesim.inputs.models import ModelSpec
-from moesim.inputs.options import ACT_DTYPE_BYTES, ActDtype
+from moesim.inputs.options import WEIGHT_DTYPE_BYTES, ActDtype, Precision, compute_dtype
 from moesim.inputs.topology_spec import GpuSpec
 from moesim.traffic.traffic import Traffic
 from moesim.traffic.workload import StepWorkload
 
 __all__ = [
+    "ComputeModel",
     "OpCost",
     "StepCosts",
     "roofline_time_s",
@@ -59,27 +69,33 @@ class OpCost:
         return out  # type: ignore[return-value]
 
 
-def _peak_flops_per_s(gpu: GpuSpec, weight_bytes: float) -> float:
-    """FP8 peak for 1-byte weights where the GPU has it, else the BF16 peak."""
+def _peak_flops_per_s(gpu: GpuSpec, weight_bytes: float, peak: float | None = None) -> float:
+    """`peak` where given (step_costs passes the op format's), else FP8 for 1-byte weights
+    where the GPU has it, else BF16."""
+    if peak is not None:
+        return peak
     if weight_bytes <= 1 and gpu.peak_fp8_flops_per_s:
         return gpu.peak_fp8_flops_per_s
     return gpu.peak_bf16_flops_per_s
 
 
 def roofline_time_s(
-    flops: Number, bytes_moved: Number, gpu: GpuSpec, weight_bytes: float = 2, launches: int = 1
+    flops: Number, bytes_moved: Number, gpu: GpuSpec, weight_bytes: float = 2, launches: int = 1,
+    peak: float | None = None,
 ) -> Number:
     """Roofline time of one op: the slower of compute and memory, plus `launches` overheads."""
-    compute_s = np.divide(flops, _peak_flops_per_s(gpu, weight_bytes) * gpu.compute_efficiency)
+    compute_s = np.divide(flops, _peak_flops_per_s(gpu, weight_bytes, peak)
+                          * gpu.compute_efficiency)
     memory_s = np.divide(bytes_moved, gpu.memory_bandwidth_bytes_per_s * gpu.memory_efficiency)
     return np.maximum(compute_s, memory_s) + launches * gpu.kernel_launch_s
 
 
 def _op(
-    flops: Number, bytes_moved: Number, gpu: GpuSpec, weight_bytes: float, launches: int = 1
+    flops: Number, bytes_moved: Number, gpu: GpuSpec, weight_bytes: float, launches: int = 1,
+    peak: float | None = None,
 ) -> OpCost:
     return OpCost(
-        flops, bytes_moved, roofline_time_s(flops, bytes_moved, gpu, weight_bytes, launches)
+        flops, bytes_moved, roofline_time_s(flops, bytes_moved, gpu, weight_bytes, launches, peak)
     )
 
 
@@ -93,19 +109,23 @@ def attention_cost(
     attn_tp: int,
     weight_bytes: float,
     act_bytes: float,
+    kv_bytes: float | None = None,
+    peak: float | None = None,
 ) -> OpCost:
     """One block's attention on one rank: projections for `tokens` plus scores over
     `keys_attended` (sum over query tokens of keys each attends to), with `attn_tp` sharding
-    heads and weights, reading `kv_cache_tokens_read` tokens of KV cache."""
+    heads and weights, reading `kv_cache_tokens_read` tokens of KV cache (`kv_bytes` per value,
+    default the activations')."""
     heads = model.heads_per_rank(attn_tp)
     proj_flops = 2 * model.attention_matmul_params_per_rank(attn_tp) * np.asarray(tokens)
     score_flops = 2 * heads * (model.head_dim + model.value_head_dim) * np.asarray(keys_attended)
-    kv_bytes = np.asarray(kv_cache_tokens_read) * model.kv_bytes_per_token_per_layer_per_rank(
-        attn_tp, act_bytes
+    kv_read = np.asarray(kv_cache_tokens_read) * model.kv_bytes_per_token_per_layer_per_rank(
+        attn_tp, act_bytes if kv_bytes is None else kv_bytes
     )
     weight_read = model.attention_params_per_rank(attn_tp) * weight_bytes
     activations = 4 * np.asarray(tokens) * model.hidden_size * act_bytes
-    return _op(proj_flops + score_flops, weight_read + kv_bytes + activations, gpu, weight_bytes, 2)
+    return _op(proj_flops + score_flops, weight_read + kv_read + activations, gpu, weight_bytes, 2,
+               peak)
 
 
 def router_cost(model: ModelSpec, gpu: GpuSpec, *, tokens: Number, act_bytes: float) -> OpCost:
@@ -124,6 +144,7 @@ def experts_cost(
     moe_tp: int,
     weight_bytes: float,
     act_bytes: float,
+    peak: float | None = None,
 ) -> OpCost:
     """Grouped GEMM of a rank's expert slots (`tokens_per_expert[..., S]`): each expert's
     roofline from its token count, weights (sharded by `moe_tp`) read once per expert that
@@ -135,7 +156,7 @@ def experts_cost(
     bytes_moved = (tokens > 0) * params * weight_bytes + tokens * (
         2 * model.hidden_size + 3 * ffn
     ) * act_bytes
-    peak = _peak_flops_per_s(gpu, weight_bytes) * gpu.compute_efficiency
+    peak = _peak_flops_per_s(gpu, weight_bytes, peak) * gpu.compute_efficiency
     bandwidth = gpu.memory_bandwidth_bytes_per_s * gpu.memory_efficiency
     per_expert_s = np.maximum(flops / peak, bytes_moved / bandwidth)
     return OpCost(
@@ -153,13 +174,14 @@ def dense_ffn_cost(
     params: int,
     weight_bytes: float,
     act_bytes: float,
+    peak: float | None = None,
 ) -> OpCost:
     """Dense SwiGLU FFNs of `params` weights on one rank (dense blocks, shared experts) on
     `tokens`; nothing where either is 0."""
     tokens = np.asarray(tokens, dtype=np.float64)
     flops = 2 * params * tokens
     bytes_moved = params * weight_bytes + tokens * (2 * model.hidden_size) * act_bytes
-    time_s = roofline_time_s(flops, bytes_moved, gpu, weight_bytes)
+    time_s = roofline_time_s(flops, bytes_moved, gpu, weight_bytes, peak=peak)
     idle = (tokens == 0) | (params == 0)
     return OpCost(np.where(idle, 0.0, flops), np.where(idle, 0.0, bytes_moved),
                   np.where(idle, 0.0, time_s))
@@ -167,13 +189,13 @@ def dense_ffn_cost(
 
 def lm_head_cost(
     model: ModelSpec, gpu: GpuSpec, *, tokens: Number, tp: int, weight_bytes: float,
-    act_bytes: float
+    act_bytes: float, peak: float | None = None,
 ) -> OpCost:
     """Output projection to the vocabulary for `tokens` (vocab-parallel over `tp`)."""
     vocab = model.vocab_per_rank(tp)
     params = model.hidden_size * vocab
     bytes_moved = params * weight_bytes + np.asarray(tokens) * vocab * act_bytes
-    return _op(2 * params * np.asarray(tokens), bytes_moved, gpu, weight_bytes)
+    return _op(2 * params * np.asarray(tokens), bytes_moved, gpu, weight_bytes, peak=peak)
 
 
 # ---- one step, every rank ------------------------------------------------------------------
@@ -225,6 +247,90 @@ def _logit_tokens(workload: StepWorkload, traffic: Traffic) -> np.ndarray:
     return workload.per_group(logits, par.token_groups)[par.ranks() // par.attn_tp]
 
 
+# ---- the compute model of a run ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComputeModel:
+    """How a run costs compute: the GPU, its kernel profile entry (None: the roofline), and
+    whether weights stay warm in L2 between repeats of one op (microbenchmarks: yes; a model's
+    step, which reads every layer's weights once: no)."""
+
+    gpu: GpuSpec
+    kernels: GpuKernels | None = None
+    profile: str = "roofline"
+    warm_l2: bool = False
+
+    def curves(self, kind: str) -> KernelCurves | None:
+        """The curves of op kind `kind`, or None where the roofline costs it."""
+        return None if self.kernels is None else self.kernels.curves(kind)
+
+    def peak(self, weight_dtype: str) -> float:
+        """Tensor-core peak of GEMMs on `weight_dtype` weights (moesim.inputs.options)."""
+        return self.gpu.peak_flops_per_s(compute_dtype(weight_dtype, self.gpu.formats))
+
+
+def _gemm_s(cm: ComputeModel, m: Number, n: int, k: int, weight_dtype: str, act_bytes: float,
+            weight_bytes: float | None = None) -> np.ndarray:
+    """A dense GEMM on the profile's `gemm` curves (callers check they exist)."""
+    curves = cm.curves("gemm")
+    assert curves is not None
+    return gemm_time(curves, cm.gpu, m=m, n=n, k=k,
+                     weight_bytes=WEIGHT_DTYPE_BYTES[weight_dtype] if weight_bytes is None
+                     else weight_bytes, act_bytes=act_bytes,
+                     peak_flops_per_s=cm.peak(weight_dtype), warm_l2=cm.warm_l2)
+
+
+def _swiglu_s(cm: ComputeModel, tokens: Number, hidden: int, ffn: int, weight_dtype: str,
+              act_bytes: float) -> np.ndarray:
+    """A dense SwiGLU FFN: gate-up GEMM, activation, down GEMM."""
+    time_s = _gemm_s(cm, tokens, 2 * ffn, hidden, weight_dtype, act_bytes)
+    time_s = time_s + _gemm_s(cm, tokens, hidden, ffn, weight_dtype, act_bytes)
+    return time_s + _elementwise_s(cm, np.asarray(tokens) * 3 * ffn * act_bytes, 1)
+
+
+def _elementwise_s(cm: ComputeModel, bytes_moved: Number, kernels: int) -> np.ndarray | float:
+    """Memory-bound helper kernels; 0 without the profile's `elementwise` curves."""
+    curves = cm.curves("elementwise")
+    if curves is None:
+        return 0.0
+    return elementwise_time(curves, cm.gpu, bytes_moved=bytes_moved, kernels=kernels)
+
+
+def _attention_s(cm: ComputeModel, model: ModelSpec, tokens: np.ndarray, keys: np.ndarray,
+                 kv_read: np.ndarray, attn_tp: int, prec: Precision, decode: bool,
+                 roofline: OpCost) -> np.ndarray:
+    """One block's attention on the profile: norms and rotary, projections, the attention
+    kernel; a part the profile lacks keeps its share of the roofline."""
+    hidden, act = model.hidden_size, prec.act_bytes
+    heads = model.heads_per_rank(attn_tp)
+    score_flops = 2 * heads * (model.head_dim + model.value_head_dim) * keys
+    kind = ("mla_decode" if model.attention == "mla" else "attention_decode") if decode \
+        else "attention_prefill"
+    kernel = cm.curves(kind)
+    per_seq = np.divide(kv_read, np.maximum(tokens, 1)) if decode \
+        else np.divide(keys, np.maximum(tokens, 1))
+    kv_bytes = kv_read * model.kv_bytes_per_token_per_layer_per_rank(attn_tp, prec.kv_bytes)
+    qo_bytes = tokens * heads * (model.head_dim + model.value_head_dim) * act
+    if kernel is not None:
+        attend_s = attention_time(kernel, cm.gpu, flops=score_flops,
+                                  bytes_moved=kv_bytes + qo_bytes, x=per_seq,
+                                  peak_flops_per_s=cm.gpu.peak_bf16_flops_per_s)
+    else:
+        attend_s = roofline_time_s(score_flops, kv_bytes + qo_bytes, cm.gpu, 2, 1)
+    if cm.curves("gemm") is not None:
+        out_k = heads * model.value_head_dim
+        in_params = model.attention_matmul_params_per_rank(attn_tp) - out_k * hidden
+        project_s = _gemm_s(cm, tokens, max(in_params // hidden, 1), hidden, prec.weight, act)
+        project_s = project_s + _gemm_s(cm, tokens, hidden, out_k, prec.weight, act)
+    else:
+        project_s = roofline.time_s - roofline_time_s(score_flops, kv_bytes + qo_bytes, cm.gpu,
+                                                      prec.weight_bytes, 1)
+    # input norm, rotary on q/k, residual add + post-attention norm
+    norms_s = _elementwise_s(cm, 3 * 2 * tokens * hidden * act, 3)
+    return np.where(tokens > 0, attend_s + project_s + norms_s, 0.0)
+
+
 def step_costs(
     workload: StepWorkload,
     traffic: Traffic,
@@ -232,26 +338,87 @@ def step_costs(
     gpu: GpuSpec,
     *,
     act_dtype: ActDtype = "bf16",
-    weight_bytes: float = 2,
+    weight_bytes: float | None = None,
+    precision: Precision | None = None,
+    compute: ComputeModel | None = None,
 ) -> StepCosts:
-    """Cost every compute operation of one step on every rank."""
+    """Cost every compute operation of one step on every rank.
+
+    `precision` gives every dtype (default: bf16, activations `act_dtype`); `weight_bytes`
+    overrides the bytes of every weight (the live harness's scaled runs). `compute` picks the
+    kernel profile (default: the roofline of `gpu`)."""
+    prec = precision or Precision(act=act_dtype)
+    cm = compute or ComputeModel(gpu)
     par = traffic.parallelism
-    act_bytes = ACT_DTYPE_BYTES[act_dtype]
+    act_bytes = prec.act_bytes
+    w_bytes = prec.weight_bytes if weight_bytes is None else weight_bytes
+    e_bytes = prec.expert_weight_bytes if weight_bytes is None else weight_bytes
+    peak, e_peak = cm.peak(prec.weight), cm.peak(prec.expert_dtype)
     tokens, keys, kv_read = _attention_reads(workload, traffic)
+    tokens = tokens.astype(np.float64)
     dispatched = traffic.tokens_per_rank.astype(np.float64)
-    bytes_ = {"weight_bytes": weight_bytes, "act_bytes": act_bytes}
-    return StepCosts(
-        attention=attention_cost(model, gpu, tokens=tokens.astype(np.float64), keys_attended=keys,
-                                 kv_cache_tokens_read=kv_read, attn_tp=par.attn_tp, **bytes_),
+    logits = _logit_tokens(workload, traffic).astype(np.float64)
+    shared_params = model.num_shared_experts * model.shared_expert_params_per_shard(par.moe_tp)
+    bytes_ = {"weight_bytes": w_bytes, "act_bytes": act_bytes, "peak": peak}
+    costs = StepCosts(
+        attention=attention_cost(model, gpu, tokens=tokens, keys_attended=keys,
+                                 kv_cache_tokens_read=kv_read, attn_tp=par.attn_tp,
+                                 kv_bytes=prec.kv_bytes, **bytes_),
         dense_ffn=dense_ffn_cost(model, gpu, tokens=tokens,
                                  params=model.dense_ffn_params_per_shard(par.attn_tp), **bytes_),
         router=router_cost(model, gpu, tokens=dispatched, act_bytes=act_bytes),
         experts=experts_cost(model, gpu, tokens_per_expert=traffic.rank_expert_tokens,
-                             moe_tp=par.moe_tp, **bytes_),
-        shared_experts=dense_ffn_cost(
-            model, gpu, tokens=dispatched * par.moe_tp,
-            params=model.num_shared_experts * model.shared_expert_params_per_shard(par.moe_tp),
-            **bytes_),
-        lm_head=lm_head_cost(model, gpu, tokens=_logit_tokens(workload, traffic),
-                             tp=par.attn_tp, **bytes_),
+                             moe_tp=par.moe_tp, weight_bytes=e_bytes, act_bytes=act_bytes,
+                             peak=e_peak),
+        shared_experts=dense_ffn_cost(model, gpu, tokens=dispatched * par.moe_tp,
+                                      params=shared_params, **bytes_),
+        lm_head=lm_head_cost(model, gpu, tokens=logits, tp=par.attn_tp, **bytes_),
     )
+    if cm.kernels is None:
+        return costs
+    return _on_kernels(costs, cm, workload, traffic, model, prec, w_bytes, e_bytes,
+                       (tokens, keys, kv_read, dispatched, logits))
+
+
+def _retime(cost: OpCost, time_s: Number) -> OpCost:
+    return OpCost(cost.flops, cost.bytes_moved, time_s)
+
+
+def _on_kernels(costs: StepCosts, cm: ComputeModel, workload: StepWorkload, traffic: Traffic,
+                model: ModelSpec, prec: Precision, w_bytes: float, e_bytes: float,
+                counts: tuple[np.ndarray, ...]) -> StepCosts:
+    """`costs` with each op the profile covers re-timed on its kernel curves."""
+    tokens, keys, kv_read, dispatched, logits = counts
+    par, hidden, act = traffic.parallelism, model.hidden_size, prec.act_bytes
+    decode = workload.phase == "decode"
+    attention = _retime(costs.attention, _attention_s(
+        cm, model, tokens, keys, kv_read, par.attn_tp, prec, decode, costs.attention))
+    moe_curves = cm.curves("moe")
+    experts = costs.experts
+    if moe_curves is not None:
+        experts = _retime(experts, moe_time(
+            moe_curves, cm.gpu, tokens_per_expert=traffic.rank_expert_tokens, hidden=hidden,
+            ffn=model.expert_ffn_per_shard(par.moe_tp), weight_bytes=e_bytes, act_bytes=act,
+            peak_flops_per_s=cm.peak(prec.expert_dtype), warm_l2=cm.warm_l2))
+    if cm.curves("gemm") is None:
+        return StepCosts(attention=attention, dense_ffn=costs.dense_ffn, router=costs.router,
+                         experts=experts, shared_experts=costs.shared_experts,
+                         lm_head=costs.lm_head)
+    dense_ffn = costs.dense_ffn
+    if model.first_dense_layers:
+        dense_ffn = _retime(dense_ffn, _swiglu_s(
+            cm, tokens, hidden, -(-model.dense_ffn_size // par.attn_tp), prec.weight, act))
+    shared = costs.shared_experts
+    if model.num_shared_experts:
+        shared = _retime(shared, _swiglu_s(
+            cm, dispatched * par.moe_tp, hidden,
+            model.num_shared_experts * -(-model.shared_expert_ffn_size // par.moe_tp),
+            prec.weight, act))
+    # router: a GEMM to the experts' logits (kept in the activation dtype) and softmax/top-k
+    router_s = _gemm_s(cm, dispatched, model.num_experts, hidden, prec.weight, act,
+                       weight_bytes=act) + _elementwise_s(
+        cm, dispatched * model.num_experts * 4 * 2, 1)
+    lm_s = _gemm_s(cm, logits, model.vocab_per_rank(par.attn_tp), hidden, prec.weight, act)
+    return StepCosts(attention=attention, dense_ffn=dense_ffn,
+                     router=_retime(costs.router, router_s), experts=experts,
+                     shared_experts=shared, lm_head=_retime(costs.lm_head, lm_s))

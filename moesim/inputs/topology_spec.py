@@ -54,11 +54,37 @@ class GpuSpec(_Frozen):
     peak_fp8_flops_per_s: float | None = Field(
         default=None, gt=0, description="dense, no sparsity; None where FP8 is unsupported"
     )
+    peak_fp4_flops_per_s: float | None = Field(
+        default=None, gt=0, description="dense, no sparsity; None where FP4 is unsupported"
+    )
     memory_bandwidth_bytes_per_s: Bandwidth
     memory_bytes: float = Field(gt=0)
-    compute_efficiency: Fraction = Field(description="fraction of peak large GEMMs reach")
-    memory_efficiency: Fraction = Field(description="fraction of peak streaming reaches")
-    kernel_launch_s: float = Field(ge=0, description="fixed overhead per operation")
+    compute_efficiency: Fraction = Field(description="fraction of peak large GEMMs reach "
+                                         "(the roofline, where no kernel profile covers the GPU)")
+    memory_efficiency: Fraction = Field(description="fraction of peak streaming reaches "
+                                        "(the roofline)")
+    kernel_launch_s: float = Field(ge=0, description="fixed overhead per operation (the roofline)")
+    sm_count: int | None = Field(default=None, ge=1, description="streaming multiprocessors: "
+                                 "one wave of GEMM tiles (None: no wave quantization)")
+    l2_bytes: float | None = Field(default=None, gt=0, description="L2 cache size")
+    l2_bandwidth_bytes_per_s: float | None = Field(
+        default=None, gt=0, description="L2 read bandwidth: weights that stay in L2 between "
+        "repeats of a kernel (microbenchmarks) are read at it")
+    kernel_key: str | None = Field(
+        default=None, description="this GPU's entry in kernel profiles (h100-sxm, h200, "
+        "a100-sxm, l40s, b200, ...); None: the roofline above")
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Tensor-core formats this GPU has a peak for."""
+        peaks = {"bf16": self.peak_bf16_flops_per_s, "fp8": self.peak_fp8_flops_per_s,
+                 "fp4": self.peak_fp4_flops_per_s}
+        return tuple(name for name, peak in peaks.items() if peak)
+
+    def peak_flops_per_s(self, fmt: str) -> float:
+        """Dense tensor-core peak of format `fmt` (bf16, fp8, fp4); bf16 where it has none."""
+        peak = {"fp8": self.peak_fp8_flops_per_s, "fp4": self.peak_fp4_flops_per_s}.get(fmt)
+        return peak or self.peak_bf16_flops_per_s
 
 
 class LinkSpec(_Frozen):
