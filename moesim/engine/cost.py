@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from moesim.engine.kernels import attention_time, elementwise_time, gemm_time, moe_time
-from moesim.inputs.kernel_profile import GpuKernels, KernelCurves
+from moesim.errors import ConfigError
+from moesim.inputs.kernel_profile import GpuKernels, KernelCurves, load_kernel_profile
 from moesim.inputs.models import ModelSpec
 from moesim.inputs.options import WEIGHT_DTYPE_BYTES, ActDtype, Precision, compute_dtype
 from moesim.inputs.topology_spec import GpuSpec
@@ -37,6 +38,7 @@ from moesim.traffic.workload import StepWorkload
 
 __all__ = [
     "ComputeModel",
+    "compute_model",
     "OpCost",
     "StepCosts",
     "roofline_time_s",
@@ -268,6 +270,24 @@ class ComputeModel:
     def peak(self, weight_dtype: str) -> float:
         """Tensor-core peak of GEMMs on `weight_dtype` weights (moesim.inputs.options)."""
         return self.gpu.peak_flops_per_s(compute_dtype(weight_dtype, self.gpu.formats))
+
+
+def compute_model(kernels: str, gpu: GpuSpec, *, warm_l2: bool = False) -> ComputeModel:
+    """The compute model a run's `kernels` option names on `gpu`: `roofline`; `auto` (the vllm
+    profile where it covers the GPU, else the roofline); a shipped profile's name or a profile
+    YAML, which must cover the GPU (`GpuSpec.kernel_key`)."""
+    if kernels == "roofline":
+        return ComputeModel(gpu, warm_l2=warm_l2)
+    profile = load_kernel_profile("vllm" if kernels == "auto" else kernels)
+    entry = profile.for_gpu(gpu.kernel_key)
+    if entry is None:
+        if kernels == "auto":
+            return ComputeModel(gpu, warm_l2=warm_l2)
+        raise ConfigError(
+            f"kernels: profile '{profile.name}' has no entry for GPU '{gpu.name}' (kernel_key "
+            f"{gpu.kernel_key}); it covers {', '.join(profile.gpus) or 'no GPU'}: use --kernels "
+            "roofline, or fit one with moesim calibrate kernels")
+    return ComputeModel(gpu, entry, profile.name, warm_l2)
 
 
 def _gemm_s(cm: ComputeModel, m: Number, n: int, k: int, weight_dtype: str, act_bytes: float,

@@ -28,6 +28,7 @@ from moesim.inputs.options import (
     Dedup,
     Fidelity,
     Phase,
+    Precision,
     SpVariant,
     WeightDtype,
 )
@@ -225,7 +226,9 @@ class Scenario(BaseModel):
     topology: str | None = Field(None, description="topology preset name or YAML file")
     phase: Phase = Field("prefill", description="the step `latency`, traffic and imbalance "
                          "describe")
-    act_dtype: ActDtype = Field("bf16", description="activation (and KV cache) dtype")
+    act_dtype: ActDtype = Field("bf16", description="activation and dispatch dtype (and the KV "
+                                "cache's unless kv_dtype)")
+    kv_dtype: ActDtype | None = Field(None, description="KV cache dtype (default: act_dtype)")
     dedup: Dedup = Field("none", description="dispatch dedup: one copy per (token, expert), "
                          "per destination GPU, or per destination node")
     sp_variant: SpVariant = Field("ring", description="SP prefill K/V exchange")
@@ -236,7 +239,12 @@ class Scenario(BaseModel):
     # memory.py sizes activations for the same chunk). TTFT sums the chunk steps.
     prefill_chunk_tokens: int = Field(8192, ge=1, description="largest prefill chunk step "
                                       "(tokens); TTFT sums the chunks")
-    weight_dtype: WeightDtype = Field("bf16", description="weight dtype")
+    weight_dtype: WeightDtype = Field("bf16", description="weight format (fp8: W8A8; "
+                                      "fp8-block: 128x128 scales; int4: W4A16; nvfp4, mxfp4)")
+    expert_weight_dtype: WeightDtype | None = Field(
+        None, description="routed experts' weight format (default: weight_dtype; gpt-oss: mxfp4)")
+    kernels: str = Field("auto", description="kernel profile: vllm, sglang, trtllm, roofline, a "
+                         "profile YAML, or auto (vllm where it covers the GPU, else roofline)")
     fidelity: Fidelity = Field("des", description="des: flows and stragglers; analytic: fast")
     layers: int | None = Field(None, ge=1, description="simulate only the first N MoE layers "
                                "(model and trace)")
@@ -244,13 +252,19 @@ class Scenario(BaseModel):
                                      "of the trace")
     serve: ServeSpec | None = Field(None, description="served workload (moesim serve)")
 
+    @property
+    def precision(self) -> Precision:
+        """The run's dtypes (moesim.inputs.options.Precision)."""
+        return Precision(weight=self.weight_dtype, expert_weight=self.expert_weight_dtype,
+                         act=self.act_dtype, kv=self.kv_dtype)
+
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read a scenario YAML; relative trace/topology/model paths resolve against its folder."""
     path = Path(path)
     scenario = load_model_file(Scenario, path, "scenario")
     updates: dict[str, Any] = {}
-    for field_name in ("trace", "topology", "model", "expert_placement"):
+    for field_name in ("trace", "topology", "model", "expert_placement", "kernels"):
         value = getattr(scenario, field_name)
         if isinstance(value, str) and _looks_like_path(value):
             candidate = path.parent / value

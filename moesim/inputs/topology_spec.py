@@ -17,9 +17,10 @@ Bandwidths are bytes/s per direction, latencies seconds per traversed link.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "DeviceKind",
@@ -31,7 +32,12 @@ __all__ = [
     "LoopbackFabric",
     "FabricBlock",
     "TopologySpec",
+    "GPU_CATALOG",
+    "list_gpus",
+    "load_gpu",
 ]
+
+GPU_CATALOG = Path(__file__).parent.parent / "presets" / "gpus.yaml"
 
 DeviceKind = Literal["nvswitch", "pcie_switch", "cpu", "hostmem", "nic", "net_switch"]
 
@@ -172,6 +178,20 @@ class TopologySpec(_Frozen):
     name: str
     description: str = ""
     sources: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_by_key(cls, data: Any) -> Any:
+        """`gpu_spec: h100-sxm` names an entry of the GPU catalog (moesim/presets/gpus.yaml)."""
+        if isinstance(data, dict) and isinstance(data.get("gpu_spec"), str):
+            catalog = _catalog()
+            key = data["gpu_spec"]
+            if key not in catalog:
+                raise ValueError(f"gpu_spec '{key}' is not in the GPU catalog; give one of "
+                                 f"{', '.join(catalog)} or a mapping of GpuSpec fields")
+            data = {**data, "gpu_spec": catalog[key]}
+        return data
+
     gpu_price_per_hour_usd: float | None = Field(default=None, ge=0)
     gpu_spec: GpuSpec
     nodes: int = Field(default=1, ge=1)
@@ -195,3 +215,26 @@ class TopologySpec(_Frozen):
         description="fixed cost of a small all-to-all on NCCL's low-latency (LL) protocol, "
         "which sends twice the bytes; None: only the simple protocol is modelled",
     )
+
+
+def _catalog() -> dict[str, dict[str, Any]]:
+    """The GPU catalog's raw entries by key."""
+    from moesim.inputs.config import read_mapping
+
+    return read_mapping(GPU_CATALOG, "GPU catalog")
+
+
+def list_gpus() -> list[str]:
+    """Keys of the GPU catalog."""
+    return list(_catalog())
+
+
+def load_gpu(key: str) -> GpuSpec:
+    """The catalog's GpuSpec called `key` (h100-sxm, h200, a100-sxm, l40s, b200, ...)."""
+    from moesim.errors import ConfigError
+
+    catalog = _catalog()
+    if key not in catalog:
+        raise ConfigError(f"unknown GPU '{key}'; the catalog has {', '.join(catalog)} "
+                          "(or give --topology)")
+    return GpuSpec(**catalog[key])

@@ -28,12 +28,11 @@ from functools import partial
 from typing import Any
 
 from moesim.engine.backends import execute
-from moesim.engine.cost import StepCosts, step_costs
+from moesim.engine.cost import StepCosts, compute_model, step_costs
 from moesim.engine.plan import build_step_plan
 from moesim.engine.timeline import StepTimeline
 from moesim.errors import MoesimError, PlacementError
 from moesim.inputs.config import Scenario
-from moesim.inputs.options import ACT_DTYPE_BYTES, WEIGHT_DTYPE_BYTES
 from moesim.output.result import RunResult, StepDetail, latency_of, traffic_figures
 from moesim.planning.resolve import Resolver, RunInputs
 from moesim.traffic.memory import MemoryFit, memory_fit
@@ -137,7 +136,8 @@ def time_step(
     sc = inputs.scenario
     if costs is None:
         costs = step_costs(step, traffic, inputs.model, topology.gpu_spec,
-                           act_dtype=sc.act_dtype, weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype])
+                           precision=sc.precision,
+                           compute=compute_model(sc.kernels, topology.gpu_spec))
     plan = build_step_plan(traffic, costs, inputs.model.first_dense_layers)
     routes = (resolver or Resolver()).routes(topology, inputs.parallelism.world)
     return execute(plan, topology, sc.fidelity, routes=routes)
@@ -148,16 +148,17 @@ def scenario_memory_fit(inputs: RunInputs) -> MemoryFit:
     sc = inputs.scenario
     if inputs.topology is None:
         raise ValueError("a memory fit needs a scenario with a topology")
-    act_bytes = ACT_DTYPE_BYTES[sc.act_dtype]
+    prec = sc.precision
     return memory_fit(
         inputs.model,
         inputs.parallelism,
         inputs.topology.gpu_spec.memory_bytes,
         batch=sc.batch or 1,
         context=sc.context or 1,
-        weight_bytes=WEIGHT_DTYPE_BYTES[sc.weight_dtype],
-        act_bytes=act_bytes,
-        kv_bytes=act_bytes,
+        weight_bytes=prec.weight_bytes,
+        expert_weight_bytes=prec.expert_weight_bytes,
+        act_bytes=prec.act_bytes,
+        kv_bytes=prec.kv_bytes,
         prefill_chunk_tokens=sc.prefill_chunk_tokens,
         experts=inputs.experts,
     )
@@ -186,6 +187,13 @@ def decode_step(inputs: RunInputs, index: int = 0) -> StepWorkload:
     return build_step(inputs.trace, "decode", sc.batch, sc.context, decode_step=index)
 
 
+def _kernels_label(sc: Scenario, topology: Any) -> str | None:
+    """The kernel profile a run was costed with (`roofline` where none covers its GPU)."""
+    if topology is None:
+        return None
+    return compute_model(sc.kernels, topology.gpu_spec).profile
+
+
 def _describe(inputs: RunInputs, step: StepWorkload, notes: list[str]) -> dict[str, Any]:
     """The `inputs` block of a result: what was run, so every number can be traced back."""
     par, sc = inputs.parallelism, inputs.scenario
@@ -211,6 +219,9 @@ def _describe(inputs: RunInputs, step: StepWorkload, notes: list[str]) -> dict[s
         "phase": sc.phase,
         "act_dtype": sc.act_dtype,
         "weight_dtype": sc.weight_dtype,
+        "expert_weight_dtype": sc.precision.expert_dtype,
+        "kv_dtype": sc.kv_dtype or sc.act_dtype,
+        "kernels": _kernels_label(sc, topology),
         "dedup": sc.dedup,
         "sp_variant": sc.sp_variant,
         "fidelity": sc.fidelity if topology is not None else None,

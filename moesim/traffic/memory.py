@@ -95,10 +95,12 @@ def weight_bytes_per_rank(
     par: Parallelism,
     weight_bytes: float = 2,
     experts: ExpertPlacement | None = None,
+    expert_weight_bytes: float | None = None,
 ) -> dict[str, int]:
     """Weight bytes one rank holds, by part: experts, shared_experts, attention, dense_ffn,
-    embeddings, router_and_norms. Routed experts: the EP rank holding the most expert slots over
-    all MoE layers (`experts`; default the contiguous placement, E / moe_ep per layer)."""
+    embeddings, router_and_norms. Routed experts (at `expert_weight_bytes`, default
+    `weight_bytes`): the EP rank holding the most expert slots over all MoE layers (`experts`;
+    default the contiguous placement, E / moe_ep per layer)."""
     if experts is None:
         experts = contiguous_placement(model.num_experts, par.moe_ep, model.num_moe_layers)
     params = {
@@ -116,7 +118,9 @@ def weight_bytes_per_rank(
         + model.num_layers * model.norm_params_per_layer
         + model.hidden_size,
     }
-    return {part: math.ceil(count * weight_bytes) for part, count in params.items()}
+    per_param = {"experts": weight_bytes if expert_weight_bytes is None else expert_weight_bytes}
+    return {part: math.ceil(count * per_param.get(part, weight_bytes))
+            for part, count in params.items()}
 
 
 def _kv_cache_bytes(
@@ -217,10 +221,11 @@ def memory_fit(
     prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
     usable_fraction: float = DEFAULT_USABLE_FRACTION,
     experts: ExpertPlacement | None = None,
+    expert_weight_bytes: float | None = None,
 ) -> MemoryFit:
     """Per-rank memory of serving `batch` sequences at `context` tokens on layout `par`, with
     `experts` placed as given (default: contiguous)."""
-    detail = weight_bytes_per_rank(model, par, weight_bytes, experts)
+    detail = weight_bytes_per_rank(model, par, weight_bytes, experts, expert_weight_bytes)
     parts = {
         "weights": sum(detail.values()),
         "KV cache": _kv_cache_bytes(model, par, batch, context, kv_bytes),
@@ -263,6 +268,7 @@ def kv_cache_capacity_tokens(
     kv_bytes: float = 2,
     usable_fraction: float = DEFAULT_USABLE_FRACTION,
     experts: ExpertPlacement | None = None,
+    expert_weight_bytes: float | None = None,
 ) -> int:
     """Tokens of KV cache one attention group holds when serving: what a rank has left after
     the reserve, its weights, the activation peak of a `max_num_batched_tokens` step of
@@ -271,7 +277,8 @@ def kv_cache_capacity_tokens(
     left. Sequence parallelism is not covered (a serving engine splits no context)."""
     capacity = int(gpu_memory_bytes)
     reserved = math.ceil(capacity * (1 - usable_fraction))
-    used = (sum(weight_bytes_per_rank(model, par, weight_bytes, experts).values())
+    used = (sum(weight_bytes_per_rank(model, par, weight_bytes, experts,
+                                      expert_weight_bytes).values())
             + _activation_bytes(model, par, max_num_seqs, max_num_batched_tokens, act_bytes)
             + _comm_buffer_bytes(model, par, max_num_seqs, max_num_batched_tokens, act_bytes,
                                  kv_bytes))
