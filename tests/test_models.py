@@ -27,53 +27,107 @@ def _sizes(spec: ModelSpec) -> dict:
 
 
 # ---- published totals -----------------------------------------------------------------------
+# Every preset against its publisher's figures. A count agrees when it is within 1% of the
+# figure or, where the figure is printed coarser than 1% of itself ("1T", "37B"), when it
+# rounds to the figure at that precision; " cut" marks a figure its publisher truncated.
+# Which property a publisher's "active" means differs (see ModelSpec.active_params and
+# active_compute_params): Mistral and Qwen count both embedding matrices, gpt-oss counts the
+# unembedding but not the embedding, and DeepSeek's and Moonshot's figures match that too.
+
+PUBLISHED = [
+    # mistral.ai/news/mixtral-of-experts: 46.7B total, 12.9B used per token (the paper,
+    # arXiv 2401.04088, rounds them to 47B / 13B).
+    ("Mixtral-8x7B", "46.7B", "12.9B", "active_params"),
+    # mistral.ai/news/mixtral-8x22b: "only 39B active parameters out of 141B".
+    ("Mixtral-8x22B", "141B", "39B", "active_params"),
+    # DeepSeek-V3 README_WEIGHTS.md, main model without MTP: 671B total, 36.7B activated
+    # (the paper, arXiv 2412.19437, rounds it to 37B).
+    ("DeepSeek-V3", "671B", "36.7B", "active_compute_params"),
+    # DeepSeek-R1 README, "Model Downloads": 671B total, 37B activated.
+    ("DeepSeek-R1", "671B", "37B", "active_compute_params"),
+    # Qwen3-30B-A3B model card: "30.5B in total and 3.3B activated"; counting both
+    # embeddings gives 3.353B, which the card cuts to 3.3B (3.04B without the input
+    # embedding would not print as 3.3B either way).
+    ("Qwen3-30B-A3B", "30.5B", "3.3B cut", "active_params"),
+    # Qwen3-235B-A22B model card: "235B in total and 22B activated".
+    ("Qwen3-235B-A22B", "235B", "22B", "active_params"),
+    # gpt-oss model card (arXiv 2508.10925), Table 1: 116.83B total, 5.13B active,
+    # "Unembedding parameters are counted towards active, but not embeddings".
+    ("gpt-oss-120b", "116.83B", "5.13B", "active_compute_params"),
+    # ibid.: 20.91B total, 3.61B active.
+    ("gpt-oss-20b", "20.91B", "3.61B", "active_compute_params"),
+    # Kimi-K2-Instruct model card, "Model Summary": 1T total, 32B activated (1026.4B from
+    # the config; Kimi K2 report, arXiv 2507.20534: 32B activated of 1T).
+    ("Kimi-K2", "1T", "32B", "active_compute_params"),
+]
 
 
-def test_mixtral_8x7b_matches_published_totals():
-    """Mistral's Mixtral-8x7B release: 46.7B total, 12.9B used per token (within 1%).
-
-    Figures from mistral.ai/news/mixtral-of-experts (the Mixtral paper, arXiv 2401.04088,
-    rounds them to 47B / 13B); both embedding matrices are counted, as Mistral does.
-    """
-    m = get_model("Mixtral-8x7B")
-    assert m.total_params == pytest.approx(46.7 * B, rel=0.01)
-    assert m.active_params == pytest.approx(12.9 * B, rel=0.01)
-
-
-def test_mixtral_8x22b_matches_published_totals():
-    """Mistral's Mixtral-8x22B announcement (mistral.ai/news/mixtral-8x22b): 141B / 39B, 1%."""
-    m = get_model("Mixtral-8x22B")
-    assert m.total_params == pytest.approx(141 * B, rel=0.01)
-    assert m.active_params == pytest.approx(39 * B, rel=0.01)
+def _agrees(count: int, figure: str) -> bool:
+    """Whether `count` reproduces a published figure such as "46.7B", "1T" or "3.3B cut"."""
+    printed, _, how = figure.partition(" ")
+    scale = {"B": 1e9, "T": 1e12}[printed[-1]]
+    value = float(printed[:-1]) * scale
+    unit = scale / 10 ** len(printed[:-1].partition(".")[2])  # one step of the last digit
+    if abs(count - value) <= 0.01 * value:
+        return True
+    if unit <= 0.01 * value:
+        return False
+    steps = count / unit
+    return (int(steps) if how == "cut" else round(steps)) == round(value / unit)
 
 
-def test_deepseek_v3_matches_published_totals():
-    """DeepSeek-V3 (arXiv 2412.19437): 671B total; activated 36.6B in DeepSeek's own breakdown.
-
-    DeepSeek's README_WEIGHTS.md gives 36.6B activated "including 0.9B for the output head",
-    i.e. without the input embedding: `active_compute_params`, checked within 1%. The paper's
-    "37B" is that figure rounded to whole billions (36.63B is 1.01% below 37B, so a 1%
-    tolerance against 37B itself would test the rounding, not the model). MTP excluded.
-    """
-    m = get_model("DeepSeek-V3")
-    assert m.total_params == pytest.approx(671 * B, rel=0.01)
-    assert m.active_compute_params == pytest.approx(36.6 * B, rel=0.01)
-    assert round(m.active_compute_params / B) == 37
-    assert m.active_params - m.active_compute_params == 129280 * 7168  # the 0.9B lookup table
+def test_every_preset_has_published_figures():
+    """The table below covers every preset, so a new preset needs its publisher's counts."""
+    assert sorted(row[0] for row in PUBLISHED) == sorted(list_models())
 
 
-def test_qwen3_30b_a3b_matches_published_totals():
-    """Qwen3-30B-A3B model card: 30.5B total, 29.9B non-embedding (within 1%), 3.3B activated.
+@pytest.mark.parametrize(("preset", "total", "active", "active_property"), PUBLISHED,
+                         ids=[row[0] for row in PUBLISHED])
+def test_preset_matches_published_totals(preset, total, active, active_property):
+    """Total and active parameter counts reproduce the publisher's figures (see PUBLISHED)."""
+    m = get_model(preset)
+    assert _agrees(m.total_params, total), f"{m.total_params / B:.3f}B vs {total}"
+    count = getattr(m, active_property)
+    assert _agrees(count, active), f"{active_property} {count / B:.3f}B vs {active}"
 
-    Counting both embeddings as the card does for its total gives 3.353B activated; the card
-    prints 3.3B, i.e. cut to one decimal (no counting of these shapes gives 3.30B +- 1%: without
-    the input embedding it is 3.04B). So the activated figure is checked at the card's own
-    precision, truncated to 0.1B.
-    """
-    m = get_model("Qwen3-30B-A3B")
-    assert m.total_params == pytest.approx(30.5 * B, rel=0.01)
-    assert m.non_embedding_params == pytest.approx(29.9 * B, rel=0.01)
-    assert int(m.active_params / 1e8) == 33
+
+def test_published_figure_rule():
+    """1% where the figure is that precise, else its printed precision: no looser."""
+    assert _agrees(int(46.3 * B), "46.7B") and not _agrees(int(46.2 * B), "46.7B")
+    assert _agrees(int(36.63 * B), "37B") and not _agrees(int(36.4 * B), "37B")
+    assert _agrees(int(1.3e12), "1T") and not _agrees(int(1.6e12), "1T")
+    assert _agrees(int(3.353 * B), "3.3B cut") and not _agrees(int(3.353 * B), "3.3B")
+
+
+def test_deepseek_active_figures_exclude_the_input_embedding():
+    """DeepSeek-V3's 36.7B and Kimi-K2's 32B match active_compute_params (36.63B, 31.69B);
+    with the input embedding (active_params: 37.55B, 32.86B) neither is within 1%, although
+    README_WEIGHTS.md says its 36.7B includes the 0.9B embedding and the 0.9B output head."""
+    v3, kimi = get_model("DeepSeek-V3"), get_model("Kimi-K2")
+    assert v3.active_params - v3.active_compute_params == 129280 * 7168  # the 0.9B lookup table
+    assert v3.active_compute_params == pytest.approx(36.7 * B, rel=0.01)
+    assert v3.active_params != pytest.approx(36.7 * B, rel=0.01)
+    assert kimi.active_compute_params == pytest.approx(32 * B, rel=0.01)
+    assert kimi.active_params != pytest.approx(32 * B, rel=0.01)
+
+
+def test_qwen3_non_embedding_excludes_both_embedding_matrices():
+    """Qwen's "Non-Embedding" figures, 29.9B (30B-A3B) and 234B (235B-A22B), leave out both
+    the input embedding and the untied output head (model cards), within 1%."""
+    assert get_model("Qwen3-30B-A3B").non_embedding_params == pytest.approx(29.9 * B, rel=0.01)
+    assert get_model("Qwen3-235B-A22B").non_embedding_params == pytest.approx(234 * B, rel=0.01)
+
+
+def test_gpt_oss_matches_published_breakdown():
+    """gpt-oss model card, Table 1 (arXiv 2508.10925): MLP 114.71B / 19.12B (experts with
+    their biases, and the routers), attention 0.96B / 0.64B (q, k, v, o with biases and the
+    sinks), embedding + unembedding 1.16B, each within 1%."""
+    for preset, mlp, attention in (("gpt-oss-120b", 114.71, 0.96), ("gpt-oss-20b", 19.12, 0.64)):
+        m = get_model(preset)
+        moe = m.num_moe_layers * (m.num_experts * m.params_per_expert + m.router_params_per_layer)
+        assert moe == pytest.approx(mlp * B, rel=0.01)
+        assert m.num_layers * m.attention_params_per_layer == pytest.approx(attention * B, rel=0.01)
+        assert m.embedding_params == pytest.approx(1.16 * B, rel=0.01)
 
 
 # ---- hand-worked sizes ----------------------------------------------------------------------
@@ -111,6 +165,53 @@ def test_deepseek_v3_mla_attention_by_hand():
     assert m.shared_expert_flops_per_token == 2 * 3 * 7168 * 2048
 
 
+def test_gpt_oss_biases_and_sinks_by_hand():
+    """gpt-oss-120b (openai/gpt-oss gpt_oss/torch/model.py): q, k, v, o with biases and one
+    sink per head; each expert SwiGLU plus gate-up (2 * 2880) and down (2880) biases; the
+    router 2880 x 128 plus a bias of 128."""
+    m = get_model("gpt-oss-120b")
+    weights = 2880 * 64 * 64 * 2 + 2880 * 8 * 64 * 2
+    biases = 64 * 64 + 2 * 8 * 64 + 2880
+    assert m.attention_params_per_layer == weights + biases + 64 == 26_550_144
+    assert m.attention_proj_flops_per_token == 2 * weights  # biases and sinks multiply nothing
+    assert m.params_per_expert == 3 * 2880 * 2880 + 2 * 2880 + 2880 == 24_891_840
+    assert m.router_params_per_layer == 2880 * 128 + 128
+    block = m.attention_params_per_layer + 2 * 2880 + m.router_params_per_layer
+    embeddings = 2 * 201088 * 2880
+    assert m.total_params == 36 * (block + 128 * m.params_per_expert) + embeddings + 2880
+    assert m.active_params == 36 * (block + 4 * m.params_per_expert) + embeddings + 2880
+    assert m.active_compute_params == m.active_params - 201088 * 2880
+
+
+def test_biases_and_sinks_split_under_tensor_parallelism():
+    """Under TP, q bias and sinks split with the heads, k/v bias with the KV heads, o's bias
+    (hidden) stays whole; an expert's gate-up bias splits, its down bias (hidden) does not.
+    Each rank's share at TP1 is the whole."""
+    m = get_model("gpt-oss-120b")
+    assert m.attention_params_per_rank(1) == m.attention_params_per_layer
+    plain = m.model_copy(update={"attention_bias": False, "attention_sinks": False})
+    for tp in (2, 8, 16):  # at 16, each KV head is on two ranks
+        extra = m.attention_params_per_rank(tp) - plain.attention_params_per_rank(tp)
+        kv_shards = min(tp, 8)
+        assert extra == 64 * 64 // tp + 2 * 8 * 64 // kv_shards + 2880 + 64 // tp
+    assert m.expert_params_per_shard(1) == m.params_per_expert
+    assert m.expert_params_per_shard(4) == (3 * 2880 * 2880 + 2 * 2880) // 4 + 2880
+
+
+def test_sliding_window_layers():
+    """gpt-oss alternates sliding (window 128, from block 0) and full attention: a sliding
+    block keeps at most 128 tokens of KV cache; the per-token KV bytes are every block's."""
+    m = get_model("gpt-oss-20b")
+    assert (m.sliding_window, m.num_sliding_layers) == (128, 12)
+    assert m.layer_types[:2] == ("sliding", "full")
+    assert m.kv_cache_tokens_per_layer(1000) == [128, 1000] * 12
+    assert m.kv_cache_tokens_per_layer(100) == [100] * 24
+    assert m.kv_bytes_per_token() == 24 * 2 * 8 * 64 * 2
+    mixtral = get_model("Mixtral-8x7B")
+    assert mixtral.num_sliding_layers == 0 and mixtral.layer_types == ()
+    assert mixtral.kv_cache_tokens_per_layer(4096) == [4096] * 32
+
+
 def test_kv_bytes_per_token():
     """KV bytes per token per layer: GQA 2*kv_heads*head_dim*bytes, MLA (kv_lora + rope)*bytes."""
     mixtral = get_model("Mixtral-8x7B")
@@ -143,12 +244,28 @@ def test_preset_names_are_case_insensitive_and_accept_repo_ids():
     assert {id(get_model(n)) for n in names} == {id(get_model("Mixtral-8x7B"))}
     assert get_model("deepseek-ai/DeepSeek-V3").name == "DeepSeek-V3"
     assert get_model("Qwen/Qwen3-30B-A3B").name == "Qwen3-30B-A3B"
+    repo_ids = {
+        "Qwen/Qwen3-235B-A22B-Instruct-2507": "Qwen3-235B-A22B",
+        "openai/gpt-oss-120b": "gpt-oss-120b",
+        "openai/gpt-oss-20b": "gpt-oss-20b",
+        "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
+        "deepseek-ai/DeepSeek-R1-0528": "DeepSeek-R1",
+        "moonshotai/Kimi-K2-Instruct": "Kimi-K2",
+        "mistralai/Mixtral-8x22B-Instruct-v0.1": "Mixtral-8x22B",
+    }
+    assert {repo: get_model(repo).name for repo in repo_ids} == repo_ids
+
+
+def test_deepseek_r1_is_deepseek_v3_shaped():
+    """DeepSeek-R1's config.json differs from DeepSeek-V3's only in transformers_version."""
+    assert _sizes(get_model("DeepSeek-R1")) == _sizes(get_model("DeepSeek-V3"))
 
 
 def test_list_models_names_resolve():
-    """list_models gives the four presets, each loadable by its own name."""
+    """list_models gives every preset, each loadable by its own name."""
     names = list_models()
-    assert names == ["Mixtral-8x7B", "Mixtral-8x22B", "DeepSeek-V3", "Qwen3-30B-A3B"]
+    assert names == ["Mixtral-8x7B", "Mixtral-8x22B", "DeepSeek-V3", "DeepSeek-R1",
+                     "Qwen3-30B-A3B", "Qwen3-235B-A22B", "gpt-oss-120b", "gpt-oss-20b", "Kimi-K2"]
     assert [load_model(n).name for n in names] == names
 
 
@@ -172,8 +289,11 @@ def test_missing_model_file_is_reported_as_a_file():
 
 @pytest.mark.parametrize(
     ("folder", "preset"),
-    [("Mixtral-8x7B-v0.1", "Mixtral-8x7B"), ("Qwen3-30B-A3B", "Qwen3-30B-A3B"),
-     ("DeepSeek-V3", "DeepSeek-V3")],
+    [("Mixtral-8x7B-v0.1", "Mixtral-8x7B"), ("Mixtral-8x22B-v0.1", "Mixtral-8x22B"),
+     ("Qwen3-30B-A3B", "Qwen3-30B-A3B"), ("Qwen3-235B-A22B", "Qwen3-235B-A22B"),
+     ("DeepSeek-V3", "DeepSeek-V3"), ("DeepSeek-R1", "DeepSeek-R1"),
+     ("Kimi-K2-Instruct", "Kimi-K2"), ("gpt-oss-120b", "gpt-oss-120b"),
+     ("gpt-oss-20b", "gpt-oss-20b")],
 )
 def test_hf_config_gives_preset_sizes(folder, preset):
     """Loading the model's real config.json gives exactly the preset's sizes."""
@@ -185,10 +305,11 @@ def test_hf_config_gives_preset_sizes(folder, preset):
     assert _sizes(load_model(str(path.parent))) == _sizes(spec)  # its folder
 
 
-def test_yaml_model_file_round_trip(tmp_path):
+@pytest.mark.parametrize("name", ["DeepSeek-V3", "gpt-oss-20b"])
+def test_yaml_model_file_round_trip(tmp_path, name):
     """A preset written as a YAML file of ModelSpec fields loads back equal."""
-    preset = get_model("DeepSeek-V3")
-    path = tmp_path / "dsv3.yaml"
+    preset = get_model(name)
+    path = tmp_path / "model.yaml"
     path.write_text(yaml.safe_dump(preset.model_dump()))
     assert load_model(str(path)) == preset
 
@@ -239,6 +360,35 @@ def test_deepseek_v2_lite_without_q_compression():
     assert (spec.num_shared_experts, spec.shared_expert_ffn_size) == (2, 1408)
 
 
+def test_gpt_oss_config_fields():
+    """gpt-oss: experts_per_token alone is top_k; layer_types' sliding_attention blocks take
+    sliding_window; attention_bias is read; sinks and expert biases are always on."""
+    cfg = yaml.safe_load((HF_CONFIGS / "gpt-oss-20b" / "config.json").read_text())
+    del cfg["num_experts_per_tok"]
+    spec = model_from_hf_config(cfg)
+    assert (spec.top_k, spec.sliding_window, spec.num_sliding_layers) == (4, 128, 12)
+    assert spec.attention_bias and spec.attention_sinks and spec.expert_bias
+    full = model_from_hf_config({**cfg, "layer_types": ["full_attention"] * 24})
+    assert (full.layer_types, full.sliding_window) == ((), 0)  # the window is then unused
+    with pytest.raises(ModelError, match="chunked_attention"):
+        model_from_hf_config({**cfg, "layer_types": ["chunked_attention"] * 24})
+    with pytest.raises(ConfigError, match="layer_types"):
+        model_from_hf_config({**cfg, "layer_types": ["sliding_attention"] * 25})
+
+
+def test_sliding_window_without_layer_types():
+    """Without layer_types a set sliding_window slides every block (Mistral's rule), none
+    when use_sliding_window is false (Qwen), and Qwen's use_sliding_window true is refused."""
+    cfg = yaml.safe_load((HF_CONFIGS / "Mixtral-8x7B-v0.1" / "config.json").read_text())
+    assert model_from_hf_config(cfg).sliding_window == 0  # "sliding_window": null
+    spec = model_from_hf_config({**cfg, "sliding_window": 4096})
+    assert (spec.sliding_window, spec.num_sliding_layers) == (4096, 32)
+    qwen = yaml.safe_load((HF_CONFIGS / "Qwen3-30B-A3B" / "config.json").read_text())
+    assert model_from_hf_config({**qwen, "sliding_window": 4096}).num_sliding_layers == 0
+    with pytest.raises(ModelError, match="layer_types"):
+        model_from_hf_config({**qwen, "sliding_window": 4096, "use_sliding_window": True})
+
+
 def test_dense_config_names_missing_moe_key():
     """A config with no MoE keys (a dense Llama) raises ModelError naming the keys it lacks."""
     llama = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
@@ -270,12 +420,23 @@ def test_hf_config_missing_key_is_named():
         ({"kv_lora_rank": 512}, "kv_lora_rank"),
         ({"num_shared_experts": 1}, "shared_expert_ffn_size"),
         ({"experts": 8}, "experts"),
+        ({"layer_types": ["full", "sliding"]}, "layer_types"),
+        ({"layer_types": ["sliding"] * 32}, "sliding_window"),
+        ({"sliding_window": 128}, "sliding_window"),
+        ({"layer_types": ["global"] * 32}, "layer_types"),
     ],
 )
 def test_invalid_spec_names_the_field(change, field):
     """Each broken rule raises one ConfigError whose message names the offending field."""
     data = {**get_model("Mixtral-8x7B").model_dump(), **change}
     with pytest.raises(ConfigError, match=field):
+        model_spec_from_mapping(data)
+
+
+def test_attention_bias_with_mla_is_refused():
+    """attention_bias is modelled for GQA only; on an MLA spec the message names it."""
+    data = {**get_model("DeepSeek-V3").model_dump(), "attention_bias": True}
+    with pytest.raises(ConfigError, match="attention_bias"):
         model_spec_from_mapping(data)
 
 

@@ -1,7 +1,8 @@
 """Model files: a preset name, a Hugging Face `config.json` or a ModelSpec YAML/JSON to a ModelSpec.
 
-`load_model` is the one entry point; Hugging Face configs of Mixtral, Qwen2/3-MoE, OLMoE and
-DeepSeek-V2/V3 are read by `model_from_hf_config`.
+`load_model` is the one entry point; Hugging Face configs of Mixtral, Qwen2/3-MoE, OLMoE,
+DeepSeek-V2/V3 (and Kimi-K2, which uses DeepSeek-V3's config class) and gpt-oss are read by
+`model_from_hf_config`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from moesim.inputs.models import ModelSpec, get_model, model_spec_from_mapping
 __all__ = ["load_model", "model_from_hf_config"]
 
 # ---- Hugging Face config.json ------------------------------------------------------------
-# Key names follow transformers' MixtralConfig, Qwen2MoeConfig/Qwen3MoeConfig, OlmoeConfig and
-# DeepSeek's configuration_deepseek.py (DeepseekV2Config/DeepseekV3Config).
+# Key names follow transformers' MixtralConfig, Qwen2MoeConfig/Qwen3MoeConfig, OlmoeConfig,
+# GptOssConfig and DeepSeek's configuration_deepseek.py (DeepseekV2Config/DeepseekV3Config).
 
 _MOE_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
+_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
 
 def model_from_hf_config(
     path_or_mapping: str | Path | dict[str, Any], name: str | None = None
 ) -> ModelSpec:
-    """A ModelSpec from a Mixtral, Qwen2/3-MoE, OLMoE or DeepSeek-V2/V3 `config.json`."""
+    """A ModelSpec from a Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2/V3, Kimi-K2 or gpt-oss
+    `config.json`."""
     if isinstance(path_or_mapping, dict):
         cfg, source, path = path_or_mapping, "Hugging Face config", None
     else:
@@ -35,16 +38,21 @@ def model_from_hf_config(
         cfg = cfg["text_config"]  # multimodal wrappers keep the language model here
     if not any(k in cfg for k in _MOE_KEYS):
         raise ModelError(
-            f"{source} has no MoE key: expected 'num_local_experts' (Mixtral), 'num_experts' "
-            "(Qwen2/3-MoE, OLMoE) or 'n_routed_experts' (DeepSeek-V2/V3); "
+            f"{source} has no MoE key: expected 'num_local_experts' (Mixtral, gpt-oss), "
+            "'num_experts' (Qwen2/3-MoE, OLMoE) or 'n_routed_experts' (DeepSeek-V2/V3); "
             "moesim models Mixture-of-Experts models only"
         )
-    fields = {"name": name or _hf_name(cfg, path), **_hf_common_fields(cfg, source)}
+    fields = {"name": name or _hf_name(cfg, path), **_hf_common_fields(cfg, source),
+              **_sliding_window_fields(cfg, source)}
     if "n_routed_experts" in cfg:
         fields.update(_deepseek_fields(cfg, source))
-    elif "num_local_experts" in cfg:
+    elif "num_local_experts" in cfg:  # Mixtral, gpt-oss: intermediate_size is per expert
         fields.update(num_experts=_need(cfg, "num_local_experts", source),
                       expert_ffn_size=_need(cfg, "intermediate_size", source))
+        if cfg.get("model_type") == "gpt_oss":
+            # GptOssAttention always has sinks; GptOssExperts always has gate_up_proj_bias
+            # and down_proj_bias and GptOssTopKRouter a bias: no config key switches them.
+            fields.update(attention_sinks=True, expert_bias=True)
     elif "moe_intermediate_size" in cfg:
         fields.update(_qwen_moe_fields(cfg, source))
     else:  # OLMoE: num_experts, and intermediate_size is the per-expert size
@@ -85,6 +93,9 @@ def _hf_common_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
             raise ModelError(f"{source} has no 'head_dim' and hidden_size / num_attention_heads "
                              "is not a whole number")
         head_dim = hidden // heads
+    # gpt-oss's config carries both num_experts_per_tok and its own experts_per_token.
+    top_k_key = ("experts_per_token" if cfg.get("num_experts_per_tok") is None
+                 and cfg.get("experts_per_token") is not None else "num_experts_per_tok")
     return {
         "hidden_size": hidden,
         "num_layers": _need(cfg, "num_hidden_layers", source),
@@ -94,8 +105,43 @@ def _hf_common_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_kv_heads": _opt(cfg, "num_key_value_heads", heads),
         "head_dim": head_dim,
-        "top_k": _need(cfg, "num_experts_per_tok", source),
+        "top_k": _need(cfg, top_k_key, source),
+        # q, k, v and o biases where the config class has attention_bias (gpt-oss: true).
+        "attention_bias": _opt(cfg, "attention_bias", False),
     }
+
+
+def _sliding_window_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """sliding_window and layer_types; none when every block attends to the whole context.
+
+    `layer_types` (gpt-oss; newer transformers write it for other families too) names each
+    block; without it Mistral's rule holds, a set `sliding_window` applies to every block.
+    Qwen2/3 with `use_sliding_window: true` slide blocks chosen by `max_window_layers` in a
+    way that has changed between transformers versions, so there layer_types is asked for.
+    """
+    window = _opt(cfg, "sliding_window")
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list):
+            raise ModelError(f"{source}: layer_types must be a list, one entry per block")
+        unknown = sorted({str(t) for t in types} - set(_LAYER_TYPES))
+        if unknown:
+            raise ModelError(f"{source}: layer_types {', '.join(unknown)} are not modelled; "
+                             f"moesim models {' and '.join(_LAYER_TYPES)} blocks")
+        kinds = tuple(_LAYER_TYPES[t] for t in types)
+        if "sliding" not in kinds:  # sliding_window is then unused
+            return {}
+        return {"sliding_window": _need(cfg, "sliding_window", source), "layer_types": kinds}
+    if not window or cfg.get("use_sliding_window") is False:
+        return {}
+    if "use_sliding_window" in cfg:
+        raise ModelError(f"{source}: use_sliding_window with max_window_layers and no "
+                         "layer_types; add layer_types (one 'full_attention' or "
+                         "'sliding_attention' per block) to the config")
+    layers = _need(cfg, "num_hidden_layers", source)
+    if not isinstance(layers, int):
+        return {}  # num_hidden_layers itself is then reported by the ModelSpec check
+    return {"sliding_window": window, "layer_types": ("sliding",) * layers}
 
 
 def _qwen_moe_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:

@@ -6,12 +6,22 @@ place, so a reader finds where a number comes from in one hop.
 
 Counting conventions (all derived sizes are exact integers):
 - FFNs and experts are SwiGLU: gate, up and down projections, `3 * hidden * ffn` parameters.
-- Linear layers have no biases; RMSNorm weights (two per block, one final, plus MLA's latent
-  norms) are counted in `total_params` and `active_params`.
+- Linear layers have no biases unless a field says so (gpt-oss): `attention_bias` gives q, k, v
+  and o projection biases, `expert_bias` gives each routed expert a gate-up (2 * ffn) and a
+  down (hidden) bias and the router a bias of num_experts; `attention_sinks` adds one learned
+  sink logit per head per block. These are counted exactly: in `params_per_expert`,
+  `attention_params_per_layer` and `router_params_per_layer`, so in every total. RMSNorm
+  weights (two per block, one final, plus MLA's latent norms) are counted in `total_params`
+  and `active_params`.
 - Ignored because no field carries them (each well under 0.01% of the model): Qwen3's and
   OLMoE's per-head q/k norms, DeepSeek-V3's router score bias, Qwen2-MoE's shared-expert gate
   and qkv biases. DeepSeek-V3's multi-token-prediction module is not part of the main model.
 - FLOPs are 2 per multiply-accumulate; MLA projections are counted unabsorbed (as in prefill).
+  A bias costs one add per token but is counted at 2 FLOPs like a weight (under 0.05% of an
+  expert's FLOPs in gpt-oss).
+- Sliding-window attention (`sliding_window`, `layer_types`) changes how many keys a block
+  keeps, not its weights or the bytes one cached token takes: `kv_bytes_per_token` is the
+  per-token figure of every block; `kv_cache_tokens_per_layer` caps the sliding blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +31,14 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeInt,
+    PositiveInt,
+    field_serializer,
+    model_validator,
+)
 
 from moesim.errors import ModelError
 from moesim.inputs.config import parse_model
@@ -63,6 +80,18 @@ class ModelSpec(BaseModel):
     expert_ffn_size: PositiveInt  # intermediate size of one routed expert
     num_shared_experts: NonNegativeInt = 0
     shared_expert_ffn_size: NonNegativeInt = 0  # intermediate size of one shared expert
+    # Sliding-window attention (gpt-oss): keys a sliding block attends to (0: none), and the
+    # kind of every block in order ("full" or "sliding"; empty means every block is full).
+    sliding_window: NonNegativeInt = 0
+    layer_types: tuple[Literal["full", "sliding"], ...] = ()
+    attention_bias: bool = False  # q, k, v and o projections carry biases (gpt-oss)
+    attention_sinks: bool = False  # one learned sink logit per head per block (gpt-oss)
+    expert_bias: bool = False  # routed experts' gate-up and down biases and a router bias
+
+    @field_serializer("layer_types")
+    def _layer_types_as_list(self, value: tuple[str, ...]) -> list[str]:
+        """A list when dumped, so a spec writes to YAML (safe_dump has no tuples)."""
+        return list(value)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ModelSpec:
@@ -80,9 +109,15 @@ class ModelSpec(BaseModel):
         return self.num_layers - self.first_dense_layers
 
     @property
+    def num_sliding_layers(self) -> int:
+        """Blocks with sliding-window attention (the rest attend to the whole context)."""
+        return self.layer_types.count("sliding")
+
+    @property
     def params_per_expert(self) -> int:
-        """Parameters of one routed expert (SwiGLU: 3 * hidden * expert_ffn_size)."""
-        return 3 * self.hidden_size * self.expert_ffn_size
+        """Parameters of one routed expert: SwiGLU 3 * hidden * expert_ffn_size, plus its
+        gate-up (2 * expert_ffn_size) and down (hidden) biases when `expert_bias`."""
+        return self.expert_params_per_shard(1)
 
     @property
     def params_per_shared_expert(self) -> int:
@@ -96,13 +131,15 @@ class ModelSpec(BaseModel):
 
     @property
     def attention_params_per_layer(self) -> int:
-        """Attention parameters of one block: q, k, v, o projections (MLA: and latent norms)."""
-        return self._attention_matmul_params() + self._attention_norm_params()
+        """Attention parameters of one block: q, k, v, o projections (MLA: and latent norms;
+        with `attention_bias` their biases, with `attention_sinks` one sink per head)."""
+        return self.attention_params_per_rank(1)
 
     @property
     def router_params_per_layer(self) -> int:
-        """Router (gate) parameters of one MoE block: hidden * num_experts."""
-        return self.hidden_size * self.num_experts
+        """Router (gate) parameters of one MoE block: hidden * num_experts (+ num_experts bias)."""
+        bias = self.num_experts if self.expert_bias else 0
+        return self.hidden_size * self.num_experts + bias
 
     @property
     def norm_params_per_layer(self) -> int:
@@ -136,8 +173,9 @@ class ModelSpec(BaseModel):
 
         Attention, norms, dense FFNs, shared experts, top_k routed experts and the router of
         every block, plus the whole input embedding and output head. This is how Mistral
-        (12.9B for Mixtral-8x7B) and Qwen (3.3B for Qwen3-30B-A3B) count; DeepSeek counts
-        without the input embedding, see `active_compute_params`.
+        (12.9B for Mixtral-8x7B, 39B for Mixtral-8x22B) and Qwen (3.3B for Qwen3-30B-A3B, 22B
+        for Qwen3-235B-A22B) count; DeepSeek, Moonshot (Kimi-K2) and OpenAI (gpt-oss) publish
+        figures that match without the input embedding, see `active_compute_params`.
         """
         moe_layer = (
             self.top_k * self.params_per_expert
@@ -150,8 +188,12 @@ class ModelSpec(BaseModel):
     def active_compute_params(self) -> int:
         """active_params without the input embedding, a row lookup that multiplies nothing.
 
-        DeepSeek's convention (36.6B for DeepSeek-V3, "including 0.9B for the output head");
-        2 * this is the weight FLOPs of one token outside the attention scores.
+        gpt-oss's stated convention ("Unembedding parameters are counted towards active, but
+        not embeddings": 5.13B for gpt-oss-120b). DeepSeek-V3's 36.7B activated and
+        Kimi-K2's 32B match this count too (36.63B, 31.69B), not active_params (37.55B,
+        32.86B), although DeepSeek's README_WEIGHTS.md says its 36.7B includes both the 0.9B
+        embedding and the 0.9B output head. 2 * this is the weight FLOPs of one token outside
+        the attention scores.
         """
         lookup = 0 if self.tie_embeddings else self.vocab_size * self.hidden_size
         return self.active_params - lookup
@@ -175,8 +217,17 @@ class ModelSpec(BaseModel):
         return math.ceil(values * kv_dtype_bytes)
 
     def kv_bytes_per_token(self, kv_dtype_bytes: float = 2) -> int:
-        """KV-cache bytes one token adds over all blocks."""
+        """KV-cache bytes one token adds over all blocks (sliding ones too: a full-layer
+        figure; `kv_cache_tokens_per_layer` gives how many tokens each block keeps)."""
         return self.num_layers * self.kv_bytes_per_token_per_layer(kv_dtype_bytes)
+
+    def kv_cache_tokens_per_layer(self, context: int) -> list[int]:
+        """Tokens of a `context`-token sequence each block keeps in its KV cache, in order:
+        a sliding block keeps at most `sliding_window`, a full block all of them."""
+        if not self.layer_types:
+            return [context] * self.num_layers
+        window = min(context, self.sliding_window)
+        return [window if kind == "sliding" else context for kind in self.layer_types]
 
     @property
     def attention_proj_flops_per_token(self) -> int:
@@ -185,7 +236,7 @@ class ModelSpec(BaseModel):
 
     @property
     def expert_flops_per_token(self) -> int:
-        """FLOPs of one routed expert for one token (2 * params_per_expert)."""
+        """FLOPs of one routed expert for one token (2 * params_per_expert, biases included)."""
         return 2 * self.params_per_expert
 
     @property
@@ -244,16 +295,32 @@ class ModelSpec(BaseModel):
         return replicated + -(-(q_up + kv_up + o_proj) // attn_tp)
 
     def attention_params_per_rank(self, attn_tp: int) -> int:
-        """One block's attention weights on one attention-TP rank, norms (replicated) included."""
-        return self.attention_matmul_params_per_rank(attn_tp) + self._attention_norm_params()
+        """One block's attention weights on one attention-TP rank, norms (replicated) included.
+
+        Biases split as their projections do (o's, of size hidden, is replicated, as vLLM's
+        RowParallelLinear keeps it); sinks split with the heads."""
+        params = self.attention_matmul_params_per_rank(attn_tp) + self._attention_norm_params()
+        if self.attention_bias:  # gqa only (checked)
+            q_bias = self.num_attention_heads * self.head_dim
+            kv_bias = 2 * self.num_kv_heads * self.head_dim
+            params += (-(-q_bias // attn_tp) + -(-kv_bias // self.kv_head_shards(attn_tp))
+                       + self.hidden_size)
+        if self.attention_sinks:
+            params += self.heads_per_rank(attn_tp)
+        return params
 
     def expert_ffn_per_shard(self, moe_tp: int) -> int:
         """Intermediate width of one routed expert's MoE-TP shard."""
         return -(-self.expert_ffn_size // moe_tp)
 
     def expert_params_per_shard(self, moe_tp: int) -> int:
-        """Parameters of one routed expert's MoE-TP shard (SwiGLU)."""
-        return -(-self.params_per_expert // moe_tp)
+        """Parameters of one routed expert's MoE-TP shard (SwiGLU); with `expert_bias` the
+        gate-up bias splits with the intermediate size and the down bias (hidden) is whole
+        on every shard."""
+        split = 3 * self.hidden_size * self.expert_ffn_size
+        if not self.expert_bias:
+            return -(-split // moe_tp)
+        return -(-(split + 2 * self.expert_ffn_size) // moe_tp) + self.hidden_size
 
     def shared_expert_params_per_shard(self, moe_tp: int) -> int:
         """Parameters of one shared expert's MoE-TP shard (SwiGLU)."""
@@ -300,7 +367,12 @@ def _consistency_problem(spec: ModelSpec) -> str | None:
         return "first_dense_layers and dense_ffn_size must both be > 0 or both be 0"
     if (spec.num_shared_experts > 0) != (spec.shared_expert_ffn_size > 0):
         return "num_shared_experts and shared_expert_ffn_size must both be > 0 or both be 0"
+    window_problem = _sliding_window_problem(spec)
+    if window_problem:
+        return window_problem
     if spec.attention == "mla":
+        if spec.attention_bias:
+            return "attention_bias is modelled for attention: gqa only; set attention_bias: false"
         return _mla_problem(spec)
     if spec.num_attention_heads % spec.num_kv_heads:
         return (
@@ -311,6 +383,23 @@ def _consistency_problem(spec: ModelSpec) -> str | None:
     if set_fields:
         return (f"{', '.join(set_fields)} set but attention is gqa; "
                 "remove them or set attention: mla")
+    return None
+
+
+def _sliding_window_problem(spec: ModelSpec) -> str | None:
+    """The first sliding-window rule `spec` breaks, or None."""
+    if spec.layer_types and len(spec.layer_types) != spec.num_layers:
+        return (
+            f"layer_types has {len(spec.layer_types)} entries but num_layers is "
+            f"{spec.num_layers}; give one per block, or leave it empty for all full"
+        )
+    if spec.num_sliding_layers and not spec.sliding_window:
+        return "layer_types has sliding blocks but sliding_window is 0; set sliding_window > 0"
+    if spec.sliding_window and not spec.num_sliding_layers:
+        return (
+            f"sliding_window ({spec.sliding_window}) is set but no block of layer_types is "
+            "'sliding'; list the sliding blocks in layer_types or set sliding_window: 0"
+        )
     return None
 
 
@@ -336,6 +425,21 @@ def model_spec_from_mapping(data: dict[str, Any], source: str = "model spec") ->
 # Every size below is copied from the model's Hugging Face config.json, named per preset;
 # the published totals each must reproduce are tested in tests/test_models.py.
 
+# huggingface.co/deepseek-ai/DeepSeek-V3, file config.json (num_hidden_layers 61 excludes
+# the num_nextn_predict_layers=1 MTP module; one shared expert of moe_intermediate_size).
+# Published: 671B total, 37B activated (arXiv 2412.19437); 671B total and 36.7B
+# activated for the main model without MTP (DeepSeek-V3 README_WEIGHTS.md), which
+# `active_compute_params` matches (36.63B; active_params is 37.55B).
+_DEEPSEEK_V3 = ModelSpec(
+    name="DeepSeek-V3", hidden_size=7168, num_layers=61, vocab_size=129280,
+    first_dense_layers=3, dense_ffn_size=18432,
+    attention="mla", num_attention_heads=128, num_kv_heads=128, head_dim=192,
+    q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+    v_head_dim=128,
+    num_experts=256, top_k=8, expert_ffn_size=2048,
+    num_shared_experts=1, shared_expert_ffn_size=2048,
+)
+
 PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     # huggingface.co/mistralai/Mixtral-8x7B-v0.1, file config.json (head_dim = 4096 / 32).
     # Published: 46.7B total, 12.9B per token (mistral.ai/news/mixtral-of-experts).
@@ -344,27 +448,24 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
         num_attention_heads=32, num_kv_heads=8, head_dim=128,
         num_experts=8, top_k=2, expert_ffn_size=14336,
     ),
-    # huggingface.co/mistralai/Mixtral-8x22B-v0.1, file config.json (vocab 32768, the v3
-    # tokenizer; an earlier community conversion had 32000; head_dim = 6144 / 48).
+    # huggingface.co/mistralai/Mixtral-8x22B-v0.1, file config.json (vocab_size 32000;
+    # head_dim = 6144 / 48). Mixtral-8x22B-Instruct-v0.1's config.json and mistral-inference's
+    # mixtral-8x22B-v0.3 have the v3 tokenizer's 32768 instead (+9.4M parameters, 0.007%);
+    # their names resolve to this preset.
     # Published: 141B total, 39B active (mistral.ai/news/mixtral-8x22b).
     "Mixtral-8x22B": ModelSpec(
-        name="Mixtral-8x22B", hidden_size=6144, num_layers=56, vocab_size=32768,
+        name="Mixtral-8x22B", hidden_size=6144, num_layers=56, vocab_size=32000,
         num_attention_heads=48, num_kv_heads=8, head_dim=128,
         num_experts=8, top_k=2, expert_ffn_size=16384,
     ),
-    # huggingface.co/deepseek-ai/DeepSeek-V3, file config.json (num_hidden_layers 61 excludes
-    # the num_nextn_predict_layers=1 MTP module; one shared expert of moe_intermediate_size).
-    # Published: 671B total, 37B activated (arXiv 2412.19437); 36.6B incl. output head but
-    # not the input embedding (DeepSeek-V3 README_WEIGHTS.md).
-    "DeepSeek-V3": ModelSpec(
-        name="DeepSeek-V3", hidden_size=7168, num_layers=61, vocab_size=129280,
-        first_dense_layers=3, dense_ffn_size=18432,
-        attention="mla", num_attention_heads=128, num_kv_heads=128, head_dim=192,
-        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
-        v_head_dim=128,
-        num_experts=256, top_k=8, expert_ffn_size=2048,
-        num_shared_experts=1, shared_expert_ffn_size=2048,
-    ),
+    # See _DEEPSEEK_V3 above.
+    "DeepSeek-V3": _DEEPSEEK_V3,
+    # huggingface.co/deepseek-ai/DeepSeek-R1, file config.json: every field is DeepSeek-V3's
+    # but transformers_version ("DeepSeek-R1-Zero & DeepSeek-R1 are trained based on
+    # DeepSeek-V3-Base", DeepSeek-R1 README). Published: 671B total, 37B activated (ibid.),
+    # i.e. DeepSeek-V3's figures. DeepSeek-R1-0528, a minor version upgrade of R1 (its model
+    # card), resolves here too.
+    "DeepSeek-R1": _DEEPSEEK_V3.model_copy(update={"name": "DeepSeek-R1"}),
     # huggingface.co/Qwen/Qwen3-30B-A3B, file config.json (decoder_sparse_step 1,
     # mlp_only_layers [], so every block is MoE; no shared expert).
     # Published: 30.5B total, 29.9B non-embedding, 3.3B activated (Qwen3-30B-A3B model card).
@@ -372,6 +473,57 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
         name="Qwen3-30B-A3B", hidden_size=2048, num_layers=48, vocab_size=151936,
         num_attention_heads=32, num_kv_heads=4, head_dim=128,
         num_experts=128, top_k=8, expert_ffn_size=768,
+    ),
+    # huggingface.co/Qwen/Qwen3-235B-A22B, file config.json (decoder_sparse_step 1,
+    # mlp_only_layers [], so every block is MoE; no shared expert; the dense intermediate_size
+    # 12288 is unused).
+    # Published: "235B in total and 22B activated", "Non-Embedding: 234B" (Qwen3-235B-A22B
+    # model card; the Qwen3 technical report, arXiv 2505.09388: 235B / 22B). Activated
+    # counts both embedding matrices: active_params.
+    "Qwen3-235B-A22B": ModelSpec(
+        name="Qwen3-235B-A22B", hidden_size=4096, num_layers=94, vocab_size=151936,
+        num_attention_heads=64, num_kv_heads=4, head_dim=128,
+        num_experts=128, top_k=8, expert_ffn_size=1536,
+    ),
+    # huggingface.co/openai/gpt-oss-120b, file config.json (model_type gpt_oss;
+    # intermediate_size 2880 is one expert's; layer_types alternate sliding_attention and
+    # full_attention from block 0; attention_bias true; every gpt-oss block has attention
+    # sinks and biased experts and router, per openai/gpt-oss gpt_oss/torch/model.py).
+    # Published: 116.83B total, 5.13B active, where "Unembedding parameters are counted
+    # towards active, but not embeddings" (gpt-oss model card, arXiv 2508.10925, Table 1):
+    # active_compute_params.
+    "gpt-oss-120b": ModelSpec(
+        name="gpt-oss-120b", hidden_size=2880, num_layers=36, vocab_size=201088,
+        num_attention_heads=64, num_kv_heads=8, head_dim=64,
+        num_experts=128, top_k=4, expert_ffn_size=2880,
+        sliding_window=128, layer_types=("sliding", "full") * 18,
+        attention_bias=True, attention_sinks=True, expert_bias=True,
+    ),
+    # huggingface.co/openai/gpt-oss-20b, file config.json (as gpt-oss-120b, with 24 blocks
+    # and 32 experts).
+    # Published: 20.91B total, 3.61B active (gpt-oss model card, arXiv 2508.10925, Table 1;
+    # embedding not counted as active): active_compute_params.
+    "gpt-oss-20b": ModelSpec(
+        name="gpt-oss-20b", hidden_size=2880, num_layers=24, vocab_size=201088,
+        num_attention_heads=64, num_kv_heads=8, head_dim=64,
+        num_experts=32, top_k=4, expert_ffn_size=2880,
+        sliding_window=128, layer_types=("sliding", "full") * 12,
+        attention_bias=True, attention_sinks=True, expert_bias=True,
+    ),
+    # huggingface.co/moonshotai/Kimi-K2-Instruct, file config.json (model_type kimi_k2,
+    # architectures DeepseekV3ForCausalLM: DeepSeek-V3's MLA and MoE with 64 heads, 384
+    # routed experts, first_k_dense_replace 1, vocab 163840, no MTP module).
+    # Published: 1T total, 32B activated (Kimi-K2-Instruct model card; Kimi K2 report,
+    # arXiv 2507.20534). Exact from the config: 1026.4B total; 31.69B activated without the
+    # input embedding (active_compute_params, within 1% of 32B), 32.86B with it.
+    "Kimi-K2": ModelSpec(
+        name="Kimi-K2", hidden_size=7168, num_layers=61, vocab_size=163840,
+        first_dense_layers=1, dense_ffn_size=18432,
+        attention="mla", num_attention_heads=64, num_kv_heads=64, head_dim=192,
+        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+        v_head_dim=128,
+        num_experts=384, top_k=8, expert_ffn_size=2048,
+        num_shared_experts=1, shared_expert_ffn_size=2048,
     ),
 })
 
@@ -385,9 +537,20 @@ _ALIASES: dict[str, str] = {
     "deepseek-v3": "DeepSeek-V3",
     "deepseek-v3-base": "DeepSeek-V3",
     "deepseek-v3-0324": "DeepSeek-V3",
+    "deepseek-r1": "DeepSeek-R1",
+    "deepseek-r1-zero": "DeepSeek-R1",
+    "deepseek-r1-0528": "DeepSeek-R1",
     "qwen3-30b-a3b": "Qwen3-30B-A3B",
     "qwen3-30b-a3b-base": "Qwen3-30B-A3B",
     "qwen3-30b-a3b-instruct-2507": "Qwen3-30B-A3B",
+    "qwen3-235b-a22b": "Qwen3-235B-A22B",
+    "qwen3-235b-a22b-instruct-2507": "Qwen3-235B-A22B",
+    "qwen3-235b-a22b-thinking-2507": "Qwen3-235B-A22B",
+    "gpt-oss-120b": "gpt-oss-120b",
+    "gpt-oss-20b": "gpt-oss-20b",
+    "kimi-k2": "Kimi-K2",
+    "kimi-k2-instruct": "Kimi-K2",
+    "kimi-k2-base": "Kimi-K2",
 }
 
 
