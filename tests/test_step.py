@@ -164,7 +164,9 @@ def test_no_p2p_stages_through_host_memory() -> None:
 
 def test_real_trace_imbalance_lengthens_the_hot_ranks_experts() -> None:
     """EP8 prefill of the bundled real trace on dgx-h100: in every layer the rank whose experts
-    received most tokens has the longest expert phase (compute-bound at 4096 tokens)."""
+    received most tokens has the longest expert phase (compute-bound at 4096 tokens; with the
+    kernel profile's 128-row tiles another rank may tie it: same tiles, and its efficiency read
+    at a slightly different size moves it by well under 1%)."""
     scenario = Scenario(placement="EP8", topology="dgx-h100", batch=8, context=512)
     inputs = resolve_inputs(scenario)
     step = build_step(inputs.trace, "prefill", 8, 512)
@@ -172,7 +174,8 @@ def test_real_trace_imbalance_lengthens_the_hot_ranks_experts() -> None:
     timeline = time_step(inputs, step, traffic)
     load = traffic.rank_load()
     expert_s = timeline.phase_s[:, :, EXPERTS]
-    assert np.array_equal(expert_s.argmax(axis=1), load.argmax(axis=1))
+    hot = expert_s[np.arange(len(load)), load.argmax(axis=1)]
+    assert np.all(hot >= expert_s.max(axis=1) * 0.995)
     # and the slowest rank's expert time exceeds the mean by the load's max/mean
     ratio = expert_s.max(axis=1) / expert_s.mean(axis=1)
     imbalance = load.max(axis=1) / load.mean(axis=1)

@@ -37,7 +37,7 @@ import numpy as np
 
 from moesim.engine.kernels import attention_time, gemm_time, moe_time
 from moesim.errors import ConfigError
-from moesim.inputs.kernel_profile import OP_KINDS, Curve, KernelCurves
+from moesim.inputs.kernel_profile import Curve, KernelCurves
 from moesim.inputs.options import WEIGHT_DTYPE_BYTES, compute_dtype
 from moesim.inputs.topology_spec import GpuSpec
 
@@ -255,7 +255,7 @@ def fit_curves(
     tile_n: int = 1,
     grouped: bool = True,
     knots: int = 6,
-    smoothness: float = 0.05,
+    smoothness: float = 0.002,
     sources: tuple[str, ...] = (),
     iterations: int = 60,
 ) -> KernelCurves:

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         calibrate,
         collective,
         compare,
+        kernel,
         plan,
         report,
         run,
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moesim {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run, serve, compare, report, sweep, plan, trace, collective, calibrate,
+    for module in (run, serve, compare, report, sweep, plan, trace, collective, kernel, calibrate,
                    validate):
         module.add_parser(commands)
     return parser

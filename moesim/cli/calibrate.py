@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -38,6 +40,7 @@ from moesim.calibrate.nccl_tests import read_nccl_tests
 from moesim.cli.collective import parse_bytes
 from moesim.errors import ConfigError
 from moesim.inputs.config import load_model_file
+from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec
 from moesim.inputs.topology import resolve_topology_path
 from moesim.inputs.topology_spec import TopologySpec
@@ -76,6 +79,95 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       help="all-reduce algorithm the log used (NCCL_ALGO)")
     nccl.set_defaults(handler=_run_nccl_tests)
     _add_live(sources)
+    _add_kernels(sources)
+
+
+def _add_kernels(sources: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `moesim calibrate kernels`."""
+    kernels = sources.add_parser(
+        "kernels", help="fit a kernel profile to microbenchmarks or a measured table",
+        description="Time GEMMs, the MoE layer and attention with torch on --device (or read "
+        "--from-csv, format in moesim/calibrate/kernels.py and README) and fit a kernel "
+        "profile's curves for one GPU; use it with --kernels PROFILE.yaml.")
+    kernels.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                         help="run microbenchmarks here (needs torch)")
+    kernels.add_argument("--from-csv", default=None, help="measured kernel table (CSV)")
+    kernels.add_argument("--gpu", default=None,
+                         help="catalog GPU the times are of (default: cpu for --device cpu)")
+    kernels.add_argument("--topology", default=None, help="or: a topology whose GPU it is")
+    kernels.add_argument("--model", default="mixtral-8x7b", help="shapes to benchmark")
+    kernels.add_argument("--name", default="calibrated", help="profile name")
+    kernels.add_argument("--quick", action="store_true", help="fewer sizes")
+    kernels.add_argument("-o", "--output", required=True, help="profile YAML to write (the "
+                         "measured table is written beside it as .csv)")
+    kernels.set_defaults(handler=_run_kernels)
+
+
+def _kernel_gpu(args: argparse.Namespace) -> tuple[str, Any]:
+    """(key, GpuSpec) the measurements are fitted against."""
+    from moesim.inputs.topology import load_topology
+    from moesim.inputs.topology_spec import load_gpu
+
+    if args.topology:
+        gpu = load_topology(args.topology).gpu_spec
+        return gpu.kernel_key or "custom", gpu
+    if args.gpu:
+        return args.gpu, load_gpu(args.gpu)
+    if args.device == "cpu":
+        gpu = load_topology("cpu-loopback").gpu_spec
+        return "cpu", gpu.model_copy(update={"kernel_key": "cpu"})
+    raise ConfigError("--gpu: name the GPU the times are of (catalog key, e.g. h100-sxm) or "
+                      "give --topology")
+
+
+def _run_kernels(args: argparse.Namespace) -> int:
+    from moesim.calibrate.kernels import fit_curves, read_kernel_csv, write_kernel_csv
+    from moesim.inputs.kernel_profile import GpuKernels, KernelProfile
+    from moesim.output.files import write_atomic
+
+    if (args.device is None) == (args.from_csv is None):
+        raise ConfigError("calibrate kernels: give --device cpu|cuda (run microbenchmarks) or "
+                          "--from-csv FILE (a measured table), one of them")
+    key, gpu = _kernel_gpu(args)
+    if args.from_csv:
+        rows = read_kernel_csv(args.from_csv)
+        source = f"measured table {args.from_csv}"
+    else:
+        try:
+            import torch
+        except ImportError:
+            raise ConfigError("--device: kernel microbenchmarks need torch; pip install "
+                              "'moesim[live]'") from None
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: torch sees no CUDA GPU; use --device cpu")
+        from validate.kernel_bench import run_kernel_bench
+
+        rows = run_kernel_bench(load_model(args.model), device=args.device, quick=args.quick,
+                                progress=lambda line: print(f"  {line}", file=sys.stderr))
+        source = f"moesim calibrate kernels --device {args.device} ({args.model} shapes)"
+    fitted = {}
+    for op in ("gemm", "moe", "attention_prefill", "attention_decode"):
+        of_op = [r for r in rows if r.op == op]
+        if len(of_op) >= 2:
+            family = sorted({r.extra.get("kernel", "measured") for r in of_op})[0]
+            fitted[op] = fit_curves(of_op, gpu, family=family,
+                                    grouped=family != "torch-loop", sources=(source,))
+    if not fitted:
+        raise ConfigError(f"{source}: no op kind has 2 or more rows to fit")
+    profile = KernelProfile(name=args.name, description=f"fitted on {gpu.name}",
+                            sources=(source,), gpus={key: GpuKernels(**fitted)})
+    out = Path(args.output)
+    from moesim.calibrate.profile_build import profile_yaml
+
+    write_atomic(out.with_suffix(".csv"), write_kernel_csv(rows, [source]))
+    write_atomic(out, profile_yaml(profile))
+    for op, curves in fitted.items():
+        count = sum(r.op == op for r in rows)
+        print(f"{op:18} {count:3d} rows  launch {curves.launch_s * 1e6:6.1f} us  compute "
+              f"{curves.compute.points[-1][1]:.2f} of peak at the largest size, memory "
+              f"{max(f for _, f in curves.memory.points):.2f} of bandwidth at best")
+    print(f"wrote {out} (GPU key {key}) and {out.with_suffix('.csv')}; use --kernels {out}")
+    return 0
 
 
 def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
