@@ -228,7 +228,7 @@ def _describe(inputs: RunInputs, step: StepWorkload, notes: list[str]) -> dict[s
         "ownership": "default: contiguous token blocks per attention DP/SP group in trace order",
         "expert_placement": "contiguous: expert e on EP rank e // (E / ep)"
         if sc.expert_placement is None else inputs.experts.to_spec(),
-        "notes": notes,
+        "notes": [*inputs.notes, *notes],
     }
 
 

@@ -5,6 +5,11 @@
 the layout, the expert placement (default contiguous) and the topology, and checks that they
 agree. A Resolver made with `cache=True` loads each named file once, for a sweep worker or a
 comparison that evaluates many scenarios; the default loads afresh every time.
+
+A scenario that leaves `trace` at its default (the bundled real Mixtral-8x7B trace) with a model
+of another MoE depth, expert count or top-k runs on a synthetic trace of the model's shape
+(`moesim.trace.fallback`: the real trace's fitted statistics mapped onto it), and its inputs
+carry a note saying so. A trace the scenario names must fit the model.
 """
 
 from __future__ import annotations
@@ -21,20 +26,25 @@ from moesim.errors import PlacementError, TraceError
 from moesim.inputs.config import ExpertPlacementSpec, Scenario, load_model_file, parse_model
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec, model_spec_from_mapping
-from moesim.trace.bundled import named_trace
+from moesim.trace.bundled import BUNDLED_PREFIX, named_trace
+from moesim.trace.fallback import SyntheticFallback, shape_mismatch, synthetic_fallback
 from moesim.trace.format import RouterTrace
 from moesim.traffic.experts import ExpertPlacement, contiguous_placement, placement_from_spec
 from moesim.traffic.placement import Parallelism, parse_placement
+from moesim.traffic.traffic import check_trace_fits_model
 
 if TYPE_CHECKING:
     from moesim.engine.routes import RouteTable
     from moesim.inputs.topology import Topology
 
-__all__ = ["RunInputs", "Resolver", "resolve_inputs", "parse_layout"]
+__all__ = ["RunInputs", "Resolver", "resolve_inputs", "parse_layout", "DEFAULT_TRACE",
+           "FALLBACK_SEED"]
 
 T = TypeVar("T")
 # Traces can be large (a 1M-token trace is ~100 MB); a caching Resolver keeps this many.
 _TRACES_KEPT = 4
+DEFAULT_TRACE: str = Scenario.model_fields["trace"].default
+FALLBACK_SEED = 0  # seed of the synthetic trace a model the default trace does not fit runs on
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class RunInputs:
     experts: ExpertPlacement
     topology: Topology | None
     gpus_per_node: int
+    notes: tuple[str, ...] = ()  # what the inputs rest on (a synthetic stand-in trace)
 
 
 def parse_layout(spec: str | dict[str, int]) -> Parallelism:
@@ -91,6 +102,14 @@ class Resolver:
         self._traces.move_to_end(spec)
         return self._traces[spec]
 
+    def synthetic_trace(self, model: ModelSpec, seed: int = FALLBACK_SEED) -> SyntheticFallback:
+        """A synthetic trace of the model's MoE shape from the default trace's statistics
+        (`moesim.trace.fallback`), made once per (shape, seed) by a caching Resolver."""
+        shape = (model.num_moe_layers, model.num_experts, model.top_k)
+        return self._once(("synthetic", *shape, seed),
+                          lambda: synthetic_fallback(*shape, seed=seed,
+                                                     name=DEFAULT_TRACE[len(BUNDLED_PREFIX):]))
+
     def layout(self, spec: str | dict[str, int]) -> Parallelism:
         """The layout a preset name or product-form mapping describes."""
         return self._once(("layout", json.dumps(spec, sort_keys=True)), lambda: parse_layout(spec))
@@ -132,8 +151,16 @@ class Resolver:
         """Load the model, trace, layout, expert placement and topology a scenario names."""
         model = self.model(scenario.model)
         trace, source = self.trace(scenario.trace)
+        notes: tuple[str, ...] = ()
+        explicit = scenario.trace != DEFAULT_TRACE
+        if not explicit and shape_mismatch(trace, model.num_moe_layers, model.num_experts,
+                                           model.top_k):
+            fallback = self.synthetic_trace(model)
+            trace, source, notes = fallback.trace, fallback.source, (fallback.note,)
         if scenario.layers is not None:
             model, trace = _first_layers(model, trace, scenario.layers)
+        if explicit:
+            _check_named_trace(trace, model)
         if scenario.trace_tokens is not None:
             if scenario.trace_tokens > trace.num_tokens:
                 raise TraceError(f"trace_tokens {scenario.trace_tokens} exceeds the "
@@ -151,7 +178,20 @@ class Resolver:
                 )
             gpus_per_node = min(topology.gpus_per_node, par.world)
         experts = self.expert_placement(scenario.expert_placement, model, par)
-        return RunInputs(scenario, model, trace, source, par, experts, topology, gpus_per_node)
+        return RunInputs(scenario, model, trace, source, par, experts, topology, gpus_per_node,
+                         notes)
+
+
+def _check_named_trace(trace: RouterTrace, model: ModelSpec) -> None:
+    """A trace the scenario names must fit the model; the error says the default would not."""
+    try:
+        check_trace_fits_model(trace, model)
+    except TraceError as exc:
+        if trace.num_tokens == 0:
+            raise
+        raise TraceError(f"{exc}; or omit --trace (scenario field 'trace') to run on a "
+                         "synthetic trace of the model's shape fitted to the bundled "
+                         "Mixtral-8x7B statistics") from None
 
 
 def _first_layers(

@@ -23,7 +23,6 @@ import numpy as np
 
 from moesim.errors import ConfigError, PlacementError
 from moesim.inputs.config import Scenario, ServeSpec
-from moesim.inputs.options import ACT_DTYPE_BYTES, WEIGHT_DTYPE_BYTES
 from moesim.output.serve_result import ServeResult
 from moesim.planning.evaluate import DoesNotFit, EvaluationCache, step_traffic, time_step
 from moesim.planning.resolve import RunInputs
@@ -74,16 +73,16 @@ def _kv_tokens(inputs: RunInputs, spec: ServeSpec) -> int:
         return spec.kv_cache_tokens
     sc, topo = inputs.scenario, inputs.topology
     assert topo is not None
-    act = ACT_DTYPE_BYTES[sc.act_dtype]
-    weight = WEIGHT_DTYPE_BYTES[sc.weight_dtype]
+    prec = sc.precision
+    dtypes = {"weight_bytes": prec.weight_bytes, "expert_weight_bytes": prec.expert_weight_bytes,
+              "act_bytes": prec.act_bytes, "kv_bytes": prec.kv_bytes}
     tokens = kv_cache_capacity_tokens(
         inputs.model, inputs.parallelism, topo.gpu_spec.memory_bytes,
         max_num_seqs=spec.max_num_seqs, max_num_batched_tokens=spec.max_num_batched_tokens,
-        weight_bytes=weight, act_bytes=act, kv_bytes=act, experts=inputs.experts)
+        experts=inputs.experts, **dtypes)
     if tokens < spec.block_size:
         fit = memory_fit(inputs.model, inputs.parallelism, topo.gpu_spec.memory_bytes,
-                         batch=spec.max_num_seqs, context=spec.isl + spec.osl,
-                         weight_bytes=weight, act_bytes=act, kv_bytes=act,
+                         batch=spec.max_num_seqs, context=spec.isl + spec.osl, **dtypes,
                          prefill_chunk_tokens=spec.max_num_batched_tokens,
                          experts=inputs.experts)
         raise DoesNotFit(f"placement {inputs.parallelism.label} leaves no room for a KV cache on "
@@ -204,7 +203,7 @@ def _disaggregated(scenario: Scenario, spec: ServeSpec, cache: EvaluationCache
                     pools.prefill_engines * wp + i * wd)
             for i in range(pools.decode_engines)]
     kv = KvTransfer(prefill.topology, decode.model, prefill.parallelism, decode.parallelism,
-                    ACT_DTYPE_BYTES[scenario.act_dtype])
+                    scenario.precision.kv_bytes)
 
     def transfer_s(request: Request, src: Engine, dst: Engine, group: int) -> float:
         return kv.seconds(request.prompt_tokens, src.first_gpu, request.group, dst.first_gpu,
