@@ -258,8 +258,10 @@ def fit_curves(
     smoothness: float = 0.002,
     sources: tuple[str, ...] = (),
     iterations: int = 60,
+    launch_s: float | None = None,
 ) -> KernelCurves:
-    """Fit one op kind's launch and efficiency curves to measured rows of that kind."""
+    """Fit one op kind's launch and efficiency curves to measured rows of that kind; a given
+    `launch_s` is held (for tables whose smallest op is too long to show it)."""
     kinds = {r.op for r in rows}
     if len(kinds) != 1 or not rows:
         raise ConfigError(f"fit_curves needs rows of one op kind, got {sorted(kinds) or 'none'}")
@@ -272,13 +274,21 @@ def fit_curves(
     start = np.concatenate([[math.log(max(min(r.time_s for r in rows) * 0.3, 1e-7))],
                             np.full(count, _theta(0.6)), np.full(count, _theta(0.8))])
 
+    if launch_s is not None:
+        start[0] = math.log(max(launch_s, 1e-12))
+
     def residuals(params: np.ndarray) -> np.ndarray:
+        if launch_s is not None:
+            params = params.copy()
+            params[0] = math.log(max(launch_s, 1e-12))
         predicted = predict_rows_s(rows, _curves_of(params, knot_x, template), gpu)
         smooth = [np.diff(params[1:1 + count]), np.diff(params[1 + count:])]
         return np.concatenate([np.log(predicted) - measured,
                                math.sqrt(smoothness) * np.concatenate(smooth)])
 
     params = _levenberg_marquardt(residuals, start, iterations)
+    if launch_s is not None:
+        params[0] = math.log(max(launch_s, 1e-12))
     return _curves_of(params, knot_x, template)
 
 
