@@ -181,3 +181,25 @@ def test_calibrate_kernels_runs_on_cpu(tmp_path: object) -> None:
     assert out.is_file() and out.with_suffix(".csv").is_file()
     assert main(["kernel", "--topology", "cpu-loopback", "--op", "gemm", "--tokens", "16",
                  "--kernels", str(out)]) == 0
+
+
+def test_bad_kernel_inputs_are_one_clear_error(tmp_path: object,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown profile, a profile without the GPU, a malformed profile file, an unknown
+    catalog GPU in a topology: each one `moesim: error:` line naming the field, exit 2."""
+    from pathlib import Path
+
+    base = ["kernel", "--op", "gemm", "--tokens", "4"]
+    assert main([*base, "--gpu", "h100-sxm", "--kernels", "nope"]) == 2
+    assert "unknown kernel profile 'nope'" in capsys.readouterr().err
+    assert main([*base, "--gpu", "rtx4090", "--kernels", "vllm"]) == 2
+    assert "has no entry for GPU" in capsys.readouterr().err
+    bad = Path(str(tmp_path)) / "bad.yaml"
+    bad.write_text("name: x\ngpus:\n  h100-sxm:\n    gemm: {family: f, launch_s: -1}\n")
+    assert main([*base, "--gpu", "h100-sxm", "--kernels", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moesim: error:") and "launch_s" in err and len(err.splitlines()) == 1
+    topo = Path(str(tmp_path)) / "t.yaml"
+    topo.write_text("name: t\ngpu_spec: h900\ngpus_per_node: 1\n")
+    assert main([*base, "--topology", str(topo)]) == 2
+    assert "gpu_spec 'h900' is not in the GPU catalog" in capsys.readouterr().err
