@@ -219,12 +219,14 @@ def test_cli_rejects_bad_size_and_too_many_gpus(capsys):
 
 
 def _nvls_switch(n=8, *, nvls=True, nvls_efficiency=None, nvls_latency_s=0.0,
-                 link_efficiency=None):
-    """n GPUs on one nvswitch fabric block (B per port direction, LAT per port)."""
+                 link_efficiency=None, compute_capability=None):
+    """n GPUs on one nvswitch fabric block (B per port direction, LAT per port); with a
+    compute capability, collectives follow NCCL's protocols and tuner."""
     block = {"kind": "nvswitch", "port_bandwidth_bytes_per_s": B, "latency_s": LAT,
              "nvls": nvls, "nvls_efficiency": nvls_efficiency, "nvls_latency_s": nvls_latency_s}
     spec = TopologySpec.model_validate({
-        "name": "nvls_switch", "gpu_spec": ROUND_GPU, "gpus_per_node": n, "fabric": [block],
+        "name": "nvls_switch", "gpu_spec": {**ROUND_GPU, "compute_capability": compute_capability},
+        "gpus_per_node": n, "fabric": [block],
         "link_efficiency": link_efficiency or {},
     })
     return build_topology(spec, source="fixture nvls_switch")
@@ -289,9 +291,13 @@ def test_two_concurrent_nvls_allreduces_share_the_ports():
 
 
 def test_auto_picks_nvls_only_where_it_wins():
-    """auto: ring at n=2 (NVLS moves 1.5 S per port, ring S) and wherever the switch has no
-    NVLS; NVLS at n=8 (9/8 S vs ring's 14/8 S per port); DES and analytic agree on it."""
-    with_nvls, without = _nvls_switch(8), _nvls_switch(8, nvls=False)
+    """auto on a Hopper GPU follows NCCL's tuner: for 1 GB, ring at n=2 (NVLS moves 1.5 S per
+    port, ring S) and wherever the switch has no NVLS; NVLS at n=8 (9/8 S vs ring's 14/8 S per
+    port); DES and analytic agree on it. Without a compute capability (gloo) it is ring."""
+    with_nvls = _nvls_switch(8, compute_capability=9.0)
+    without = _nvls_switch(8, nvls=False, compute_capability=9.0)
+    assert predict_collective(_nvls_switch(8), "allreduce", range(8), size_bytes=S,
+                              algorithm="auto").algorithm == "ring"
     def algo(topo, n, fidelity):
         return predict_collective(topo, "allreduce", range(n), size_bytes=S,
                                   algorithm="auto", fidelity=fidelity).algorithm

@@ -9,6 +9,8 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
+from moesim.engine.collective_model import busbw_factor
+from moesim.engine.collectives import predict_collective
 from moesim.errors import ConfigError, TopologyError
 from moesim.inputs.config import read_mapping
 from moesim.inputs.topology import PRESET_DIR, build_topology, list_presets, load_topology
@@ -23,6 +25,9 @@ PRESET_GPUS = {
     "rtx4090-4x-pcie": 4,
     "h100-2node-ib": 16,
     "cpu-loopback": 4,
+    "b200-8x": 8,
+    "gb200-nvl72": 72,
+    "rtx4090-8x-pcie": 8,
 }
 NODE_KINDS = {"gpu", "nvswitch", "pcie_switch", "cpu", "hostmem", "nic", "net_switch"}
 
@@ -47,7 +52,7 @@ def _spec(preset: str, **changes: object) -> TopologySpec:
 
 
 def test_presets_are_the_documented_set() -> None:
-    """The shipped presets are exactly the documented seven."""
+    """The shipped presets are exactly the documented ten."""
     assert set(list_presets()) == set(PRESET_GPUS)
 
 
@@ -113,13 +118,13 @@ def test_preset_gpu_figures_match_datasheets(
 
 def test_dgx_h100_route_is_through_the_nvswitch() -> None:
     """DGX H100 gpu0->gpu1 is gpu0->nvswitch0->gpu1: a 450e9 B/s port (900 GB/s bidir / 2)
-    derated by the nvlink efficiency calibrated against published nccl-tests (0.748)."""
+    derated by the nvlink efficiency calibrated against published nccl-tests (0.753)."""
     topo = load_topology("dgx-h100")
     assert topo.routes(0, 1) == [[("gpu0", "nvswitch0"), ("nvswitch0", "gpu1")]]
     assert topo.graph.edges["gpu0", "nvswitch0"]["nominal_bandwidth_bytes_per_s"] == 450e9
     bottleneck = topo.path_bottleneck_bytes_per_s(topo.routes(0, 1)[0])
-    assert bottleneck == pytest.approx(450e9 * 0.748)
-    assert topo.path_latency_s(topo.routes(0, 1)[0]) == pytest.approx(2 * 0.5e-6)
+    assert bottleneck == pytest.approx(450e9 * 0.753)
+    assert topo.path_latency_s(topo.routes(0, 1)[0]) == pytest.approx(2 * 0.1e-6)
 
 
 def test_two_node_ib_route_crosses_nics_and_rail() -> None:
@@ -163,15 +168,45 @@ def test_no_p2p_route_stages_through_host_memory() -> None:
     assert topo.path_bottleneck_bytes_per_s(route[0]) == 25e9
 
 
-def test_l40s_cross_socket_route_crosses_the_socket_link() -> None:
-    """L40S gpu0 (socket 0) -> gpu7 (socket 1) crosses cpu0->cpu1; same-switch pairs do not."""
+def test_l40s_uses_p2p_only_under_one_switch_as_nccl_does_on_intel() -> None:
+    """L40S (Intel, NCCL's default P2P level PXB): gpu0 -> gpu1 (one switch) is direct P2P;
+    gpu0 -> gpu2 (another switch, same CPU: PHB) and gpu0 -> gpu7 (across sockets: SYS) go
+    through host memory (NCCL's SHM transport), the latter over cpu0 -> cpu1."""
     topo = load_topology("l40s-8x-pcie")
     assert topo.p2p(0)
-    (route,) = topo.routes(0, 7)
-    assert ("cpu0", "cpu1") in route
-    assert topo.graph.edges["cpu0", "cpu1"]["medium"] == "socket_link"
     assert topo.routes(0, 1) == [[("gpu0", "pcie_sw0_0"), ("pcie_sw0_0", "gpu1")]]
-    assert topo.path_latency_s(route) == pytest.approx(4 * 1.0e-6 + 0.2e-6)
+    (same_socket,) = topo.routes(0, 2)
+    assert ("cpu0", "hostmem0") in same_socket and ("hostmem0", "cpu0") in same_socket
+    (route,) = topo.routes(0, 7)
+    assert ("cpu0", "hostmem0") in route and ("cpu0", "cpu1") in route
+    assert topo.graph.edges["cpu0", "cpu1"]["medium"] == "socket_link"
+
+
+def test_l40s_eight_gpus_fall_to_the_socket_link_two_under_a_switch_do_not() -> None:
+    """One topology file, two behaviours: a 512 MiB all-reduce on 2 GPUs under one switch runs
+    P2P at the PCIe link (25 GB/s busbw), on all 8 its ring crosses the sockets through host
+    memory and runs at the socket link's 10 GB/s (NCCL's own rating of an Intel socket link)."""
+    topo = load_topology("l40s-8x-pcie")
+    size = 512 * 2**20
+    two = predict_collective(topo, "allreduce", range(2), size_bytes=size)
+    eight = predict_collective(topo, "allreduce", range(8), size_bytes=size)
+    busbw_two = size / two.time_s * busbw_factor("allreduce", 2)
+    busbw_eight = size / eight.time_s * busbw_factor("allreduce", 8)
+    assert busbw_two == pytest.approx(25e9, rel=0.02)
+    assert busbw_eight == pytest.approx(10e9, rel=0.02)
+
+
+def test_amd_allows_p2p_across_sockets_for_two_gpus_only() -> None:
+    """NCCL on AMD: "Allow P2P between pairs of GPU devices" (SYS with <= 2 GPUs), else PXB."""
+    def spec(gpus: int) -> TopologySpec:
+        return TopologySpec.model_validate({
+            "name": "amd", "gpu_spec": ROUND_GPU, "gpus_per_node": gpus, "fabric": [{
+                "kind": "pcie_tree", "sockets": 2, "gpu_link_bandwidth_bytes_per_s": 25e9,
+                "pcie_latency_s": 1e-6, "socket_link_bandwidth_bytes_per_s": 16e9,
+                "hostmem_bandwidth_bytes_per_s": 200e9, "cpu_vendor": "amd"}]})
+    two, four = build_topology(spec(2)), build_topology(spec(4))
+    assert not any(edge[1].startswith("hostmem") for edge in two.routes(0, 1)[0])
+    assert any(edge[1].startswith("hostmem") for edge in four.routes(0, 2)[0])
 
 
 # --- canonical fixtures ------------------------------------------------------------

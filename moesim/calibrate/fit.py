@@ -56,6 +56,8 @@ class Measurement:
     num_ranks: int
     size_bytes: float
     time_s: float
+    algorithm: str = "auto"  # what the run forced (NCCL_ALGO), else NCCL's tuner picks
+    gpus_per_process: int = 1  # GPUs one process (thread) drove: nccl-tests -g
 
     @property
     def busbw_bytes_per_s(self) -> float:
@@ -87,8 +89,10 @@ def measurements_from_sections(
     min_size_bytes: float = 1.0,
     max_size_bytes: float = math.inf,
     inplace: bool = False,
+    algorithm: str = "auto",
 ) -> list[Measurement]:
-    """Rows of the supported collectives as measurements (out-of-place times by default)."""
+    """Rows of the supported collectives as measurements (out-of-place times by default;
+    rows of size 0 skipped); `algorithm` says what the runs forced (NCCL_ALGO)."""
     out: list[Measurement] = []
     for section in sections:
         if section.op is None:
@@ -101,8 +105,11 @@ def measurements_from_sections(
             )
         for row in section.rows:
             time_s = row.inplace_time_s if inplace else row.time_s
-            if time_s and min_size_bytes <= row.size_bytes <= max_size_bytes:
-                out.append(Measurement(section.op, ranks, float(row.size_bytes), time_s))
+            if (time_s and row.size_bytes > 0
+                    and min_size_bytes <= row.size_bytes <= max_size_bytes):
+                forced = algorithm if algorithm != "auto" else section.algorithm
+                out.append(Measurement(section.op, ranks, float(row.size_bytes), time_s,
+                                       forced, max(section.gpus_per_thread, 1)))
     return out
 
 

@@ -41,6 +41,11 @@ _BINARY_RE = re.compile(
     r"scatter|hypercube)_perf"
 )
 _RANK_RE = re.compile(r"^#\s+Rank\s+\d+\s")
+_NGPUS_RE = re.compile(r"\bnGpus\s+(\d+)")
+_GPUS_NOTE_RE = re.compile(r"^#.*\bGPUs:\s*(\d+)\b")
+# `# MOESIM: algorithm=ring gpus=8`: what a run forced (NCCL_ALGO) and its true rank count,
+# for logs whose text cannot say (interleaved hosts, no Rank lines).
+_MOESIM_RE = re.compile(r"^#\s*MOESIM:\s*(.*)$")
 _ROW_START_RE = re.compile(r"^\s*\d+\s+\d+\s+[A-Za-z]")
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _US = 1e-6
@@ -71,6 +76,8 @@ class NcclTestsSection:
     rows: list[NcclTestsRow] = field(default_factory=list)
     source: str = ""
     line: int = 1  # where the section starts
+    gpus_per_thread: int = 1  # the header's `nGpus G`: one thread launches G GPUs in turn
+    algorithm: str = "auto"  # forced by the run (a `# MOESIM: algorithm=ring` line)
 
     @property
     def op(self) -> str | None:
@@ -92,18 +99,37 @@ def parse_nccl_tests(text: str, source: str = "nccl-tests log") -> list[NcclTest
     default_test = _test_from_text(Path(source).name) or _test_from_text(text)
     sections: list[NcclTestsSection] = []
     current = NcclTestsSection(default_test, 0, source=source)
+    declared = 0  # a '# ... GPUs: N' note: the rank count of a log that lists no ranks
+    algorithm = "auto"
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line.startswith("#"):
             started = _START_RE.search(line)
+            gpus = _NGPUS_RE.search(line)
+            note = _GPUS_NOTE_RE.match(line)
             if started:
                 sections.append(current)
-                current = NcclTestsSection(started[1], 0, source=source, line=number)
+                current = NcclTestsSection(started[1], 0, source=source, line=number,
+                                           gpus_per_thread=current.gpus_per_thread)
             elif _RANK_RE.match(line):
                 current.num_ranks += 1
+            if gpus:
+                current.gpus_per_thread = int(gpus[1])
+            if note:
+                declared = int(note[1])
+            marker = _MOESIM_RE.match(line)
+            if marker:
+                settings = dict(item.split("=", 1) for item in marker[1].split() if "=" in item)
+                if "gpus" in settings and settings["gpus"].isdigit():
+                    declared = int(settings["gpus"])
+                if "algorithm" in settings:
+                    algorithm = settings["algorithm"]
         elif _ROW_START_RE.match(line) and "NCCL" not in line:
             current.rows.append(_parse_row(line, number, source))
     sections.append(current)
+    for section in sections:
+        section.num_ranks = declared or section.num_ranks
+        section.algorithm = algorithm
     found = [s for s in sections if s.rows]
     if not found:
         raise ConfigError(

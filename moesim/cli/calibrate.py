@@ -1,13 +1,19 @@
-"""`moesim calibrate nccl-tests|live`: fit a topology's link efficiency and launch latency.
+"""`moesim calibrate nccl-tests|live`: fit a topology's collective costs to measurements.
 
     moesim calibrate nccl-tests LOG... -t TOPOLOGY -o OUT.yaml [--gpus N]
 
 reads nccl-tests logs (all_reduce_perf, alltoall_perf, all_gather_perf, reduce_scatter_perf
-output; several tests per file are fine), predicts every row with `moesim collective`'s
-model on the topology, fits `link_efficiency` (one value for the chosen link media, default
-all) and `collective_launch_s` by least squares on log time, writes the topology with the
-fitted values (and a `sources` entry naming the logs) to OUT, and prints measured vs
-predicted time per row before and after.
+output; several tests per file are fine), runs every row on the algorithm and protocol NCCL's
+tuner picks for it (`moesim collective`'s model), and fits over all sizes at once
+(`moesim.calibrate.protocol_fit`): per protocol (LL, LL128, Simple) the launch and per-step
+latency, which small messages pin, and the bandwidth terms (`link_efficiency` of the chosen
+media, default all; LL/LL128 bandwidth shares; NVLS efficiency and latency), which large ones
+pin, plus the extra launch per GPU of logs run with `-g N`. It writes the topology with the
+fitted values (and a `sources` entry naming the logs) to OUT, and prints measured vs predicted
+time per row before and after, then the error per op, GPU count and size band. A log whose
+run forced an algorithm says so in a line `# MOESIM: algorithm=ring` (or pass --algorithm).
+Topologies without NCCL (a GPU spec with no compute_capability: gloo on CPUs) fit one link
+efficiency and `collective_launch_s` on log time instead.
 
     moesim calibrate live --backend gloo|nccl --nproc N [--sizes 4K,16K,...] -o OUT.yaml
 
@@ -37,12 +43,19 @@ from moesim.calibrate.fit import (
     measurements_from_sections,
 )
 from moesim.calibrate.nccl_tests import read_nccl_tests
+from moesim.calibrate.protocol_fit import (
+    ProtocolFit,
+    apply_fit,
+    band_errors,
+    fit_protocols,
+)
 from moesim.cli.collective import parse_bytes
+from moesim.engine.protocols import uses_nccl
 from moesim.errors import ConfigError
 from moesim.inputs.config import load_model_file
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec
-from moesim.inputs.topology import resolve_topology_path
+from moesim.inputs.topology import build_topology, resolve_topology_path
 from moesim.inputs.topology_spec import TopologySpec
 from moesim.output.files import write_atomic
 
@@ -71,12 +84,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       help="link medium to fit (nvlink, pcie, network...; repeatable; "
                            "default: all)")
     nccl.add_argument("--fixed-launch", action="store_true",
-                      help="keep the topology's launch latency, fit only the efficiency")
+                      help="(topologies without NCCL) keep the launch latency, fit only the "
+                           "efficiency")
     nccl.add_argument("--loss", choices=("log", "relative"), default="log",
-                      help="least squares on log time (default) or on relative error")
-    nccl.add_argument("--fidelity", choices=("des", "analytic"), default="des")
-    nccl.add_argument("--algorithm", choices=("ring", "tree"), default="ring",
-                      help="all-reduce algorithm the log used (NCCL_ALGO)")
+                      help="(topologies without NCCL) least squares on log time or on "
+                           "relative error")
+    nccl.add_argument("--fidelity", choices=("des", "analytic"), default="analytic",
+                      help="how each row's transfer is timed while fitting (default analytic: "
+                           "equal to des for one collective on an idle fabric, and faster)")
+    nccl.add_argument("--algorithm", choices=("auto", "ring", "tree", "nvls"), default="auto",
+                      help="the algorithm every log forced (NCCL_ALGO); default: what each "
+                           "log's `# MOESIM: algorithm=` line says, else NCCL's tuner")
     nccl.set_defaults(handler=_run_nccl_tests)
     _add_live(sources)
     _add_kernels(sources)
@@ -365,14 +383,71 @@ def _run_nccl_tests(args: argparse.Namespace) -> int:
             f"{', '.join(args.logs)}: no rows of all_reduce/alltoall/all_gather/reduce_scatter "
             "in the size range; check --min-bytes/--max-bytes"
         )
+    if uses_nccl(build_topology(spec, source=str(path))):
+        fit = fit_protocols(spec, measurements, media=args.medium, fidelity=args.fidelity)
+        print(format_protocol_table(measurements, fit))
+        write_protocol_topology(spec, fit, args.logs, Path(args.output), original=path)
+        print(f"wrote {args.output}")
+        return 0
     result = fit_topology(
         spec, measurements, media=args.medium, fit_launch=not args.fixed_launch,
-        loss=args.loss, fidelity=args.fidelity, algorithm=args.algorithm,
+        loss=args.loss, fidelity=args.fidelity,
+        algorithm="ring" if args.algorithm == "auto" else args.algorithm,
     )
     print(format_table(measurements, result))
     write_topology(spec, result, args.logs, Path(args.output), original=path)
     print(f"wrote {args.output}")
     return 0
+
+
+def format_protocol_table(measurements: list[Measurement], fit: ProtocolFit) -> str:
+    """Fitted terms, measured vs predicted per row (with the algorithm/protocol it ran), and
+    the error per op, GPU count and size band."""
+    effs = ", ".join(f"{m} {e:.4f}" for m, e in fit.efficiency_by_medium.items()) or "-"
+    lines = [f"fitted link_efficiency: {effs}"]
+    for protocol, entry in fit.protocols.items():
+        terms = ", ".join(f"{k} {v * 1e6:.2f} us" if k.endswith("_s") else f"{k} {v:.3f}"
+                          for k, v in entry.items())
+        lines.append(f"  {protocol}: {terms}")
+    if fit.multi_gpu_launch_s is not None:
+        lines.append(f"  multi_gpu_launch_s: {fit.multi_gpu_launch_s * 1e6:.2f} us")
+    if fit.nvls_efficiency is not None:
+        lines.append(f"  nvls_efficiency {fit.nvls_efficiency:.3f}, nvls_latency_s "
+                     f"{(fit.nvls_latency_s or 0.0) * 1e6:.2f} us")
+    lines.append(f"{'op':<14}{'ranks':>5}{'bytes':>14}{'ran':>14}{'measured us':>13}"
+                 f"{'before us':>11}{'err':>8}{'after us':>11}{'err':>8}")
+    rows = zip(measurements, fit.calls, fit.before_s, fit.after_s, strict=True)
+    for m, call, before, after in rows:
+        lines.append(
+            f"{m.op:<14}{m.num_ranks:>5}{m.size_bytes:>14,.0f}{call:>14}{m.time_s * 1e6:>13.2f}"
+            f"{before * 1e6:>11.2f}{_pct(before, m.time_s):>8}"
+            f"{after * 1e6:>11.2f}{_pct(after, m.time_s):>8}"
+        )
+    lines.append(f"{'op':<14}{'ranks':>5}{'size band':>12}{'rows':>6}{'MAPE':>8}{'worst':>9}")
+    for op, n, band, count, mape, worst in band_errors(measurements, fit.after_s):
+        lines.append(f"{op:<14}{n:>5}{band:>12}{count:>6}{mape:>7.1f}%{worst:>+8.1f}%")
+    return "\n".join(lines)
+
+
+def write_protocol_topology(
+    spec: TopologySpec, fit: ProtocolFit, logs: list[str], out: Path, original: Path
+) -> None:
+    """Write the topology with the fitted protocol block, efficiencies and NVLS figures."""
+    note = (
+        f"Calibrated by `moesim calibrate nccl-tests` on {datetime.date.today()} from "
+        f"{', '.join(logs)}: protocols, link_efficiency, multi_gpu_launch_s and NVLS figures "
+        f"over all sizes (RMS log error {fit.loss ** 0.5:.3f})"
+    )
+    fitted = apply_fit(spec, fit)
+    fitted = fitted.model_copy(update={"sources": (*spec.sources, note)})
+    data = fitted.model_dump(mode="json", exclude_defaults=True)
+    header = (
+        f"# {spec.name}, calibrated from nccl-tests logs ({', '.join(logs)}).\n"
+        f"# Base topology: {original} (see its comments for the source of every figure).\n"
+        "# Fitted: protocols, link_efficiency, multi_gpu_launch_s, NVLS figures; see the last "
+        "`sources` entry.\n"
+    )
+    write_atomic(out, header + yaml.safe_dump(data, sort_keys=False))
 
 
 def format_table(measurements: list[Measurement], result: FitResult) -> str:

@@ -27,7 +27,6 @@ import numpy as np
 
 from moesim.engine.collective_model import (
     ALLREDUCE_ALGORITHMS,
-    NCCL_LAUNCH_S,
     OPS,
     CollectiveResult,
     check_bytes_matrix,
@@ -36,10 +35,16 @@ from moesim.engine.collective_model import (
     nvls_fill_s,
     nvls_flows,
     nvls_port_bytes,
-    nvls_switch,
     tree_depth,
 )
 from moesim.engine.network import Edge, Links, Routing
+from moesim.engine.protocols import (
+    CollectiveCall,
+    group_step_kind,
+    hop_kind,
+    resolve_call,
+    tree_protocol_latency_s,
+)
 from moesim.inputs.options import AllreduceAlgorithm
 
 __all__ = [
@@ -49,7 +54,6 @@ __all__ = [
     "allreduce",
     "allgather",
     "reducescatter",
-    "choose_allreduce_algorithm",
     "predict",
 ]
 
@@ -88,23 +92,28 @@ def alltoall(
     ranks: Sequence[int],
     bytes_matrix: np.ndarray,
     *,
-    launch_s: float = NCCL_LAUNCH_S,
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveResult:
     """Direct all-to-all bound; rank i ends when its slowest send or receive would."""
     ranks = check_ranks(ranks)
     n = len(ranks)
     matrix = check_bytes_matrix(bytes_matrix, n)
     offdiag = matrix * (1 - np.eye(n))
+    call = resolve_call(topo, "alltoall", ranks, float(offdiag.sum(axis=1).max(initial=0.0)),
+                        call=call, launch_s=launch_s)
     src_idx, dst_idx = np.nonzero(offdiag)
     flows = [
-        (topo.routes(ranks[i], ranks[j]), float(offdiag[i, j]))
+        (topo.routes(ranks[i], ranks[j]), float(offdiag[i, j]) * call.wire_factor)
         for i, j in zip(src_idx.tolist(), dst_idx.tolist(), strict=True)
     ]
     times = concurrent_flow_times_s(Links.from_graph(topo.graph), flows)
     per_rank = np.zeros(n)
     np.maximum.at(per_rank, src_idx, times)
     np.maximum.at(per_rank, dst_idx, times)
-    return CollectiveResult("alltoall", ranks, 0.0, launch_s + per_rank, float(offdiag.sum()))
+    delay_s = call.launch_s + (call.step_s(group_step_kind(topo, ranks)) if n > 1 else 0.0)
+    return CollectiveResult("alltoall", ranks, 0.0, delay_s + per_rank, float(offdiag.sum()),
+                            "direct", call.protocol)
 
 
 def allreduce(
@@ -112,52 +121,48 @@ def allreduce(
     ranks: Sequence[int],
     size_bytes: float,
     *,
-    algorithm: AllreduceAlgorithm = "ring",
-    launch_s: float = NCCL_LAUNCH_S,
+    algorithm: AllreduceAlgorithm = "auto",
+    protocol: str = "auto",
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveResult:
     """All-reduce bound by `ring` (2(n-1) steps of S/n), pipelined `tree`, `nvls` or `auto`."""
     ranks = check_ranks(ranks)
     n = len(ranks)
-    if algorithm == "auto":
-        algorithm = choose_allreduce_algorithm(topo, ranks, size_bytes, launch_s=launch_s)
-    if algorithm == "ring":
-        return _ring(topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s)
-    if algorithm == "tree":
-        return _tree_allreduce(topo, ranks, size_bytes, launch_s)
-    if algorithm == "nvls":
-        return _nvls_allreduce(topo, ranks, size_bytes, launch_s)
+    call = resolve_call(topo, "allreduce", ranks, size_bytes, algorithm=algorithm,
+                        protocol=protocol, call=call, launch_s=launch_s)
+    if call.algorithm == "ring":
+        return _ring(topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), call)
+    if call.algorithm == "tree":
+        return _tree_allreduce(topo, ranks, size_bytes, call)
+    if call.algorithm == "nvls":
+        return _nvls_allreduce(topo, ranks, size_bytes, call)
     raise ValueError(
-        f"allreduce algorithm must be one of {', '.join(ALLREDUCE_ALGORITHMS)}, got {algorithm!r}"
+        f"allreduce algorithm must be one of {', '.join(ALLREDUCE_ALGORITHMS)}, got "
+        f"{call.algorithm!r}"
     )
 
 
-def choose_allreduce_algorithm(
-    topo: Routing, ranks: Sequence[int], size_bytes: float, *, launch_s: float = NCCL_LAUNCH_S
-) -> AllreduceAlgorithm:
-    """What `auto` runs: `nvls` if the ranks share an `nvls` switch and it is faster, else ring."""
-    ranks = check_ranks(ranks)
-    if len(ranks) < 2 or nvls_switch(topo, ranks) is None:
-        return "ring"
-    n = len(ranks)
-    ring_s = _ring(topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s).time_s
-    nvls_s = _nvls_allreduce(topo, ranks, size_bytes, launch_s).time_s
-    return "nvls" if nvls_s < ring_s else "ring"
-
-
 def allgather(
-    topo: Routing, ranks: Sequence[int], size_bytes: float, *, launch_s: float = NCCL_LAUNCH_S
+    topo: Routing, ranks: Sequence[int], size_bytes: float, *, protocol: str = "auto",
+    launch_s: float | None = None, call: CollectiveCall | None = None,
 ) -> CollectiveResult:
     """Ring all-gather bound; `size_bytes` is the full gathered buffer."""
     ranks = check_ranks(ranks)
-    return _ring(topo, "allgather", ranks, size_bytes / len(ranks), len(ranks) - 1, launch_s)
+    call = resolve_call(topo, "allgather", ranks, size_bytes, algorithm="ring",
+                        protocol=protocol, call=call, launch_s=launch_s)
+    return _ring(topo, "allgather", ranks, size_bytes / len(ranks), len(ranks) - 1, call)
 
 
 def reducescatter(
-    topo: Routing, ranks: Sequence[int], size_bytes: float, *, launch_s: float = NCCL_LAUNCH_S
+    topo: Routing, ranks: Sequence[int], size_bytes: float, *, protocol: str = "auto",
+    launch_s: float | None = None, call: CollectiveCall | None = None,
 ) -> CollectiveResult:
     """Ring reduce-scatter bound; `size_bytes` is the full input buffer."""
     ranks = check_ranks(ranks)
-    return _ring(topo, "reducescatter", ranks, size_bytes / len(ranks), len(ranks) - 1, launch_s)
+    call = resolve_call(topo, "reducescatter", ranks, size_bytes, algorithm="ring",
+                        protocol=protocol, call=call, launch_s=launch_s)
+    return _ring(topo, "reducescatter", ranks, size_bytes / len(ranks), len(ranks) - 1, call)
 
 
 def _ring(
@@ -166,45 +171,51 @@ def _ring(
     ranks: tuple[int, ...],
     chunk_bytes: float,
     num_steps: int,
-    launch_s: float,
+    call: CollectiveCall,
 ) -> CollectiveResult:
     n = len(ranks)
     step_s = 0.0
     if n > 1 and num_steps > 0:
-        flows = [(topo.routes(ranks[i], ranks[(i + 1) % n]), chunk_bytes) for i in range(n)]
-        step_s = float(concurrent_flow_times_s(Links.from_graph(topo.graph), flows).max())
-    end_s = np.full(n, launch_s + num_steps * step_s)
+        hops = [topo.routes(ranks[i], ranks[(i + 1) % n]) for i in range(n)]
+        flows = [(paths, chunk_bytes * call.wire_factor) for paths in hops]
+        times = concurrent_flow_times_s(Links.from_graph(topo.graph), flows)
+        times = times + np.array([call.step_s(hop_kind(topo, paths[0])) for paths in hops])
+        step_s = float(times.max())
+    end_s = np.full(n, call.launch_s + num_steps * step_s)
     network_bytes = chunk_bytes * num_steps * n if n > 1 else 0.0
-    return CollectiveResult(op, ranks, 0.0, end_s, network_bytes, "ring")
+    return CollectiveResult(op, ranks, 0.0, end_s, network_bytes, "ring", call.protocol)
 
 
 def _tree_allreduce(
-    topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
+    topo: Routing, ranks: tuple[int, ...], size_bytes: float, call: CollectiveCall
 ) -> CollectiveResult:
     n = len(ranks)
     links = Links.from_graph(topo.graph)
     half = size_bytes / 2
     flows: list[Flow] = []
     for c, q in double_binary_tree_edges(n):
-        flows.append((topo.routes(ranks[c], ranks[q]), half))
-        flows.append((topo.routes(ranks[q], ranks[c]), half))
-    total_s = launch_s
+        flows.append((topo.routes(ranks[c], ranks[q]), half * call.wire_factor))
+        flows.append((topo.routes(ranks[q], ranks[c]), half * call.wire_factor))
+    total_s = call.launch_s
     if flows:
         latency_s, drain_s = _latency_and_drain_s(links, flows)
         total_s += 2 * tree_depth(n) * float(latency_s.max()) + float(drain_s.max())
-    return CollectiveResult("allreduce", ranks, 0.0, np.full(n, total_s), half * len(flows), "tree")
+        total_s += tree_protocol_latency_s(topo, ranks, call)
+    return CollectiveResult("allreduce", ranks, 0.0, np.full(n, total_s), half * len(flows),
+                            "tree", call.protocol)
 
 
 def _nvls_allreduce(
-    topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
+    topo: Routing, ranks: tuple[int, ...], size_bytes: float, call: CollectiveCall
 ) -> CollectiveResult:
     n = len(ranks)
     flows: list[Flow] = [([path], wire) for path, wire in nvls_flows(topo, ranks, size_bytes)]
-    total_s = launch_s + nvls_fill_s(topo, ranks)
+    total_s = call.launch_s + nvls_fill_s(topo, ranks)
     if n > 1:
         total_s += float(concurrent_flow_times_s(Links.from_graph(topo.graph), flows).max())
     network_bytes = n * nvls_port_bytes(n, size_bytes)
-    return CollectiveResult("allreduce", ranks, 0.0, np.full(n, total_s), network_bytes, "nvls")
+    return CollectiveResult("allreduce", ranks, 0.0, np.full(n, total_s), network_bytes, "nvls",
+                            call.protocol)
 
 
 def predict(
@@ -214,20 +225,25 @@ def predict(
     *,
     size_bytes: float | None = None,
     bytes_matrix: np.ndarray | None = None,
-    algorithm: AllreduceAlgorithm = "ring",
-    launch_s: float = NCCL_LAUNCH_S,
+    algorithm: AllreduceAlgorithm = "auto",
+    protocol: str = "auto",
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveResult:
     """Analytic counterpart of `collectives.simulate_collective` (same arguments)."""
     if op == "alltoall":
         if bytes_matrix is None:
             raise ValueError("alltoall needs bytes_matrix")
-        return alltoall(topo, ranks, bytes_matrix, launch_s=launch_s)
+        return alltoall(topo, ranks, bytes_matrix, launch_s=launch_s, call=call)
     if op not in OPS:
         raise ValueError(f"unknown collective {op!r}; choose one of {', '.join(OPS)}")
     if size_bytes is None:
         raise ValueError(f"{op} needs size_bytes")
     if op == "allreduce":
-        return allreduce(topo, ranks, size_bytes, algorithm=algorithm, launch_s=launch_s)
+        return allreduce(topo, ranks, size_bytes, algorithm=algorithm, protocol=protocol,
+                         launch_s=launch_s, call=call)
     if op == "allgather":
-        return allgather(topo, ranks, size_bytes, launch_s=launch_s)
-    return reducescatter(topo, ranks, size_bytes, launch_s=launch_s)
+        return allgather(topo, ranks, size_bytes, protocol=protocol, launch_s=launch_s,
+                         call=call)
+    return reducescatter(topo, ranks, size_bytes, protocol=protocol, launch_s=launch_s,
+                         call=call)

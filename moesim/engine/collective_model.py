@@ -41,13 +41,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.engine.network import Edge, Routing
+from moesim.engine.protocols import NCCL_LAUNCH_S, nvls_switch
 from moesim.errors import TopologyError
 from moesim.inputs.options import AllreduceAlgorithm, CollectiveOp, choices
 
 __all__ = [
     "NCCL_LAUNCH_S",
-    "LL_WIRE_FACTOR",
-    "alltoall_protocol",
     "collective_launch_s",
     "OPS",
     "ALLREDUCE_ALGORITHMS",
@@ -67,40 +66,13 @@ __all__ = [
 
 
 
-# Fixed cost of one NCCL collective before bytes move: NCCL's own tuning model uses a base
-# latency of 8.4 us for Ring/Simple (NVIDIA/nccl src/graph/tuning.cc, `baseLat`, NCCL 2.1x;
-# LL protocols 6.6-6.8 us). We take 8.4 us for every collective here.
-NCCL_LAUNCH_S = 8.4e-6
-
-
-# NCCL's LL protocol writes each 4-byte word with a 4-byte flag in one 8-byte store, so it puts
-# twice the payload on the wire in exchange for a lower fixed cost (NCCL src/graph/tuning.cc:
-# LL bandwidth is half of Simple's; baseLat LL 6.6 us vs Simple 8.4 us).
-LL_WIRE_FACTOR = 2.0
-
-
-def alltoall_protocol(
-    topo: Routing, ranks: Sequence[int], per_rank_bytes: float, launch_s: float
-) -> tuple[float, float]:
-    """(launch seconds, wire-bytes factor) of a direct all-to-all sending `per_rank_bytes` from
-    the busiest rank: the LL protocol where the topology gives `ll_launch_s` and LL is faster
-    (small messages), else Simple. Estimated on the port of the first rank pair, as NCCL picks
-    a protocol per call by size."""
-    ll_launch_s = getattr(topo, "ll_launch_s", None)
-    if ll_launch_s is None or len(ranks) < 2:
-        return launch_s, 1.0
-    graph = topo.graph
-    route = topo.routes(int(ranks[0]), int(ranks[1]))[0]
-    port = min(float(graph.edges[edge]["bandwidth_bytes_per_s"]) for edge in route)
-    simple_s = launch_s + per_rank_bytes / port
-    ll_s = float(ll_launch_s) + LL_WIRE_FACTOR * per_rank_bytes / port
-    return (float(ll_launch_s), LL_WIRE_FACTOR) if ll_s < simple_s else (launch_s, 1.0)
-
-
 def collective_launch_s(topo: object) -> float:
-    """The topology's calibrated collective launch latency, else NCCL_LAUNCH_S."""
-    launch_s = getattr(topo, "collective_launch_s", None)
-    return NCCL_LAUNCH_S if launch_s is None else float(launch_s)
+    """The launch latency of a Simple-protocol call on this topology (NCCL's 8.4 us unless
+    the topology's `protocols` / `collective_launch_s` say otherwise)."""
+    from moesim.engine.protocols import protocol_costs
+
+    return protocol_costs(topo)["Simple"].launch_s  # type: ignore[arg-type]
+
 
 OPS: tuple[str, ...] = choices(CollectiveOp)
 
@@ -122,6 +94,7 @@ class CollectiveResult:
     end_times_s: np.ndarray  # [n] absolute end time of each rank's part, seconds
     network_bytes: float  # bytes sent GPU-to-GPU (each byte once, however many hops)
     algorithm: str = "direct"
+    protocol: str = "Simple"  # NCCL protocol it ran on (LL, LL128, Simple)
 
     @property
     def time_s(self) -> float:
@@ -144,25 +117,6 @@ def double_binary_tree_edges(n: int) -> list[tuple[int, int]]:
     first = [(p, (p - 1) // 2) for p in range(1, n)]
     second = [(n - 1 - c, n - 1 - q) for c, q in first]
     return first + second
-
-
-def nvls_switch(topo: Routing, ranks: Sequence[int]) -> str | None:
-    """The one `nvls` switch every rank's GPU (`gpu{rank}`) has a port to, else None."""
-    graph = topo.graph
-    found: set[str] = set()
-    for rank in ranks:
-        gpu = f"gpu{rank}"
-        if gpu not in graph:
-            return None
-        ports = [
-            node
-            for node in graph.successors(gpu)
-            if graph.nodes[node].get("kind") == "nvswitch" and graph.nodes[node].get("nvls")
-        ]
-        if not ports:
-            return None
-        found.update(ports)
-    return found.pop() if len(found) == 1 else None
 
 
 def nvls_port_bytes(n: int, size_bytes: float) -> float:

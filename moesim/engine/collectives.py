@@ -19,10 +19,8 @@ import simpy
 from moesim.engine import analytic
 from moesim.engine.collective_model import (
     ALLREDUCE_ALGORITHMS,
-    NCCL_LAUNCH_S,
     OPS,
     CollectiveResult,
-    alltoall_protocol,
     check_bytes_matrix,
     check_ranks,
     double_binary_tree_edges,
@@ -32,6 +30,13 @@ from moesim.engine.collective_model import (
     tree_depth,
 )
 from moesim.engine.network import FlowNetwork, Routing
+from moesim.engine.protocols import (
+    CollectiveCall,
+    group_step_kind,
+    hop_kind,
+    resolve_call,
+    tree_protocol_latency_s,
+)
 from moesim.inputs.options import AllreduceAlgorithm
 
 __all__ = [
@@ -56,6 +61,7 @@ class CollectiveRun:
     done: simpy.Event
     network_bytes: float
     algorithm: str
+    protocol: str = "Simple"
 
     def result(self) -> CollectiveResult:
         """The result once `done` has fired."""
@@ -63,7 +69,8 @@ class CollectiveRun:
             raise RuntimeError("collective has not finished; run the environment until run.done")
         ends = np.array([ev.value for ev in self.rank_done], dtype=float)
         return CollectiveResult(
-            self.op, self.ranks, self.start_s, ends, self.network_bytes, self.algorithm
+            self.op, self.ranks, self.start_s, ends, self.network_bytes, self.algorithm,
+            self.protocol,
         )
 
 
@@ -76,28 +83,36 @@ def alltoall(
     ranks: Sequence[int],
     bytes_matrix: np.ndarray,
     *,
-    launch_s: float = NCCL_LAUNCH_S,
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveRun:
-    """Direct all-to-all: `bytes_matrix[i, j]` bytes from `ranks[i]` to `ranks[j]`, all at once."""
+    """Direct all-to-all: `bytes_matrix[i, j]` bytes from `ranks[i]` to `ranks[j]`, all at once.
+
+    The call (default: `plan_call` for the busiest rank's bytes) sets the launch, one step
+    latency and the wire bytes per payload byte; `launch_s` overrides its launch."""
     ranks = check_ranks(ranks)
     n = len(ranks)
     matrix = check_bytes_matrix(bytes_matrix, n)
+    offdiag = matrix * (1 - np.eye(n))
+    call = resolve_call(topo, "alltoall", ranks, float(offdiag.sum(axis=1).max(initial=0.0)),
+                        call=call, launch_s=launch_s)
+    wire = offdiag * call.wire_factor
     env = net.env
     rank_done = [env.event() for _ in range(n)]
-    offdiag = matrix * (1 - np.eye(n))
-    src_idx, dst_idx = np.nonzero(offdiag)
+    src_idx, dst_idx = np.nonzero(wire)
 
     def start(_ev: simpy.Event) -> None:
         per_rank: list[list[simpy.Event]] = [[] for _ in range(n)]
         for i, j in zip(src_idx.tolist(), dst_idx.tolist(), strict=True):
-            flow = net.transfer_multipath(topo.routes(ranks[i], ranks[j]), offdiag[i, j])
+            flow = net.transfer_multipath(topo.routes(ranks[i], ranks[j]), wire[i, j])
             per_rank[i].append(flow)
             per_rank[j].append(flow)
         for k in range(n):
             _succeed_when_all(env, per_rank[k], rank_done[k])
 
-    env.timeout(launch_s).callbacks.append(start)
-    return _run("alltoall", ranks, env, rank_done, float(offdiag.sum()), "direct")
+    delay_s = call.launch_s + (call.step_s(group_step_kind(topo, ranks)) if n > 1 else 0.0)
+    env.timeout(delay_s).callbacks.append(start)
+    return _run("alltoall", ranks, env, rank_done, float(offdiag.sum()), "direct", call.protocol)
 
 
 # ---- ring algorithms -----------------------------------------------------------------------
@@ -109,22 +124,26 @@ def allreduce(
     ranks: Sequence[int],
     size_bytes: float,
     *,
-    algorithm: AllreduceAlgorithm = "ring",
-    launch_s: float = NCCL_LAUNCH_S,
+    algorithm: AllreduceAlgorithm = "auto",
+    protocol: str = "auto",
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveRun:
-    """All-reduce of a `size_bytes` buffer on every rank: `ring`, `tree`, `nvls` or `auto`."""
+    """All-reduce of a `size_bytes` buffer on every rank: `ring`, `tree`, `nvls`, or `auto`
+    (NCCL's tuner), on `protocol` (LL, LL128, Simple, auto)."""
     ranks = check_ranks(ranks)
     n = len(ranks)
-    if algorithm == "auto":
-        algorithm = analytic.choose_allreduce_algorithm(topo, ranks, size_bytes, launch_s=launch_s)
-    if algorithm == "ring":
-        return _ring(net, topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), launch_s)
-    if algorithm == "tree":
-        return _tree_allreduce(net, topo, ranks, size_bytes, launch_s)
-    if algorithm == "nvls":
-        return _nvls_allreduce(net, topo, ranks, size_bytes, launch_s)
+    call = resolve_call(topo, "allreduce", ranks, size_bytes, algorithm=algorithm,
+                        protocol=protocol, call=call, launch_s=launch_s)
+    if call.algorithm == "ring":
+        return _ring(net, topo, "allreduce", ranks, size_bytes / n, 2 * (n - 1), call)
+    if call.algorithm == "tree":
+        return _tree_allreduce(net, topo, ranks, size_bytes, call)
+    if call.algorithm == "nvls":
+        return _nvls_allreduce(net, topo, ranks, size_bytes, call)
     raise ValueError(
-        f"allreduce algorithm must be one of {', '.join(ALLREDUCE_ALGORITHMS)}, got {algorithm!r}"
+        f"allreduce algorithm must be one of {', '.join(ALLREDUCE_ALGORITHMS)}, got "
+        f"{call.algorithm!r}"
     )
 
 
@@ -134,12 +153,16 @@ def allgather(
     ranks: Sequence[int],
     size_bytes: float,
     *,
-    launch_s: float = NCCL_LAUNCH_S,
+    protocol: str = "auto",
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveRun:
     """Ring all-gather; `size_bytes` is the full gathered buffer (each rank contributes 1/n)."""
     ranks = check_ranks(ranks)
     n = len(ranks)
-    return _ring(net, topo, "allgather", ranks, size_bytes / n, n - 1, launch_s)
+    call = resolve_call(topo, "allgather", ranks, size_bytes, algorithm="ring",
+                        protocol=protocol, call=call, launch_s=launch_s)
+    return _ring(net, topo, "allgather", ranks, size_bytes / n, n - 1, call)
 
 
 def reducescatter(
@@ -148,12 +171,16 @@ def reducescatter(
     ranks: Sequence[int],
     size_bytes: float,
     *,
-    launch_s: float = NCCL_LAUNCH_S,
+    protocol: str = "auto",
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveRun:
     """Ring reduce-scatter; `size_bytes` is the full input buffer (each rank keeps 1/n)."""
     ranks = check_ranks(ranks)
     n = len(ranks)
-    return _ring(net, topo, "reducescatter", ranks, size_bytes / n, n - 1, launch_s)
+    call = resolve_call(topo, "reducescatter", ranks, size_bytes, algorithm="ring",
+                        protocol=protocol, call=call, launch_s=launch_s)
+    return _ring(net, topo, "reducescatter", ranks, size_bytes / n, n - 1, call)
 
 
 def _ring(
@@ -163,12 +190,15 @@ def _ring(
     ranks: tuple[int, ...],
     chunk_bytes: float,
     num_steps: int,
-    launch_s: float,
+    call: CollectiveCall,
 ) -> CollectiveRun:
     """`num_steps` ring steps of `chunk_bytes` from ranks[i] to ranks[i+1], step-synchronised:
     a rank starts step s+1 when its send and its receive of step s are done. Each step is one
     flow group (`FlowNetwork.open_group`) counting a rank's send and receive parts, so the
-    network reports ranks ready for their next step without a simpy event per flow."""
+    network reports ranks ready for their next step without a simpy event per flow. Each step
+    pays its path latency plus the protocol's step latency for the hop's kind, and moves the
+    chunk times the protocol's wire factor."""
+    launch_s = call.launch_s
     env = net.env
     n = len(ranks)
     rank_done = [env.event() for _ in range(n)]
@@ -179,12 +209,14 @@ def _ring(
                 event.succeed(env.now)
 
         env.timeout(launch_s).callbacks.append(finish_all)
-        return _run(op, ranks, env, rank_done, network_bytes, "ring")
+        return _run(op, ranks, env, rank_done, network_bytes, "ring", call.protocol)
     links = net.links
     paths = [[links.ids(path) for path in topo.routes(ranks[i], ranks[(i + 1) % n])]
              for i in range(n)]
-    latency_s = [np.array([float(links.latency_s[ids].sum()) for ids in rank_paths])
-                 for rank_paths in paths]
+    routes = [topo.routes(ranks[i], ranks[(i + 1) % n]) for i in range(n)]
+    latency_s = [np.array([float(links.latency_s[ids].sum()) + call.step_s(hop_kind(topo, path))
+                           for ids, path in zip(rank_paths, routes[i], strict=True)])
+                 for i, rank_paths in enumerate(paths)]
     parts = np.zeros(max(ranks) + 1, dtype=np.int64)
     for i, rank_paths in enumerate(paths):
         parts[ranks[i]] += len(rank_paths)
@@ -193,7 +225,8 @@ def _ring(
 
     flat_paths = [ids for rank_paths in paths for ids in rank_paths]
     part_of = np.repeat(np.arange(n), [len(rank_paths) for rank_paths in paths])
-    part_sizes = np.concatenate([np.full(len(rank_paths), chunk_bytes / len(rank_paths))
+    wire_bytes = chunk_bytes * call.wire_factor
+    part_sizes = np.concatenate([np.full(len(rank_paths), wire_bytes / len(rank_paths))
                                  for rank_paths in paths])
     part_src = np.asarray(ranks, dtype=np.int64)[part_of]
     part_dst = np.asarray([ranks[(i + 1) % n] for i in range(n)], dtype=np.int64)[part_of]
@@ -223,30 +256,33 @@ def _ring(
         send(0, list(range(n)))
 
     env.timeout(launch_s).callbacks.append(start)
-    return _run(op, ranks, env, rank_done, network_bytes, "ring")
+    return _run(op, ranks, env, rank_done, network_bytes, "ring", call.protocol)
 
 
 # ---- double binary tree ------------------------------------------------------------------
 
 
 def _tree_allreduce(
-    net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
+    net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float,
+    call: CollectiveCall
 ) -> CollectiveRun:
     env = net.env
     n = len(ranks)
     half = size_bytes / 2
+    wire = half * call.wire_factor
     edges = double_binary_tree_edges(n)
     rank_done = [env.event() for _ in range(n)]
     path_lat = [
         max(net.path_latency_s(p) for p in topo.routes(ranks[c], ranks[q])) for c, q in edges
     ]
     fill_s = (2 * tree_depth(n) - 1) * max(path_lat) if edges else 0.0
+    fill_s += tree_protocol_latency_s(topo, ranks, call)
 
     def start(_ev: simpy.Event) -> None:
         flows = []
         for c, q in edges:  # reduce up and broadcast down stream concurrently (pipelined)
-            flows.append(net.transfer_multipath(topo.routes(ranks[c], ranks[q]), half))
-            flows.append(net.transfer_multipath(topo.routes(ranks[q], ranks[c]), half))
+            flows.append(net.transfer_multipath(topo.routes(ranks[c], ranks[q]), wire))
+            flows.append(net.transfer_multipath(topo.routes(ranks[q], ranks[c]), wire))
         env.process(finish(flows))
 
     def finish(flows: list[simpy.Event]) -> Generator[simpy.Event, object, None]:
@@ -255,15 +291,16 @@ def _tree_allreduce(
         for ev in rank_done:
             ev.succeed(env.now)
 
-    env.timeout(launch_s).callbacks.append(start)
-    return _run("allreduce", ranks, env, rank_done, 2 * half * len(edges), "tree")
+    env.timeout(call.launch_s).callbacks.append(start)
+    return _run("allreduce", ranks, env, rank_done, 2 * half * len(edges), "tree", call.protocol)
 
 
 # ---- NVLS (NVLink SHARP) -----------------------------------------------------------------
 
 
 def _nvls_allreduce(
-    net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float, launch_s: float
+    net: FlowNetwork, topo: Routing, ranks: tuple[int, ...], size_bytes: float,
+    call: CollectiveCall
 ) -> CollectiveRun:
     env = net.env
     n = len(ranks)
@@ -280,9 +317,9 @@ def _nvls_allreduce(
         for ev in rank_done:
             ev.succeed(env.now)
 
-    env.timeout(launch_s).callbacks.append(start)
+    env.timeout(call.launch_s).callbacks.append(start)
     network_bytes = n * nvls_port_bytes(n, size_bytes)  # payload into the switch
-    return _run("allreduce", ranks, env, rank_done, network_bytes, "nvls")
+    return _run("allreduce", ranks, env, rank_done, network_bytes, "nvls", call.protocol)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -309,9 +346,11 @@ def _run(
     rank_done: list[simpy.Event],
     network_bytes: float,
     algorithm: str,
+    protocol: str = "Simple",
 ) -> CollectiveRun:
     done = env.all_of(rank_done)
-    return CollectiveRun(op, ranks, env.now, rank_done, done, network_bytes, algorithm)
+    return CollectiveRun(op, ranks, env.now, rank_done, done, network_bytes, algorithm,
+                         protocol)
 
 
 # ---- nccl-tests conventions and one-shot runs -------------------------------------------
@@ -324,8 +363,10 @@ def simulate_collective(
     *,
     size_bytes: float | None = None,
     bytes_matrix: np.ndarray | None = None,
-    algorithm: AllreduceAlgorithm = "ring",
-    launch_s: float = NCCL_LAUNCH_S,
+    algorithm: AllreduceAlgorithm = "auto",
+    protocol: str = "auto",
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
 ) -> CollectiveResult:
     """Run one collective alone on an idle network in a fresh simpy environment."""
     env = simpy.Environment()
@@ -333,15 +374,18 @@ def simulate_collective(
     if op == "alltoall":
         if bytes_matrix is None:
             raise ValueError("alltoall needs bytes_matrix")
-        run = alltoall(net, topo, ranks, bytes_matrix, launch_s=launch_s)
+        run = alltoall(net, topo, ranks, bytes_matrix, launch_s=launch_s, call=call)
     elif size_bytes is None:
         raise ValueError(f"{op} needs size_bytes")
     elif op == "allreduce":
-        run = allreduce(net, topo, ranks, size_bytes, algorithm=algorithm, launch_s=launch_s)
+        run = allreduce(net, topo, ranks, size_bytes, algorithm=algorithm, protocol=protocol,
+                        launch_s=launch_s, call=call)
     elif op == "allgather":
-        run = allgather(net, topo, ranks, size_bytes, launch_s=launch_s)
+        run = allgather(net, topo, ranks, size_bytes, protocol=protocol, launch_s=launch_s,
+                        call=call)
     elif op == "reducescatter":
-        run = reducescatter(net, topo, ranks, size_bytes, launch_s=launch_s)
+        run = reducescatter(net, topo, ranks, size_bytes, protocol=protocol, launch_s=launch_s,
+                            call=call)
     else:
         raise ValueError(f"unknown collective {op!r}; choose one of {', '.join(OPS)}")
     env.run(until=run.done)
@@ -355,35 +399,18 @@ def predict_collective(
     *,
     size_bytes: float | None = None,
     bytes_matrix: np.ndarray | None = None,
-    algorithm: AllreduceAlgorithm = "ring",
-    launch_s: float = NCCL_LAUNCH_S,
+    algorithm: AllreduceAlgorithm = "auto",
+    protocol: str = "auto",
+    launch_s: float | None = None,
+    call: CollectiveCall | None = None,
     fidelity: str = "des",
 ) -> CollectiveResult:
-    """One collective at the chosen fidelity: `des` (flows, max-min) or `analytic` (closed form).
-
-    An all-to-all runs on the protocol `alltoall_protocol` picks for its size."""
-    if op == "alltoall" and bytes_matrix is not None:
-        off = np.asarray(bytes_matrix, dtype=float) * (1 - np.eye(len(ranks)))
-        launch_s, factor = alltoall_protocol(topo, ranks, float(off.sum(axis=1).max()), launch_s)
-        bytes_matrix = np.asarray(bytes_matrix, dtype=float) * factor
+    """One collective at the chosen fidelity: `des` (flows, max-min) or `analytic` (closed
+    form), on the algorithm and protocol NCCL's tuner picks unless forced (or `call` given)."""
+    args = {"size_bytes": size_bytes, "bytes_matrix": bytes_matrix, "algorithm": algorithm,
+            "protocol": protocol, "launch_s": launch_s, "call": call}
     if fidelity == "des":
-        return simulate_collective(
-            topo,
-            op,
-            ranks,
-            size_bytes=size_bytes,
-            bytes_matrix=bytes_matrix,
-            algorithm=algorithm,
-            launch_s=launch_s,
-        )
+        return simulate_collective(topo, op, ranks, **args)  # type: ignore[arg-type]
     if fidelity == "analytic":
-        return analytic.predict(
-            topo,
-            op,
-            ranks,
-            size_bytes=size_bytes,
-            bytes_matrix=bytes_matrix,
-            algorithm=algorithm,
-            launch_s=launch_s,
-        )
+        return analytic.predict(topo, op, ranks, **args)  # type: ignore[arg-type]
     raise ValueError(f"fidelity must be 'des' or 'analytic', got {fidelity!r}")

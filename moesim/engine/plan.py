@@ -90,7 +90,7 @@ class Collective(Operation):
     op: Literal["allreduce", "allgather", "reducescatter"]
     groups: tuple[tuple[int, ...], ...]
     size_bytes: tuple[float, ...]
-    algorithm: AllreduceAlgorithm = "ring"
+    algorithm: AllreduceAlgorithm = "auto"
     stream: Stream = "comm"
 
 

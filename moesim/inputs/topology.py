@@ -76,7 +76,6 @@ class Topology:
         self.num_gpus = spec.nodes * spec.gpus_per_node
         self.gpu_nodes = [f"gpu{rank}" for rank in range(self.num_gpus)]
         self.collective_launch_s: float | None = spec.collective_launch_s
-        self.ll_launch_s: float | None = spec.ll_launch_s
         self._cached_routes = functools.lru_cache(maxsize=None)(self._compute_routes)
 
     def __repr__(self) -> str:
@@ -130,9 +129,13 @@ class Topology:
         if src_rank == dst_rank:
             return ((),)
         src, dst = self.gpu_nodes[src_rank], self.gpu_nodes[dst_rank]
+        node_paths: list[list[str]] = []
         if self.p2p(src_rank) and self.p2p(dst_rank):
             node_paths = _shortest_paths(self.graph, src, dst)
-        else:
+            if _path_level(self.graph, node_paths[0]) > _P2P_LEVELS[
+                    self.graph.nodes[src].get("p2p_level", "SYS")]:
+                node_paths = []  # NCCL would not use P2P this far: SHM through host memory
+        if not node_paths:
             staging = self.staging_node(src_rank)
             node_paths = [
                 head + tail[1:]
@@ -140,6 +143,34 @@ class Topology:
                 for tail in _shortest_paths(self.graph, staging, dst)
             ]
         return tuple(sorted(tuple(itertools.pairwise(path)) for path in node_paths))
+
+
+# NCCL's path types between two GPUs over PCIe, nearest first (src/include/graph.h): PIX one
+# switch, PXB several switches, PHB through a CPU's host bridge, SYS across the socket link.
+_P2P_LEVELS = {"PIX": 0, "PXB": 1, "PHB": 2, "SYS": 3}
+
+
+def _path_level(graph: nx.DiGraph, path: list[str]) -> int:
+    """NCCL's path type of a GPU-to-GPU node path: SYS if it crosses two CPUs, PHB one, PXB
+    several PCIe switches, else PIX (NVLink and network paths count as PIX: P2P allowed)."""
+    kinds = [graph.nodes[node].get("kind") for node in path[1:-1]]
+    cpus = kinds.count("cpu")
+    if cpus >= 2:
+        return _P2P_LEVELS["SYS"]
+    if cpus == 1:
+        return _P2P_LEVELS["PHB"]
+    return _P2P_LEVELS["PXB"] if kinds.count("pcie_switch") > 1 else _P2P_LEVELS["PIX"]
+
+
+def _default_p2p_level(block: PcieTreeFabric, gpus_per_node: int) -> str:
+    """NCCL's default P2P level (src/graph/paths.cc ncclTopoCheckP2p): "By default don't use
+    P2P across CPU Host Bridges and further apart" (PXB), except "Allow P2P between pairs of
+    GPU devices on AMD systems" (SYS with at most 2 GPUs); no vendor given: SYS."""
+    if block.p2p_level is not None:
+        return block.p2p_level
+    if block.cpu_vendor is None or (block.cpu_vendor == "amd" and gpus_per_node <= 2):
+        return "SYS"
+    return "PXB"
 
 
 def _shortest_paths(graph: nx.DiGraph, src: str, dst: str) -> list[list[str]]:
@@ -293,6 +324,7 @@ def _build_pcie_tree(b: _Builder, spec: TopologySpec, block: PcieTreeFabric, fie
                 field,
             )
             b.graph.nodes[gpu]["p2p"] = p2p[local]
+            b.graph.nodes[gpu]["p2p_level"] = _default_p2p_level(block, spec.gpus_per_node)
 
 
 def _pcie_sockets(

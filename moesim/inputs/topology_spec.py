@@ -26,6 +26,8 @@ __all__ = [
     "DeviceKind",
     "GpuSpec",
     "LinkSpec",
+    "Protocol",
+    "ProtocolSpec",
     "NvSwitchFabric",
     "PcieTreeFabric",
     "NetworkFabric",
@@ -79,6 +81,10 @@ class GpuSpec(_Frozen):
     kernel_key: str | None = Field(
         default=None, description="this GPU's entry in kernel profiles (h100-sxm, h200, "
         "a100-sxm, l40s, b200, ...); None: the roofline above")
+    compute_capability: float | None = Field(
+        default=None, gt=0, description="CUDA compute capability (9.0 Hopper, 8.0 Ampere, "
+        "10.0 Blackwell): collectives follow NCCL's protocols and tuner for it; None (a CPU "
+        "process, gloo): one fixed launch cost per collective, no protocols")
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -91,6 +97,24 @@ class GpuSpec(_Frozen):
         """Dense tensor-core peak of format `fmt` (bf16, fp8, fp4); bf16 where it has none."""
         peak = {"fp8": self.peak_fp8_flops_per_s, "fp4": self.peak_fp4_flops_per_s}.get(fmt)
         return peak or self.peak_bf16_flops_per_s
+
+
+Protocol = Literal["LL", "LL128", "Simple"]
+
+
+class ProtocolSpec(_Frozen):
+    """One NCCL protocol's costs; None keeps NCCL's default (moesim.engine.protocols)."""
+
+    launch_s: Latency | None = Field(default=None, description="fixed cost per call")
+    nvlink_step_latency_s: Latency | None = Field(
+        default=None, description="added per ring step / tree level on an NVLink hop")
+    pci_step_latency_s: Latency | None = Field(
+        default=None, description="added per step on a PCIe (or host-staged) hop")
+    net_step_latency_s: Latency | None = Field(
+        default=None, description="added per step on a hop across the network")
+    bandwidth_fraction: Fraction | None = Field(
+        default=None, description="payload share of the link bandwidth (LL 0.5, LL128 0.92, "
+        "Simple 1 by default)")
 
 
 class LinkSpec(_Frozen):
@@ -141,6 +165,14 @@ class PcieTreeFabric(_Frozen):
     hostmem_bandwidth_bytes_per_s: Bandwidth
     hostmem_latency_s: Latency = 0.0
     p2p: bool | tuple[bool, ...] = True
+    cpu_vendor: Literal["intel", "amd", "arm"] | None = Field(
+        default=None, description="sets NCCL's default P2P level: intel/arm PXB (no P2P "
+        "through the CPU), amd SYS with at most 2 GPUs per server else PXB; None: P2P "
+        "wherever `p2p` allows")
+    p2p_level: Literal["PIX", "PXB", "PHB", "SYS"] | None = Field(
+        default=None, description="farthest path GPUs use P2P over (NCCL_P2P_LEVEL): PIX one "
+        "switch, PXB switches only, PHB through one CPU, SYS across sockets; farther pairs "
+        "stage through host memory (NCCL's SHM transport); None: from cpu_vendor")
 
 
 class NetworkFabric(_Frozen):
@@ -209,12 +241,30 @@ class TopologySpec(_Frozen):
         ge=0,
         description="fixed cost of one collective before bytes move; None: NCCL's default",
     )
-    ll_launch_s: float | None = Field(
+    protocols: dict[Protocol, ProtocolSpec] = Field(
+        default_factory=dict,
+        description="NCCL protocol costs (LL, LL128, Simple) over NCCL's defaults "
+        "(moesim.engine.protocols); fitted by `moesim calibrate nccl-tests`",
+    )
+    multi_gpu_launch_s: float | None = Field(
         default=None,
         ge=0,
-        description="fixed cost of a small all-to-all on NCCL's low-latency (LL) protocol, "
-        "which sends twice the bytes; None: only the simple protocol is modelled",
+        description="extra launch per further GPU one process drives (nccl-tests -g N); "
+        "None: 0",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_ll_launch(cls, data: Any) -> Any:
+        """`ll_launch_s: X` (before protocols existed) means `protocols: {LL: {launch_s: X}}`."""
+        if isinstance(data, dict) and "ll_launch_s" in data:
+            data = dict(data)
+            value = data.pop("ll_launch_s")
+            protocols = dict(data.get("protocols") or {})
+            if value is not None and "LL" not in protocols:
+                protocols["LL"] = {"launch_s": value}
+            data["protocols"] = protocols
+        return data
 
 
 def _catalog() -> dict[str, dict[str, Any]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from moesim.engine.collective_model import collective_launch_s
 from moesim.engine.network import Routing
 from moesim.engine.plan import StepPlan
 from moesim.engine.routes import RouteTable, build_route_table
@@ -34,8 +33,8 @@ class Backend(Protocol):
 
     name: str
 
-    def execute(self, plan: StepPlan, topo: Routing, routes: RouteTable, launch_s: float
-                ) -> StepTimeline:
+    def execute(self, plan: StepPlan, topo: Routing, routes: RouteTable,
+                launch_s: float | None = None) -> StepTimeline:
         """The plan's timeline: every operation's start and end on every rank."""
         ...
 
@@ -64,8 +63,7 @@ def execute(
     routes: RouteTable | None = None,
     launch_s: float | None = None,
 ) -> StepTimeline:
-    """Run `plan` on `topo` at `fidelity`; launch latency from the topology unless given."""
+    """Run `plan` on `topo` at `fidelity`; each collective's launch from its protocol on the
+    topology (`moesim.engine.protocols`) unless `launch_s` overrides every one."""
     runner = backend(fidelity)
-    if launch_s is None:
-        launch_s = collective_launch_s(topo)
     return runner.execute(plan, topo, routes or build_route_table(topo, plan.world), launch_s)

@@ -5,7 +5,7 @@ free. A compute takes its seconds. An exchange or collective starts when every r
 is ready (a barrier over its ranks) and ends for rank r:
 - exchange: launch + r's slowest send or receive under the bottleneck-link bound (bytes on the
   busiest link of a pair's routes / bandwidth, plus the path latency), on the protocol
-  `alltoall_protocol` picks for the size;
+  NCCL's send/recv picks for the size (`moesim.engine.protocols`);
 - collective: the closed form of its group's algorithm (`moesim.engine.analytic`);
 - barrier: when the last rank is ready.
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.engine import analytic
-from moesim.engine.collective_model import alltoall_protocol
 from moesim.engine.network import Routing
 from moesim.engine.plan import Barrier, Collective, Compute, Exchange, StepPlan
+from moesim.engine.protocols import alltoall_delay_and_wire
 from moesim.engine.routes import RouteTable
 from moesim.engine.timeline import StepTimeline
 
@@ -29,22 +29,23 @@ _BATCH_ENTRIES = 1 << 16  # small enough to stay in cache
 
 
 def pairwise_bound_s(
-    routes: RouteTable, topo: Routing, matrix: np.ndarray, launch_s: float
+    routes: RouteTable, topo: Routing, matrix: np.ndarray, launch_s: float | None = None
 ) -> np.ndarray:
     """Per rank: launch + its slowest send or receive under the bottleneck-link bound."""
     return pairwise_bounds_s(routes, topo, np.asarray(matrix)[None], launch_s)[0]
 
 
 def pairwise_bounds_s(
-    routes: RouteTable, topo: Routing, matrices: np.ndarray, launch_s: float
+    routes: RouteTable, topo: Routing, matrices: np.ndarray, launch_s: float | None = None
 ) -> np.ndarray:
     """`[K, W]`: `pairwise_bound_s` of K `[W, W]` matrices at once, each on the protocol
-    `alltoall_protocol` picks for its busiest rank's bytes."""
+    NCCL's send/recv picks for its busiest rank's bytes (`launch_s`: override the launch)."""
     world = routes.world
     off = np.array(matrices, dtype=np.float64).reshape(-1, world, world)
     off[:, np.arange(world), np.arange(world)] = 0.0
     busiest = off.sum(axis=2).max(axis=1)
-    protocol = [alltoall_protocol(topo, range(world), float(b), launch_s) for b in busiest]
+    protocol = [alltoall_delay_and_wire(topo, range(world), float(b), launch_s)
+                for b in busiest]
     launch = np.array([p[0] for p in protocol])
     off *= np.array([p[1] for p in protocol])[:, None, None]
     drain = routes.link_loads(off) / routes.links.capacity_bytes_per_s
@@ -53,7 +54,8 @@ def pairwise_bounds_s(
     return launch[:, None] + np.maximum(pair_s.max(axis=2), pair_s.max(axis=1))
 
 
-def _collective_s(topo: Routing, op: Collective, world: int, launch_s: float) -> np.ndarray:
+def _collective_s(topo: Routing, op: Collective, world: int, launch_s: float | None
+                  ) -> np.ndarray:
     """Per rank: the closed-form time of its group's collective (0 outside every group)."""
     out = np.zeros(world)
     for ranks, size in zip(op.groups, op.size_bytes, strict=True):
@@ -73,8 +75,8 @@ class AnalyticBackend:
 
     name = "analytic"
 
-    def execute(self, plan: StepPlan, topo: Routing, routes: RouteTable, launch_s: float
-                ) -> StepTimeline:
+    def execute(self, plan: StepPlan, topo: Routing, routes: RouteTable,
+                launch_s: float | None = None) -> StepTimeline:
         """Every operation's start and end on every rank, in plan order."""
         comm_s = _comm_durations(plan, topo, routes, launch_s)
         if _is_chain(plan):
@@ -84,8 +86,8 @@ class AnalyticBackend:
         return StepTimeline(plan, start, end, self.name)
 
 
-def _comm_durations(plan: StepPlan, topo: Routing, routes: RouteTable, launch_s: float
-                    ) -> dict[int, np.ndarray]:
+def _comm_durations(plan: StepPlan, topo: Routing, routes: RouteTable,
+                    launch_s: float | None) -> dict[int, np.ndarray]:
     """Per communication operation, each rank's seconds after the barrier (`[W]`): every
     exchange's bound in one batch, identical collectives once."""
     out: dict[int, np.ndarray] = {}

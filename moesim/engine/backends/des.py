@@ -17,10 +17,10 @@ from functools import partial
 import numpy as np
 import simpy
 
-from moesim.engine.collective_model import alltoall_protocol
 from moesim.engine.collectives import CollectiveRun, allgather, allreduce, reducescatter
 from moesim.engine.network import FlowNetwork, Routing
 from moesim.engine.plan import Barrier, Collective, Compute, Exchange, Operation, StepPlan
+from moesim.engine.protocols import alltoall_delay_and_wire
 from moesim.engine.routes import RouteTable
 from moesim.engine.timeline import StepTimeline
 
@@ -41,8 +41,8 @@ class DesBackend:
     def __init__(self, time_quantum_s: float = DES_TIME_QUANTUM_S) -> None:
         self.time_quantum_s = time_quantum_s
 
-    def execute(self, plan: StepPlan, topo: Routing, routes: RouteTable, launch_s: float
-                ) -> StepTimeline:
+    def execute(self, plan: StepPlan, topo: Routing, routes: RouteTable,
+                launch_s: float | None = None) -> StepTimeline:
         """Run the plan to its end and return every operation's start and end per rank."""
         return _DesRun(plan, topo, routes, launch_s, self.time_quantum_s).run()
 
@@ -55,7 +55,7 @@ class _ExchangeRun:
         world = run.plan.world
         off = np.array(op.bytes_matrix, dtype=np.float64)
         np.fill_diagonal(off, 0.0)
-        self.launch_s, factor = alltoall_protocol(
+        self.launch_s, factor = alltoall_delay_and_wire(
             run.topo, range(world), float(off.sum(axis=1).max()), run.launch_s
         )
         self.off = off * factor
@@ -144,8 +144,8 @@ class _BarrierRun:
 class _DesRun:
     """The state of one plan's execution."""
 
-    def __init__(self, plan: StepPlan, topo: Routing, routes: RouteTable, launch_s: float,
-                 time_quantum_s: float) -> None:
+    def __init__(self, plan: StepPlan, topo: Routing, routes: RouteTable,
+                 launch_s: float | None, time_quantum_s: float) -> None:
         self.plan, self.topo, self.routes, self.launch_s = plan, topo, routes, launch_s
         self.env = simpy.Environment()
         self.net = FlowNetwork(self.env, topo.graph, time_quantum_s=time_quantum_s)
