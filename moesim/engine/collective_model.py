@@ -28,9 +28,9 @@ all its sends and receives are done. Algorithms (alpha-beta, as NCCL documents t
   (`nvls_efficiency` on the nvswitch fabric block): its flows carry `nvls_port_bytes`
   scaled by (link bandwidth / (nominal bandwidth x nvls_efficiency)), so alone on a port
   they stream at nominal x nvls_efficiency.
-- `algorithm="auto"` (all-reduce): NVLS where every rank sits on one switch with `nvls`
-  and its closed form is faster than ring's (NCCL's tuner likewise picks its fastest
-  modelled algorithm; at 2-3 GPUs NVLS moves more bytes than ring), else ring.
+- `algorithm="auto"`: what NCCL's own tuner picks (`moesim.engine.nccl_tuner`), with the
+  protocol (LL, LL128, Simple) whose launch, per-step latency and bandwidth share
+  `moesim.engine.protocols` charges.
 """
 
 from __future__ import annotations
