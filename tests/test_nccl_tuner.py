@@ -111,3 +111,11 @@ def test_parser_reads_gpus_per_thread_and_moesim_marker():
     ])
     (section,) = parse_nccl_tests(text, "gen")
     assert (section.gpus_per_thread, section.algorithm, section.num_ranks) == (8, "ring", 4)
+
+
+def test_parser_rejects_an_unknown_forced_algorithm():
+    """A `# MOESIM: algorithm=` the model cannot run is one ConfigError naming the line."""
+    from moesim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="line 1.*auto, ring, tree or nvls"):
+        parse_nccl_tests("# MOESIM: algorithm=bogus\n", "gen")

@@ -124,6 +124,10 @@ def parse_nccl_tests(text: str, source: str = "nccl-tests log") -> list[NcclTest
                     declared = int(settings["gpus"])
                 if "algorithm" in settings:
                     algorithm = settings["algorithm"]
+                    if algorithm not in ("auto", "ring", "tree", "nvls"):
+                        raise ConfigError(
+                            f"{source}: line {number}: `# MOESIM: algorithm={algorithm}`; "
+                            "give auto, ring, tree or nvls (what the run forced)")
         elif _ROW_START_RE.match(line) and "NCCL" not in line:
             current.rows.append(_parse_row(line, number, source))
     sections.append(current)
