@@ -56,11 +56,22 @@ def _flag_type(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
     if str in options:  # a name, or a mapping a scenario file may give instead
         return str, None
     for option in options:
+        if get_origin(option) is list:
+            return _number_list, None  # type: ignore[return-value]
         if option in (int, float):
             return option, None
         if get_origin(option) is dict:
             return _mapping, None  # type: ignore[return-value]
     return str, None
+
+
+def _number_list(text: str) -> list[float]:
+    """`0.9,0.8` -> [0.9, 0.8]."""
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}; write numbers separated by "
+                                         "commas, e.g. 0.9,0.8") from None
 
 
 def _mapping(text: str) -> dict[str, str]:

@@ -22,7 +22,20 @@ SP exchange -> attention -> attention-TP reduce-scatter -> [dense block: dense F
 [router -> dispatch -> MoE-TP all-gather -> experts -> shared experts -> MoE-TP reduce-scatter
 -> combine] -> attention-TP all-gather; after the last block, the LM head. An exchange or
 gather that moves nothing between ranks in a layer (TP's dispatch: every expert is local) is
-left out, as no kernel runs.
+left out, as no kernel runs. Dispatch and combine are exchanges tagged with the all-to-all
+implementation that runs them (`impl`), or with `allgather` an all-gather and a reduce-scatter
+per MoE group.
+
+Overlap (`overlap="tbo"`, two-batch overlap as SGLang and DeepSeek's decode run it): the step's
+tokens are two micro-batches (each attention group's tokens halved), each with its own traffic
+and costs, each a chain as above. They are written interleaved, per block: micro-batch 0's
+attention and router, its dispatch; micro-batch 1's attention and router (on the compute stream
+while 0's dispatch runs on the comm stream), its dispatch; 0's experts, 1's experts; 0's
+combine, 1's combine. So one micro-batch's all-to-all runs beside the other's compute, and a
+communication-bound block takes about max(compute, comm) plus what cannot overlap (the first
+attention and the last combine) and the cost of running two smaller batches. With overlap the
+shared experts wait only for the router and run beside the dispatch. A compute beside an
+all-to-all that holds SMs (DeepEP normal, NCCL) runs on the rest (`compute_slowdown`).
 """
 
 from __future__ import annotations
@@ -33,7 +46,8 @@ from typing import Literal
 import numpy as np
 
 from moesim.engine.cost import StepCosts
-from moesim.inputs.options import AllreduceAlgorithm, Stream
+from moesim.inputs.options import A2aImpl, AllreduceAlgorithm, Overlap, Stream
+from moesim.traffic.placement import moe_dp_index
 from moesim.traffic.traffic import Traffic
 
 __all__ = [
@@ -47,6 +61,7 @@ __all__ = [
     "PlanBuilder",
     "build_step_plan",
     "crosses_ranks",
+    "MicroBatch",
 ]
 
 PHASES = ("attention", "attn_comm", "router", "dispatch", "experts", "combine", "moe_comm")
@@ -80,6 +95,7 @@ class Exchange(Operation):
     """Direct point-to-point sends of `bytes_matrix[src, dst]` (an all-to-all when dense)."""
 
     bytes_matrix: np.ndarray  # [W, W]; the diagonal is a local copy (no link bytes)
+    impl: A2aImpl = "direct"  # what runs it (moesim.engine.a2a)
     stream: Stream = "comm"
 
 
@@ -160,14 +176,42 @@ class PlanBuilder:
             bytes_moved=np.asarray(bytes_moved, dtype=np.float64)))
 
     def exchange(self, name: str, phase: str, block: int, matrix: np.ndarray,
-                 after: tuple[int, ...] | None = None) -> int:
+                 after: tuple[int, ...] | None = None, impl: A2aImpl = "direct") -> int:
         """Append an Exchange among every rank."""
         return self._append(Exchange(name=name, phase=phase, block=block, ranks=self.all_ranks,
-                                     deps=self._deps(after), bytes_matrix=matrix))
+                                     deps=self._deps(after), bytes_matrix=matrix, impl=impl))
 
     def plan(self, num_blocks: int, num_dense_blocks: int) -> StepPlan:
         """The plan built so far."""
         return StepPlan(self.world, num_blocks, num_dense_blocks, tuple(self.ops))
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One batch a step runs: its traffic and per-rank compute costs."""
+
+    traffic: Traffic
+    costs: StepCosts
+
+
+# A stage of one micro-batch's block: operations (deps filled in when written) and, per
+# operation, what it waits for: "prev" (the micro-batch's previous operation) or "router".
+_Stage = list[tuple[Operation, str]]
+
+
+def _compute(name: str, phase: str, block: int, kind: str, cost: tuple[np.ndarray, ...],
+             ranks: tuple[int, ...], slowdown: float = 1.0) -> Compute:
+    time_s, flops, bytes_moved = cost
+    return Compute(name=name, phase=phase, block=block, ranks=ranks, kind=kind,
+                   time_s=np.asarray(time_s, dtype=np.float64) * slowdown,
+                   flops=np.asarray(flops, dtype=np.float64),
+                   bytes_moved=np.asarray(bytes_moved, dtype=np.float64))
+
+
+def _exchange(name: str, phase: str, block: int, matrix: np.ndarray, ranks: tuple[int, ...],
+              impl: A2aImpl = "direct") -> Exchange:
+    return Exchange(name=name, phase=phase, block=block, ranks=ranks, bytes_matrix=matrix,
+                    impl=impl)
 
 
 def _attn_tp_collective(traffic: Traffic, op: str, phase: str, name: str, block: int
@@ -182,45 +226,122 @@ def _attn_tp_collective(traffic: Traffic, op: str, phase: str, name: str, block:
                       size_bytes=tuple(float(c.buffer_bytes) for c in colls))
 
 
-def build_step_plan(traffic: Traffic, costs: StepCosts, num_dense_blocks: int) -> StepPlan:
-    """The step serving engines run (module doc), from its traffic and per-rank compute costs."""
+def _moe_group_collective(traffic: Traffic, matrix: np.ndarray, op: str, name: str,
+                          phase: str, block: int) -> Collective:
+    """The all-gather (dispatch) or reduce-scatter (combine) of `allgather` all-to-all: one per
+    MoE-DP replica, its buffer every member's tokens (`matrix`'s diagonal: what each sends)."""
+    par = traffic.parallelism
+    ranks = par.ranks()
+    replica = moe_dp_index(par, ranks)
+    own = np.diag(matrix).astype(np.float64)
+    groups = tuple(tuple(int(r) for r in ranks[replica == g]) for g in range(par.moe_dp))
+    sizes = tuple(float(own[list(g)].sum()) for g in groups)
+    return Collective(name=name, phase=phase, block=block, ranks=tuple(range(par.world)),
+                      op=op, groups=groups, size_bytes=sizes)  # type: ignore[arg-type]
+
+
+def _block_stages(traffic: Traffic, costs: StepCosts, block: int, layer: int, *,
+                  shared_beside: bool, slowdown: float) -> list[_Stage]:
+    """One micro-batch's block as four stages: attention (to the router), dispatch, experts,
+    combine (to the attention-TP all-gather)."""
+    ranks = tuple(range(traffic.world))
+    pre: _Stage = []
+    if crosses_ranks(traffic.sp_bytes):
+        pre.append((_exchange("sp_exchange", "attn_comm", block, traffic.sp_bytes, ranks),
+                    "prev"))
+    pre.append((_compute("attention", "attention", block, "attention",
+                         costs.attention.arrays(), ranks, slowdown), "prev"))
+    ring = _attn_tp_collective(traffic, "reducescatter", "attn_comm", "attn_reduce_scatter",
+                               block)
+    if ring is not None:
+        pre.append((ring, "prev"))
+    post: _Stage = []
+    ring = _attn_tp_collective(traffic, "allgather", "moe_comm", "attn_all_gather", block)
+    if ring is not None:
+        post.append((ring, "prev"))
+    if layer < 0:
+        ffn = _compute("dense_ffn", "experts", block, "dense_ffn", costs.dense_ffn.arrays(),
+                       ranks, slowdown)
+        return [pre, [], [(ffn, "prev")], post]
+    pre.append((_compute("router", "router", block, "router", costs.router.arrays(), ranks,
+                         slowdown), "prev"))
+    dispatch, gather = traffic.dispatch_bytes[layer], traffic.moe_tp_gather_bytes[layer]
+    send: _Stage = []
+    back: _Stage = []
+    if crosses_ranks(dispatch):  # no kernel runs where every copy is local (TP, DP)
+        if traffic.a2a == "allgather":
+            send.append((_moe_group_collective(traffic, dispatch, "allgather", "dispatch",
+                                               "dispatch", block), "prev"))
+            back.append((_moe_group_collective(traffic, traffic.combine_bytes[layer].T,
+                                               "reducescatter", "combine", "combine", block),
+                         "prev"))
+        else:
+            impl: A2aImpl = traffic.a2a  # type: ignore[assignment]
+            send.append((_exchange("dispatch", "dispatch", block, dispatch, ranks, impl),
+                         "prev"))
+            back.append((_exchange("combine", "combine", block, traffic.combine_bytes[layer],
+                                   ranks, impl), "prev"))
+    if gather.any():
+        send.append((_exchange("moe_tp_gather", "moe_comm", block, gather, ranks), "prev"))
+        back.insert(0, (_exchange("moe_tp_scatter", "moe_comm", block, gather.T, ranks),
+                        "prev"))
+    work: _Stage = [(_compute("experts", "experts", block, "grouped_moe",
+                              costs.experts.arrays(layer), ranks, slowdown), "prev")]
+    if costs.shared_experts.time_s.any():
+        shared = _compute("shared_experts", "experts", block, "dense_ffn",
+                          costs.shared_experts.arrays(), ranks, slowdown)
+        if shared_beside:
+            work.insert(0, (shared, "router"))
+        else:
+            work.append((shared, "prev"))
+    return [pre, send, work, back + post]
+
+
+class _Writer:
+    """Writes micro-batches' stages into a plan, each operation after its micro-batch's last."""
+
+    def __init__(self, builder: PlanBuilder, count: int) -> None:
+        self.b = builder
+        self.last: list[int | None] = [None] * count
+        self.router: list[int | None] = [None] * count
+
+    def write(self, mb: int, stage: _Stage) -> None:
+        for op, after in stage:
+            dep = self.router[mb] if after == "router" else self.last[mb]
+            index = self.b.add(op, after=() if dep is None else (dep,))
+            if after == "router":
+                continue  # beside the chain: the next operation still waits for the chain
+            self.last[mb] = index
+            if op.name == "router":
+                self.router[mb] = index
+
+
+def build_step_plan(traffic: Traffic, costs: StepCosts, num_dense_blocks: int, *,
+                    overlap: Overlap = "none", micro_batches: tuple[MicroBatch, ...] = (),
+                    compute_slowdown: float = 1.0) -> StepPlan:
+    """The step serving engines run (module doc), from its traffic and per-rank compute costs;
+    with `overlap="tbo"` from the two `micro_batches` instead."""
+    parts = micro_batches if overlap == "tbo" else (MicroBatch(traffic, costs),)
+    if overlap == "tbo" and len(parts) != 2:
+        raise ValueError("two-batch overlap needs two micro-batches")
+    slowdown = compute_slowdown if overlap == "tbo" else 1.0
+    beside = overlap != "none"
     b = PlanBuilder(traffic.world)
+    writer = _Writer(b, len(parts))
     blocks = num_dense_blocks + traffic.num_layers
     for block in range(blocks):
         layer = block - num_dense_blocks
-        if crosses_ranks(traffic.sp_bytes):
-            b.exchange("sp_exchange", "attn_comm", block, traffic.sp_bytes)
-        b.compute("attention", "attention", block, "attention", *costs.attention.arrays())
-        ring = _attn_tp_collective(traffic, "reducescatter", "attn_comm",
-                                   "attn_reduce_scatter", block)
-        if ring is not None:
-            b.add(ring)
-        if layer < 0:
-            b.compute("dense_ffn", "experts", block, "dense_ffn", *costs.dense_ffn.arrays())
-        else:
-            _moe_block(b, traffic, costs, block, layer)
-        ring = _attn_tp_collective(traffic, "allgather", "moe_comm", "attn_all_gather", block)
-        if ring is not None:
-            b.add(ring)
-    b.compute("lm_head", "lm_head", blocks, "lm_head", *costs.lm_head.arrays())
+        stages = [_block_stages(p.traffic, p.costs, block, layer, shared_beside=beside,
+                                slowdown=slowdown) for p in parts]
+        if len(parts) == 1:
+            for stage in stages[0]:
+                writer.write(0, stage)
+            continue
+        # interleaved (module doc): 0 pre, 0 send, 1 pre, 1 send, 0 work, 1 work, 0 back, 1 back
+        for stage_index, mb in ((0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)):
+            writer.write(mb, stages[mb][stage_index])
+    for mb, part in enumerate(parts):
+        head = _compute("lm_head", "lm_head", blocks, "lm_head", part.costs.lm_head.arrays(),
+                        tuple(range(traffic.world)), slowdown)
+        writer.write(mb, [(head, "prev")])
     return b.plan(blocks, num_dense_blocks)
-
-
-def _moe_block(b: PlanBuilder, traffic: Traffic, costs: StepCosts, block: int, layer: int
-               ) -> None:
-    """Router, dispatch, MoE-TP gather, experts, shared experts, MoE-TP scatter, combine."""
-    dispatch, gather = traffic.dispatch_bytes[layer], traffic.moe_tp_gather_bytes[layer]
-    a2a = crosses_ranks(dispatch)  # no kernel runs where every copy is local (TP, DP)
-    b.compute("router", "router", block, "router", *costs.router.arrays())
-    if a2a:
-        b.exchange("dispatch", "dispatch", block, dispatch)
-    if gather.any():
-        b.exchange("moe_tp_gather", "moe_comm", block, gather)
-    b.compute("experts", "experts", block, "grouped_moe", *costs.experts.arrays(layer))
-    if costs.shared_experts.time_s.any():
-        b.compute("shared_experts", "experts", block, "dense_ffn",
-                  *costs.shared_experts.arrays())
-    if gather.any():
-        b.exchange("moe_tp_scatter", "moe_comm", block, gather.T)
-    if a2a:
-        b.exchange("combine", "combine", block, dispatch.T)

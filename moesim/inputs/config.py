@@ -18,15 +18,19 @@ from pydantic import (
     Field,
     NonNegativeInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from moesim.errors import ConfigError
 from moesim.inputs.options import (
+    A2aImpl,
     ActDtype,
     CopyChoice,
     Dedup,
+    EplbPolicy,
     Fidelity,
+    Overlap,
     Phase,
     Precision,
     SpVariant,
@@ -250,7 +254,58 @@ class Scenario(BaseModel):
                                "(model and trace)")
     trace_tokens: int | None = Field(None, ge=1, description="replay only the first N tokens "
                                      "of the trace")
+    redundant_experts: int = Field(0, ge=0, le=4096, description="EPLB: extra expert slots "
+                                   "over all EP ranks (moe_ep must divide experts + R)")
+    eplb: EplbPolicy = Field("none", description="expert load balancing from the trace's "
+                             "measured load: greedy, or DeepSeek's hierarchical EPLB")
+    eplb_window: int | None = Field(None, ge=1, description="EPLB: measure expert load over the "
+                                    "trace's first N tokens (default: all of it)")
+    rebalance_steps: int | None = Field(None, ge=1, description="serve: rerun EPLB every N "
+                                        "iterations on the load of the last N, moving weights")
+    overlap: Overlap = Field("none", description="tbo: two micro-batches, one's all-to-all "
+                             "beside the other's compute; shared experts beside the dispatch")
+    a2a: A2aImpl = Field("direct", description="MoE all-to-all: direct pairwise, allgather "
+                         "(+ reduce-scatter), deepep-normal, deepep-ll")
+    dispatch_dtype: ActDtype | None = Field(
+        None, description="dispatch dtype (default: fp8 with 128-channel scales for deepep-*, "
+        "else act_dtype); combine runs in act_dtype")
+    mtp: int = Field(0, ge=0, le=16, description="multi-token prediction / speculative "
+                     "decoding: draft tokens per decode step")
+    mtp_acceptance: list[float] = Field(
+        [0.8], description="acceptance rate of each draft token (one value: every position; "
+        "comma-separated: per position)")
     serve: ServeSpec | None = Field(None, description="served workload (moesim serve)")
+
+    @field_validator("mtp_acceptance", mode="before")
+    @classmethod
+    def _acceptance_list(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)):
+            return [value]
+        if isinstance(value, str):
+            try:
+                return [float(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"cannot read {value!r}; give rates in 0..1, comma-separated "
+                                 "per draft position, e.g. 0.8 or 0.9,0.7") from None
+        return value
+
+    @model_validator(mode="after")
+    def _moe_engine_rules(self) -> Scenario:
+        rates = self.mtp_acceptance
+        if not rates or any(not 0.0 <= r <= 1.0 for r in rates):
+            raise ValueError(f"mtp_acceptance {rates}: give rates in 0..1, e.g. 0.8 or 0.9,0.7")
+        if self.mtp and len(rates) not in (1, self.mtp):
+            raise ValueError(f"mtp_acceptance gives {len(rates)} rates but mtp is {self.mtp}; "
+                             "give one rate or one per draft position")
+        if self.redundant_experts and self.eplb == "none":
+            raise ValueError(f"redundant_experts {self.redundant_experts} needs a balancing "
+                             "policy to place the copies: give eplb greedy or deepseek")
+        if self.rebalance_steps is not None and self.eplb == "none":
+            raise ValueError("rebalance_steps needs eplb greedy or deepseek")
+        if self.eplb != "none" and self.expert_placement is not None:
+            raise ValueError("give either eplb (a placement computed from the trace's load) or "
+                             "expert_placement (a placement from a file), not both")
+        return self
 
     @property
     def precision(self) -> Precision:

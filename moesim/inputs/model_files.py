@@ -179,6 +179,7 @@ def _deepseek_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         "shared_expert_ffn_size": expert_ffn if shared else 0,
         "first_dense_layers": dense,
         "dense_ffn_size": _need(cfg, "intermediate_size", source) if dense else 0,
+        "num_expert_groups": _opt(cfg, "n_group") or 1,
     }
     if cfg.get("kv_lora_rank"):
         fields.update(_mla_fields(cfg, source))

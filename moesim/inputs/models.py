@@ -87,6 +87,9 @@ class ModelSpec(BaseModel):
     attention_bias: bool = False  # q, k, v and o projections carry biases (gpt-oss)
     attention_sinks: bool = False  # one learned sink logit per head per block (gpt-oss)
     expert_bias: bool = False  # routed experts' gate-up and down biases and a router bias
+    # Routed experts fall in this many groups (DeepSeek-V3's n_group: a token picks experts in
+    # at most topk_group groups); EPLB's hierarchical policy packs whole groups onto nodes.
+    num_expert_groups: PositiveInt = 1
 
     @field_serializer("layer_types")
     def _layer_types_as_list(self, value: tuple[str, ...]) -> list[str]:
@@ -367,6 +370,9 @@ def _consistency_problem(spec: ModelSpec) -> str | None:
         return "first_dense_layers and dense_ffn_size must both be > 0 or both be 0"
     if (spec.num_shared_experts > 0) != (spec.shared_expert_ffn_size > 0):
         return "num_shared_experts and shared_expert_ffn_size must both be > 0 or both be 0"
+    if spec.num_experts % spec.num_expert_groups:
+        return (f"num_experts ({spec.num_experts}) must be a multiple of num_expert_groups "
+                f"({spec.num_expert_groups})")
     window_problem = _sliding_window_problem(spec)
     if window_problem:
         return window_problem
@@ -438,6 +444,7 @@ _DEEPSEEK_V3 = ModelSpec(
     v_head_dim=128,
     num_experts=256, top_k=8, expert_ffn_size=2048,
     num_shared_experts=1, shared_expert_ffn_size=2048,
+    num_expert_groups=8,  # config.json n_group
 )
 
 PRESETS: Mapping[str, ModelSpec] = MappingProxyType({

@@ -22,6 +22,9 @@ __all__ = [
     "CollectiveOp",
     "AllreduceAlgorithm",
     "Stream",
+    "EplbPolicy",
+    "Overlap",
+    "A2aImpl",
     "ACT_DTYPE_BYTES",
     "WEIGHT_DTYPE_BYTES",
     "compute_dtype",
@@ -45,6 +48,12 @@ CollectiveOp = Literal["alltoall", "allreduce", "allgather", "reducescatter"]
 AllreduceAlgorithm = Literal["ring", "tree", "nvls", "auto"]
 # The two streams of a rank: an operation on one may run beside one on the other.
 Stream = Literal["compute", "comm"]
+# Expert load balancing (moesim.traffic.eplb): none, a greedy baseline, DeepSeek's EPLB.
+EplbPolicy = Literal["none", "greedy", "deepseek"]
+# Overlap of the MoE all-to-all with compute: none, or two-batch overlap (moesim.engine.plan).
+Overlap = Literal["none", "tbo"]
+# The MoE all-to-all as engines run it (moesim.engine.a2a).
+A2aImpl = Literal["direct", "allgather", "deepep-normal", "deepep-ll"]
 
 ACT_DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 # Bytes per stored weight, scales included:

@@ -151,6 +151,7 @@ class RunResult:
     tokens_per_s: float | None = None
     prefill_tokens_per_s: float | None = None
     tpot_steps_s: tuple[float, ...] = ()
+    moe_engine: dict[str, Any] | None = None  # a2a implementation, overlap, EPLB, MTP
     memory: MemoryFit | None = None
     gpu_price_per_hour_usd: float | None = None
     detail: StepDetail | None = field(default=None, repr=False, compare=False)
@@ -182,6 +183,8 @@ class RunResult:
             "imbalance": {name: asdict(value) for name, value in self.imbalance.items()},
             "tokens_per_rank": list(self.tokens_per_rank),
         }
+        if self.moe_engine is not None:
+            out["moe_engine"] = self.moe_engine
         if self.latency is None:
             return out
         out.update(
@@ -224,6 +227,7 @@ def traffic_figures(traffic: Traffic) -> dict[str, Any]:
     """The traffic part of a RunResult's fields, from one step's Traffic."""
     imb = layer_imbalance(traffic)
     dispatch_cross = traffic.dispatch_cross_bytes()
+    combine_cross = traffic.combine_cross_bytes()
     a2a = traffic.a2a_bytes_per_layer()
     local = traffic.local_bytes_per_layer()
     attn_comm = traffic.attn_comm_bytes_per_layer()
@@ -233,7 +237,7 @@ def traffic_figures(traffic: Traffic) -> dict[str, Any]:
             layer=layer,
             a2a_bytes=int(a2a[layer]),
             dispatch_bytes=int(dispatch_cross[layer]),
-            combine_bytes=int(dispatch_cross[layer]),
+            combine_bytes=int(combine_cross[layer]),
             local_bytes=int(local[layer]),
             attn_comm_bytes=attn_comm,
             moe_comm_bytes=int(moe_comm[layer]),

@@ -27,9 +27,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+import numpy as np
+
+from moesim.engine.a2a import compute_slowdown, deepep_ll_buffer_bytes
 from moesim.engine.backends import execute
 from moesim.engine.cost import StepCosts, compute_model, step_costs
-from moesim.engine.plan import build_step_plan
+from moesim.engine.plan import MicroBatch, build_step_plan
 from moesim.engine.timeline import StepTimeline
 from moesim.errors import MoesimError, PlacementError
 from moesim.inputs.config import Scenario
@@ -37,7 +40,15 @@ from moesim.output.result import RunResult, StepDetail, latency_of, traffic_figu
 from moesim.planning.resolve import Resolver, RunInputs
 from moesim.traffic.memory import MemoryFit, memory_fit
 from moesim.traffic.traffic import Traffic, compute_traffic
-from moesim.traffic.workload import StepWorkload, build_step, prefill_chunks, trace_sequences
+from moesim.traffic.workload import (
+    StepWorkload,
+    build_step,
+    mtp_rates,
+    mtp_tokens_per_step,
+    prefill_chunks,
+    split_step,
+    trace_sequences,
+)
 
 __all__ = [
     "DoesNotFit",
@@ -99,7 +110,8 @@ class EvaluationCache:
 def _traffic_key(sc: Scenario) -> str:
     """Everything but the topology that a step's traffic depends on."""
     fields = ("model", "trace", "trace_tokens", "layers", "placement", "expert_placement",
-              "batch", "context", "prefill_chunk_tokens", "act_dtype", "dedup", "sp_variant")
+              "batch", "context", "prefill_chunk_tokens", "act_dtype", "dedup", "sp_variant",
+              "a2a", "dispatch_dtype", "eplb", "redundant_experts", "eplb_window", "mtp")
     return json.dumps({f: sc.model_dump()[f] for f in fields}, sort_keys=True)
 
 
@@ -117,6 +129,8 @@ def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:
         gpus_per_node=inputs.gpus_per_node,
         phase=step.phase,
         sp_variant=sc.sp_variant,
+        a2a=sc.a2a,
+        dispatch_dtype=sc.dispatch_dtype,
     )
 
 
@@ -134,11 +148,25 @@ def time_step(
     if topology is None:
         raise ValueError("time_step needs a scenario with a topology")
     sc = inputs.scenario
+    compute = compute_model(sc.kernels, topology.gpu_spec)
     if costs is None:
         costs = step_costs(step, traffic, inputs.model, topology.gpu_spec,
-                           precision=sc.precision,
-                           compute=compute_model(sc.kernels, topology.gpu_spec))
-    plan = build_step_plan(traffic, costs, inputs.model.first_dense_layers)
+                           precision=sc.precision, compute=compute)
+    micro: tuple[MicroBatch, ...] = ()
+    overlap = sc.overlap
+    if overlap == "tbo":
+        halves = split_step(step, inputs.parallelism.token_groups)
+        if min(h.num_tokens for h in halves) == 0:
+            overlap = "none"  # one token per group: nothing to split (overlap_note says so)
+        else:
+            for half in halves:
+                half_traffic = step_traffic(inputs, half)
+                micro += (MicroBatch(half_traffic, step_costs(
+                    half, half_traffic, inputs.model, topology.gpu_spec,
+                    precision=sc.precision, compute=compute)),)
+    plan = build_step_plan(traffic, costs, inputs.model.first_dense_layers, overlap=overlap,
+                           micro_batches=micro,
+                           compute_slowdown=compute_slowdown(sc.a2a, topology))
     routes = (resolver or Resolver()).routes(topology, inputs.parallelism.world)
     return execute(plan, topology, sc.fidelity, routes=routes)
 
@@ -184,7 +212,8 @@ def prefill_steps(inputs: RunInputs) -> list[StepSource]:
 def decode_step(inputs: RunInputs, index: int = 0) -> StepWorkload:
     """Decode step `index` of the scenario's batch."""
     sc = inputs.scenario
-    return build_step(inputs.trace, "decode", sc.batch, sc.context, decode_step=index)
+    return build_step(inputs.trace, "decode", sc.batch, sc.context, decode_step=index,
+                      tokens_per_sequence=1 + sc.mtp)
 
 
 def _kernels_label(sc: Scenario, topology: Any) -> str | None:
@@ -258,7 +287,7 @@ def evaluate(
     detail = StepDetail(traffic.dispatch_bytes.sum(axis=0), traffic.expert_load)
     if inputs.topology is None:
         return RunResult(inputs=_describe(inputs, step, list(step.notes)), detail=detail,
-                         **figures)
+                         moe_engine=_moe_engine(inputs, traffic, None), **figures)
     main = time_step(inputs, step, traffic, resolver=cache.resolver)
 
     def timed_s(key: tuple[Any, ...], build: Callable[[], StepWorkload]) -> float:
@@ -270,6 +299,12 @@ def evaluate(
     ttft_s = sum(timed_s(k, b) * n for k, b, n in prefill) if with_ttft else None
     decode_s = [timed_s(("decode", i), partial(decode_step, inputs, i))
                 for i in range(scenario.decode_steps)]
+    mtp = None
+    if scenario.mtp:
+        first_decode = main if main_key == decode_key else time_step(
+            inputs, *cache.step(inputs, decode_key, decode_build), resolver=cache.resolver)
+        mtp = mtp_figures(scenario, first_decode, decode_s)
+        decode_s = [s / mtp["tokens_per_step"] for s in mtp["step_s"]]
     tpot_s = float(sum(decode_s) / len(decode_s))
     sequences = cache.step(inputs, decode_key, decode_build)[0].num_sequences
     notes = _notes(inputs, prefill, cache, decode_key, decode_build, with_ttft)
@@ -285,11 +320,64 @@ def evaluate(
         tokens_per_s=sequences / tpot_s,
         prefill_tokens_per_s=prefill_tokens_per_s,
         tpot_steps_s=tuple(decode_s),
+        moe_engine=_moe_engine(inputs, traffic, mtp),
         memory=memory,
         gpu_price_per_hour_usd=inputs.topology.spec.gpu_price_per_hour_usd,
         detail=StepDetail(detail.dispatch_rank_bytes, detail.expert_load, main),
         **_with_layer_times(figures, main),
     )
+
+
+def mtp_draft_pass_s(timeline: StepTimeline) -> float:
+    """Seconds of one draft pass of multi-token prediction: one MoE block plus the LM head of
+    the verify step. DeepSeek-V3's MTP module is one transformer block sharing the embedding
+    and output head (arXiv 2412.19437, section 2.2); at decode sizes both are bound by weight
+    reads, so the verify step's block stands for the draft's (a slight over-estimate: the
+    draft runs one token per sequence, the verify 1 + mtp)."""
+    blocks = [b["time_s"] for b in timeline.per_layer() if b["moe"]]
+    block_s = float(np.mean(blocks)) if blocks else 0.0
+    return block_s + float(timeline.lm_head_s.max(initial=0.0))
+
+
+def mtp_figures(scenario: Scenario, verify: StepTimeline, verify_s: list[float]
+                ) -> dict[str, Any]:
+    """Multi-token prediction's figures: per decode step, the verify step (1 + mtp tokens per
+    sequence, routed as the trace's next tokens) plus `mtp` draft passes, and the expected
+    tokens a sequence gains per step (`mtp_tokens_per_step`)."""
+    draft_s = scenario.mtp * mtp_draft_pass_s(verify)
+    return {
+        "draft_tokens": scenario.mtp,
+        "acceptance": mtp_rates(scenario.mtp, scenario.mtp_acceptance),
+        "tokens_per_step": mtp_tokens_per_step(scenario.mtp, scenario.mtp_acceptance),
+        "draft_s": draft_s,
+        "verify_s": float(np.mean(verify_s)),
+        "step_s": [v + draft_s for v in verify_s],
+    }
+
+
+def _moe_engine(inputs: RunInputs, traffic: Traffic, mtp: dict[str, Any] | None
+                ) -> dict[str, Any]:
+    """What the MoE engine ran: all-to-all implementation, overlap, expert balancing, MTP."""
+    sc = inputs.scenario
+    out: dict[str, Any] = {
+        "a2a": sc.a2a,
+        "dispatch_vector_bytes": traffic.dispatch_vector_size,
+        "combine_vector_bytes": traffic.combine_vector_size,
+        "overlap": sc.overlap,
+        "compute_slowdown_beside_a2a": (compute_slowdown(sc.a2a, inputs.topology)
+                                        if inputs.topology is not None else 1.0),
+        "eplb": sc.eplb,
+        "redundant_experts": sc.redundant_experts,
+        "mtp": mtp,
+    }
+    if sc.a2a == "deepep-ll":
+        most = int(traffic.tokens_per_rank.max(initial=0))
+        out["deepep_ll_buffer_bytes"] = deepep_ll_buffer_bytes(
+            most, inputs.model.hidden_size, inputs.model.num_experts + sc.redundant_experts)
+    if inputs.balance is not None:
+        out["rank_load"] = inputs.balance.rank_load(traffic.expert_load, inputs.parallelism,
+                                                    traffic.rank_load())
+    return out
 
 
 def _notes(

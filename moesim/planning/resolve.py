@@ -29,6 +29,7 @@ from moesim.inputs.models import ModelSpec, model_spec_from_mapping
 from moesim.trace.bundled import BUNDLED_PREFIX, named_trace
 from moesim.trace.fallback import SyntheticFallback, shape_mismatch, synthetic_fallback
 from moesim.trace.format import RouterTrace
+from moesim.traffic.balance import Balance, balanced_placement, expert_load
 from moesim.traffic.experts import ExpertPlacement, contiguous_placement, placement_from_spec
 from moesim.traffic.placement import Parallelism, parse_placement
 from moesim.traffic.traffic import check_trace_fits_model
@@ -60,6 +61,7 @@ class RunInputs:
     topology: Topology | None
     gpus_per_node: int
     notes: tuple[str, ...] = ()  # what the inputs rest on (a synthetic stand-in trace)
+    balance: Balance | None = None  # how the expert placement was balanced (eplb)
 
 
 def parse_layout(spec: str | dict[str, int]) -> Parallelism:
@@ -177,9 +179,45 @@ class Resolver:
                     f"{topology.num_gpus}; pick a smaller layout or a larger topology"
                 )
             gpus_per_node = min(topology.gpus_per_node, par.world)
-        experts = self.expert_placement(scenario.expert_placement, model, par)
+        balance = None
+        if scenario.eplb != "none":
+            balance = self.balance(scenario, model, trace, par, gpus_per_node)
+            experts = balance.placement
+            notes += (balance_note(balance, scenario, trace),)
+        else:
+            experts = self.expert_placement(scenario.expert_placement, model, par)
         return RunInputs(scenario, model, trace, source, par, experts, topology, gpus_per_node,
-                         notes)
+                         notes, balance)
+
+    def balance(self, scenario: Scenario, model: ModelSpec, trace: RouterTrace,
+                par: Parallelism, gpus_per_node: int) -> Balance:
+        """The EPLB placement of the scenario: load over the window's trace tokens."""
+        window = scenario.eplb_window or trace.num_tokens
+        if window > trace.num_tokens:
+            raise TraceError(f"eplb_window {window} exceeds the {trace.num_tokens} tokens of the "
+                             "trace; give at most that many (or omit it: the whole trace)")
+        key = ("balance", scenario.eplb, scenario.redundant_experts, window, scenario.trace,
+               scenario.trace_tokens, scenario.layers, model.model_dump_json(), par.label,
+               gpus_per_node)
+
+        def make() -> Balance:
+            load = expert_load(trace.experts[:, :window], model.num_experts)
+            placement = balanced_placement(load, model, par, policy=scenario.eplb,
+                                           redundant=scenario.redundant_experts,
+                                           gpus_per_node=gpus_per_node)
+            return Balance(scenario.eplb, scenario.redundant_experts, window, placement)
+
+        return self._once(key, make)
+
+
+def balance_note(balance: Balance, scenario: Scenario, trace: RouterTrace) -> str:
+    """What an EPLB placement rests on: the window its load came from."""
+    whole = balance.window_tokens == trace.num_tokens
+    where = ("all the trace's tokens, which the steps replay: an oracle placement (give "
+             "--eplb-window N to fit it on the first N tokens only)" if whole else
+             f"the trace's first {balance.window_tokens} of {trace.num_tokens} tokens")
+    return (f"eplb: {balance.policy} placement of {trace.experts.shape[0]} MoE layers with "
+            f"{balance.redundant} redundant expert slots, from the expert load of {where}")
 
 
 def _check_named_trace(trace: RouterTrace, model: ModelSpec) -> None:

@@ -17,14 +17,22 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from moesim.engine.backends.analytic import pairwise_bound_s
 from moesim.errors import ConfigError, PlacementError
 from moesim.inputs.config import Scenario, ServeSpec
 from moesim.output.serve_result import ServeResult
-from moesim.planning.evaluate import DoesNotFit, EvaluationCache, step_traffic, time_step
+from moesim.planning.evaluate import (
+    DoesNotFit,
+    EvaluationCache,
+    mtp_draft_pass_s,
+    step_traffic,
+    time_step,
+)
 from moesim.planning.resolve import RunInputs
 from moesim.serve.disagg import KvTransfer, parse_disagg
 from moesim.serve.iteration import iteration_workload
@@ -40,7 +48,9 @@ from moesim.serve.requests import (
 )
 from moesim.serve.scheduler import Batch, Scheduler
 from moesim.serve.simulator import Engine, Role, simulate
+from moesim.traffic.balance import balanced_placement, moved_weight_bytes
 from moesim.traffic.memory import kv_cache_capacity_tokens, memory_fit
+from moesim.traffic.workload import mtp_rates, mtp_tokens_per_step
 
 __all__ = ["serve", "serve_spec"]
 
@@ -55,16 +65,52 @@ def serve_spec(scenario: Scenario) -> ServeSpec:
 
 
 class _StepTimer:
-    """Times an engine's iterations with the scenario's step evaluation."""
+    """Times an engine's iterations with the scenario's step evaluation: with MTP, decode
+    iterations add the draft passes; with `rebalance_steps` N, every N iterations EPLB runs
+    again on the expert load of the last N and the weights it moves delay that iteration."""
 
     def __init__(self, inputs: RunInputs, cache: EvaluationCache) -> None:
         self.inputs, self.cache = inputs, cache
         self.sequences = TraceSequences(inputs.trace.seq_id)
+        self.iterations = 0
+        self.load = np.zeros((inputs.trace.num_layers, inputs.model.num_experts), np.int64)
+        self.rebalances: list[dict[str, float]] = []
 
     def __call__(self, batches: Sequence[Batch]) -> float:
         step = iteration_workload(batches, self.inputs.trace, self.sequences)
         traffic = step_traffic(self.inputs, step)
-        return time_step(self.inputs, step, traffic, resolver=self.cache.resolver).step_s
+        timeline = time_step(self.inputs, step, traffic, resolver=self.cache.resolver)
+        seconds = timeline.step_s
+        sc = self.inputs.scenario
+        if sc.mtp and any(r.decoding and n > 1 for batch in batches for r, n in batch):
+            seconds += sc.mtp * mtp_draft_pass_s(timeline)
+        if sc.rebalance_steps:
+            self.iterations += 1
+            self.load += traffic.expert_load
+            if self.iterations % sc.rebalance_steps == 0:
+                seconds += self._rebalance()
+        return seconds
+
+    def _rebalance(self) -> float:
+        """Place the experts anew from the load since the last rebalance; the seconds the
+        weights take to move over the topology (every rank at once, a blocking exchange)."""
+        inputs, sc = self.inputs, self.inputs.scenario
+        assert inputs.balance is not None and inputs.topology is not None
+        placement = balanced_placement(self.load, inputs.model, inputs.parallelism,
+                                       policy=sc.eplb, redundant=sc.redundant_experts,
+                                       gpus_per_node=inputs.gpus_per_node)
+        expert_bytes = inputs.model.params_per_expert * sc.precision.expert_weight_bytes
+        moved = moved_weight_bytes(inputs.experts, placement, inputs.parallelism, expert_bytes,
+                                   inputs.gpus_per_node)
+        routes = self.cache.resolver.routes(inputs.topology, inputs.parallelism.world)
+        seconds = float(pairwise_bound_s(routes, inputs.topology, moved).max()) \
+            if moved.any() else 0.0
+        balance = replace(inputs.balance, placement=placement,
+                          window_tokens=int(self.load.sum() // max(inputs.model.top_k, 1)))
+        self.inputs = replace(inputs, experts=placement, balance=balance)
+        self.load[:] = 0
+        self.rebalances.append({"moved_bytes": float(moved.sum()), "seconds": seconds})
+        return seconds
 
 
 def _kv_tokens(inputs: RunInputs, spec: ServeSpec) -> int:
@@ -99,11 +145,27 @@ def _engine(name: str, role: Role, inputs: RunInputs, spec: ServeSpec,
         raise PlacementError(f"placement {par.label}: serve runs attention TP and DP; sequence "
                              "parallel attention (SP) is not modelled for serving")
     blocks = _kv_tokens(inputs, spec) // spec.block_size
+    sc = inputs.scenario
+    accept = _acceptance(sc, spec.seed) if sc.mtp and role != "prefill" else None
     schedulers = [Scheduler(KvCache(blocks, spec.block_size), spec.max_num_seqs,
-                            spec.max_num_batched_tokens, prefill_only=role == "prefill")
+                            spec.max_num_batched_tokens, prefill_only=role == "prefill",
+                            draft_tokens=sc.mtp, accept=accept)
                   for _ in range(par.attn_dp)]
     return Engine(name, role, schedulers, _StepTimer(inputs, cache), spec.dp_balance, first_gpu,
                   world=par.world)
+
+
+def _acceptance(scenario: Scenario, seed: int) -> Any:
+    """Draws how many of n draft tokens are accepted: the leading ones, draft i accepted with
+    its position's rate (`mtp_acceptance`), from a generator seeded by the serve seed."""
+    rates = np.asarray(mtp_rates(scenario.mtp, scenario.mtp_acceptance))
+    rng = np.random.default_rng([seed, 1])
+
+    def accept(drafts: int) -> int:
+        passed = rng.random(drafts) < rates[:drafts]
+        return int(np.argmin(passed)) if not passed.all() else drafts
+
+    return accept
 
 
 def _requests(spec: ServeSpec, rng: np.random.Generator) -> tuple[list[Request], Any]:
@@ -153,13 +215,38 @@ def serve(scenario: Scenario, cache: EvaluationCache | None = None) -> ServeResu
         slo_ttft_s=None if spec.slo_ttft_ms is None else spec.slo_ttft_ms / 1e3,
         slo_tpot_s=None if spec.slo_tpot_ms is None else spec.slo_tpot_ms / 1e3)
     assert inputs.topology is not None
+    described = _describe(scenario, spec, inputs, gpus, sequences, run.requests, notes)
+    described["moe_engine"] = _moe_engine(scenario, engines + decode, inputs)
     return ServeResult(
-        inputs=_describe(scenario, spec, inputs, gpus, sequences, run.requests, notes),
+        inputs=described,
         gpus=gpus, stats=stats, preemptions=run.preemptions,
         kv_cache_peak_fraction=run.kv_peak_fraction,
         gpu_price_per_hour_usd=inputs.topology.spec.gpu_price_per_hour_usd,
         requests=tuple(sorted(run.requests, key=lambda r: r.id)),
         iterations=tuple(run.iterations), warmup_requests=spec.warmup_requests)
+
+
+def _moe_engine(scenario: Scenario, engines: list[Engine], inputs: RunInputs
+                ) -> dict[str, Any]:
+    """What the MoE engines ran, and what rebalancing moved and cost."""
+    timers = [e.step_s for e in engines if isinstance(e.step_s, _StepTimer)]
+    moves = [r for timer in timers for r in timer.rebalances]
+    out: dict[str, Any] = {
+        "a2a": scenario.a2a, "overlap": scenario.overlap, "eplb": scenario.eplb,
+        "redundant_experts": scenario.redundant_experts,
+        "rebalance_steps": scenario.rebalance_steps,
+        "rebalances": len(moves),
+        "rebalance_moved_bytes": float(sum(m["moved_bytes"] for m in moves)),
+        "rebalance_s": float(sum(m["seconds"] for m in moves)),
+        "mtp": scenario.mtp,
+    }
+    if scenario.mtp:
+        out["mtp_acceptance"] = mtp_rates(scenario.mtp, scenario.mtp_acceptance)
+        out["mtp_expected_tokens_per_step"] = mtp_tokens_per_step(scenario.mtp,
+                                                                  scenario.mtp_acceptance)
+    if inputs.balance is not None:
+        out["eplb_window_tokens"] = inputs.balance.window_tokens
+    return out
 
 
 def _closed_loop(rest: deque[tuple[int, int]] | None, first_id: int, sequences: TraceSequences,

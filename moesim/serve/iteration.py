@@ -44,7 +44,8 @@ def iteration_workload(batches: Sequence[Batch], trace: RouterTrace,
     # a prefill chunk reads its cached prefix and its own K/V once: (prefix + n) / n per token
     chunk_read = ((first + counts) / np.maximum(counts, 1))[owner]
     kv_read = np.where(decode[owner], keys, chunk_read)
-    last = positions == (known[owner] - 1)
+    # the last known token makes the next one; a decode's draft tokens are verified (MTP)
+    last = (positions == (known[owner] - 1)) | decode[owner]
     return StepWorkload(
         phase="prefill" if (~decode).any() else "decode",
         trace=tokens,

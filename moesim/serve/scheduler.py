@@ -15,6 +15,11 @@ prefill its prompt and the output so far again when it is readmitted (its emitte
 stand). A request whose iteration computes up to its last known token produces one output
 token when the iteration ends.
 
+Multi-token prediction (`draft_tokens` N > 0): a decoding request also verifies N draft tokens
+(1 + N tokens, capped by the outputs it still owes), its KV cache grown for all of them; when
+the iteration ends `accept(N)` says how many drafts were accepted (leading ones), it produces
+1 + that many tokens at once and the rejected drafts' K/V is dropped.
+
 Knobs: `max_num_seqs`, `max_num_batched_tokens`, the cache size in blocks and `block_size`.
 `prefill_only` (a disaggregated prefill engine) hands a request back after its first token
 and keeps its KV blocks until the transfer to the decode engine is done (`sent`), as vLLM's
@@ -25,6 +30,7 @@ fit the cache is refused when it is queued.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from moesim.errors import ConfigError
 from moesim.serve.kv_cache import KvCache
@@ -39,8 +45,11 @@ class Scheduler:
     """FCFS continuous batching with chunked prefill and a paged KV cache (module doc)."""
 
     def __init__(self, cache: KvCache, max_num_seqs: int, max_num_batched_tokens: int,
-                 prefill_only: bool = False) -> None:
+                 prefill_only: bool = False, draft_tokens: int = 0,
+                 accept: Callable[[int], int] | None = None) -> None:
         self.cache = cache
+        self.draft_tokens = draft_tokens if accept is not None else 0
+        self.accept = accept
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.prefill_only = prefill_only
@@ -91,7 +100,7 @@ class Scheduler:
                     continue
                 if request not in self.running:  # preempted while making room
                     continue
-                tokens = min(request.known - request.computed, budget)
+                tokens = min(request.known - request.computed + self._drafts(request), budget)
                 if self._make_room(request, tokens, batch, scheduled):
                     batch.append((request, tokens))
                     scheduled.add(request.id)
@@ -108,6 +117,12 @@ class Scheduler:
             scheduled.add(request.id)
             budget -= tokens
         return batch
+
+    def _drafts(self, request: Request) -> int:
+        """Draft tokens a decoding request verifies: N, capped by the outputs it still owes."""
+        if not self.draft_tokens or not request.decoding:
+            return 0
+        return max(min(self.draft_tokens, request.output_tokens - request.emitted - 1), 0)
 
     def _make_room(self, request: Request, tokens: int, batch: Batch, scheduled: set[int]
                    ) -> bool:
@@ -138,9 +153,12 @@ class Scheduler:
         (finished, or with `prefill_only` produced their first token)."""
         leaving = []
         for request, tokens in batch:
-            request.computed += tokens
-            if request.computed == request.known:
-                request.emit(now_s)
+            drafts = tokens - 1 if request.decoding and self.accept is not None else 0
+            accepted = self.accept(drafts) if drafts and self.accept is not None else 0
+            request.computed += tokens - drafts + accepted
+            if request.computed == request.known + accepted:
+                for _ in range(1 + accepted):
+                    request.emit(now_s)
                 if request.done or (self.prefill_only and request.emitted == 1):
                     self.running.remove(request)
                     if request.done:

@@ -15,6 +15,17 @@ Dispatch dedup:
   the sender's local index (the relay), which forwards one copy to each other destination rank
   on its node (DeepEP-style); destinations on the sender's node are served as with `gpu`.
 
+All-to-all implementations (`a2a`, as engines run them; timing in moesim.engine.a2a):
+- `direct`: pairwise sends, dedup as asked (NCCL send/recv, as vLLM's and SGLang's default);
+- `allgather`: every rank's dispatched tokens go to every rank of its MoE group (an all-gather,
+  vLLM's `allgather_reducescatter` backend) and the outputs come back by a reduce-scatter;
+  `dispatch_bytes[s, d]` is then the tokens rank s dispatches times the vector size;
+- `deepep-normal`: node-deduplicated (one copy per destination node over RDMA, forwarded over
+  NVLink), fp8 dispatch by default;
+- `deepep-ll`: one message per (token, expert) with a 16-byte header, fp8 dispatch by default.
+Dispatch and combine may differ in vector size (fp8 dispatch, bf16 combine), so
+`combine_bytes[l] == dispatch_vectors[l].T * combine_vector_bytes`.
+
 Tensor and sequence parallel volumes are built from ring collectives (`GroupCollective`), the
 algorithm NCCL uses for these sizes, so their byte matrices are exact for that algorithm.
 """
@@ -28,7 +39,14 @@ import numpy as np
 
 from moesim.errors import PlacementError, TraceError
 from moesim.inputs.models import ModelSpec
-from moesim.inputs.options import ACT_DTYPE_BYTES, ActDtype, Dedup, Phase, SpVariant
+from moesim.inputs.options import (
+    ACT_DTYPE_BYTES,
+    A2aImpl,
+    ActDtype,
+    Dedup,
+    Phase,
+    SpVariant,
+)
 from moesim.trace.format import RouterTrace
 from moesim.traffic.experts import ExpertPlacement, contiguous_placement, route_assignments
 from moesim.traffic.placement import (
@@ -47,7 +65,43 @@ __all__ = [
     "compute_traffic",
     "check_trace_fits_model",
     "ring_bytes_matrix",
+    "vector_bytes",
+    "a2a_dedup",
+    "default_dispatch_dtype",
+    "FP8_SCALE_CHANNELS",
+    "DEEPEP_LL_HEADER_BYTES",
 ]
+
+# fp8 dispatch carries one fp32 scale per 128 channels of each token: DeepSeek-V3's 1x128
+# tile-wise activation quantization (arXiv 2412.19437, section 3.3.2) and DeepEP's fp8 format
+# (deep_ep/buffer.py: x as (fp8 [n, hidden], fp32 scales [n, hidden / 128])).
+FP8_SCALE_CHANNELS = 128
+# DeepEP low-latency messages carry a 16-byte header (one int4: the token's source index), in
+# csrc/config.hpp LowLatencyLayout: num_bytes_per_dispatch_msg = sizeof(int4) + ...
+DEEPEP_LL_HEADER_BYTES = 16
+
+
+def default_dispatch_dtype(a2a: str, act_dtype: str) -> str:
+    """The dispatch dtype when none is given: fp8 for DeepEP (as DeepSeek-V3 runs it), else the
+    activations'."""
+    return "fp8" if a2a.startswith("deepep") else act_dtype
+
+
+def vector_bytes(hidden: int, dtype: str, a2a: str = "direct", combine: bool = False) -> int:
+    """Bytes of one token's hidden vector in the all-to-all: `hidden * dtype bytes`, plus for fp8
+    one fp32 scale per 128 channels, plus DeepEP low-latency's header on dispatch messages."""
+    size = hidden * ACT_DTYPE_BYTES[dtype]
+    if dtype == "fp8":
+        size += 4 * -(-hidden // FP8_SCALE_CHANNELS)
+    if a2a == "deepep-ll" and not combine:
+        size += DEEPEP_LL_HEADER_BYTES
+    return size
+
+
+def a2a_dedup(a2a: str, dedup: str) -> str:
+    """The dedup an implementation runs: DeepEP normal dedups by node, low-latency sends one
+    message per (token, expert); direct runs what was asked."""
+    return {"deepep-normal": "node", "deepep-ll": "none"}.get(a2a, dedup)
 
 @dataclass(frozen=True)
 class GroupCollective:
@@ -103,6 +157,19 @@ class Traffic:
     rank_expert_tokens: np.ndarray  # [L, W, S] tokens each of a rank's expert slots processes
     tokens_per_rank: np.ndarray  # [W] tokens each rank dispatches
     experts: ExpertPlacement  # which EP ranks hold which experts
+    a2a: str = "direct"  # the all-to-all implementation (module doc)
+    dispatch_vector_bytes: int = 0  # bytes per dispatched vector (0: hidden_bytes)
+    combine_vector_bytes: int = 0  # bytes per combined vector (0: hidden_bytes)
+
+    @property
+    def dispatch_vector_size(self) -> int:
+        """Bytes of one dispatched vector."""
+        return self.dispatch_vector_bytes or self.hidden_bytes
+
+    @property
+    def combine_vector_size(self) -> int:
+        """Bytes of one combined vector."""
+        return self.combine_vector_bytes or self.hidden_bytes
 
     @property
     def num_layers(self) -> int:
@@ -116,8 +183,11 @@ class Traffic:
 
     @property
     def combine_bytes(self) -> np.ndarray:
-        """Combine is dispatch reversed: `[L, W, W]`."""
-        return self.dispatch_bytes.transpose(0, 2, 1)
+        """Combine is dispatch reversed, in the combine's vector size: `[L, W, W]`."""
+        reverse = self.dispatch_bytes.transpose(0, 2, 1)
+        if self.combine_vector_size == self.dispatch_vector_size:
+            return reverse
+        return reverse // self.dispatch_vector_size * self.combine_vector_size
 
     @property
     def moe_tp_scatter_bytes(self) -> np.ndarray:
@@ -151,13 +221,19 @@ class Traffic:
         """Local (same-rank) dispatch bytes per layer `[L]`."""
         return np.trace(self.dispatch_bytes, axis1=1, axis2=2)
 
+    def combine_cross_bytes(self) -> np.ndarray:
+        """Cross-rank combine bytes per layer `[L]`."""
+        vectors = self.dispatch_cross_bytes() // self.dispatch_vector_size
+        return vectors * self.combine_vector_size
+
     def a2a_bytes_per_layer(self) -> np.ndarray:
         """Cross-rank dispatch plus combine bytes per layer `[L]`."""
-        return 2 * self.dispatch_cross_bytes()
+        return self.dispatch_cross_bytes() + self.combine_cross_bytes()
 
     def local_bytes_per_layer(self) -> np.ndarray:
         """Local dispatch plus combine copies per layer `[L]`."""
-        return 2 * self.dispatch_local_bytes()
+        vectors = self.dispatch_local_bytes() // self.dispatch_vector_size
+        return self.dispatch_local_bytes() + vectors * self.combine_vector_size
 
     def attn_comm_bytes_per_layer(self) -> int:
         """Attention-side collective bytes of one layer: the attention-TP reduce-scatter after
@@ -377,6 +453,8 @@ def compute_traffic(
     gpus_per_node: int | None = None,
     phase: Phase = "prefill",
     sp_variant: SpVariant = "ring",
+    a2a: A2aImpl = "direct",
+    dispatch_dtype: ActDtype | None = None,
 ) -> Traffic:
     """Exact traffic and per-rank expert work of one step that runs every token of `trace`,
     with `experts` placed as given (default: the contiguous placement) and each token run by
@@ -393,6 +471,13 @@ def compute_traffic(
         )
     act_bytes = ACT_DTYPE_BYTES[act_dtype]
     hidden_bytes = model.hidden_size * act_bytes
+    dedup = a2a_dedup(a2a, dedup)  # type: ignore[assignment]
+    send_dtype = dispatch_dtype or default_dispatch_dtype(a2a, act_dtype)
+    dispatch_vector = vector_bytes(model.hidden_size, send_dtype, a2a)
+    combine_vector = vector_bytes(model.hidden_size, act_dtype, a2a, combine=True)
+    if a2a == "allgather" and par.moe_tp > 1:
+        raise PlacementError(f"placement {par.label}: a2a allgather runs with moe_tp 1 (each "
+                             "rank gathers every token of its MoE group); use direct or deepep")
     chosen = trace.experts  # [L, T, k] int16
     src = token_source_rank(par, trace.num_tokens, token_group)  # [T]
     counts = _src_expert_counts(src, chosen, par.world, model.num_experts)  # [L, W, E]
@@ -407,7 +492,9 @@ def compute_traffic(
             rank_tokens = _routed_slot_tokens(par, experts, src, ep_index, slot)
         if par.moe_tp > 1:  # distinct tokens each rank received, for the MoE-TP all-gather
             unique_rows = _dispatch_counts(src, dst, par.world, gpus_per_node, "gpu").sum(axis=1)
-    dispatch = dispatch * hidden_bytes
+    if a2a == "allgather":
+        dispatch = _allgather_vectors(par, src, trace.num_layers)
+    dispatch = dispatch * dispatch_vector
     if token_group is None:
         group_tokens = block_sizes(trace.num_tokens, par.token_groups)
     else:
@@ -426,7 +513,19 @@ def compute_traffic(
         rank_expert_tokens=rank_tokens,
         tokens_per_rank=np.bincount(src, minlength=par.world).astype(np.int64),
         experts=experts,
+        a2a=a2a,
+        dispatch_vector_bytes=dispatch_vector,
+        combine_vector_bytes=combine_vector,
     )
+
+
+def _allgather_vectors(par: Parallelism, src: np.ndarray, num_layers: int) -> np.ndarray:
+    """`[L, W, W]` vectors of an all-gather dispatch: every token rank s dispatches goes to every
+    rank of s's MoE group (its MoE-DP replica; moe_tp is 1), the diagonal its own copy."""
+    ranks = par.ranks()
+    sent = np.bincount(src, minlength=par.world).astype(np.int64)
+    same = moe_dp_index(par, ranks)[:, None] == moe_dp_index(par, ranks)[None, :]
+    return np.broadcast_to(sent[:, None] * same, (num_layers, par.world, par.world)).copy()
 
 
 def _check_placement_fits(

@@ -31,7 +31,8 @@ from moesim.inputs.options import Phase
 from moesim.trace.format import RouterTrace
 from moesim.traffic.placement import block_owner, block_sizes
 
-__all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trace_sequences"]
+__all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trace_sequences",
+           "split_step", "mtp_tokens_per_step", "mtp_rates"]
 
 
 @dataclass(frozen=True)
@@ -167,11 +168,14 @@ def build_step(
     context: int | None = None,
     decode_step: int = 0,
     offset: int = 0,
+    tokens_per_sequence: int = 1,
 ) -> StepWorkload:
     """The step of `phase` for `batch` sequences at `context` tokens, drawn from `trace`.
 
     A prefill step with `offset` holds tokens offset..offset+context-1 of each prompt (a piece of
-    a chunked prefill); they attend to the cached prefix too.
+    a chunked prefill); they attend to the cached prefix too. A decode step with
+    `tokens_per_sequence` n > 1 (multi-token prediction's verify step) runs each sequence's next
+    n trace tokens at positions C+s .. C+s+n-1.
     """
     if batch is None and context is None:
         keys = trace.pos.astype(np.int64) + 1
@@ -191,10 +195,64 @@ def build_step(
     context = context if context is not None else int(trace.pos.max()) + 1
     reuse = np.arange(batch) // starts.size  # how many times this trace sequence was used before
     spread = (reuse * lengths[seq]) // max(int(np.ceil(batch / starts.size)), 1)
-    offset = (spread + decode_step) % lengths[seq]
-    index = starts[seq] + offset
-    step = _take(trace, index, np.arange(batch), np.full(batch, context + decode_step))
-    keys = np.full(batch, context + decode_step + 1, dtype=np.int64)
-    wrapped = spread + decode_step >= lengths[seq]
-    notes = _reuse_notes(batch, lengths, wrapped, int((spread + decode_step).max()) + 1)
+    n = tokens_per_sequence
+    ahead = spread[:, None] + decode_step + np.arange(n)  # [B, n]
+    index = (starts[seq][:, None] + ahead % lengths[seq][:, None]).reshape(-1)
+    pos = np.tile(context + decode_step + np.arange(n), batch)
+    step = _take(trace, index, np.repeat(np.arange(batch), n), pos)
+    keys = pos.astype(np.int64) + 1
+    wrapped = ahead[:, -1] >= lengths[seq]
+    notes = _reuse_notes(batch, lengths, wrapped, int(ahead.max()) + 1)
     return StepWorkload(phase, step, keys, batch, notes)
+
+
+def mtp_rates(mtp: int, acceptance: list[float]) -> list[float]:
+    """The acceptance rate of each of `mtp` draft positions (one rate: every position)."""
+    return list(acceptance) * mtp if len(acceptance) == 1 else list(acceptance[:mtp])
+
+
+def mtp_tokens_per_step(mtp: int, acceptance: list[float]) -> float:
+    """Expected tokens a sequence gains per decode step with `mtp` draft tokens: 1 plus, per
+    draft position, the chance it and every one before it are accepted (a rejected draft
+    ends the step's run): 1 + a1 + a1*a2 + ..."""
+    return float(1.0 + np.cumprod(mtp_rates(mtp, acceptance)).sum()) if mtp else 1.0
+
+
+def split_step(step: StepWorkload, groups: int) -> tuple[StepWorkload, StepWorkload]:
+    """Two micro-batches of a step (two-batch overlap): each attention group's tokens cut in
+    two, the first ceil(n / 2) (in token order) to micro-batch 0, the rest to 1 (a prefill
+    sequence may be cut: its second half attends to the first as to a cached prefix, as
+    SGLang's two-batch overlap splits a single long prompt)."""
+    group = step.group_of_tokens(groups)
+    order = np.argsort(group, kind="stable")
+    sizes = np.bincount(group, minlength=groups)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rank_in_group = np.empty(step.num_tokens, dtype=np.int64)
+    rank_in_group[order] = np.arange(step.num_tokens) - starts[group[order]]
+    seq = step.trace.seq_id
+    first = rank_in_group < ((sizes + 1) // 2)[group]
+    # what each token reads and whether it makes logits, as in the whole step
+    kv_read = step.kv_read_per_token
+    if kv_read is None:
+        kv_read = (step.keys_per_token.astype(np.float64) if step.phase == "decode"
+                   else np.full(step.num_tokens, step.kv_tokens_read_per_token))
+    logits_of = step.logits_per_token
+    if logits_of is None:
+        logits_of = (np.ones(step.num_tokens, dtype=bool) if step.phase == "decode"
+                     else np.r_[seq[1:] != seq[:-1], True])
+    parts = []
+    for keep in (first, ~first):
+        index = np.flatnonzero(keep)
+        kv, logits = kv_read[index], logits_of[index]
+        parts.append(StepWorkload(
+            phase=step.phase,
+            trace=step.trace.select_tokens(index),
+            keys_per_token=step.keys_per_token[index],
+            num_sequences=int(np.unique(seq[index]).size),
+            notes=step.notes,
+            prefix_tokens=step.prefix_tokens,
+            token_group=group[index],
+            kv_read_per_token=kv,
+            logits_per_token=logits,
+        ))
+    return parts[0], parts[1]

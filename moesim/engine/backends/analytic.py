@@ -12,12 +12,14 @@ is ready (a barrier over its ranks) and ends for rank r:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from moesim.engine import analytic
+from moesim.engine.a2a import crosses_nodes, exchange_delay_and_wire
 from moesim.engine.network import Routing
 from moesim.engine.plan import Barrier, Collective, Compute, Exchange, StepPlan
-from moesim.engine.protocols import alltoall_delay_and_wire
 from moesim.engine.routes import RouteTable
 from moesim.engine.timeline import StepTimeline
 
@@ -36,16 +38,20 @@ def pairwise_bound_s(
 
 
 def pairwise_bounds_s(
-    routes: RouteTable, topo: Routing, matrices: np.ndarray, launch_s: float | None = None
+    routes: RouteTable, topo: Routing, matrices: np.ndarray, launch_s: float | None = None,
+    runs: Sequence[tuple[str, str]] | None = None,
 ) -> np.ndarray:
     """`[K, W]`: `pairwise_bound_s` of K `[W, W]` matrices at once, each on the protocol
-    NCCL's send/recv picks for its busiest rank's bytes (`launch_s`: override the launch)."""
+    NCCL's send/recv picks for its busiest rank's bytes, or run by the implementation `runs[i]`
+    gives as (impl, exchange name) (`launch_s`: override the launch)."""
     world = routes.world
     off = np.array(matrices, dtype=np.float64).reshape(-1, world, world)
     off[:, np.arange(world), np.arange(world)] = 0.0
     busiest = off.sum(axis=2).max(axis=1)
-    protocol = [alltoall_delay_and_wire(topo, range(world), float(b), launch_s)
-                for b in busiest]
+    runs = runs or [("direct", "")] * len(busiest)
+    protocol = [exchange_delay_and_wire(topo, impl, name, range(world), float(b), launch_s,
+                                        impl != "direct" and crosses_nodes(topo, matrix))
+                for b, (impl, name), matrix in zip(busiest, runs, off, strict=True)]
     launch = np.array([p[0] for p in protocol])
     off *= np.array([p[1] for p in protocol])[:, None, None]
     drain = routes.link_loads(off) / routes.links.capacity_bytes_per_s
@@ -92,20 +98,26 @@ def _comm_durations(plan: StepPlan, topo: Routing, routes: RouteTable,
     exchange's bound in one batch, identical collectives once."""
     out: dict[int, np.ndarray] = {}
     exchanges = {i: op for i, op in enumerate(plan.ops) if isinstance(op, Exchange)}
-    row: dict[int, int] = {}  # a matrix (by identity) -> its row in the batch
+    row: dict[tuple[int, str, str], int] = {}  # (matrix identity, impl, name) -> batch row
     stack: list[np.ndarray] = []
+    runs: list[tuple[str, str]] = []
+
+    def run_key(x: Exchange) -> tuple[int, str, str]:
+        return id(x.bytes_matrix), x.impl, x.name if x.impl != "direct" else ""
+
     for exchange in exchanges.values():
-        if id(exchange.bytes_matrix) not in row:
-            row[id(exchange.bytes_matrix)] = len(stack)
+        if run_key(exchange) not in row:
+            row[run_key(exchange)] = len(stack)
             stack.append(exchange.bytes_matrix)
+            runs.append(run_key(exchange)[1:])
     if stack:
         # in batches of at most _BATCH_ENTRIES (matrix, route entry) pairs
         chunk = max(1, _BATCH_ENTRIES // max(routes.link_of_entry.size, 1))
         bounds = np.concatenate([
             pairwise_bounds_s(routes, topo, stack[i][None] if chunk == 1 else
-                              np.stack(stack[i: i + chunk]), launch_s)
+                              np.stack(stack[i: i + chunk]), launch_s, runs[i: i + chunk])
             for i in range(0, len(stack), chunk)])
-        out.update({i: bounds[row[id(x.bytes_matrix)]] for i, x in exchanges.items()})
+        out.update({i: bounds[row[run_key(x)]] for i, x in exchanges.items()})
     seen: dict[tuple[object, ...], np.ndarray] = {}
     for i, op in enumerate(plan.ops):
         if isinstance(op, Collective):

@@ -17,10 +17,10 @@ from functools import partial
 import numpy as np
 import simpy
 
+from moesim.engine.a2a import crosses_nodes, exchange_delay_and_wire
 from moesim.engine.collectives import CollectiveRun, allgather, allreduce, reducescatter
 from moesim.engine.network import FlowNetwork, Routing
 from moesim.engine.plan import Barrier, Collective, Compute, Exchange, Operation, StepPlan
-from moesim.engine.protocols import alltoall_delay_and_wire
 from moesim.engine.routes import RouteTable
 from moesim.engine.timeline import StepTimeline
 
@@ -55,9 +55,9 @@ class _ExchangeRun:
         world = run.plan.world
         off = np.array(op.bytes_matrix, dtype=np.float64)
         np.fill_diagonal(off, 0.0)
-        self.launch_s, factor = alltoall_delay_and_wire(
-            run.topo, range(world), float(off.sum(axis=1).max()), run.launch_s
-        )
+        self.launch_s, factor = exchange_delay_and_wire(
+            run.topo, op.impl, op.name, range(world), float(off.sum(axis=1).max()), run.launch_s,
+            op.impl != "direct" and crosses_nodes(run.topo, off))
         self.off = off * factor
         paths = run.routes.path_count.reshape(world, world)
         parts = np.where(self.off > 0, paths, 0)
