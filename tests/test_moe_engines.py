@@ -10,15 +10,14 @@ from moesim.calibrate.deepep import LOW_LATENCY_ROWS, NORMAL_ROWS, reproduce
 from moesim.engine.a2a import compute_slowdown, deepep_ll_buffer_bytes
 from moesim.engine.backends import execute
 from moesim.engine.cost import OpCost, StepCosts
-from moesim.engine.plan import Collective, Exchange, MicroBatch, build_step_plan
+from moesim.engine.plan import Collective, MicroBatch, build_step_plan
 from moesim.errors import PlacementError
 from moesim.inputs.config import ExpertPlacementSpec, Scenario, ServeSpec
 from moesim.inputs.topology import Topology, load_topology
 from moesim.planning.evaluate import evaluate
 from moesim.planning.resolve import resolve_inputs
 from moesim.planning.serving import serve
-from moesim.traffic.balance import balanced_placement, ep_rank_load, expert_load, \
-    moved_weight_bytes
+from moesim.traffic.balance import balanced_placement, ep_rank_load, expert_load, moved_weight_bytes
 from moesim.traffic.experts import contiguous_placement, placement_from_spec
 from moesim.traffic.placement import parse_placement
 from moesim.traffic.traffic import compute_traffic, vector_bytes

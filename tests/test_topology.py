@@ -24,6 +24,7 @@ PRESET_GPUS = {
     "l40s-8x-pcie": 8,
     "rtx4090-4x-pcie": 4,
     "h100-2node-ib": 16,
+    "h100-4node-ib": 32,
     "cpu-loopback": 4,
     "b200-8x": 8,
     "gb200-nvl72": 72,

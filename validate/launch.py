@@ -280,19 +280,32 @@ def run_live(
     workdir: str | Path | None = None,
     rank_commands: Sequence[RankCommand] | None = None,
     expert_placement: str | None = None,
+    eplb: str = "none",
+    redundant_experts: int = 0,
+    eplb_window: int | None = None,
+    a2a: str = "direct",
+    overlap: str = "none",
+    mtp: int = 0,
+    dispatch_dtype: str | None = None,
 ) -> dict[str, Any]:
     """Run the predicted traffic live and return the measurement dict (see validate.measurement).
 
     `expert_placement` names a file of the experts each EP rank holds (replicas allowed; the
-    measurement records it inline); `inject_failure=(rank, "raise" | "hang")` makes that rank
-    fail after joining (for tests);
+    measurement records it inline); `eplb` (greedy, deepseek) balances the placement on the
+    run's trace slice instead, with `redundant_experts` extra slots over the EP ranks (each rank
+    runs the GEMMs of its (E + R) / moe_ep slots); `a2a`, `overlap`, `mtp` and `dispatch_dtype`
+    other than direct all-to-all in the activation dtype are refused (ConfigError:
+    `validate.measurement.check_replayable`); `inject_failure=(rank, "raise" | "hang")` makes
+    that rank fail after joining (for tests);
     `rank_commands` start ranks elsewhere (network namespaces: `validate.netns`).
     """
     start = time.perf_counter()
     inputs = live_inputs(model=model, trace=trace, placement=placement, backend=backend,
                          scale=scale, layers=layers, tokens=tokens, act_dtype=act_dtype,
                          dedup=dedup, phase=phase, sp_variant=sp_variant, warmup=warmup,
-                         repeats=repeats, barrier=barrier, expert_placement=expert_placement)
+                         repeats=repeats, barrier=barrier, expert_placement=expert_placement,
+                         eplb=eplb, redundant_experts=redundant_experts, eplb_window=eplb_window,
+                         a2a=a2a, overlap=overlap, mtp=mtp, dispatch_dtype=dispatch_dtype)
     world = int(inputs["world"])
     if nproc is not None and nproc != world:
         raise LiveRunError(f"--nproc {nproc} differs from placement {placement}'s world {world}; "

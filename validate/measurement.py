@@ -6,8 +6,13 @@ repeats (`time_s`, plus `time_s_min` and `time_s_mean`) and the bytes the rank p
 all-to-all).
 Its `inputs` block records everything needed to ask the simulator for the same traffic: the
 model, the scale and the scaled sizes (`model_update`), the trace and the slice of it that ran,
-the placement, dtype, dedup, phase. `check_bytes` recomputes that Traffic and compares every
-layer, rank, phase and byte field exactly. This module never imports torch.
+the placement, dtype, dedup, phase. An EPLB placement (`eplb`, with redundant expert slots) is
+computed once from the run's trace slice and recorded inline as `expert_placement` (copy choice
+`local_first`), with its policy and window under `eplb`, so a later `validate compare` rebuilds
+the same traffic whatever the balancing code does meanwhile. `check_bytes` recomputes that
+Traffic and compares every layer, rank, phase and byte field exactly. The harness replays direct
+all-to-all only (`check_replayable`): no allgather or DeepEP dispatch, two-batch overlap or MTP.
+This module never imports torch.
 
 Measured phases, in the order a layer runs them (`ENGINE_PHASE` maps each to the engine's):
 `sp_exchange` (SP attention exchange), `attn_reduce_scatter` (attention-TP ring reduce-scatter),
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -27,7 +32,7 @@ from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario, read_mapping
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec
-from moesim.inputs.options import ACT_DTYPE_BYTES
+from moesim.inputs.options import ACT_DTYPE_BYTES, EplbPolicy
 from moesim.planning.evaluate import step_traffic
 from moesim.planning.resolve import resolve_inputs
 from moesim.traffic.traffic import Traffic, ring_bytes_matrix
@@ -41,6 +46,7 @@ __all__ = [
     "BYTE_FIELDS",
     "Mismatch",
     "scaled_model_update",
+    "check_replayable",
     "live_inputs",
     "measurement_scenario",
     "traffic_for_inputs",
@@ -119,6 +125,44 @@ def scaled_model_update(model: ModelSpec, scale: float, layers: int) -> dict[str
     return update
 
 
+def check_replayable(*, a2a: str = "direct", overlap: str = "none", mtp: int = 0,
+                     dispatch_dtype: str | None = None, act_dtype: str = "bf16") -> None:
+    """Raise one ConfigError naming the first flag whose MoE engine the harness cannot replay:
+    it runs each layer's dispatch and combine as one `all_to_all_single` of `--act-dtype` rows
+    with the predicted splits, one batch at a time, over the trace's tokens as one step."""
+    why = "the live harness replays direct all-to-all only"
+    if a2a != "direct":
+        raise ConfigError(f"--a2a {a2a}: {why} (all_to_all_single with the predicted splits); "
+                          "drop --a2a or give --a2a direct")
+    if overlap != "none":
+        raise ConfigError(f"--overlap {overlap}: {why}, one batch per layer without two-batch "
+                          "overlap; drop --overlap or give --overlap none")
+    if mtp:
+        raise ConfigError(f"--mtp {mtp}: {why}, one step of the trace's tokens without MTP "
+                          "draft or verify passes; drop --mtp or give --mtp 0")
+    if dispatch_dtype is not None and dispatch_dtype != act_dtype:
+        raise ConfigError(f"--dispatch-dtype {dispatch_dtype}: {why}, dispatching rows of "
+                          f"--act-dtype {act_dtype}; drop --dispatch-dtype")
+
+
+def _check_balancing(eplb: str, redundant_experts: int, eplb_window: int | None,
+                     expert_placement: str | None) -> None:
+    """The EPLB options are consistent (Scenario's rules, named by their flags)."""
+    if eplb not in get_args(EplbPolicy):
+        raise ConfigError(f"--eplb {eplb}: choose one of {', '.join(get_args(EplbPolicy))}")
+    if redundant_experts < 0:
+        raise ConfigError(f"--redundant-experts {redundant_experts} must be >= 0")
+    if eplb_window is not None and eplb_window < 1:
+        raise ConfigError(f"--eplb-window {eplb_window} must be >= 1")
+    if eplb == "none" and (redundant_experts or eplb_window is not None):
+        flag = "--redundant-experts" if redundant_experts else "--eplb-window"
+        raise ConfigError(f"{flag} needs a balancing policy to place the experts: give --eplb "
+                          "greedy or --eplb deepseek")
+    if eplb != "none" and expert_placement is not None:
+        raise ConfigError("give either --eplb (a placement computed from the trace's load) or "
+                          "--expert-placement (a placement from a file), not both")
+
+
 def live_inputs(
     *,
     model: str,
@@ -136,11 +180,23 @@ def live_inputs(
     repeats: int = 3,
     barrier: str = "step",
     expert_placement: str | None = None,
+    eplb: str = "none",
+    redundant_experts: int = 0,
+    eplb_window: int | None = None,
+    a2a: str = "direct",
+    overlap: str = "none",
+    mtp: int = 0,
+    dispatch_dtype: str | None = None,
 ) -> dict[str, Any]:
     """The `inputs` block of a live run, checked: the model, trace slice, layout and expert
-    placement are resolved as `moesim run` resolves them (`measurement_scenario`)."""
+    placement are resolved as `moesim run` resolves them (`measurement_scenario`). With `eplb`
+    the placement (with `redundant_experts` extra slots) is balanced on the load of the run's
+    trace slice (its first `eplb_window` tokens) and recorded inline."""
     if act_dtype not in ACT_DTYPE_BYTES or act_dtype == "fp8":
         raise ConfigError(f"--act-dtype {act_dtype}: the live harness runs fp32, bf16 or fp16")
+    check_replayable(a2a=a2a, overlap=overlap, mtp=mtp, dispatch_dtype=dispatch_dtype,
+                     act_dtype=act_dtype)
+    _check_balancing(eplb, redundant_experts, eplb_window, expert_placement)
     full = resolve_inputs(Scenario(model=model, trace=trace, placement=placement))
     router_trace, source = full.trace, full.trace_source
     if not source.startswith("bundled:"):
@@ -175,21 +231,35 @@ def live_inputs(
         "phase": phase,
         "sp_variant": sp_variant,
         "expert_placement": expert_placement,
+        "eplb": None,
+        "a2a": "direct",
         "backend": backend,
         "nproc": par.world,
         "warmup": warmup,
         "repeats": repeats,
         "barrier": barrier,
     }
-    run = resolve_inputs(measurement_scenario(inputs))  # the placement must fit this run
-    if expert_placement is not None:
+    balancing: dict[str, Any] = {}
+    if eplb != "none":
+        balancing = {"eplb": eplb, "redundant_experts": redundant_experts,
+                     "eplb_window": eplb_window}
+    # The placement must fit this run; EPLB balances the load of this run's trace slice.
+    run = resolve_inputs(measurement_scenario(inputs, **balancing))
+    if expert_placement is not None or run.balance is not None:
         inputs["expert_placement"] = run.experts.to_spec()  # recorded inline, not as a path
+    if run.balance is not None:
+        inputs["eplb"] = {"policy": run.balance.policy,
+                          "redundant_experts": run.balance.redundant,
+                          "window_tokens": run.balance.window_tokens}
     return inputs
 
 
-def measurement_scenario(inputs: dict[str, Any]) -> Scenario:
+def measurement_scenario(inputs: dict[str, Any], **balancing: Any) -> Scenario:
     """The Scenario a live run executed: the scaled model inline, the trace cut to the run's
-    tokens and layers, the layout, the expert placement and the traffic options."""
+    tokens and layers, the layout, the expert placement (inline; an EPLB placement too, its
+    `inputs["eplb"]` being a record of how it was made) and the traffic options. `balancing`
+    (Scenario's `eplb`, `redundant_experts`, `eplb_window`) asks for an EPLB placement instead:
+    `live_inputs` uses it once, to compute the placement it records."""
     model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
     return Scenario(
         name="live run",
@@ -203,6 +273,7 @@ def measurement_scenario(inputs: dict[str, Any]) -> Scenario:
         dedup=inputs["dedup"],
         phase=inputs["phase"],
         sp_variant=inputs["sp_variant"],
+        **balancing,
     )
 
 

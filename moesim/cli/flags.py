@@ -22,6 +22,7 @@ from moesim.inputs.config import Scenario, ServeSpec, load_scenario
 __all__ = [
     "RUN_FIELDS",
     "SERVE_FIELDS",
+    "ENGINE_FIELDS",
     "add_model_flags",
     "add_scenario_flags",
     "flag_name",
@@ -35,6 +36,9 @@ __all__ = [
 RUN_FIELDS: tuple[str, ...] = tuple(
     name for name in Scenario.model_fields if name not in ("name", "description", "serve")
 )
+# The MoE-engine fields (expert balancing, overlap, all-to-all implementation, MTP).
+ENGINE_FIELDS: tuple[str, ...] = ("eplb", "redundant_experts", "eplb_window", "rebalance_steps",
+                                  "overlap", "a2a", "dispatch_dtype", "mtp", "mtp_acceptance")
 # ServeSpec fields `moesim serve` takes as flags: all of them.
 SERVE_FIELDS: tuple[str, ...] = tuple(ServeSpec.model_fields)
 _ARRIVALS = ("rate", "concurrency", "requests_file")

@@ -8,7 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
-from moesim.cli.flags import add_model_flags, flag_name
+from moesim.cli.flags import ENGINE_FIELDS, add_model_flags, add_scenario_flags, flag_name
 from moesim.errors import ConfigError
 from moesim.inputs.config import ServeSpec
 from moesim.output.files import write_atomic
@@ -50,6 +50,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--users", type=int,
                         help="concurrent sequences (closed-loop clients when serving)")
     add_model_flags(parser, ServeSpec, PLAN_SERVE_FIELDS)
+    add_scenario_flags(parser, ENGINE_FIELDS)
     parser.add_argument("--trace", help="trace .npz or bundled:NAME (default: bundled decode)")
     parser.add_argument("--fidelity", choices=["analytic", "des"], default="analytic")
     parser.add_argument(
@@ -95,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
         objective=args.objective,
         serve_spec=_serve_spec(args),
         percentile=args.percentile,
+        engine={name: getattr(args, name) for name in ENGINE_FIELDS
+                if getattr(args, name, None) is not None},
         progress=None if quiet else lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:

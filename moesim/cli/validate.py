@@ -15,11 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from moesim.cli.flags import add_scenario_flags
 from moesim.errors import ConfigError
 from moesim.inputs.options import Fidelity
 
 __all__ = ["add_parser", "parse_scale", "compare_summary"]
 
+# Scenario fields `validate live` takes as flags, as `moesim run` does (moesim.cli.flags): EPLB
+# placements run live; an all-to-all other than direct, TBO and MTP are refused.
+_ENGINE_FIELDS = ("eplb", "redundant_experts", "eplb_window", "a2a", "dispatch_dtype", "overlap",
+                  "mtp")
+_REFUSED = {"a2a": "direct", "overlap": "none", "mtp": "0",
+            "dispatch_dtype": "--act-dtype's dtype"}
 _OTHER_COMM = ("sp_exchange", "attn_reduce_scatter", "moe_tp_gather", "moe_tp_scatter",
                "attn_all_gather")
 
@@ -65,6 +72,10 @@ def _add_live(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     live.add_argument("--expert-placement", dest="expert_placement", metavar="FILE",
                       help="YAML/JSON of the experts each EP rank holds (replicas allowed), as "
                       "`moesim run --expert-placement`; default: contiguous")
+    add_scenario_flags(live, _ENGINE_FIELDS)
+    for action in live._actions:  # say in the help which values the harness refuses
+        if action.dest in _REFUSED:
+            action.help = f"{action.help}. Live: only {_REFUSED[action.dest]}; others are refused"
     live.add_argument("--dedup", choices=["none", "gpu"], default="none")
     live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
                       default="bf16")
@@ -129,6 +140,13 @@ def _parse_injection(text: str | None) -> tuple[int, str] | None:
 
 def _live(args: argparse.Namespace) -> int:
     """Handler of `moesim validate live`."""
+    from validate.measurement import check_replayable
+
+    engine = {name: getattr(args, name) for name in _ENGINE_FIELDS
+              if getattr(args, name) is not None}
+    check_replayable(**{k: v for k, v in engine.items() if k in ("a2a", "overlap", "mtp",
+                                                                  "dispatch_dtype")},
+                     act_dtype=args.act_dtype)
     if importlib.util.find_spec("torch") is None:
         raise ConfigError("`moesim validate live` needs torch: pip install 'moesim[live]'")
     from moesim.cli.run import write_json
@@ -141,7 +159,7 @@ def _live(args: argparse.Namespace) -> int:
         dedup=args.dedup, phase=args.phase, sp_variant=args.sp_variant, warmup=args.warmup,
         repeats=args.repeats, timeout_s=args.timeout_s, nproc=args.nproc, barrier=args.barrier,
         inject_failure=_parse_injection(args.inject_failure),
-        expert_placement=args.expert_placement,
+        expert_placement=args.expert_placement, **engine,
     )
     write_json(measurement, args.output)
     totals = measurement["totals"]

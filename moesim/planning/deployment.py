@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from moesim.errors import ConfigError, MoesimError
 from moesim.inputs.config import Scenario, ServeSpec
 from moesim.output.result import usd_per_million_tokens
@@ -304,9 +306,11 @@ def plan_deployment(
     percentile: Percentile = "p90",
     serve: Callable[[Scenario, Percentile], dict[str, Any]] = _serve,
     progress: Progress = None,
+    engine: dict[str, Any] | None = None,
 ) -> PlanResult:
     """Search deployments x layouts for the cheapest one meeting the SLO (module doc): the TPOT
-    of a decode step, or with `slo_ttft_s` or `serve_spec` the served TTFT and TPOT."""
+    of a decode step, or with `slo_ttft_s` or `serve_spec` the served TTFT and TPOT; `engine`:
+    MoE-engine scenario fields every candidate runs with (eplb, overlap, a2a, mtp, ...)."""
     serving = slo_ttft_s is not None or serve_spec is not None
     spec = serve_spec or ServeSpec()
     if "isl" not in spec.model_fields_set:  # prompts of the context's length
@@ -325,7 +329,13 @@ def plan_deployment(
     inventory = parse_inventory(gpus_available)
     sizes = {p: _preset_gpus(p) for gpu in inventory for p in GPU_PRESETS[gpu]}
     base: dict[str, Any] = {"model": model, "phase": "decode", "context": context}
-    base.update(fidelity=fidelity, **({"trace": trace} if trace else {}))
+    base.update(fidelity=fidelity, **({"trace": trace} if trace else {}), **(engine or {}))
+    try:
+        Scenario(**base)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(
+            ("--" + str(err["loc"][0]).replace("_", "-") + ": " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ") for err in exc.errors())) from None
     targets = _Targets(slo_tpot_s, slo_ttft_s, percentile if serving else None)
     points = [(preset, replicas, layout) for preset, replicas in deployments(inventory, sizes)
               for layout in layout_presets(sizes[preset])]
