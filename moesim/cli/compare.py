@@ -16,7 +16,7 @@ from moesim.cli.run import write_json
 from moesim.errors import ConfigError
 from moesim.inputs.config import ServeSpec
 
-__all__ = ["add_parser", "run_compare_command", "parse_list", "write_figures"]
+__all__ = ["add_parser", "run_compare_command", "parse_list", "write_figures", "compare_table"]
 
 DEFAULT_PLACEMENTS = "TP8,EP8,EP4xDP2,SP8,TP2xEP4"
 # The scenario flags of compare: all of run's but those it takes as comma-separated lists.
@@ -43,6 +43,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="comma-separated topology presets or YAML files (default: the "
                         "scenario's)")
     parser.add_argument("--batch", dest="batches", help="comma-separated batch sizes")
+    parser.add_argument("--variants", metavar="SPEC",
+                        help="evaluate every layout once per variant and rank them together: "
+                        "comma-separated variants, each 'base' (the scenario as given) or "
+                        "FIELD=VALUE overrides joined by '+', FIELD among eplb, "
+                        "redundant_experts, eplb_window, rebalance_steps, overlap, a2a, "
+                        "dispatch_dtype, mtp, mtp_acceptance; e.g. "
+                        "base,eplb=deepseek+redundant_experts=8,overlap=tbo,a2a=deepep-ll")
     add_scenario_flags(parser, COMPARE_FIELDS)
     add_model_flags(parser, ServeSpec, COMPARE_SERVE_FIELDS)
     parser.add_argument("--percentile", choices=["p50", "p90", "p99", "mean"], default="p90",
@@ -77,9 +84,9 @@ def parse_list(text: str | None, what: str, cast: type = str) -> list:  # type: 
 
 def run_compare_command(args: argparse.Namespace) -> int:
     """Handler of `moesim compare`."""
-    from moesim.output.report import format_compare_table
-    from moesim.planning.compare import run_compare
+    from moesim.planning.compare import parse_variants, run_compare
 
+    variants = parse_variants(args.variants)
     base = scenario_with_serve(args)
     drawing = bool(args.plot or args.html)
     sweep = [] if args.sweep_batches == "none" or not drawing else parse_list(
@@ -96,11 +103,45 @@ def run_compare_command(args: argparse.Namespace) -> int:
         sweep_batches=sweep,
         percentile=args.percentile,
         progress=None if args.quiet else sys.stderr,
+        variants=variants,
     )
     if not args.quiet and args.json != "-":
-        print(format_compare_table(compare))
+        print(compare_table(compare))
     _write_outputs(compare, args)
     return 0
+
+
+def compare_table(compare: dict) -> str:  # type: ignore[type-arg]
+    """The comparison's ranked tables: `format_compare_table`, with a `variant` column after
+    the layout (and the variant in each infeasible line) when the comparison ran --variants.
+    """
+    from moesim.output.report import format_compare_table, table_cells, table_columns
+
+    if not compare.get("variants"):
+        return format_compare_table(compare)
+    # format_compare_table without groups: the model (and served) lines, then a blank line,
+    # the legend and the ranking rule; the groups go between them, with the extra column.
+    lines = format_compare_table({**compare, "groups": []}).split("\n")
+    head, tail = lines[:-3], lines[-3:]
+    rows = [r for g in compare["groups"] for r in g["ranked"] + g["infeasible"]]
+    width = max(len(r.get("variant") or "") for r in [{"variant": "variant"}, *rows])
+    columns = table_columns(compare)
+
+    def line(cells: list[str], variant: str) -> str:
+        padded = [f"{c:>{w}}" for c, (_, w) in zip(cells, columns, strict=True)]
+        return " ".join([*padded[:2], f"{variant:<{width}}", *padded[2:]])
+
+    header = line([name for name, _ in columns], "variant")
+    for group in compare["groups"]:
+        where = f"batch {group['batch']}, context {group['context']}"
+        if compare.get("serving"):
+            where = f"served; a2a GB, imb e/r and free GB of one decode step at {where}"
+        head += ["", f"{where}:", header]
+        head += [line(table_cells(row), row.get("variant") or "") for row in group["ranked"]]
+        head += [f"  infeasible {row['placement']} [{row.get('variant')}] on {row['topology']}: "
+                 f"{row['reason']}" for row in group["infeasible"]]
+    legend = "variant: the scenario's MoE-engine overrides (--variants; base: as given)"
+    return "\n".join([*head, tail[0], legend, *tail[1:]])
 
 
 def _write_outputs(compare: dict, args: argparse.Namespace) -> None:  # type: ignore[type-arg]

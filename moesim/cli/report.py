@@ -25,14 +25,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Handler of `moesim report`."""
-    from moesim.cli.compare import write_figures
+    from moesim.cli.compare import compare_table, write_figures
     from moesim.inputs.config import read_mapping
     from moesim.output.html_report import check_compare_dict
-    from moesim.output.report import format_compare_table
 
     compare = read_mapping(args.results, "comparison results")
     check_compare_dict(compare, f"comparison results file {args.results}")
     if not args.quiet:
-        print(format_compare_table(compare))
+        print(compare_table(compare))
     write_figures(compare, args.plot, args.html, not args.quiet)
     return 0

@@ -70,18 +70,28 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(group: dict[str, Any], columns: tuple[tuple[str, int], ...]) -> str:
-    head = "".join(f"<th>{_e(name)}</th>" for name, _ in columns)
+def _table(group: dict[str, Any], columns: tuple[tuple[str, int], ...],
+           variants: bool = False) -> str:
+    """The ranked rows; with `variants` (compare --variants) a variant column after the
+    layout."""
+    names = [name for name, _ in columns]
+    if variants:
+        names.insert(2, "variant")
+    head = "".join(f"<th>{_e(name)}</th>" for name in names)
     body = []
     for row in group["ranked"]:
         cls = "best" if row["rank"] == 1 else ("miss" if row.get("meets_slo") is False else "")
+        values = table_cells(row)
+        if variants:
+            values.insert(2, row.get("variant") or "")
+        text = (1, 2, 3) if variants else (1, 2)
         cells = "".join(
-            f'<td class="text">{_e(c)}</td>' if i in (1, 2) else f"<td>{_e(c)}</td>"
-            for i, c in enumerate(table_cells(row))
+            f'<td class="text">{_e(c)}</td>' if i in text else f"<td>{_e(c)}</td>"
+            for i, c in enumerate(values)
         )
         body.append(f'<tr class="{cls}">{cells}</tr>')
     if not body:
-        body.append(f'<tr><td colspan="{len(columns)}" class="text">no feasible layout'
+        body.append(f'<tr><td colspan="{len(names)}" class="text">no feasible layout'
                     "</td></tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -90,7 +100,9 @@ def _infeasible(group: dict[str, Any]) -> str:
     if not group["infeasible"]:
         return '<p class="small">Every layout was feasible.</p>'
     items = "".join(
-        f"<li><b>{_e(r['placement'])}</b> on {_e(r['topology'])}: {_e(r['reason'])}</li>"
+        f"<li><b>{_e(r['placement'])}</b>"
+        + (f" [{_e(r['variant'])}]" if r.get("variant") else "")
+        + f" on {_e(r['topology'])}: {_e(r['reason'])}</li>"
         for r in group["infeasible"]
     )
     return f"<p>Infeasible (not simulated):</p><ul>{items}</ul>"
@@ -103,6 +115,10 @@ def _results_section(compare: dict[str, Any]) -> str:
                (("TPOT", slo.get("max_tpot_s")), ("TTFT", slo.get("max_ttft_s"))) if value]
     if targets:
         parts.append(f"<p>Targets: {_e(', '.join(targets))}; rows marked * miss one.</p>")
+    if compare.get("variants"):
+        labels = ", ".join(v["label"] for v in compare["variants"])
+        parts.append(f"<p>Every layout ran once per variant (overrides of the scenario's MoE "
+                     f"engine, ranked together): {_e(labels)}.</p>")
     serving = compare.get("serving")
     if serving:
         parts.append(_serving_paragraph(serving))
@@ -111,7 +127,7 @@ def _results_section(compare: dict[str, Any]) -> str:
         if serving:
             where = f"Served; a2a, imbalance and free memory of one decode step at {where.lower()}"
         parts.append(f"<h3>{_e(where)}</h3>")
-        parts.append(_table(group, table_columns(compare)))
+        parts.append(_table(group, table_columns(compare), bool(compare.get("variants"))))
         parts.append(_infeasible(group))
     first = ("TTFT, TPOT: the percentile over the served requests (arrival to first token, "
              "queueing included; per output token after the first); out tok/s/GPU: served "

@@ -8,9 +8,16 @@ Figures (matplotlib, Agg, imported only inside the drawing functions):
 - a Gantt timeline of one step: every operation of every rank as a bar from when the rank was
   ready for it to when its part ended (waiting for peers counts in the communication operation
   that waits), each rank in two lanes, its compute stream above its communication stream, so
-  operations that overlap show side by side;
+  operations that overlap show side by side; with two-batch overlap (`overlap: tbo`) the
+  second micro-batch's operations are hatched, so one micro-batch's all-to-all on the
+  communication lane shows beside the other's compute;
+- per-EP-rank expert load before and after balancing (rows whose result has
+  `moe_engine.rank_load`: EPLB): tokens per EP rank per MoE layer, and each layer's max/mean;
 - latency against throughput: TPOT against decode tokens/s as the batch grows, per layout,
   from decode steps at analytic fidelity; batches that do not fit in memory are left out.
+
+A row of a comparison with variants (`moesim compare --variants`) is named by its layout and
+variant, `EP8 [eplb=deepseek+redundant_experts=8]`, in every figure.
 
 The per-point data (`RunResult.plot_data`: the evaluated step's own arrays) is stored in the
 comparison JSON, so `moesim report` redraws every figure from the JSON alone and no plot runs
@@ -54,6 +61,12 @@ def _new_figure(width: float, height: float):  # type: ignore[no-untyped-def]
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _label(row: dict[str, Any]) -> str:
+    """A row's layout, with its variant when the comparison ran variants."""
+    variant = row.get("variant")
+    return row["placement"] if variant is None else f"{row['placement']} [{variant}]"
+
+
 def _by_topology(group: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The group's feasible rows with plot data, per topology, in layout order of the run."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -77,7 +90,7 @@ def _phase_figure(rows: list[dict[str, Any]], title: str):  # type: ignore[no-un
                 ax.bar(x, ms, bottom=bottom, color=PHASE_COLOURS[phase], label=phase, width=0.8)
                 bottom += ms
         ax.set_ylabel("ms")
-        ax.set_title(f"{row['placement']}: step {row['result']['latency']['step_s'] * 1e3:.2f} "
+        ax.set_title(f"{_label(row)}: step {row['result']['latency']['step_s'] * 1e3:.2f} "
                      "ms", fontsize=10, loc="left")
     axes[-1].set_xlabel("transformer block")
     from matplotlib.patches import Patch
@@ -103,7 +116,7 @@ def _traffic_figure(rows: list[dict[str, Any]], title: str):  # type: ignore[no-
         ax.set_xlabel("destination rank")
         ax.set_ylabel("source rank")
         cross = matrix.sum() - np.trace(matrix)
-        ax.set_title(f"{row['placement']}: {cross:.1f} MB cross-rank", fontsize=10)
+        ax.set_title(f"{_label(row)}: {cross:.1f} MB cross-rank", fontsize=10)
         fig.colorbar(image, ax=ax, label="MB dispatched", shrink=0.85)
     for ax in axes[len(rows):]:
         ax.set_visible(False)
@@ -129,15 +142,19 @@ def _gantt_figure(rows: list[dict[str, Any]], title: str):  # type: ignore[no-un
     world_max = max(r["plot_data"]["gantt"]["world"] for r in rows)
     fig = _new_figure(14, 0.9 + (0.32 * world_max + 0.7) * len(rows))
     axes = fig.subplots(len(rows), 2, squeeze=False, width_ratios=[3, 1])
+    overlapped = False
     for (full, zoom), row in zip(axes, rows, strict=True):
         gantt = row["plot_data"]["gantt"]
-        _draw_gantt(full, gantt)
+        micro = _micro_batches(gantt)
+        overlapped |= micro is not None
+        _draw_gantt(full, gantt, micro)
         full.set_xlim(0, max(r["plot_data"]["gantt"]["step_s"] for r in rows) * 1e3)
-        full.set_title(f"{row['placement']}: whole step {gantt['step_s'] * 1e3:.2f} ms "
-                       f"({gantt['fidelity']}); per rank compute above, communication below",
-                       fontsize=10, loc="left")
+        full.set_title(f"{_label(row)}: whole step {gantt['step_s'] * 1e3:.2f} ms "
+                       f"({gantt['fidelity']}); per rank compute above, communication below"
+                       f"{_overlap_words(row, micro)}", fontsize=10 if len(rows) < 4 else 9,
+                       loc="left")
         full.set_ylabel("rank")
-        _draw_gantt(zoom, gantt)
+        _draw_gantt(zoom, gantt, micro)
         zoom.set_xlim(*_zoom_window_ms(gantt))
         zoom.set_title("zoom: first two MoE blocks", fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("time in the step (ms)")
@@ -145,6 +162,10 @@ def _gantt_figure(rows: list[dict[str, Any]], title: str):  # type: ignore[no-un
     from matplotlib.patches import Patch
 
     handles = [Patch(color=PHASE_COLOURS[p], label=p) for p in (*PHASES, "lm_head")]
+    if overlapped:
+        handles += [Patch(facecolor="white", edgecolor="black", label="micro-batch 0"),
+                    Patch(facecolor="white", edgecolor="black", hatch=_MB1_HATCH,
+                          label="micro-batch 1")]
     fig.legend(handles=handles, loc="outside right upper", title="phase")
     fig.suptitle(title)
     return fig
@@ -164,23 +185,121 @@ def _zoom_window_ms(gantt: dict[str, Any]) -> tuple[float, float]:
     return float(begin.min()), float(stop.max())
 
 
-def _draw_gantt(ax: Any, gantt: dict[str, Any]) -> None:
-    """Per rank two lanes (compute above, comm below): each operation as a bar, start to end."""
+_MB1_HATCH = "////"
+
+
+def _micro_batches(gantt: dict[str, Any]) -> list[int] | None:
+    """Each operation's micro-batch (0 or 1) when the step ran two-batch overlap, else None.
+    The overlapped plan (moesim.engine.plan) writes every operation of a block once per
+    micro-batch, micro-batch 0's first, so the k-th operation of a name in a block is
+    micro-batch k's; a plan with no name repeated in a block has one micro-batch."""
+    seen: dict[tuple[int, str], int] = {}
+    micro = []
+    for op in gantt["ops"]:
+        key = (op["block"], op["name"])
+        micro.append(seen.get(key, 0))
+        seen[key] = micro[-1] + 1
+    return micro if any(micro) else None
+
+
+def _overlap_words(row: dict[str, Any], micro: list[int] | None) -> str:
+    """What the title says of the row's overlap: nothing without `overlap: tbo`."""
+    engine = row.get("result", {}).get("moe_engine") or {}
+    if engine.get("overlap") != "tbo":
+        return ""
+    if micro is None:  # moesim.planning.evaluate.time_step: nothing to split
+        return "\ntwo-batch overlap asked but not run (one token per attention group)"
+    return "\ntwo-batch overlap: micro-batch 1 hatched, each all-to-all beside the other's compute"
+
+
+def _draw_gantt(ax: Any, gantt: dict[str, Any], micro: list[int] | None = None) -> None:
+    """Per rank two lanes (compute above, comm below): each operation as a bar, start to end;
+    with two micro-batches (`micro`) the second's bars hatched."""
     start = np.array(gantt["start_s"]) * 1e3  # [ops, W] ms, negative: not the rank's op
     end = np.array(gantt["end_s"]) * 1e3
     world = gantt["world"]
     lanes = {"compute": -0.42, "comm": 0.02}
+    batches = micro or [0] * len(gantt["ops"])
     for rank in range(world):
         for stream, offset in lanes.items():
             for phase in (*PHASES, "lm_head"):
-                ops = [i for i, op in enumerate(gantt["ops"])
-                       if op["stream"] == stream and op["phase"] == phase]
-                bars = [(start[i, rank], end[i, rank] - start[i, rank]) for i in ops
-                        if start[i, rank] >= 0 and end[i, rank] > start[i, rank]]
-                if bars:
-                    ax.broken_barh(bars, (rank + offset, 0.4), facecolors=PHASE_COLOURS[phase])
+                for mb in sorted(set(batches)):
+                    ops = [i for i, op in enumerate(gantt["ops"]) if op["stream"] == stream
+                           and op["phase"] == phase and batches[i] == mb]
+                    bars = [(start[i, rank], end[i, rank] - start[i, rank]) for i in ops
+                            if start[i, rank] >= 0 and end[i, rank] > start[i, rank]]
+                    if not bars:
+                        continue
+                    style: dict[str, Any] = {"facecolors": PHASE_COLOURS[phase]}
+                    if mb:
+                        style.update(hatch=_MB1_HATCH, edgecolor="white", linewidth=0.0)
+                    ax.broken_barh(bars, (rank + offset, 0.4), **style)
     ax.set_yticks(np.arange(world))
     ax.set_ylim(world - 0.5, -0.5)
+
+
+def _rank_load_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose result balanced experts over more than one EP rank, each layout and variant
+    once (the first topology's when the balance is the same on every topology)."""
+    out: list[dict[str, Any]] = []
+    seen: list[tuple[str, Any]] = []
+    for row in sorted(rows, key=lambda r: r.get("order", 0)):
+        load = ((row.get("result") or {}).get("moe_engine") or {}).get("rank_load")
+        if not load or len(load["after_tokens"][0]) < 2:
+            continue
+        key = (_label(row), load)
+        if key not in seen:
+            seen.append(key)
+            out.append(row)
+    return out
+
+
+def _rank_load_figure(rows: list[dict[str, Any]], title: str,  # type: ignore[no-untyped-def]
+                      named_topology: bool):
+    """Per row: tokens per EP rank (mean over MoE layers) before and after balancing, with the
+    balanced mean; and each layer's max/mean rank load before and after. Shared y scales."""
+    fig = _new_figure(13, 0.9 + 2.9 * len(rows))
+    axes = fig.subplots(len(rows), 2, squeeze=False, width_ratios=[3, 2])
+    bars_ax, lines_ax = axes[:, 0], axes[:, 1]
+    for ax in bars_ax[1:]:
+        ax.sharey(bars_ax[0])
+    for ax in lines_ax[1:]:
+        ax.sharey(lines_ax[0])
+    for (left, right), row in zip(axes, rows, strict=True):
+        load = row["result"]["moe_engine"]["rank_load"]
+        after = np.array(load["after_tokens"], dtype=float)  # [layers, ep]
+        ranks = np.arange(after.shape[1])
+        if "before_tokens" in load:  # absent where experts do not split evenly over EP
+            before = np.array(load["before_tokens"], dtype=float)
+            left.bar(ranks - 0.2, before.mean(axis=0), width=0.4, color="#c44e52",
+                     label="before")
+        left.bar(ranks + 0.2, after.mean(axis=0), width=0.4, color="#55a868", label="after")
+        left.axhline(after.mean(), color="black", linestyle="--", linewidth=1,
+                     label="mean (perfect balance)")
+        left.set_xticks(ranks)
+        left.set_ylabel("tokens per layer")
+        engine = row["result"]["moe_engine"]
+        where = f" on {row['topology']}" if named_topology else ""
+        left.set_title(f"{_label(row)}{where}: {engine['eplb']} EPLB, "
+                       f"{engine['redundant_experts']} redundant experts", fontsize=10,
+                       loc="left")
+        layers = np.arange(after.shape[0])
+        for key, colour, name in (("before_max_over_mean", "#c44e52", "before"),
+                                  ("after_max_over_mean", "#55a868", "after")):
+            if key not in load:
+                continue
+            per_layer = load[key]["per_layer"]
+            right.plot(layers, per_layer, marker="o", markersize=3, color=colour,
+                       label=f"{name} (max {load[key]['max']:.2f}, mean {load[key]['mean']:.2f})")
+        right.axhline(1.0, color="black", linestyle=":", linewidth=1)
+        right.set_ylabel("max / mean rank load")
+        right.legend(fontsize=7)
+        right.grid(True, alpha=0.3)
+    bars_ax[-1].set_xlabel("EP rank")
+    lines_ax[-1].set_xlabel("MoE layer")
+    bars_ax[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    return fig
 
 
 def _sweep_figure(sweep: dict[str, Any], title: str, order: list[str]):  # type: ignore[no-untyped-def]
@@ -224,10 +343,14 @@ def _figures(compare: dict[str, Any]) -> Iterator[tuple[PlotInfo, Any]]:
                     "phase, so they can exceed the block time when different ranks are slowest."},
                    _phase_figure(rows, title))
             title = f"Gantt timeline of one {phase} step, {topology}, {work}"
+            tbo = any(_micro_batches(r["plot_data"]["gantt"]) for r in rows)
             yield ({"name": f"gantt_{topology}_{tag}.png", "title": title,
                     "caption": "Each rank's phases back to back; waiting for peers counts in "
                     "the communication phase that waits. Phases drawn in canonical order "
-                    "within a block."}, _gantt_figure(rows, title))
+                    "within a block." + (" With two-batch overlap the second micro-batch's "
+                    "operations are hatched: one micro-batch's dispatch and combine run on "
+                    "the communication lane beside the other's attention and experts."
+                    if tbo else "")}, _gantt_figure(rows, title))
         if per_topology:
             rows = next(iter(per_topology.values()))
             title = f"Dispatch bytes per rank pair, summed over layers, {work}"
@@ -239,6 +362,17 @@ def _figures(compare: dict[str, Any]) -> Iterator[tuple[PlotInfo, Any]]:
             yield ({"name": f"expert_load_{tag}.png", "title": title,
                     "caption": "From the replayed router trace; the same for every layout."},
                    _expert_figure(rows[0], title))
+        balanced = _rank_load_rows(group["ranked"])
+        if balanced:
+            title = f"Tokens per EP rank before and after expert balancing, {work}"
+            named = len({r["topology"] for r in balanced}) > 1
+            yield ({"name": f"rank_load_{tag}.png", "title": title,
+                    "caption": "Left: tokens (top-k assignments) each EP rank serves, mean over "
+                    "MoE layers, with the experts on their default ranks (before) and as the "
+                    "balancer placed them and their copies (after); dashed: the mean, what "
+                    "perfect balance gives every rank. Right: each layer's busiest rank over "
+                    "the mean (1 is perfect balance). Same scales in every row."},
+                   _rank_load_figure(balanced, title, named))
     if compare.get("serving"):
         yield from _serving_figures(compare)
     if compare.get("latency_throughput"):
@@ -255,7 +389,7 @@ def _serving_figures(compare: dict[str, Any]) -> Iterator[tuple[PlotInfo, Any]]:
 
     slo = {"ttft_s": compare["slo"]["max_ttft_s"], "tpot_s": compare["slo"]["max_tpot_s"]}
     for group in compare["groups"]:
-        runs = {f"{r['placement']} on {r['topology']}": r["serve_plot"]
+        runs = {f"{_label(r)} on {r['topology']}": r["serve_plot"]
                 for r in sorted(group["ranked"], key=lambda r: r.get("order", 0))
                 if "serve_plot" in r}
         if not runs:
@@ -274,7 +408,7 @@ def _serving_figures(compare: dict[str, Any]) -> Iterator[tuple[PlotInfo, Any]]:
 def _layout_order(compare: dict[str, Any]) -> list[str]:
     """Layouts in the order the comparison ran them."""
     rows = [r for g in compare["groups"] for r in g["ranked"] + g["infeasible"]]
-    return list(dict.fromkeys(r["placement"] for r in sorted(rows, key=lambda r: r["order"])))
+    return list(dict.fromkeys(_label(r) for r in sorted(rows, key=lambda r: r["order"])))
 
 
 def save_plots(

@@ -11,6 +11,11 @@ decode tokens/s per GPU, highest first, ties broken by lower TPOT. With a TPOT o
 points meeting every target rank above points missing one. Cost:
 `usd_per_million_tokens = world * gpu_price_per_hour_usd / 3600 / tokens_per_s * 1e6`
 (decode output tokens; None where the topology has no price).
+
+Variants (`parse_variants`, `moesim compare --variants`): the same layouts evaluated once per
+set of MoE-engine overrides of the scenario (`VARIANT_FIELDS`: EPLB, overlap, all-to-all, MTP),
+e.g. `base,eplb=deepseek+redundant_experts=8,overlap=tbo`. Each row carries its variant's label
+(`variant`) and every variant of every layout ranks in the one table of its workload.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
+
+from pydantic import ValidationError
 
 from moesim.errors import ConfigError, MoesimError
 from moesim.inputs.config import Scenario
@@ -32,6 +39,11 @@ __all__ = [
     "RANKING_RULE",
     "SERVING_RANKING_RULE",
     "DEFAULT_SWEEP_BATCHES",
+    "VARIANT_FIELDS",
+    "Variant",
+    "parse_variants",
+    "variant_scenarios",
+    "row_label",
     "rank_rows",
     "serve_figures",
     "evaluate_point",
@@ -52,6 +64,104 @@ SERVING_RANKING_RULE = (
     "those that cannot serve: SP, no room for a KV cache) are listed with the reason."
 )
 DEFAULT_SWEEP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# Scenario fields a variant may override: the MoE engine's (rebalance_steps acts when serving).
+VARIANT_FIELDS = ("eplb", "redundant_experts", "eplb_window", "rebalance_steps", "overlap",
+                  "a2a", "dispatch_dtype", "mtp", "mtp_acceptance")
+BASE_VARIANT = "base"
+_VARIANT_EXAMPLE = "e.g. --variants base,eplb=deepseek+redundant_experts=8,overlap=tbo"
+_LIST_FIELDS = ("mtp_acceptance",)  # values that are themselves comma-separated
+
+Variant = tuple[str, dict[str, Any]]  # label, Scenario field overrides ({} for `base`)
+
+
+def _variant_error(problem: str) -> ConfigError:
+    return ConfigError(
+        f"--variants: {problem}; give comma-separated variants, each 'base' or FIELD=VALUE "
+        f"overrides joined by '+', FIELD among {', '.join(VARIANT_FIELDS)} ({_VARIANT_EXAMPLE})"
+    )
+
+
+def parse_variants(text: str | None) -> list[Variant]:
+    """`--variants` as (label, overrides) pairs: comma-separated variants, each `base` (the
+    scenario as given) or `FIELD=VALUE` overrides of `VARIANT_FIELDS` joined by `+`. A
+    list-valued field takes its own commas (`mtp=2+mtp_acceptance=0.9,0.7`). Field names may
+    be written with dashes; the label is the variant with canonical names. Values are checked
+    against the scenario by `variant_scenarios`. None or '' gives no variants."""
+    if not text or not text.strip():
+        return []
+    items: list[list[tuple[str, str]] | None] = []  # None: base
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            raise _variant_error(f"empty variant in '{text}'")
+        last = items[-1] if items else None
+        if "=" not in item and item != BASE_VARIANT and last and last[-1][0] in _LIST_FIELDS:
+            last[-1] = (last[-1][0], f"{last[-1][1]},{item}")  # a list value's next item
+            continue
+        items.append(None if item == BASE_VARIANT else _parse_overrides(item))
+    variants: list[Variant] = []
+    for pairs in items:
+        label = BASE_VARIANT if pairs is None else "+".join(f"{k}={v}" for k, v in pairs)
+        overrides = {} if pairs is None else {k: _value(k, v) for k, v in pairs}
+        if any(label == seen for seen, _ in variants):
+            raise _variant_error(f"variant '{label}' is given twice")
+        variants.append((label, overrides))
+    return variants
+
+
+def _parse_overrides(item: str) -> list[tuple[str, str]]:
+    """`a=1+b=2` as [(a, "1"), (b, "2")], field names checked."""
+    pairs: list[tuple[str, str]] = []
+    for part in item.split("+"):
+        field, sep, value = part.partition("=")
+        field = field.strip().replace("-", "_")
+        if not sep or not field or not value.strip():
+            raise _variant_error(f"cannot read '{part.strip()}' in '{item}' (write FIELD=VALUE)")
+        if field not in VARIANT_FIELDS:
+            raise _variant_error(f"unknown field '{field}' in '{item}'")
+        if any(field == seen for seen, _ in pairs):
+            raise _variant_error(f"field '{field}' is given twice in '{item}'")
+        pairs.append((field, value.strip()))
+    return pairs
+
+
+def _value(field: str, value: str) -> Any:
+    """A variant's value as Scenario takes it: `none`/`default` of an optional field is None."""
+    if Scenario.model_fields[field].default is None and value.lower() in ("none", "default"):
+        return None
+    return value
+
+
+def variant_scenarios(base: Scenario, variants: Sequence[Variant]) -> list[tuple[str, Scenario]]:
+    """Each variant's scenario: `base` with its overrides, validated (ConfigError naming
+    --variants and the variant on a refused value)."""
+    out = []
+    for label, overrides in variants:
+        if not overrides:
+            out.append((label, base))
+            continue
+        try:
+            scenario = Scenario.model_validate({**base.model_dump(), **overrides})
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                field = str(err["loc"][0]) if err["loc"] else ""
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{field}: {msg}" if field else msg)
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in overrides)
+            raise ConfigError(
+                f"--variants: variant '{label}': {'; '.join(problems)}; change its values "
+                f"(each takes what its flag takes: {flags}) or its other fields") from None
+        out.append((label, scenario))
+    return out
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A row's layout as tables, plots and progress name it: `EP8`, or with a variant
+    `EP8 [eplb=deepseek+redundant_experts=8]`."""
+    variant = row.get("variant")
+    return row["placement"] if variant is None else f"{row['placement']} [{variant}]"
 
 
 def rank_rows(
@@ -228,10 +338,12 @@ def run_compare(
     sweep_batches: Sequence[int] = (),
     percentile: str = "p90",
     progress: TextIO | None = sys.stderr,
+    variants: Sequence[Variant] = (),
 ) -> dict[str, Any]:
     """Every layout on every topology (and batch): the comparison as a JSON-ready dict. With a
     served workload (`base.serve`) every feasible layout also serves it and the ranking is by
-    serving figures at `percentile` (`SERVING_RANKING_RULE`)."""
+    serving figures at `percentile` (`SERVING_RANKING_RULE`). With `variants` (`parse_variants`)
+    every point runs once per variant, its rows labelled `variant`, all ranked together."""
     names = list(topologies or ([base.topology] if base.topology else []))
     if not names:
         raise ConfigError(
@@ -242,17 +354,23 @@ def run_compare(
     serving = base.serve is not None and bool(base.serve.arrival)
     if serving:
         base, max_ttft_s, max_tpot_s = _serving_targets(base, max_ttft_s, max_tpot_s)
+    labelled: list[tuple[str | None, Scenario]] = (
+        list(variant_scenarios(base, variants)) if variants else [(None, base)])
     cache = EvaluationCache()
     loaded = {name: cache.resolver.topology(name) for name in names}
     batch_list = list(batches or [base.batch])
-    points = [(b, t, p) for b in batch_list for t in names for p in placements]
+    points = [(b, t, p, v) for b in batch_list for t in names for p in placements
+              for v in range(len(labelled))]
     rows = []
-    for index, (batch, topo, placement) in enumerate(points, start=1):
-        scenario = base.model_copy(
+    for index, (batch, topo, placement, v) in enumerate(points, start=1):
+        variant, variant_base = labelled[v]
+        scenario = variant_base.model_copy(
             update={"batch": batch, "topology": topo, "placement": placement}
         )
         began = time.perf_counter()
         row, result = evaluate_point(scenario, loaded[topo], cache)
+        if variant is not None:
+            row["variant"] = variant
         row["order"] = index
         if plot_data and result is not None:
             row["plot_data"] = result.plot_data()
@@ -261,15 +379,21 @@ def run_compare(
         rows.append(row)
         if progress is not None:
             print(
-                f"[{index}/{len(points)}] {placement} on {loaded[topo].name}, batch {batch}: "
+                f"[{index}/{len(points)}] {row_label(row)} on {loaded[topo].name}, "
+                f"batch {batch}: "
                 f"{_describe(row)} ({time.perf_counter() - began:.1f} s)",
                 file=progress,
             )
     compare = _assemble(base, names, loaded, batch_list, rows, max_tpot_s, max_ttft_s, cache,
                         percentile if serving else None)
+    if variants:
+        compare["variants"] = [
+            {"label": label, "overrides": {k: getattr(sc, k) for k in overrides}}
+            for (label, overrides), (_, sc) in zip(variants, labelled, strict=True)]
     if sweep_batches:
         compare["latency_throughput"] = latency_throughput_sweep(
-            base, loaded, compare, sweep_batches, cache=cache, progress=progress
+            base, loaded, compare, sweep_batches, cache=cache, progress=progress,
+            variants=dict(labelled) if variants else None,
         )
     return compare
 
@@ -309,18 +433,22 @@ def latency_throughput_sweep(
     *,
     cache: EvaluationCache | None = None,
     progress: TextIO | None = sys.stderr,
+    variants: dict[str | None, Scenario] | None = None,
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Per topology and layout: one decode step's TPOT and tokens/s at each batch (analytic
     fidelity), for the layouts that ran or failed only for memory; a batch that does not fit
-    in memory is a point with `fits` false."""
+    in memory is a point with `fits` false. With `variants` (label: scenario) each layout's
+    variants are swept apart, keyed by `row_label`."""
     cache = cache or EvaluationCache()
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for spec, topology in topologies.items():
         out[topology.name] = {}
-        for placement in _sweepable_layouts(compare, topology.name):
+        for placement, variant in _sweepable_layouts(compare, topology.name):
+            start = base if variants is None else variants[variant]
+            label = row_label({"placement": placement, "variant": variant})
             points: list[dict[str, Any]] = []
             for batch in batches:
-                sc = base.model_copy(update={"batch": batch, "topology": spec, "phase": "decode",
+                sc = start.model_copy(update={"batch": batch, "topology": spec, "phase": "decode",
                                              "placement": placement, "fidelity": "analytic",
                                              "decode_steps": 1})
                 try:
@@ -330,21 +458,24 @@ def latency_throughput_sweep(
                     continue
                 points.append({"batch": batch, "fits": True, "tpot_s": result.tpot_s,
                                "tokens_per_s": result.tokens_per_s})
-            out[topology.name][placement] = points
+            out[topology.name][label] = points
             if progress is not None:
-                print(f"sweep {placement} on {topology.name}: batches {list(batches)}",
+                print(f"sweep {label} on {topology.name}: batches {list(batches)}",
                       file=progress)
     return out
 
 
-def _sweepable_layouts(compare: dict[str, Any], topology: str) -> list[str]:
-    """Layouts that ran, or failed only for memory, on `topology` in some workload."""
+def _sweepable_layouts(compare: dict[str, Any], topology: str
+                       ) -> list[tuple[str, str | None]]:
+    """(layout, variant) pairs that ran, or failed only for memory, on `topology` in some
+    workload."""
     rows = [r for g in compare["groups"] for r in g["ranked"] + g["infeasible"]]
-    layouts: list[str] = []
+    layouts: list[tuple[str, str | None]] = []
     for row in sorted(rows, key=lambda r: r["order"]):
         ok = row["feasible"] or row["reason"].startswith("out of memory")
-        if row["topology"] == topology and ok and row["placement"] not in layouts:
-            layouts.append(row["placement"])
+        key = (row["placement"], row.get("variant"))
+        if row["topology"] == topology and ok and key not in layouts:
+            layouts.append(key)
     return layouts
 
 

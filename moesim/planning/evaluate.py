@@ -157,7 +157,7 @@ def time_step(
     if overlap == "tbo":
         halves = split_step(step, inputs.parallelism.token_groups)
         if min(h.num_tokens for h in halves) == 0:
-            overlap = "none"  # one token per group: nothing to split (overlap_note says so)
+            overlap = "none"  # nothing to split: the result's notes say so (`_notes`)
         else:
             for half in halves:
                 half_traffic = step_traffic(inputs, half)
@@ -393,6 +393,17 @@ def _notes(
     if with_ttft or inputs.scenario.phase == "prefill":
         chunks = prefill if with_ttft else prefill[:1]
         notes |= {f"prefill: {n}" for k, b, _ in chunks for n in cache.step(inputs, k, b)[0].notes}
+    sc = inputs.scenario
+    if sc.overlap == "tbo":
+        groups = inputs.parallelism.token_groups
+        steps = [("decode", cache.step(inputs, decode_key, decode_build)[0])]
+        if with_ttft or sc.phase == "prefill":
+            steps.append(("prefill", cache.step(inputs, *prefill[0][:2])[0]))
+        for phase, step in steps:
+            if min(h.num_tokens for h in split_step(step, groups)) == 0:
+                notes.add(f"overlap: two-batch overlap not run for the {phase} step: its "
+                          f"{step.num_tokens} tokens over {groups} attention groups leave a "
+                          "micro-batch empty (it ran as one batch)")
     if with_ttft and (len(prefill) > 1 or prefill[0][2] > 1):
         notes.add(f"prefill: TTFT sums {sum(n for _, _, n in prefill)} chunk steps of at most "
                   f"{inputs.scenario.prefill_chunk_tokens} tokens (prefill_chunk_tokens)")
