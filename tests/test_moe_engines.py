@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moesim.calibrate.deepep import LOW_LATENCY_ROWS, NORMAL_ROWS, reproduce
-from moesim.engine.a2a import compute_slowdown, deepep_ll_buffer_bytes
+from moesim.engine.a2a import compute_slowdown
 from moesim.engine.backends import execute
 from moesim.engine.cost import OpCost, StepCosts
 from moesim.engine.plan import Collective, MicroBatch, build_step_plan
@@ -20,7 +20,7 @@ from moesim.planning.serving import serve
 from moesim.traffic.balance import balanced_placement, ep_rank_load, expert_load, moved_weight_bytes
 from moesim.traffic.experts import contiguous_placement, placement_from_spec
 from moesim.traffic.placement import parse_placement
-from moesim.traffic.traffic import compute_traffic, vector_bytes
+from moesim.traffic.traffic import compute_traffic, deepep_ll_buffer_bytes, vector_bytes
 from moesim.traffic.workload import build_step, mtp_tokens_per_step, split_step
 from tests.helpers import tiny_model, trace_from
 
@@ -182,23 +182,50 @@ def test_two_batch_overlap_of_a_communication_bound_block(two_gpu_link: Topology
 
 
 @pytest.mark.parametrize("fidelity", ["des", "analytic"])
-def test_shared_experts_run_beside_the_dispatch(two_gpu_link: Topology, fidelity: str) -> None:
-    """With overlap the shared experts wait only for the router: a block takes
-    a + max(d, s) + e + c instead of a + d + e + s + c."""
+@pytest.mark.parametrize("shared_s", [50e-6, 400e-6])
+def test_shared_experts_run_beside_the_dispatch(two_gpu_link: Topology, fidelity: str,
+                                                 shared_s: float) -> None:
+    """With `--overlap shared` the shared experts wait only for the router: a block takes
+    a + max(d, s) + e + c instead of a + d + e + s + c (shorter and longer than the dispatch)."""
     trace, model = _balanced_ep2(64, 1, 65536)
     traffic = compute_traffic(trace, model, parse_placement("EP2"))
-    a, e, s = 10e-6, 10e-6, 200e-6
-    costs = _costs(2, 1, attention_s=a, experts_s=e, shared_s=s)
+    a, e = 10e-6, 10e-6
+    costs = _costs(2, 1, attention_s=a, experts_s=e, shared_s=shared_s)
     launch = 5e-6
     d = launch + 1e-6 + float(traffic.dispatch_bytes[0, 0, 1]) / 100e9
-    plain = build_step_plan(traffic, costs, 0)
-    beside = build_step_plan(traffic, costs, 0, overlap="tbo",
-                             micro_batches=(MicroBatch(traffic, costs),) * 2)
-    got = execute(plain, two_gpu_link, fidelity, launch_s=launch).step_s
-    assert got == pytest.approx(a + 2 * d + e + s, rel=1e-9)
+    assert 50e-6 < d < 400e-6
+    plain = execute(build_step_plan(traffic, costs, 0), two_gpu_link, fidelity, launch_s=launch)
+    assert plain.step_s == pytest.approx(a + 2 * d + e + shared_s, rel=1e-9)
+    beside = build_step_plan(traffic, costs, 0, overlap="shared")
+    got = execute(beside, two_gpu_link, fidelity, launch_s=launch)
+    assert got.step_s == pytest.approx(a + max(d, shared_s) + e + d, rel=1e-9)
     shared = next(i for i, op in enumerate(beside.ops) if op.name == "shared_experts")
     router = next(i for i, op in enumerate(beside.ops) if op.name == "router")
     assert beside.ops[shared].deps == (router,)
+
+
+def test_sm_share_slows_only_blocks_with_an_all_to_all() -> None:
+    """DeepEP normal's SMs slow compute beside its all-to-all: TP8 (no all-to-all) under
+    two-batch overlap takes the same time with deepep-normal as with direct."""
+    base = Scenario(placement="TP8", topology="dgx-h100", phase="decode", batch=16,
+                    context=256, layers=2, fidelity="analytic", overlap="tbo")
+    times = {a2a: evaluate(base.model_copy(update={"a2a": a2a})).tpot_s
+             for a2a in ("direct", "deepep-normal")}
+    assert times["direct"] == pytest.approx(times["deepep-normal"], rel=1e-12)
+
+
+def test_two_batch_overlap_refuses_sequence_parallel_attention() -> None:
+    """Halving each SP rank's slice would run tokens before the K/V they attend to."""
+    sc = Scenario(placement="SP8", topology="dgx-h100", phase="prefill", batch=2, context=256,
+                  layers=2, fidelity="analytic", overlap="tbo")
+    with pytest.raises(PlacementError, match="sequence-parallel"):
+        evaluate(sc)
+
+
+def test_dedup_is_the_implementations_own() -> None:
+    """DeepEP dedups by node itself: asking for another dedup with it is refused, by name."""
+    with pytest.raises(ValueError, match="dedup gpu applies to a2a direct"):
+        Scenario(a2a="deepep-ll", dedup="gpu")
 
 
 def test_split_step_conserves_tokens_and_traffic() -> None:
@@ -220,14 +247,18 @@ def test_split_step_conserves_tokens_and_traffic() -> None:
 
 
 def test_overlap_in_a_run_reports_it_and_keeps_the_bytes() -> None:
-    """`--overlap tbo` changes the step's time, not its traffic."""
+    """`--overlap tbo` keeps the step's traffic and runs every operation once per micro-batch."""
     base = Scenario(placement="EP8", topology="dgx-h100", phase="prefill", batch=4,
                     context=512, layers=2, fidelity="analytic")
     plain, tbo = (evaluate(base.model_copy(update={"overlap": o})) for o in ("none", "tbo"))
     assert tbo.a2a_bytes == plain.a2a_bytes
     assert tbo.moe_engine is not None and tbo.moe_engine["overlap"] == "tbo"
-    assert tbo.latency is not None and plain.latency is not None
-    assert tbo.latency.step_s != plain.latency.step_s
+    assert tbo.detail is not None and plain.detail is not None
+    tbo_ops = tbo.detail.timeline.plan.ops  # type: ignore[union-attr]
+    plain_ops = plain.detail.timeline.plan.ops  # type: ignore[union-attr]
+    for name in ("attention", "dispatch", "experts", "combine", "lm_head"):
+        count = sum(op.name == name for op in plain_ops)
+        assert sum(op.name == name for op in tbo_ops) == 2 * count, name
 
 
 # --- expert load balancing -------------------------------------------------------------------
@@ -305,6 +336,43 @@ def test_serve_rebalances_every_n_iterations_and_charges_the_move() -> None:
     assert moe["rebalance_moved_bytes"] > 0 and moe["rebalance_s"] > 0
 
 
+def test_a_rebalanced_placement_times_the_next_iterations() -> None:
+    """After a rebalance the step timer's iterations run on the new placement: the next
+    iteration takes exactly what the step takes on it, the load window restarts, and the
+    rebalancing iteration itself took the weight move on top."""
+    from moesim.planning.evaluate import EvaluationCache, step_traffic, time_step
+    from moesim.planning.serving import _StepTimer
+    from moesim.serve.iteration import iteration_workload
+    from moesim.serve.requests import Request, TraceSequences
+
+    sc = Scenario(placement="EP4", topology="dgx-h100", layers=2, fidelity="analytic",
+                  eplb="greedy", redundant_experts=4, eplb_window=8, rebalance_steps=2)
+    inputs = resolve_inputs(sc)
+    timer = _StepTimer(inputs, EvaluationCache())
+    sequences = TraceSequences(inputs.trace.seq_id)
+    requests = [Request(i, 0.0, 64, 8) for i in range(4)]
+    for request in requests:
+        sequences.assign(request, 4)
+    batches = [[(r, 64)] for r in requests]  # one prompt per attention-DP group
+
+    def plain_s(run_inputs: object) -> float:
+        step = iteration_workload(batches, inputs.trace, sequences)
+        traffic = step_traffic(run_inputs, step)  # type: ignore[arg-type]
+        return time_step(run_inputs, step, traffic).step_s  # type: ignore[arg-type]
+
+    first = timer(batches)
+    assert first == pytest.approx(plain_s(inputs))
+    second = timer(batches)  # the second iteration rebalances
+    assert len(timer.rebalances) == 1 and timer.inputs.experts is not inputs.experts
+    assert second == pytest.approx(plain_s(inputs) + timer.rebalances[0]["seconds"])
+    assert not timer.load.any()
+    third = timer(batches)
+    assert third == pytest.approx(plain_s(timer.inputs))
+    np.testing.assert_array_equal(
+        step_traffic(timer.inputs, iteration_workload(batches, inputs.trace, sequences)
+                     ).experts.slot_expert, timer.inputs.experts.slot_expert)
+
+
 # --- multi-token prediction ------------------------------------------------------------------
 
 def test_expected_tokens_per_step() -> None:
@@ -355,3 +423,15 @@ def test_served_mtp_with_full_acceptance_halves_the_decode_iterations() -> None:
         counts[mtp] = len(result.iterations)
         assert result.requests[0].emitted == 9
     assert counts == {0: 9, 1: 5}
+
+
+def test_served_mtp_streams_accepted_tokens_as_one_chunk() -> None:
+    """Tokens accepted together arrive together: ITL counts one gap per chunk (no zero gaps),
+    while TPOT still divides by every output token."""
+    sc = Scenario(placement="EP2", topology="dgx-h100", layers=2, fidelity="analytic", mtp=1,
+                  mtp_acceptance=[1.0], serve=ServeSpec(concurrency=1, requests=1, isl=32, osl=9))
+    result = serve(sc)
+    assert result.stats.itl_s.p50 > 0
+    request = result.requests[0]
+    times = request.token_times_s
+    assert result.stats.tpot_s.mean == pytest.approx((times[-1] - times[0]) / 8)

@@ -21,8 +21,8 @@ fabric with NVLink 4 at H800's 400 GB/s, 200 GB/s per direction, and the same ca
 efficiency; nodes of 8 GPUs on a 400 Gb/s rail network), random routing as DeepEP's tests draw
 it, the traffic of the implementation (`moesim.traffic.traffic`), its time from the analytic
 backend's exchange bound with the costs of `moesim.engine.a2a`, and the logical GB/s by the
-tests' definitions. `benchmarks/deepep_fit.py` prints every row; tests/test_a2a.py holds the
-error bars.
+tests' definitions. `benchmarks/deepep_fit.py` prints every row; tests/test_moe_engines.py
+holds the error bars (in sample: the rows fixed the constants).
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ __all__ = [
     "exchange_delay_and_wire",
     "crosses_nodes",
     "compute_slowdown",
-    "deepep_ll_buffer_bytes",
 ]
 
 
@@ -55,7 +54,8 @@ class DeepEpCost:
 
 
 # Fitted to DeepEP's README tables (moesim.calibrate.deepep holds the rows and reproduces each;
-# `python benchmarks/deepep_fit.py` prints the fit and tests/test_a2a.py the error bars):
+# `python benchmarks/deepep_fit.py` prints the fit and tests/test_moe_engines.py holds the
+# error bars):
 DEEPEP: dict[str, DeepEpCost] = {
     "deepep-ll": DeepEpCost(
         # Low-latency kernels, 128 tokens: time = latency + the bytes at the links' rate. The
@@ -127,34 +127,3 @@ def compute_slowdown(impl: str, topo: Routing) -> float:
     if not sms or not taken or taken >= sms:
         return 1.0
     return float(sms / (sms - taken))
-
-
-# DeepEP's buffers are aligned to this many bytes (csrc/kernels/configs.cuh
-# NUM_BUFFER_ALIGNMENT_BYTES, V1).
-_DEEPEP_ALIGN = 128
-
-
-def _align(size: int, to: int) -> int:
-    return -(-size // to) * to
-
-
-def deepep_ll_buffer_bytes(max_tokens_per_rank: int, hidden: int, num_experts: int) -> int:
-    """Bytes of DeepEP's low-latency RDMA buffer on each rank: `get_low_latency_rdma_size_hint`
-    (deep_ep/buffer.py -> csrc/config.hpp LowLatencyLayout, V1 commit 567632d), buffers sized
-    by the most tokens any rank dispatches (`max_tokens_per_rank`, fixed at start-up):
-    - dispatch message: int4 header + max(bf16 hidden, fp8 hidden + one fp32 scale per 128);
-    - combine message: per-128-channel bf16x2 min/max + bf16 hidden;
-    - send and receive buffers, each the larger of dispatch and combine, the receive side one
-      slot per (expert, token) (every expert may get every rank's tokens), odd/even doubled;
-    - signalling: one int per expert, aligned to 128, doubled; the hint rounds the total up
-      past the next 128 bytes (`(n + 128) / 128 * 128`).
-    """
-    scales = hidden // 128
-    dispatch_msg = 16 + max(hidden * 2, hidden + scales * 4)
-    combine_msg = scales * 4 + hidden * 2
-    send = max(max_tokens_per_rank * dispatch_msg,
-               num_experts * max_tokens_per_rank * combine_msg)
-    recv = num_experts * max_tokens_per_rank * max(dispatch_msg, combine_msg)
-    signal = _align(num_experts * 4, _DEEPEP_ALIGN)
-    total = 2 * send + 2 * recv + 2 * signal
-    return (total + _DEEPEP_ALIGN) // _DEEPEP_ALIGN * _DEEPEP_ALIGN

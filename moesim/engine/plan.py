@@ -33,9 +33,10 @@ attention and router, its dispatch; micro-batch 1's attention and router (on the
 while 0's dispatch runs on the comm stream), its dispatch; 0's experts, 1's experts; 0's
 combine, 1's combine. So one micro-batch's all-to-all runs beside the other's compute, and a
 communication-bound block takes about max(compute, comm) plus what cannot overlap (the first
-attention and the last combine) and the cost of running two smaller batches. With overlap the
-shared experts wait only for the router and run beside the dispatch. A compute beside an
-all-to-all that holds SMs (DeepEP normal, NCCL) runs on the rest (`compute_slowdown`).
+attention and the last combine) and the cost of running two smaller batches. With overlap
+(`shared` or `tbo`) the shared experts wait only for the router and run beside the dispatch.
+Under two-batch overlap the compute of a block with an all-to-all that holds SMs (DeepEP normal)
+runs on the SMs it leaves (`compute_slowdown`); dense blocks and the LM head run at full speed.
 """
 
 from __future__ import annotations
@@ -245,6 +246,11 @@ def _block_stages(traffic: Traffic, costs: StepCosts, block: int, layer: int, *,
     """One micro-batch's block as four stages: attention (to the router), dispatch, experts,
     combine (to the attention-TP all-gather)."""
     ranks = tuple(range(traffic.world))
+    dispatch, gather = (traffic.dispatch_bytes[layer], traffic.moe_tp_gather_bytes[layer]
+                        ) if layer >= 0 else (None, None)
+    a2a = dispatch is not None and crosses_ranks(dispatch)  # no kernel where all is local
+    # only a block with an all-to-all has one beside its compute to take SMs from it
+    slowdown = slowdown if a2a else 1.0
     pre: _Stage = []
     if crosses_ranks(traffic.sp_bytes):
         pre.append((_exchange("sp_exchange", "attn_comm", block, traffic.sp_bytes, ranks),
@@ -259,16 +265,15 @@ def _block_stages(traffic: Traffic, costs: StepCosts, block: int, layer: int, *,
     ring = _attn_tp_collective(traffic, "allgather", "moe_comm", "attn_all_gather", block)
     if ring is not None:
         post.append((ring, "prev"))
-    if layer < 0:
+    if dispatch is None or gather is None:
         ffn = _compute("dense_ffn", "experts", block, "dense_ffn", costs.dense_ffn.arrays(),
                        ranks, slowdown)
         return [pre, [], [(ffn, "prev")], post]
     pre.append((_compute("router", "router", block, "router", costs.router.arrays(), ranks,
                          slowdown), "prev"))
-    dispatch, gather = traffic.dispatch_bytes[layer], traffic.moe_tp_gather_bytes[layer]
     send: _Stage = []
     back: _Stage = []
-    if crosses_ranks(dispatch):  # no kernel runs where every copy is local (TP, DP)
+    if a2a:
         if traffic.a2a == "allgather":
             send.append((_moe_group_collective(traffic, dispatch, "allgather", "dispatch",
                                                "dispatch", block), "prev"))
@@ -325,7 +330,7 @@ def build_step_plan(traffic: Traffic, costs: StepCosts, num_dense_blocks: int, *
     if overlap == "tbo" and len(parts) != 2:
         raise ValueError("two-batch overlap needs two micro-batches")
     slowdown = compute_slowdown if overlap == "tbo" else 1.0
-    beside = overlap != "none"
+    beside = overlap in ("shared", "tbo")
     b = PlanBuilder(traffic.world)
     writer = _Writer(b, len(parts))
     blocks = num_dense_blocks + traffic.num_layers
@@ -342,6 +347,6 @@ def build_step_plan(traffic: Traffic, costs: StepCosts, num_dense_blocks: int, *
             writer.write(mb, stages[mb][stage_index])
     for mb, part in enumerate(parts):
         head = _compute("lm_head", "lm_head", blocks, "lm_head", part.costs.lm_head.arrays(),
-                        tuple(range(traffic.world)), slowdown)
+                        tuple(range(traffic.world)))
         writer.write(mb, [(head, "prev")])
     return b.plan(blocks, num_dense_blocks)

@@ -262,8 +262,9 @@ class Scenario(BaseModel):
                                     "trace's first N tokens (default: all of it)")
     rebalance_steps: int | None = Field(None, ge=1, description="serve: rerun EPLB every N "
                                         "iterations on the load of the last N, moving weights")
-    overlap: Overlap = Field("none", description="tbo: two micro-batches, one's all-to-all "
-                             "beside the other's compute; shared experts beside the dispatch")
+    overlap: Overlap = Field("none", description="shared: shared experts beside the dispatch; "
+                             "tbo: also two micro-batches, one's all-to-all beside the other's "
+                             "compute")
     a2a: A2aImpl = Field("direct", description="MoE all-to-all: direct pairwise, allgather "
                          "(+ reduce-scatter), deepep-normal, deepep-ll")
     dispatch_dtype: ActDtype | None = Field(
@@ -302,6 +303,12 @@ class Scenario(BaseModel):
                              "policy to place the copies: give eplb greedy or deepseek")
         if self.rebalance_steps is not None and self.eplb == "none":
             raise ValueError("rebalance_steps needs eplb greedy or deepseek")
+        if self.eplb_window is not None and self.eplb == "none":
+            raise ValueError("eplb_window needs eplb greedy or deepseek")
+        if self.a2a != "direct" and self.dedup != "none":
+            raise ValueError(f"dedup {self.dedup} applies to a2a direct: deepep-normal dedups "
+                             "by node itself, deepep-ll and allgather send what they send; "
+                             "leave dedup at none")
         if self.eplb != "none" and self.expert_placement is not None:
             raise ValueError("give either eplb (a placement computed from the trace's load) or "
                              "expert_placement (a placement from a file), not both")

@@ -50,8 +50,9 @@ AllreduceAlgorithm = Literal["ring", "tree", "nvls", "auto"]
 Stream = Literal["compute", "comm"]
 # Expert load balancing (moesim.traffic.eplb): none, a greedy baseline, DeepSeek's EPLB.
 EplbPolicy = Literal["none", "greedy", "deepseek"]
-# Overlap of the MoE all-to-all with compute: none, or two-batch overlap (moesim.engine.plan).
-Overlap = Literal["none", "tbo"]
+# Overlap of the MoE all-to-all with compute (moesim.engine.plan): none; shared experts beside
+# the dispatch; two-batch overlap (which includes the shared experts').
+Overlap = Literal["none", "shared", "tbo"]
 # The MoE all-to-all as engines run it (moesim.engine.a2a).
 A2aImpl = Literal["direct", "allgather", "deepep-normal", "deepep-ll"]
 

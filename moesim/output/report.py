@@ -56,11 +56,40 @@ def format_run_table(result: dict[str, Any]) -> str:
         f"rank {imb['rank_max_over_mean']['max']:.3f}/{imb['rank_max_over_mean']['mean']:.3f}, "
         f"expert CV {imb['expert_cv']['max']:.3f}/{imb['expert_cv']['mean']:.3f}"
     )
+    lines.extend(_engine_lines(result.get("moe_engine")))
     if "latency" in result:
         lines.extend(_latency_lines(result))
     for note in result["inputs"].get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _engine_lines(engine: dict[str, Any] | None) -> list[str]:
+    """What the MoE engine ran, when it is not the default (direct all-to-all, nothing else)."""
+    if not engine:
+        return []
+    parts = []
+    if engine["a2a"] != "direct" or engine["dispatch_vector_bytes"] != \
+            engine["combine_vector_bytes"]:
+        parts.append(f"all-to-all {engine['a2a']} (dispatch {engine['dispatch_vector_bytes']} B, "
+                     f"combine {engine['combine_vector_bytes']} B per token vector)")
+    if engine["overlap"] != "none":
+        parts.append(f"overlap {engine['overlap']}")
+    load = engine.get("rank_load")
+    if load:
+        before = load.get("before_max_over_mean")
+        was = f"{before['mean']:.3f} -> " if before else ""
+        parts.append(f"EPLB {engine['eplb']} with {engine['redundant_experts']} redundant slots, "
+                     f"rank max/mean {was}{load['after_max_over_mean']['mean']:.3f} (mean over "
+                     "layers)")
+    mtp = engine.get("mtp")
+    if mtp:
+        parts.append(f"MTP {mtp['draft_tokens']} drafts at {mtp['acceptance']}: "
+                     f"{mtp['tokens_per_step']:.3f} tokens per step of "
+                     f"{mtp['verify_s'] * 1e3:.3f} ms verify + {mtp['draft_s'] * 1e3:.3f} ms "
+                     "drafts (TPOT is the step over its tokens; the decode step below is the "
+                     "verify)")
+    return [f"MoE engine: {'; '.join(parts)}"] if parts else []
 
 
 def _latency_lines(result: dict[str, Any]) -> list[str]:

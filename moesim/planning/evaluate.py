@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.engine.a2a import compute_slowdown, deepep_ll_buffer_bytes
+from moesim.engine.a2a import compute_slowdown
 from moesim.engine.backends import execute
 from moesim.engine.cost import StepCosts, compute_model, step_costs
 from moesim.engine.plan import MicroBatch, build_step_plan
@@ -39,7 +39,7 @@ from moesim.inputs.config import Scenario
 from moesim.output.result import RunResult, StepDetail, latency_of, traffic_figures
 from moesim.planning.resolve import Resolver, RunInputs
 from moesim.traffic.memory import MemoryFit, memory_fit
-from moesim.traffic.traffic import Traffic, compute_traffic
+from moesim.traffic.traffic import Traffic, compute_traffic, deepep_ll_buffer_bytes
 from moesim.traffic.workload import (
     StepWorkload,
     build_step,
@@ -154,6 +154,11 @@ def time_step(
                            precision=sc.precision, compute=compute)
     micro: tuple[MicroBatch, ...] = ()
     overlap = sc.overlap
+    if overlap == "tbo" and inputs.parallelism.attn_sp > 1:
+        raise PlacementError(f"placement {inputs.parallelism.label}: two-batch overlap with "
+                             "sequence-parallel attention is not modelled (halving each SP "
+                             "rank's slice would run tokens before the K/V they attend to); use "
+                             "--overlap shared or none")
     if overlap == "tbo":
         halves = split_step(step, inputs.parallelism.token_groups)
         if min(h.num_tokens for h in halves) == 0:
@@ -189,7 +194,23 @@ def scenario_memory_fit(inputs: RunInputs) -> MemoryFit:
         kv_bytes=prec.kv_bytes,
         prefill_chunk_tokens=sc.prefill_chunk_tokens,
         experts=inputs.experts,
+        a2a_buffer_bytes=a2a_buffer_bytes(inputs),
     )
+
+
+def a2a_buffer_bytes(inputs: RunInputs) -> int:
+    """DeepEP low-latency's fixed RDMA buffer per rank (0 for the other implementations),
+    sized by the most tokens a rank dispatches in any step of the scenario: a decode step
+    (1 + mtp tokens per sequence) or a prefill chunk, over the attention groups."""
+    sc, par = inputs.scenario, inputs.parallelism
+    if sc.a2a != "deepep-ll" or par.moe_ep == 1:
+        return 0
+    batch = sc.batch or 1
+    prefill = min(sc.prefill_chunk_tokens, batch * (sc.context or 1))
+    most = max(batch * (1 + sc.mtp), prefill)
+    per_rank = -(-most // par.world)  # every rank dispatches its share of the step's tokens
+    return deepep_ll_buffer_bytes(per_rank, inputs.model.hidden_size,
+                                  inputs.model.num_experts + sc.redundant_experts)
 
 
 StepSource = tuple[tuple[Any, ...], Callable[[], StepWorkload], int]  # key, builder, repeats
@@ -365,15 +386,14 @@ def _moe_engine(inputs: RunInputs, traffic: Traffic, mtp: dict[str, Any] | None
         "combine_vector_bytes": traffic.combine_vector_size,
         "overlap": sc.overlap,
         "compute_slowdown_beside_a2a": (compute_slowdown(sc.a2a, inputs.topology)
-                                        if inputs.topology is not None else 1.0),
+                                        if inputs.topology is not None and sc.overlap == "tbo"
+                                        else 1.0),
         "eplb": sc.eplb,
         "redundant_experts": sc.redundant_experts,
         "mtp": mtp,
     }
-    if sc.a2a == "deepep-ll":
-        most = int(traffic.tokens_per_rank.max(initial=0))
-        out["deepep_ll_buffer_bytes"] = deepep_ll_buffer_bytes(
-            most, inputs.model.hidden_size, inputs.model.num_experts + sc.redundant_experts)
+    if sc.a2a == "deepep-ll" and inputs.parallelism.moe_ep > 1:
+        out["deepep_ll_buffer_bytes"] = a2a_buffer_bytes(inputs)
     if inputs.balance is not None:
         out["rank_load"] = inputs.balance.rank_load(traffic.expert_load, inputs.parallelism,
                                                     traffic.rank_load())
@@ -394,6 +414,9 @@ def _notes(
         chunks = prefill if with_ttft else prefill[:1]
         notes |= {f"prefill: {n}" for k, b, _ in chunks for n in cache.step(inputs, k, b)[0].notes}
     sc = inputs.scenario
+    if sc.rebalance_steps is not None:
+        notes.add(f"eplb: rebalance_steps {sc.rebalance_steps} applies to served workloads "
+                  "(moesim serve); a single step runs the placement fitted on the window")
     if sc.overlap == "tbo":
         groups = inputs.parallelism.token_groups
         steps = [("decode", cache.step(inputs, decode_key, decode_build)[0])]

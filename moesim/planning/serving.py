@@ -106,7 +106,7 @@ class _StepTimer:
         seconds = float(pairwise_bound_s(routes, inputs.topology, moved).max()) \
             if moved.any() else 0.0
         balance = replace(inputs.balance, placement=placement,
-                          window_tokens=int(self.load.sum() // max(inputs.model.top_k, 1)))
+                          window_tokens=int(self.load[0].sum() // max(inputs.model.top_k, 1)))
         self.inputs = replace(inputs, experts=placement, balance=balance)
         self.load[:] = 0
         self.rebalances.append({"moved_bytes": float(moved.sum()), "seconds": seconds})
@@ -120,8 +120,9 @@ def _kv_tokens(inputs: RunInputs, spec: ServeSpec) -> int:
     sc, topo = inputs.scenario, inputs.topology
     assert topo is not None
     prec = sc.precision
-    dtypes = {"weight_bytes": prec.weight_bytes, "expert_weight_bytes": prec.expert_weight_bytes,
-              "act_bytes": prec.act_bytes, "kv_bytes": prec.kv_bytes}
+    dtypes: dict[str, Any] = {
+        "weight_bytes": prec.weight_bytes, "expert_weight_bytes": prec.expert_weight_bytes,
+        "act_bytes": prec.act_bytes, "kv_bytes": prec.kv_bytes}
     tokens = kv_cache_capacity_tokens(
         inputs.model, inputs.parallelism, topo.gpu_spec.memory_bytes,
         max_num_seqs=spec.max_num_seqs, max_num_batched_tokens=spec.max_num_batched_tokens,

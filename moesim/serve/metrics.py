@@ -2,7 +2,9 @@
 
 Per request: TTFT = first output token - arrival (queueing included); TPOT = (last token - first
 token) / (output tokens - 1), for requests of two or more output tokens; inter-token latencies
-(ITL) = the gaps between consecutive output tokens, pooled over requests; E2E = last token -
+(ITL) = the gaps between consecutive output chunks (tokens produced at the same moment, as
+multi-token prediction's accepted drafts are, stream as one chunk: benchmark clients record one
+gap per chunk received), pooled over requests; E2E = last token -
 arrival. Each is summarised by its mean, p50, p90 and p99 (linear interpolation).
 
 Over the measured requests (the warm-up requests excluded): the window runs from the first
@@ -69,6 +71,12 @@ def _tpot_s(request: Request) -> float | None:
     return (request.finish_s - request.first_token_s) / (request.output_tokens - 1)
 
 
+def _chunk_gaps(times_s: list[float]) -> np.ndarray:
+    """Gaps between a request's output chunks: tokens at the same moment are one chunk."""
+    times = np.asarray(times_s, dtype=np.float64)
+    return np.diff(times[np.r_[True, np.diff(times) > 0]]) if times.size else times
+
+
 def request_stats(requests: Sequence[Request], *, slo_ttft_s: float | None = None,
                   slo_tpot_s: float | None = None) -> RequestStats:
     """Summarise finished `requests` (module doc); goodput only when an SLO is given."""
@@ -79,7 +87,7 @@ def request_stats(requests: Sequence[Request], *, slo_ttft_s: float | None = Non
     ttft = first - arrival
     tpot_of = [_tpot_s(r) for r in done]
     tpot = np.array([t for t in tpot_of if t is not None])
-    itl = np.concatenate([np.diff(r.token_times_s) for r in done]) if done else np.zeros(0)
+    itl = np.concatenate([_chunk_gaps(r.token_times_s) for r in done]) if done else np.zeros(0)
     e2e = finish - arrival
     window = float(finish.max() - arrival.min()) if done else 0.0
 

@@ -222,9 +222,11 @@ def memory_fit(
     usable_fraction: float = DEFAULT_USABLE_FRACTION,
     experts: ExpertPlacement | None = None,
     expert_weight_bytes: float | None = None,
+    a2a_buffer_bytes: int = 0,
 ) -> MemoryFit:
     """Per-rank memory of serving `batch` sequences at `context` tokens on layout `par`, with
-    `experts` placed as given (default: contiguous)."""
+    `experts` placed as given (default: contiguous) and an all-to-all implementation's fixed
+    buffers (`a2a_buffer_bytes`: DeepEP low-latency's) among the comm buffers."""
     detail = weight_bytes_per_rank(model, par, weight_bytes, experts, expert_weight_bytes)
     parts = {
         "weights": sum(detail.values()),
@@ -232,7 +234,7 @@ def memory_fit(
         "activations": _activation_bytes(model, par, batch, prefill_chunk_tokens, act_bytes),
         "comm buffers": _comm_buffer_bytes(
             model, par, batch, prefill_chunk_tokens, act_bytes, kv_bytes
-        ),
+        ) + a2a_buffer_bytes,
     }
     capacity = int(gpu_memory_bytes)
     reserved = math.ceil(capacity * (1 - usable_fraction))

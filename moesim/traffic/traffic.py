@@ -70,6 +70,7 @@ __all__ = [
     "default_dispatch_dtype",
     "FP8_SCALE_CHANNELS",
     "DEEPEP_LL_HEADER_BYTES",
+    "deepep_ll_buffer_bytes",
 ]
 
 # fp8 dispatch carries one fp32 scale per 128 channels of each token: DeepSeek-V3's 1x128
@@ -96,6 +97,37 @@ def vector_bytes(hidden: int, dtype: str, a2a: str = "direct", combine: bool = F
     if a2a == "deepep-ll" and not combine:
         size += DEEPEP_LL_HEADER_BYTES
     return size
+
+
+# DeepEP's buffers are aligned to this many bytes (csrc/kernels/configs.cuh
+# NUM_BUFFER_ALIGNMENT_BYTES, V1).
+_DEEPEP_ALIGN = 128
+
+
+def _align(size: int, to: int) -> int:
+    return -(-size // to) * to
+
+
+def deepep_ll_buffer_bytes(max_tokens_per_rank: int, hidden: int, num_experts: int) -> int:
+    """Bytes of DeepEP's low-latency RDMA buffer on each rank: `get_low_latency_rdma_size_hint`
+    (deep_ep/buffer.py -> csrc/config.hpp LowLatencyLayout, V1 commit 567632d), buffers sized
+    by the most tokens any rank dispatches (`max_tokens_per_rank`, fixed at start-up):
+    - dispatch message: int4 header + max(bf16 hidden, fp8 hidden + one fp32 scale per 128);
+    - combine message: per-128-channel bf16x2 min/max + bf16 hidden;
+    - send and receive buffers, each the larger of dispatch and combine, the receive side one
+      slot per (expert, token) (every expert may get every rank's tokens), odd/even doubled;
+    - signalling: one int per expert, aligned to 128, doubled; the hint rounds the total up
+      past the next 128 bytes (`(n + 128) / 128 * 128`).
+    """
+    scales = hidden // 128
+    dispatch_msg = 16 + max(hidden * 2, hidden + scales * 4)
+    combine_msg = scales * 4 + hidden * 2
+    send = max(max_tokens_per_rank * dispatch_msg,
+               num_experts * max_tokens_per_rank * combine_msg)
+    recv = num_experts * max_tokens_per_rank * max(dispatch_msg, combine_msg)
+    signal = _align(num_experts * 4, _DEEPEP_ALIGN)
+    total = 2 * send + 2 * recv + 2 * signal
+    return (total + _DEEPEP_ALIGN) // _DEEPEP_ALIGN * _DEEPEP_ALIGN
 
 
 def a2a_dedup(a2a: str, dedup: str) -> str:
@@ -475,9 +507,11 @@ def compute_traffic(
     send_dtype = dispatch_dtype or default_dispatch_dtype(a2a, act_dtype)
     dispatch_vector = vector_bytes(model.hidden_size, send_dtype, a2a)
     combine_vector = vector_bytes(model.hidden_size, act_dtype, a2a, combine=True)
-    if a2a == "allgather" and par.moe_tp > 1:
-        raise PlacementError(f"placement {par.label}: a2a allgather runs with moe_tp 1 (each "
-                             "rank gathers every token of its MoE group); use direct or deepep")
+    if a2a != "direct" and par.moe_tp > 1 and par.moe_ep > 1:
+        raise PlacementError(f"placement {par.label}: a2a {a2a} runs with moe_tp 1 (DeepEP and "
+                             "the all-gather path serve expert parallelism; MoE tensor parallel "
+                             "is modelled with a2a direct); use --a2a direct or a layout without "
+                             "MoE TP")
     chosen = trace.experts  # [L, T, k] int16
     src = token_source_rank(par, trace.num_tokens, token_group)  # [T]
     counts = _src_expert_counts(src, chosen, par.world, model.num_experts)  # [L, W, E]
