@@ -333,6 +333,26 @@ def test_a_stale_placement_costs_after_the_trace_drifts() -> None:
     assert imbalance(stale, second) > imbalance(fresh, second) + 1.0
 
 
+def test_relabelled_placement_keeps_experts_in_place() -> None:
+    """A new placement that only permutes the old one's ranks within nodes moves nothing once
+    relabelled (it moved every rank's experts before); the per-rank expert sets stay the
+    same, so the balance does."""
+    from moesim.traffic.balance import keep_in_place
+    from moesim.traffic.experts import ExpertPlacement
+
+    par = parse_placement("EP8")
+    rng = np.random.default_rng(0)
+    table = np.stack([rng.permutation(16).reshape(8, 2) for _ in range(3)])  # [L, 8, 2]
+    old = ExpertPlacement(table, 16)
+    perm = np.r_[rng.permutation(4), 4 + rng.permutation(4)]  # within each 4-rank node
+    new = ExpertPlacement(table[:, perm], 16)
+    assert moved_weight_bytes(old, new, par, 1.0, gpus_per_node=4).sum() > 0
+    kept = keep_in_place(old, new, ranks_per_node=4)
+    assert moved_weight_bytes(old, kept, par, 1.0, gpus_per_node=4).sum() == 0
+    assert sorted(map(tuple, np.sort(kept.slot_expert, axis=2).reshape(-1, 2).tolist())) == \
+        sorted(map(tuple, np.sort(new.slot_expert, axis=2).reshape(-1, 2).tolist()))
+
+
 def test_redundant_experts_that_do_not_split_evenly_name_the_fix() -> None:
     """8 experts + 3 copies do not split over 4 EP ranks: the error names --redundant-experts
     and a value that works."""

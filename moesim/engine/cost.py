@@ -222,17 +222,21 @@ def _attention_reads(workload: StepWorkload, traffic: Traffic) -> tuple[np.ndarr
     group = ranks // par.attn_tp  # attention token group of each rank
     group_tokens = workload.group_sizes(par.token_groups)[group]
     group_keys = workload.per_group(workload.keys_per_token, par.token_groups)[group]
-    if workload.phase == "decode" and par.attn_sp > 1:
-        # the KV cache is sharded over SP ranks: each computes every group token on its shard
-        sp_group = ranks // (par.attn_tp * par.attn_sp)
-        sp_keys = np.bincount(sp_group, weights=group_keys) / par.attn_tp
-        group_keys = sp_keys[sp_group] / par.attn_sp
     if workload.kv_read_per_token is not None:
         kv_read = workload.per_group(workload.kv_read_per_token, par.token_groups)[group]
     elif workload.phase == "decode":
         kv_read = group_keys
     else:  # the chunk's own K/V plus, for a later piece of a long prompt, its cached prefix
         kv_read = group_tokens * workload.kv_tokens_read_per_token
+    if workload.phase == "decode" and par.attn_sp > 1:
+        # the KV cache is sharded over SP ranks: each computes every group token on its shard
+        sp_group = ranks // (par.attn_tp * par.attn_sp)
+
+        def sharded(per_group: np.ndarray) -> np.ndarray:
+            return (np.bincount(sp_group, weights=per_group) / par.attn_tp)[sp_group] \
+                / par.attn_sp
+
+        group_keys, kv_read = sharded(group_keys), sharded(kv_read)
     return group_tokens, group_keys, kv_read
 
 
@@ -328,8 +332,7 @@ def _attention_s(cm: ComputeModel, model: ModelSpec, tokens: np.ndarray, keys: n
     kind = ("mla_decode" if model.attention == "mla" else "attention_decode") if decode \
         else "attention_prefill"
     kernel = cm.curves(kind)
-    per_seq = np.divide(kv_read, np.maximum(tokens, 1)) if decode \
-        else np.divide(keys, np.maximum(tokens, 1))
+    per_seq = np.divide(keys, np.maximum(tokens, 1))  # keys per query: the context
     kv_bytes = kv_read * model.kv_bytes_per_token_per_layer_per_rank(attn_tp, prec.kv_bytes)
     qo_bytes = tokens * heads * (model.head_dim + model.value_head_dim) * act
     if kernel is not None:

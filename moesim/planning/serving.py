@@ -48,7 +48,7 @@ from moesim.serve.requests import (
 )
 from moesim.serve.scheduler import Batch, Scheduler
 from moesim.serve.simulator import Engine, Role, simulate
-from moesim.traffic.balance import balanced_placement, moved_weight_bytes
+from moesim.traffic.balance import balanced_placement, keep_in_place, moved_weight_bytes
 from moesim.traffic.memory import kv_cache_capacity_tokens, memory_fit
 from moesim.traffic.workload import mtp_rates, mtp_tokens_per_step
 
@@ -67,7 +67,8 @@ def serve_spec(scenario: Scenario) -> ServeSpec:
 class _StepTimer:
     """Times an engine's iterations with the scenario's step evaluation: with MTP, decode
     iterations add the draft passes; with `rebalance_steps` N, every N iterations EPLB runs
-    again on the expert load of the last N and the weights it moves delay that iteration."""
+    again on the expert load of the last N (its ranks relabelled to keep experts in place:
+    `keep_in_place`) and the weights it moves delay that iteration."""
 
     def __init__(self, inputs: RunInputs, cache: EvaluationCache) -> None:
         self.inputs, self.cache = inputs, cache
@@ -96,9 +97,12 @@ class _StepTimer:
         weights take to move over the topology (every rank at once, a blocking exchange)."""
         inputs, sc = self.inputs, self.inputs.scenario
         assert inputs.balance is not None and inputs.topology is not None
-        placement = balanced_placement(self.load, inputs.model, inputs.parallelism,
-                                       policy=sc.eplb, redundant=sc.redundant_experts,
-                                       gpus_per_node=inputs.gpus_per_node)
+        placement = keep_in_place(
+            inputs.experts,
+            balanced_placement(self.load, inputs.model, inputs.parallelism, policy=sc.eplb,
+                               redundant=sc.redundant_experts,
+                               gpus_per_node=inputs.gpus_per_node),
+            max(inputs.gpus_per_node // inputs.parallelism.moe_tp, 1))
         expert_bytes = inputs.model.params_per_expert * sc.precision.expert_weight_bytes
         moved = moved_weight_bytes(inputs.experts, placement, inputs.parallelism, expert_bytes,
                                    inputs.gpus_per_node)

@@ -3,7 +3,8 @@
 The iteration's tokens are each scheduled request's positions `computed .. computed + n - 1`,
 taken from its trace sequence (`TraceSequences`), run by the request's attention group (the
 DP scheduler it is on), each attending to its position + 1 keys. A decode token reads its
-whole context from the KV cache; a prefill chunk reads the cached prefix and its own K/V once;
+whole context from the KV cache; a prefill chunk (or a decode verifying draft tokens) reads the
+cached prefix and its own K/V once;
 logits are computed for the tokens that produce an output token. `moesim.planning.serving`
 times the step like any other (traffic of exactly these tokens, costs, plan, backend).
 """
@@ -41,9 +42,9 @@ def iteration_workload(batches: Sequence[Batch], trace: RouterTrace,
     tokens = RouterTrace(experts=picked.experts, seq_id=ids[owner], pos=positions,
                          weights=picked.weights, metadata=picked.metadata)
     keys = positions + 1
-    # a prefill chunk reads its cached prefix and its own K/V once: (prefix + n) / n per token
-    chunk_read = ((first + counts) / np.maximum(counts, 1))[owner]
-    kv_read = np.where(decode[owner], keys, chunk_read)
+    # a prefill chunk reads its cached prefix and its own K/V once, and so does a decode with
+    # draft tokens (multi-token prediction's verify): (prefix + n) / n per token
+    kv_read = ((first + counts) / np.maximum(counts, 1))[owner]
     # the last known token makes the next one; a decode's draft tokens are verified (MTP)
     last = (positions == (known[owner] - 1)) | decode[owner]
     return StepWorkload(

@@ -11,6 +11,9 @@ an expert's copies by `local_first` (its own rank, then its node, then all copie
 placement, DESIGN.md's default) and after balancing, and `moved_weight_bytes` the expert weights
 a change of placement sends between ranks (each new copy from a rank that held the expert: on
 its node where one did, else the lowest EP index), so serving can charge rebalancing its time.
+A policy labels its GPUs afresh each time, so `keep_in_place` first gives each new rank's expert
+set to the old rank (on the same node) that already holds most of it: the loads are the same,
+the weights that move far fewer (as engines move only the experts that change).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from moesim.traffic.experts import ExpertPlacement
 from moesim.traffic.placement import Parallelism
 
 __all__ = ["Balance", "balanced_placement", "expert_load", "ep_rank_load",
-           "moved_weight_bytes"]
+           "moved_weight_bytes", "keep_in_place"]
 
 
 def expert_load(experts: np.ndarray, num_experts: int) -> np.ndarray:
@@ -152,3 +155,36 @@ def moved_weight_bytes(old: ExpertPlacement, new: ExpertPlacement, par: Parallel
             rank = replica * ep * par.moe_tp + np.arange(ep) * par.moe_tp + tp
             matrix[np.ix_(rank, rank)] += pairs
     return matrix
+
+
+def keep_in_place(old: ExpertPlacement, new: ExpertPlacement, ranks_per_node: int
+                  ) -> ExpertPlacement:
+    """`new` with its EP ranks relabelled, per layer and within each node, so that each rank
+    keeps as many of the experts it held in `old` as it can (greedy: the pair of new and old
+    ranks sharing the most experts first). Per-rank expert sets, and so the balance, are
+    unchanged; only which GPU holds which set."""
+    layers, ep, slots = new.slot_expert.shape
+    experts = new.num_experts
+    per_node = max(min(ranks_per_node, ep), 1)
+    if ep % per_node:
+        per_node = ep
+    held_old = np.zeros((layers, ep, experts), dtype=np.int64)
+    held_new = np.zeros_like(held_old)
+    for held, placement in ((held_old, old), (held_new, new)):
+        where = np.nonzero(placement.slot_expert >= 0)
+        held[where[0], where[1], placement.slot_expert[where]] = 1
+    out = np.empty_like(new.slot_expert)
+    for index in range(layers):
+        for start in range(0, ep, per_node):
+            ranks = np.arange(start, start + per_node)
+            shared = held_new[index, ranks] @ held_old[index, ranks].T  # [new, old]
+            order = np.argsort(-shared, axis=None, kind="stable")
+            taken_new, taken_old = set(), set()
+            for flat in order.tolist():
+                i, j = divmod(flat, per_node)
+                if i in taken_new or j in taken_old:
+                    continue
+                out[index, ranks[j]] = new.slot_expert[index, ranks[i]]
+                taken_new.add(i)
+                taken_old.add(j)
+    return ExpertPlacement(out, new.num_experts, new.copy_choice, new.name)

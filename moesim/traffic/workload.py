@@ -203,7 +203,11 @@ def build_step(
     keys = pos.astype(np.int64) + 1
     wrapped = ahead[:, -1] >= lengths[seq]
     notes = _reuse_notes(batch, lengths, wrapped, int(ahead.max()) + 1)
-    return StepWorkload(phase, step, keys, batch, notes)
+    # a sequence's n query tokens read its KV cache once (the last one's keys), as decode
+    # attention kernels do for several queries per sequence (FlashMLA, FlashInfer)
+    kv_read = np.full(batch * n, (context + decode_step + n) / n)
+    return StepWorkload(phase, step, keys, batch, notes,
+                        kv_read_per_token=kv_read if n > 1 else None)
 
 
 def mtp_rates(mtp: int, acceptance: list[float]) -> list[float]:
