@@ -24,15 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
 from moesim.errors import ConfigError
-from moesim.inputs.config import Scenario, read_mapping
+from moesim.inputs.config import Scenario, format_validation_error, parse_model, read_mapping
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec
-from moesim.inputs.options import ACT_DTYPE_BYTES, EplbPolicy
+from moesim.inputs.options import ACT_DTYPE_BYTES, ActDtype, Dedup, EplbPolicy, Phase, SpVariant
 from moesim.planning.evaluate import step_traffic
 from moesim.planning.resolve import resolve_inputs
 from moesim.traffic.traffic import Traffic, ring_bytes_matrix
@@ -261,20 +262,21 @@ def measurement_scenario(inputs: dict[str, Any], **balancing: Any) -> Scenario:
     (Scenario's `eplb`, `redundant_experts`, `eplb_window`) asks for an EPLB placement instead:
     `live_inputs` uses it once, to compute the placement it records."""
     model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
-    return Scenario(
-        name="live run",
-        model=model.model_dump(),
-        trace=inputs["trace"],
-        trace_tokens=int(inputs["tokens"]),
-        layers=int(inputs["layers"]),
-        placement=inputs["placement"],
-        expert_placement=inputs.get("expert_placement"),
-        act_dtype=inputs["act_dtype"],
-        dedup=inputs["dedup"],
-        phase=inputs["phase"],
-        sp_variant=inputs["sp_variant"],
+    fields = {
+        "name": "live run",
+        "model": model.model_dump(),
+        "trace": inputs["trace"],
+        "trace_tokens": int(inputs["tokens"]),
+        "layers": int(inputs["layers"]),
+        "placement": inputs["placement"],
+        "expert_placement": inputs.get("expert_placement"),
+        "act_dtype": inputs["act_dtype"],
+        "dedup": inputs["dedup"],
+        "phase": inputs["phase"],
+        "sp_variant": inputs["sp_variant"],
         **balancing,
-    )
+    }
+    return parse_model(Scenario, fields, "the measurement's inputs")
 
 
 def traffic_for_inputs(inputs: dict[str, Any]) -> Traffic:
@@ -389,18 +391,134 @@ def _totals(median_s: np.ndarray, byte_counts: np.ndarray) -> dict[str, Any]:
     }
 
 
+# ---- the measurement file's schema: what `validate compare` reads, checked on load ----------
+# Strict: a byte count is a JSON integer (not "12" or 12.5), a time a finite number >= 0.
+# Fields the compare does not read (totals, host, ...) may be anything; unknown ones are kept.
+
+_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Record(BaseModel):
+    """One (layer, rank, phase): times over the repeats and the bytes passed to torch."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    time_s: _Seconds
+    time_s_min: _Seconds | None = None  # older measurements have the median only
+    time_s_mean: _Seconds | None = None
+    sent_bytes: NonNegativeInt
+    recv_bytes: NonNegativeInt
+    local_bytes: NonNegativeInt
+
+
+class _Rank(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    rank: NonNegativeInt
+    phases: dict[str, _Record]
+
+
+class _Layer(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    layer: NonNegativeInt
+    ranks: list[_Rank] = Field(min_length=1)
+
+
+class _Parallelism(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    moe_tp: PositiveInt
+
+
+class _Inputs(BaseModel):
+    """The inputs `measurement_scenario` and the time prediction read."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: str
+    model_update: dict[str, NonNegativeInt]
+    trace: str
+    tokens: PositiveInt
+    layers: PositiveInt
+    placement: str
+    parallelism: _Parallelism
+    world: PositiveInt
+    scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    act_dtype: ActDtype
+    act_bytes: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    dedup: Dedup
+    phase: Phase
+    sp_variant: SpVariant
+    expert_placement: str | dict[str, Any] | None = None
+
+
+class _Measurement(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    schema_version: int
+    inputs: _Inputs
+    per_layer: list[_Layer] = Field(min_length=1)
+    step_time_s: _Seconds | None = None
+    wall_s: _Seconds | None = None
+
+
+def _shape_problem(m: _Measurement) -> str | None:
+    """The first way `per_layer` disagrees with itself or with `inputs`, or None: layers
+    0..layers-1 and ranks 0..world-1 once each, every rank timing the same known phases."""
+    inputs = m.inputs
+    layers = sorted(entry.layer for entry in m.per_layer)
+    if layers != list(range(inputs.layers)):
+        return (f"field 'per_layer': layers {_brief(layers)} are not 0..{inputs.layers - 1} "
+                f"once each (inputs.layers is {inputs.layers})")
+    phases = set(m.per_layer[0].ranks[0].phases)
+    unknown = sorted(phases - set(PHASES))
+    if unknown:
+        return (f"field 'per_layer.0.ranks.0.phases': unknown phase(s) {', '.join(unknown)}; "
+                f"phases are {', '.join(PHASES)}")
+    for i, entry in enumerate(m.per_layer):
+        ranks = sorted(r.rank for r in entry.ranks)
+        if ranks != list(range(inputs.world)):
+            return (f"field 'per_layer.{i}.ranks': ranks {_brief(ranks)} are not "
+                    f"0..{inputs.world - 1} once each (inputs.world is {inputs.world})")
+        for j, rank in enumerate(entry.ranks):
+            if set(rank.phases) != phases:
+                return (f"field 'per_layer.{i}.ranks.{j}.phases': phases "
+                        f"{sorted(rank.phases)} differ from per_layer.0.ranks.0's "
+                        f"{sorted(phases)}; every rank times the same phases")
+    unknown = sorted(set(inputs.model_update) - set(ModelSpec.model_fields))
+    if unknown:
+        return (f"field 'inputs.model_update': {', '.join(unknown)} are not ModelSpec fields")
+    return None
+
+
+def _brief(values: list[int]) -> str:
+    """A list for a message, cut after 8 entries."""
+    return str(values) if len(values) <= 8 else f"[{', '.join(map(str, values[:8]))}, ...]"
+
+
 def load_measurement(path: str | Path) -> dict[str, Any]:
-    """Read a measurement JSON, checking its schema and shape."""
+    """Read a measurement JSON, checking its schema: every field `validate compare` reads is
+    present and typed, and the layers, ranks and phases are consistent; any defect is one
+    ConfigError naming the file and the field."""
     data = read_mapping(path, "measurement")
     if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
         raise ConfigError(
-            f"measurement file {path}: schema {data.get('schema')!r} version "
-            f"{data.get('schema_version')!r} is not {SCHEMA!r} version {SCHEMA_VERSION}; "
-            "write it with `moesim validate live`"
+            f"measurement file {path}: schema {str(data.get('schema'))[:40]!r} version "
+            f"{str(data.get('schema_version'))[:20]!r} is not {SCHEMA!r} version "
+            f"{SCHEMA_VERSION}; write it with `moesim validate live`"
         )
     for key in ("inputs", "per_layer"):
         if key not in data:
             raise ConfigError(f"measurement file {path}: field '{key}' is missing")
+    try:
+        parsed = _Measurement.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"measurement file {path}")) from None
+    problem = _shape_problem(parsed)
+    if problem:
+        raise ConfigError(f"measurement file {path}: {problem}; write it with "
+                          "`moesim validate live`")
     return data
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from moesim.errors import ModelError
 from moesim.inputs.config import load_model_file, read_mapping
-from moesim.inputs.models import ModelSpec, get_model, model_spec_from_mapping
+from moesim.inputs.models import SIZE_LIMITS, ModelSpec, get_model, model_spec_from_mapping
 
 __all__ = ["load_model", "model_from_hf_config"]
 
@@ -61,17 +61,83 @@ def model_from_hf_config(
     return model_spec_from_mapping(fields, source)
 
 
-def _need(cfg: dict[str, Any], key: str, source: str) -> Any:
-    """cfg[key], or a ModelError naming the missing key."""
+# Each integer key's ModelSpec field, whose SIZE_LIMITS bound (models.py: generous, e.g. hidden
+# 2^20, 4096 layers, 32768 experts) the key must respect; and the keys that must be >= 1.
+_HF_FIELD = {
+    "hidden_size": "hidden_size", "num_hidden_layers": "num_layers", "vocab_size": "vocab_size",
+    "num_attention_heads": "num_attention_heads", "num_key_value_heads": "num_kv_heads",
+    "head_dim": "head_dim", "num_experts_per_tok": "top_k", "experts_per_token": "top_k",
+    "num_local_experts": "num_experts", "num_experts": "num_experts",
+    "n_routed_experts": "num_experts", "intermediate_size": "expert_ffn_size",
+    "moe_intermediate_size": "expert_ffn_size",
+    "shared_expert_intermediate_size": "shared_expert_ffn_size",
+    "n_shared_experts": "num_shared_experts", "first_k_dense_replace": "first_dense_layers",
+    "n_group": "num_expert_groups", "sliding_window": "sliding_window",
+    "q_lora_rank": "q_lora_rank", "kv_lora_rank": "kv_lora_rank",
+    "qk_nope_head_dim": "qk_nope_head_dim", "qk_rope_head_dim": "qk_rope_head_dim",
+    "v_head_dim": "v_head_dim", "decoder_sparse_step": "num_layers",
+    "moe_layer_freq": "num_layers",
+}
+_POSITIVE = {"hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "num_experts_per_tok", "experts_per_token",
+             "num_local_experts", "num_experts", "n_routed_experts", "intermediate_size",
+             "moe_intermediate_size", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+             "decoder_sparse_step", "moe_layer_freq"}
+
+
+def _show(value: Any) -> str:
+    """A short repr of a config value for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(value: Any, key: str, source: str) -> int:
+    """`value` of HF key `key` as a whole number in range, or a ModelError naming the key."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4096.0: a whole number written as a float
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{source}: '{key}' must be a whole number, got "
+                         f"{type(value).__name__} {_show(value)}")
+    low = 1 if key in _POSITIVE else 0
+    if value < low:
+        raise ModelError(f"{source}: '{key}' must be >= {low}, got {value}")
+    limit = SIZE_LIMITS.get(_HF_FIELD.get(key, ""))
+    if limit is not None and value > limit:
+        shown = value if value.bit_length() < 64 else f"a {value.bit_length()}-bit integer"
+        raise ModelError(f"{source}: '{key}' is {shown}, above moesim's limit of {limit} "
+                         f"(ModelSpec {_HF_FIELD[key]}); check the config")
+    return value
+
+
+def _need(cfg: dict[str, Any], key: str, source: str) -> int:
+    """cfg[key] as a whole number, or a ModelError naming the missing or ill-typed key."""
     if cfg.get(key) is None:
         raise ModelError(f"{source} has no '{key}', which this model family needs")
-    return cfg[key]
+    return _whole(cfg[key], key, source)
 
 
-def _opt(cfg: dict[str, Any], key: str, default: Any = 0) -> Any:
-    """cfg[key], with `default` where it is missing or null."""
+def _opt(cfg: dict[str, Any], key: str, source: str, default: Any = 0) -> Any:
+    """cfg[key] checked as `default` is typed (a boolean or a whole number), with `default`
+    where it is missing or null."""
     value = cfg.get(key)
-    return default if value is None else value
+    if value is None:
+        return default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ModelError(f"{source}: '{key}' must be true or false, got {_show(value)}")
+        return value
+    return _whole(value, key, source)
+
+
+def _int_list(cfg: dict[str, Any], key: str, source: str) -> list[int]:
+    """cfg[key] as a list of whole numbers ([] where missing or null)."""
+    value = cfg.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ModelError(f"{source}: '{key}' must be a list of block indices, got "
+                         f"{type(value).__name__} {_show(value)}")
+    return [_whole(item, key, source) for item in value]
 
 
 def _hf_name(cfg: dict[str, Any], path: Path | None) -> str:
@@ -87,11 +153,12 @@ def _hf_common_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     """Fields every family spells the same way."""
     hidden = _need(cfg, "hidden_size", source)
     heads = _need(cfg, "num_attention_heads", source)
-    head_dim = cfg.get("head_dim")
-    if head_dim is None:
-        if not isinstance(hidden, int) or not isinstance(heads, int) or hidden % heads:
-            raise ModelError(f"{source} has no 'head_dim' and hidden_size / num_attention_heads "
-                             "is not a whole number")
+    if cfg.get("head_dim") is not None:
+        head_dim = _need(cfg, "head_dim", source)
+    elif hidden % heads:
+        raise ModelError(f"{source} has no 'head_dim' and hidden_size / num_attention_heads "
+                         f"({hidden} / {heads}) is not a whole number; add head_dim")
+    else:
         head_dim = hidden // heads
     # gpt-oss's config carries both num_experts_per_tok and its own experts_per_token.
     top_k_key = ("experts_per_token" if cfg.get("num_experts_per_tok") is None
@@ -101,13 +168,13 @@ def _hf_common_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         "num_layers": _need(cfg, "num_hidden_layers", source),
         "vocab_size": _need(cfg, "vocab_size", source),
         # These families' config classes default to untied embeddings.
-        "tie_embeddings": _opt(cfg, "tie_word_embeddings", False),
+        "tie_embeddings": _opt(cfg, "tie_word_embeddings", source, False),
         "num_attention_heads": heads,
-        "num_kv_heads": _opt(cfg, "num_key_value_heads", heads),
+        "num_kv_heads": _opt(cfg, "num_key_value_heads", source, heads),
         "head_dim": head_dim,
         "top_k": _need(cfg, top_k_key, source),
         # q, k, v and o biases where the config class has attention_bias (gpt-oss: true).
-        "attention_bias": _opt(cfg, "attention_bias", False),
+        "attention_bias": _opt(cfg, "attention_bias", source, False),
     }
 
 
@@ -119,7 +186,7 @@ def _sliding_window_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     Qwen2/3 with `use_sliding_window: true` slide blocks chosen by `max_window_layers` in a
     way that has changed between transformers versions, so there layer_types is asked for.
     """
-    window = _opt(cfg, "sliding_window")
+    window = _opt(cfg, "sliding_window", source)
     types = cfg.get("layer_types")
     if types is not None:
         if not isinstance(types, list):
@@ -146,14 +213,14 @@ def _sliding_window_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _qwen_moe_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     """Qwen2-MoE / Qwen3-MoE: routed experts, an optional shared expert, leading dense blocks."""
-    if _opt(cfg, "decoder_sparse_step", 1) != 1:
+    if _opt(cfg, "decoder_sparse_step", source, 1) != 1:
         raise ModelError(f"{source}: decoder_sparse_step {cfg['decoder_sparse_step']} interleaves "
                          "dense and MoE blocks; ModelSpec models leading dense blocks only")
-    dense = sorted(_opt(cfg, "mlp_only_layers", []))
+    dense = sorted(_int_list(cfg, "mlp_only_layers", source))
     if dense != list(range(len(dense))):
         raise ModelError(f"{source}: mlp_only_layers {dense} are not the leading blocks "
                          "0..k-1; ModelSpec models leading dense blocks only")
-    shared_ffn = _opt(cfg, "shared_expert_intermediate_size")
+    shared_ffn = _opt(cfg, "shared_expert_intermediate_size", source)
     return {
         "num_experts": _need(cfg, "num_experts", source),
         "expert_ffn_size": _need(cfg, "moe_intermediate_size", source),
@@ -166,12 +233,12 @@ def _qwen_moe_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _deepseek_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     """DeepSeek-V2/V3: routed and shared experts, leading dense blocks, MLA when configured."""
-    if _opt(cfg, "moe_layer_freq", 1) != 1:
+    if _opt(cfg, "moe_layer_freq", source, 1) != 1:
         raise ModelError(f"{source}: moe_layer_freq {cfg['moe_layer_freq']} interleaves dense "
                          "and MoE blocks; ModelSpec models leading dense blocks only")
     expert_ffn = _need(cfg, "moe_intermediate_size", source)
-    shared = _opt(cfg, "n_shared_experts")
-    dense = _opt(cfg, "first_k_dense_replace")
+    shared = _opt(cfg, "n_shared_experts", source)
+    dense = _opt(cfg, "first_k_dense_replace", source)
     fields: dict[str, Any] = {
         "num_experts": _need(cfg, "n_routed_experts", source),
         "expert_ffn_size": expert_ffn,
@@ -179,7 +246,7 @@ def _deepseek_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         "shared_expert_ffn_size": expert_ffn if shared else 0,
         "first_dense_layers": dense,
         "dense_ffn_size": _need(cfg, "intermediate_size", source) if dense else 0,
-        "num_expert_groups": _opt(cfg, "n_group") or 1,
+        "num_expert_groups": _opt(cfg, "n_group", source) or 1,
     }
     if cfg.get("kv_lora_rank"):
         fields.update(_mla_fields(cfg, source))
@@ -193,8 +260,8 @@ def _mla_fields(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     heads = _need(cfg, "num_attention_heads", source)
     return {
         "attention": "mla",
-        "q_lora_rank": _opt(cfg, "q_lora_rank"),
-        "kv_lora_rank": cfg["kv_lora_rank"],
+        "q_lora_rank": _opt(cfg, "q_lora_rank", source),
+        "kv_lora_rank": _need(cfg, "kv_lora_rank", source),
         "qk_nope_head_dim": nope,
         "qk_rope_head_dim": rope,
         "v_head_dim": _need(cfg, "v_head_dim", source),

@@ -36,7 +36,9 @@ from pydantic import (
     ConfigDict,
     NonNegativeInt,
     PositiveInt,
+    ValidationInfo,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
@@ -46,12 +48,44 @@ from moesim.inputs.config import parse_model
 __all__ = [
     "ModelSpec",
     "PRESETS",
+    "SIZE_LIMITS",
+    "MAX_TOTAL_PARAMS",
     "get_model",
     "list_models",
     "model_spec_from_mapping",
 ]
 
 _MLA_FIELDS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+# Upper bounds of the integer fields: generous (each at least 8x the largest released model's
+# value: DeepSeek-V3/Kimi-K2 hidden 7168, 61 blocks, 384 experts; vocab 256k) but finite, so a
+# typo or a corrupt config (hidden 10^12, 10^9 layers) is one error naming the field instead of
+# an overflow or an out-of-memory later. Expert ids are int16 in traces, hence 32768 experts;
+# positions are int32, hence the sliding window.
+SIZE_LIMITS: Mapping[str, int] = MappingProxyType({
+    "hidden_size": 1 << 20,
+    "num_layers": 4096,
+    "vocab_size": 1 << 24,
+    "first_dense_layers": 4096,
+    "dense_ffn_size": 1 << 22,
+    "num_attention_heads": 4096,
+    "num_kv_heads": 4096,
+    "head_dim": 1 << 16,
+    "q_lora_rank": 1 << 20,
+    "kv_lora_rank": 1 << 20,
+    "qk_nope_head_dim": 1 << 16,
+    "qk_rope_head_dim": 1 << 16,
+    "v_head_dim": 1 << 16,
+    "num_experts": 1 << 15,
+    "top_k": 1 << 15,
+    "expert_ffn_size": 1 << 22,
+    "num_shared_experts": 4096,
+    "shared_expert_ffn_size": 1 << 22,
+    "sliding_window": (1 << 31) - 1,
+    "num_expert_groups": 1 << 15,
+})
+# Total parameters: 10^15 is 500x Kimi-K2's 1T, and keeps every byte count far inside int64.
+MAX_TOTAL_PARAMS = 10**15
 
 
 class ModelSpec(BaseModel):
@@ -90,6 +124,24 @@ class ModelSpec(BaseModel):
     # Routed experts fall in this many groups (DeepSeek-V3's n_group: a token picks experts in
     # at most topk_group groups); EPLB's hierarchical policy packs whole groups onto nodes.
     num_expert_groups: PositiveInt = 1
+
+    @field_validator(*SIZE_LIMITS, mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        """A size is a JSON/YAML number: not a string ("4096") or a boolean (true is not 1)."""
+        if isinstance(value, (str, bool)):
+            raise ValueError(f"must be a whole number, got {type(value).__name__} {value!r}")
+        return value
+
+    @field_validator(*SIZE_LIMITS)
+    @classmethod
+    def _within_limit(cls, value: int, info: ValidationInfo) -> int:
+        """At most SIZE_LIMITS[field]: far above any real model, so a typo is caught here."""
+        limit = SIZE_LIMITS[str(info.field_name)]
+        if value > limit:
+            shown = value if value.bit_length() < 64 else f"a {value.bit_length()}-bit integer"
+            raise ValueError(f"{shown} is above moesim's limit of {limit}; check the value")
+        return value
 
     @field_serializer("layer_types")
     def _layer_types_as_list(self, value: tuple[str, ...]) -> list[str]:
@@ -359,6 +411,11 @@ class ModelSpec(BaseModel):
 
 def _consistency_problem(spec: ModelSpec) -> str | None:
     """The first cross-field rule `spec` breaks, as a message naming the field, or None."""
+    if spec.total_params > MAX_TOTAL_PARAMS:
+        return (f"hidden_size {spec.hidden_size}, num_layers {spec.num_layers}, num_experts "
+                f"{spec.num_experts}, expert_ffn_size {spec.expert_ffn_size} and vocab_size "
+                f"{spec.vocab_size} give {spec.total_params:.3g} parameters, above moesim's "
+                f"limit of {MAX_TOTAL_PARAMS:.0e}; check these sizes")
     if spec.top_k > spec.num_experts:
         return f"top_k ({spec.top_k}) must be <= num_experts ({spec.num_experts})"
     if spec.first_dense_layers >= spec.num_layers:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import TraceError
-from moesim.trace.format import RouterTrace, save_trace
+from moesim.inputs.models import SIZE_LIMITS
+from moesim.trace.format import RouterTrace, read_npz, repeated_expert, save_trace
 
 __all__ = [
     "FORMATS",
@@ -53,6 +55,8 @@ __all__ = [
 FORMATS = ("vllm-jsonl", "vllm-raw-jsonl", "hf-router-logits", "exp-ids")
 TOOL = "moesim trace convert"
 _INT16_MAX = int(np.iinfo(np.int16).max)
+_INT32_MAX = int(np.iinfo(np.int32).max)
+_MAX_LAYER = SIZE_LIMITS["num_layers"] - 1  # a MoE layer index, below ModelSpec's block limit
 
 
 @dataclass(frozen=True)
@@ -124,24 +128,49 @@ def _check_record(rec: Any, index_key: str, top_k: int | None, where: str) -> in
         if key not in rec:
             raise TraceError(f"{where}: missing key '{key}'; each line needs dataset, "
                              f"problem_id, layer, {index_key}, experts, gating_probs")
-    for key in ("layer", index_key):
+    for key, high in (("layer", _MAX_LAYER), (index_key, _INT32_MAX)):
         if not _is_int(rec[key]) or rec[key] < 0:
-            raise TraceError(f"{where}: '{key}' must be a non-negative integer, got {rec[key]!r}")
+            raise TraceError(f"{where}: '{key}' must be a non-negative integer, "
+                             f"got {_short(rec[key])}")
+        if rec[key] > high:  # stored as int32 (positions) or sizing the [L, T, k] array
+            raise TraceError(f"{where}: '{key}' {_short(rec[key])} is above {high}, the "
+                             f"largest {key} moesim stores")
     experts, probs = rec["experts"], rec["gating_probs"]
     if not isinstance(experts, list) or not experts or not all(_is_int(e) for e in experts):
         raise TraceError(f"{where}: 'experts' must be a non-empty list of integer ids, "
-                         f"got {experts!r}")
+                         f"got {_short(experts)}")
     if top_k is not None and len(experts) != top_k:
         raise TraceError(f"{where}: 'experts' has {len(experts)} ids but earlier lines have "
                          f"{top_k}; every line needs the same top-k")
     if min(experts) < 0 or max(experts) > _INT16_MAX:
-        raise TraceError(f"{where}: 'experts' {experts} holds an id outside 0..{_INT16_MAX}")
+        raise TraceError(f"{where}: 'experts' {_short(experts)} holds an id outside "
+                         f"0..{_INT16_MAX}")
+    if len(set(experts)) != len(experts):
+        raise TraceError(f"{where}: 'experts' {experts} lists an expert twice; a router "
+                         "picks distinct experts")
     if (not isinstance(probs, list) or len(probs) != len(experts)
-            or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs)
-            or not np.all(np.isfinite(probs))):
+            or not all(_is_probability(p) for p in probs)):
         raise TraceError(f"{where}: 'gating_probs' must be {len(experts)} finite numbers "
-                         f"matching 'experts', got {probs!r}")
+                         f">= 0 matching 'experts', got {_short(probs)}")
     return len(experts)
+
+
+def _short(value: Any) -> str:
+    """A repr cut to a readable length (a record can hold a huge value)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_probability(value: Any) -> bool:
+    """A finite number >= 0 (a gate probability or score; huge ints are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:
+        return False
 
 
 def _read_jsonl(path: Path, index_key: str) -> _Rows:
@@ -151,16 +180,29 @@ def _read_jsonl(path: Path, index_key: str) -> _Rows:
     seq_of: dict[tuple[str, str], int] = {}
     cols: dict[str, list[Any]] = {k: [] for k in ("line", "seq", "index", "layer", "e", "w")}
     top_k: int | None = None
-    with path.open(encoding="utf-8") as fh:
-        for lineno, text in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            if b"\0" in raw:
+                raise TraceError(f"{where}: holds NUL bytes: a binary file, not a JSONL log")
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise TraceError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                                 f"column {exc.start + 1}); save the log as UTF-8") from None
             if not text.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 rec = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise TraceError(f"{where}: not valid JSON ({exc.msg}); "
                                  "each line must be one JSON object") from None
+            except ValueError:  # Python reads no integer of more than 4300 digits
+                raise TraceError(f"{where}: holds an integer of thousands of digits; ids, "
+                                 "layers and positions must be small integers") from None
+            except RecursionError:
+                raise TraceError(f"{where}: nests lists too deeply; each line must be one "
+                                 "flat JSON object") from None
             top_k = _check_record(rec, index_key, top_k, where)
             name = (str(rec["dataset"]), str(rec["problem_id"]))
             cols["line"].append(lineno)
@@ -196,6 +238,11 @@ def _token_numbers(seq: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.nda
 def _assemble(rows: _Rows, pos: np.ndarray, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """Scatter rows into [L, T, k] arrays; drop tokens lacking a layer."""
     n_layers = int(rows.layer.max()) + 1
+    missing = np.setdiff1d(np.arange(n_layers), rows.layer)
+    if missing.size:
+        raise TraceError(f"{path}: no record has layer {int(missing[0])} ({missing.size} of "
+                         f"layers 0..{n_layers - 1} never appear); a token is kept only when "
+                         "every MoE layer 0..L-1 logged it, so every layer must be logged")
     token, first_row = _token_numbers(rows.seq, pos)
     n_all = first_row.size
     cell = token * n_layers + rows.layer
@@ -206,18 +253,24 @@ def _assemble(rows: _Rows, pos: np.ndarray, path: Path) -> tuple[dict[str, np.nd
         raise TraceError(f"{path}:{rows.line[row]}: a second record for layer "
                          f"{rows.layer[row]} of token {rows.seq_names[rows.seq[row]]}:{pos[row]}; "
                          "each (token, layer) must appear once")
-    top_k = rows.experts.shape[1]
-    experts = np.zeros((n_layers, n_all, top_k), dtype=np.int16)
-    weights = np.zeros((n_layers, n_all, top_k), dtype=np.float32)
-    experts[rows.layer, token] = rows.experts
-    weights[rows.layer, token] = rows.weights
     keep = np.bincount(token, minlength=n_all) == n_layers
+    if not keep.any():
+        raise TraceError(f"{path}: no token was logged in all {n_layers} layers; a trace "
+                         "holds only tokens every MoE layer logged")
+    # Arrays of the kept tokens only: at most one cell per record, whatever the layer gaps.
+    new_index = np.cumsum(keep) - 1
+    kept_rows = keep[token]
+    top_k = rows.experts.shape[1]
+    experts = np.zeros((n_layers, int(keep.sum()), top_k), dtype=np.int16)
+    weights = np.zeros(experts.shape, dtype=np.float32)
+    experts[rows.layer[kept_rows], new_index[token[kept_rows]]] = rows.experts[kept_rows]
+    weights[rows.layer[kept_rows], new_index[token[kept_rows]]] = rows.weights[kept_rows]
     tok_seq, tok_pos = rows.seq[first_row], pos[first_row]
     dropped = [f"{rows.seq_names[s]}:{p}"
                for s, p in zip(tok_seq[~keep], tok_pos[~keep], strict=True)]
     arrays = {
-        "experts": experts[:, keep],
-        "weights": weights[:, keep],
+        "experts": experts,
+        "weights": weights,
         "seq_id": tok_seq[keep],
         "pos": tok_pos[keep],
     }
@@ -274,6 +327,10 @@ def from_vllm_raw_jsonl(path: str | Path, model: str | None = None, dataset: str
     path = Path(path)
     rows = _read_jsonl(path, "token_pos")
     pos, prompt_len = _forward_passes(rows)
+    if int(pos.max()) > _INT32_MAX:  # passes of a sequence add up past int32 positions
+        row = int(np.argmax(pos))
+        raise TraceError(f"{path}:{rows.line[row]}: this record's position in its sequence "
+                         f"({int(pos[row])}) is above {_INT32_MAX} (int32); split the log")
     arrays, dropped = _assemble(rows, pos, path)
     prefill = arrays["pos"] < prompt_len[arrays["seq_id"]]
     meta = _metadata("vllm-raw-jsonl", path, model, dataset or ",".join(rows.datasets),
@@ -304,7 +361,9 @@ def _load_pt(path: Path) -> Any:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise TraceError(f"{path}: torch.load failed ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]  # torch's text runs for lines
+        raise TraceError(f"{path}: torch.load failed ({type(exc).__name__}: {first}); pass "
+                         "a torch.save of per-layer tensors, or save them as .npz") from None
     if isinstance(obj, torch.Tensor):
         return obj.float().numpy()
     if isinstance(obj, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in obj):
@@ -314,12 +373,8 @@ def _load_pt(path: Path) -> Any:
 
 def _load_npz_logits(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
     """Read `router_logits[L,T,E]` / `[L,B,S,E]` or `layer_0..` arrays (+ optional seq_id, pos)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: np.asarray(data[name]) for name in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise TraceError(f"{path}: not a readable .npz archive ({exc})") from None
-    extra = {k: arrays.pop(k) for k in ("seq_id", "pos") if k in arrays}
+    arrays = read_npz(path, str(path), "save router logits with numpy.savez")
+    extra: dict[str, np.ndarray] = {k: arrays.pop(k) for k in ("seq_id", "pos") if k in arrays}
     if "router_logits" in arrays:
         return arrays["router_logits"], extra
     n_layers = len(arrays)
@@ -342,6 +397,14 @@ def _stack_logits(path: Path, layers: Any, extra: dict[str, np.ndarray],
         if np.shape(arr) != shape:
             raise TraceError(f"{path}: layer {i} logits have shape {np.shape(arr)}, "
                              f"layer 0 has {shape}; all layers must match")
+        if np.asarray(arr).dtype.kind not in "fiu":
+            raise TraceError(f"{path}: layer {i} logits must be numbers, got "
+                             f"{np.asarray(arr).dtype}")
+    if not 1 <= shape[-1] <= _INT16_MAX + 1:
+        raise TraceError(f"{path}: logits have {shape[-1]} experts (last axis of {shape}); "
+                         f"expert ids are int16, so 1..{_INT16_MAX + 1} experts")
+    if not np.prod(shape[:-1]):
+        raise TraceError(f"{path}: logits of shape {shape} hold no tokens")
     logits = np.stack([np.asarray(a, dtype=np.float32) for a in layers]).reshape(
         len(layers), -1, shape[-1])  # [L, T, E]
     bad = np.argwhere(~np.isfinite(logits))
@@ -399,18 +462,19 @@ def _load_exp_ids(path: Path) -> np.ndarray:
     """Read `exp_ids[tokens, k, layers]` from .npy or .npz (key `exp_ids` or the only array)."""
     if not path.is_file():
         raise TraceError(f"{path} does not exist; pass an existing .npy/.npz exp_ids file")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise TraceError(f"{path}: not a readable .npy/.npz file ({exc})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        return np.asarray(data)
-    with data:
-        names = data.files
-        if "exp_ids" not in names and len(names) != 1:
-            raise TraceError(f"{path}: no array 'exp_ids' among {names}; "
-                             "save exp_ids[tokens, k, layers] under that key")
-        return np.asarray(data["exp_ids" if "exp_ids" in names else names[0]])
+    with path.open("rb") as handle:
+        zipped = handle.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    if not zipped:
+        try:
+            return np.asarray(np.load(path, allow_pickle=False))
+        except (OSError, ValueError, EOFError) as exc:
+            raise TraceError(f"{path}: not a readable .npy/.npz file ({exc})") from None
+    arrays = read_npz(path, str(path), "save exp_ids[tokens, k, layers] with numpy.save")
+    names = list(arrays)
+    if "exp_ids" not in names and len(names) != 1:
+        raise TraceError(f"{path}: no array 'exp_ids' among {names}; "
+                         "save exp_ids[tokens, k, layers] under that key")
+    return arrays["exp_ids" if "exp_ids" in names else names[0]]
 
 
 def from_exp_ids(path: str | Path, model: str | None = None, dataset: str | None = None,
@@ -428,10 +492,20 @@ def from_exp_ids(path: str | Path, model: str | None = None, dataset: str | None
         raise TraceError(f"{path}: exp_ids[{t}, {c}, {layer}] = {ids[t, c, layer]} is not an "
                          f"expert id in 0..{_INT16_MAX}")
     n_tokens = ids.shape[0]
+    if not ids.size:
+        raise TraceError(f"{path}: exp_ids of shape {ids.shape} holds no choices; "
+                         "expected [tokens, k, layers] with each at least 1")
+    problem = repeated_expert(ids.transpose(2, 0, 1))
+    if problem:
+        raise TraceError(f"{path}: exp_ids: {problem}")
     meta = _metadata("exp-ids", path, model, dataset or "unknown", provenance,
                      num_experts=num_experts, dropped_tokens=0)
-    trace = RouterTrace(experts=ids.transpose(2, 0, 1), seq_id=np.zeros(n_tokens, np.int32),
-                        pos=np.arange(n_tokens), metadata=meta)
+    try:
+        trace = RouterTrace(experts=ids.transpose(2, 0, 1),
+                            seq_id=np.zeros(n_tokens, np.int32), pos=np.arange(n_tokens),
+                            metadata=meta)
+    except TraceError as exc:  # e.g. more tokens than int32 positions
+        raise TraceError(f"{path}: {exc}") from None
     return trace, _report(path, "exp-ids", trace, n_tokens, [])
 
 
