@@ -32,7 +32,7 @@ from moesim.engine.collectives import predict_collective
 from moesim.errors import ConfigError
 from moesim.inputs.options import AllreduceAlgorithm
 from moesim.inputs.topology import Topology, build_topology
-from moesim.inputs.topology_spec import TopologySpec
+from moesim.inputs.topology_spec import MAX_LATENCY_S, TopologySpec
 
 __all__ = [
     "Measurement",
@@ -42,6 +42,7 @@ __all__ = [
     "calibrated_spec",
     "predict_times_s",
     "fit_topology",
+    "check_measurements",
 ]
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -113,6 +114,22 @@ def measurements_from_sections(
     return out
 
 
+def check_measurements(measurements: Sequence[Measurement]) -> None:
+    """Refuse measurements no fit can use: a time or size that is not finite and positive, or
+    a group of fewer than 2 ranks (each named by its position, op and size)."""
+    for index, m in enumerate(measurements):
+        if not (math.isfinite(m.time_s) and m.time_s > 0):
+            problem = f"time {m.time_s!r} s must be a finite number > 0"
+        elif not (math.isfinite(m.size_bytes) and m.size_bytes > 0):
+            problem = f"size {m.size_bytes!r} bytes must be a finite number > 0"
+        elif m.num_ranks < 2:
+            problem = f"{m.num_ranks} ranks: a collective needs 2 or more"
+        else:
+            continue
+        raise ConfigError(f"measurement {index + 1} ({m.op}, {m.size_bytes:g} bytes): {problem}; "
+                          "fix or drop it")
+
+
 def calibrated_spec(
     spec: TopologySpec, efficiency_by_medium: dict[str, float], launch_s: float | None
 ) -> TopologySpec:
@@ -161,6 +178,7 @@ def fit_topology(
     all-to-alls from pulling the fitted launch down."""
     if not measurements:
         raise ConfigError("nothing to calibrate: no measurements of a supported collective")
+    check_measurements(measurements)
     spec = spec.model_copy(update={"ll_launch_s": None})
     base = build_topology(spec, source=f"topology {spec.name}")
     _check_size(base, measurements)
@@ -178,6 +196,12 @@ def fit_topology(
 
     efficiency = _golden_min(lambda e: evaluate(e)[0], _MIN_EFFICIENCY, 1.0, tol=1e-5)
     best_loss, launch_s = evaluate(efficiency)
+    if not (math.isfinite(best_loss) and 0 <= launch_s <= MAX_LATENCY_S):
+        raise ConfigError(
+            f"topology '{spec.name}': the fit to these measurements gives a collective launch of "
+            f"{launch_s:.3g} s (loss {best_loss:.3g}), beyond the {MAX_LATENCY_S:g} s a topology "
+            "may hold; the measured times do not match this topology: check the logs (and "
+            "--gpus, --ops) and the topology")
     fitted = dict.fromkeys(media, efficiency)
     after = build_topology(calibrated_spec(spec, fitted, launch_s))
     return FitResult(

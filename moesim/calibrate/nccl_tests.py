@@ -19,6 +19,7 @@ parse is a `ConfigError` naming the file and line.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ _MOESIM_RE = re.compile(r"^#\s*MOESIM:\s*(.*)$")
 _ROW_START_RE = re.compile(r"^\s*\d+\s+\d+\s+[A-Za-z]")
 _NUMBER_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _US = 1e-6
+# Largest buffer a row may report: 1 PiB, ~5000x any GPU's memory (nccl-tests runs reach
+# 16-64 GiB); a larger size is a corrupted line.
+MAX_ROW_BYTES = 2**50
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ def _parse_row(line: str, number: int, source: str) -> NcclTestsRow:
             "'size count type [redop] [root]' then out-of-place and in-place "
             "'time algbw busbw #wrong'; fix or delete the line"
         )
+    _check_row_values(tokens, numbers, line, number, source)
     has_inplace = numbers[4] is not None and numbers[4] > 0
     return NcclTestsRow(
         size_bytes=int(tokens[0]),
@@ -178,6 +183,33 @@ def _parse_row(line: str, number: int, source: str) -> NcclTestsRow:
         inplace_busbw_bytes_per_s=_scaled(numbers[6], 1e9) if has_inplace else None,
         line=number,
     )
+
+
+def _check_row_values(tokens: list[str], numbers: list[float | None], line: str, number: int,
+                      source: str) -> None:
+    """Refuse a row no nccl-tests run prints: a size above MAX_ROW_BYTES, a time that is not
+    finite and positive, a bandwidth that is not finite and >= 0 (nccl-tests rounds small ones
+    to 0.00), in either the out-of-place or the in-place columns."""
+    problem = ""
+    if int(tokens[0]) > MAX_ROW_BYTES:
+        problem = f"size {tokens[0]} bytes is above the {MAX_ROW_BYTES} (1 PiB) a buffer may have"
+    for start, columns in ((0, "out-of-place"), (4, "in-place")):
+        time_us, algbw, busbw = numbers[start:start + 3]
+        if problem or (start == 4 and time_us is None):  # in-place columns may be N/A
+            continue
+        if time_us is None or not (math.isfinite(time_us) and time_us > 0):
+            problem = f"{columns} time {_values_of(tokens, start)} us must be a finite number > 0"
+        elif any(bw is None or not (math.isfinite(bw) and bw >= 0) for bw in (algbw, busbw)):
+            problem = (f"{columns} bandwidths {_values_of(tokens, start + 1)} and "
+                       f"{_values_of(tokens, start + 2)} GB/s must be finite numbers >= 0")
+    if problem:
+        raise ConfigError(f"{source}: line {number}: {problem}: '{line}'; nccl-tests never "
+                          "prints this, fix or delete the line")
+
+
+def _values_of(tokens: list[str], index: int) -> str:
+    """The text of value column `index` (0: out-of-place time) of a row's last 8 columns."""
+    return tokens[-8:][index]
 
 
 def _number(token: str) -> float | None:

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from moesim.calibrate.fit import Measurement
+from moesim.calibrate.fit import Measurement, check_measurements
 from moesim.engine.collective_model import nccl_tests_alltoall_matrix
 from moesim.engine.collectives import predict_collective
 from moesim.engine.protocols import (
@@ -41,6 +42,7 @@ from moesim.engine.protocols import (
     uses_nccl,
 )
 from moesim.errors import ConfigError
+from moesim.inputs.config import format_validation_error
 from moesim.inputs.topology import Topology, build_topology
 from moesim.inputs.topology_spec import NvSwitchFabric, TopologySpec
 
@@ -177,6 +179,7 @@ def fit_protocols(
     """Fit a GPU topology's protocol costs, link efficiency and NVLS figures to the rows."""
     if not measurements:
         raise ConfigError("nothing to calibrate: no measurements of a supported collective")
+    check_measurements(measurements)
     base = build_topology(spec, source=f"topology {spec.name}")
     if not uses_nccl(base):
         raise ConfigError(f"topology '{spec.name}': its GPU has no compute_capability, so it "
@@ -298,7 +301,13 @@ def apply_fit(spec: TopologySpec, fit: ProtocolFit) -> TopologySpec:
     if fit.multi_gpu_launch_s is not None:
         update["multi_gpu_launch_s"] = fit.multi_gpu_launch_s
     data = {**spec.model_dump(), **update, "protocols": protocols}
-    return TopologySpec.model_validate(data)
+    try:
+        return TopologySpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"topology '{spec.name}': the fit to these logs gives values a topology cannot hold "
+            f"({format_validation_error(exc, 'fitted topology')}); the logs' times do not "
+            "match this topology: check the logs (and --gpus, --ops) and the topology") from None
 
 
 def band_errors(measurements: Sequence[Measurement], predicted: np.ndarray

@@ -115,9 +115,15 @@ class Links:
         edges: list[Edge] = list(graph.edges)
         capacity = np.array([_edge_attr(graph, e, "bandwidth_bytes_per_s") for e in edges])
         latency = np.array([_edge_attr(graph, e, "latency_s") for e in edges])
-        if np.any(capacity <= 0) or np.any(latency < 0):
+        bad = ~(np.isfinite(capacity) & (capacity > 0)) | ~(np.isfinite(latency) & (latency >= 0))
+        if np.any(bad):
+            first = int(np.flatnonzero(bad)[0])
+            src, dst = edges[first]
             raise TopologyError(
-                "every link needs bandwidth_bytes_per_s > 0 and latency_s >= 0; fix the topology"
+                f"topology '{graph.graph.get('name', '?')}': link {src}->{dst} has bandwidth "
+                f"{float(capacity[first])!r} B/s and latency {float(latency[first])!r} s; every "
+                "link needs a finite bandwidth_bytes_per_s > 0 and a finite latency_s >= 0; fix "
+                "the topology"
             )
         index = {e: i for i, e in enumerate(edges)}
         capacity, latency = capacity.reshape(-1), latency.reshape(-1)

@@ -221,10 +221,18 @@ class _Builder:
         if self.graph.has_edge(src, dst):
             origin = self.graph.edges[src, dst]["origin"]
             raise self.error(field, f"link {src}->{dst} is already defined by '{origin}'")
+        effective = float(bandwidth) * self.efficiency.get(medium, 1.0)
+        if not (math.isfinite(effective) and effective > 0):
+            raise self.error(field, f"link {src}->{dst}: bandwidth {bandwidth!r} B/s x "
+                             f"link_efficiency {self.efficiency.get(medium, 1.0)!r} is not a "
+                             "finite positive number; give a bandwidth > 0 in bytes/s")
+        if not (math.isfinite(float(latency)) and latency >= 0):
+            raise self.error(field, f"link {src}->{dst}: latency {latency!r} s is not a finite "
+                             "number >= 0; give the per-hop latency in seconds")
         self.graph.add_edge(
             src,
             dst,
-            bandwidth_bytes_per_s=float(bandwidth) * self.efficiency.get(medium, 1.0),
+            bandwidth_bytes_per_s=effective,
             nominal_bandwidth_bytes_per_s=float(bandwidth),
             latency_s=float(latency),
             medium=medium,

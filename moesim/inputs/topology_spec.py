@@ -37,15 +37,45 @@ __all__ = [
     "GPU_CATALOG",
     "list_gpus",
     "load_gpu",
+    "MIN_BANDWIDTH",
+    "MAX_BANDWIDTH",
+    "MAX_LATENCY_S",
+    "MAX_TOPOLOGY_GPUS",
 ]
 
 GPU_CATALOG = Path(__file__).parent.parent / "presets" / "gpus.yaml"
 
 DeviceKind = Literal["nvswitch", "pcie_switch", "cpu", "hostmem", "nic", "net_switch"]
 
-Bandwidth = Annotated[float, Field(gt=0, description="bytes/s per direction")]
-Latency = Annotated[float, Field(ge=0, description="seconds per traversed link")]
-Fraction = Annotated[float, Field(gt=0, le=1)]
+# Every number of a topology is finite and inside a range no real machine leaves by orders of
+# magnitude: a figure beyond it is a unit mistake (bits for bytes, us for s), and at the far
+# ends it breaks the engine (an infinite latency never ends a flow, an infinite bandwidth gives
+# 0 x inf = NaN, 1e-300 B/s makes times overflow to Infinity). The bounds:
+# - a link moves 1 kB/s .. 1 PB/s per direction (NVLink 5: 0.9 TB/s; a serial line: 1 kB/s);
+MIN_BANDWIDTH = 1e3
+MAX_BANDWIDTH = 1e15
+# - a GPU's memory streams at most 1 EB/s (HBM3e: 8 TB/s; tests model a compute-bound GPU with
+#   1e18, so this bound is looser than the links');
+MAX_MEMORY_BANDWIDTH = 1e18
+# - a latency or fixed cost is 0 .. 1 s (a network hop: ~1 us; a kernel launch: ~5 us);
+MAX_LATENCY_S = 1.0
+# - a fraction of a peak (efficiency, payload share) is 1e-6 .. 1;
+MIN_FRACTION = 1e-6
+# - a GPU peaks at 1 MFLOP/s .. 1 EFLOP/s dense (B200 FP4: 9e15), holds 1 MB .. 1 PB;
+MIN_FLOPS, MAX_FLOPS = 1e6, 1e18
+MIN_MEMORY_BYTES, MAX_MEMORY_BYTES = 1e6, 1e15
+# - a topology has at most 65536 GPUs: building its graph takes ~5 s (every GPU, NIC and
+#   switch a node) and MoE serving deployments span a few hundred GPUs.
+MAX_TOPOLOGY_GPUS = 1 << 16
+
+Bandwidth = Annotated[float, Field(ge=MIN_BANDWIDTH, le=MAX_BANDWIDTH, allow_inf_nan=False,
+                                   description="bytes/s per direction")]
+Latency = Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False,
+                                 description="seconds per traversed link")]
+Fraction = Annotated[float, Field(ge=MIN_FRACTION, le=1, allow_inf_nan=False)]
+Flops = Annotated[float, Field(ge=MIN_FLOPS, le=MAX_FLOPS, allow_inf_nan=False)]
+MemoryBandwidth = Annotated[float, Field(ge=MIN_BANDWIDTH, le=MAX_MEMORY_BANDWIDTH,
+                                         allow_inf_nan=False, description="bytes/s")]
 
 
 class _Frozen(BaseModel):
@@ -58,31 +88,35 @@ class GpuSpec(_Frozen):
     """One accelerator's compute and memory: datasheet peaks plus reachable fractions."""
 
     name: str
-    peak_bf16_flops_per_s: float = Field(gt=0, description="dense, no sparsity")
-    peak_fp8_flops_per_s: float | None = Field(
-        default=None, gt=0, description="dense, no sparsity; None where FP8 is unsupported"
+    peak_bf16_flops_per_s: Flops = Field(description="dense, no sparsity")
+    peak_fp8_flops_per_s: Flops | None = Field(
+        default=None, description="dense, no sparsity; None where FP8 is unsupported"
     )
-    peak_fp4_flops_per_s: float | None = Field(
-        default=None, gt=0, description="dense, no sparsity; None where FP4 is unsupported"
+    peak_fp4_flops_per_s: Flops | None = Field(
+        default=None, description="dense, no sparsity; None where FP4 is unsupported"
     )
-    memory_bandwidth_bytes_per_s: Bandwidth
-    memory_bytes: float = Field(gt=0)
+    memory_bandwidth_bytes_per_s: MemoryBandwidth
+    memory_bytes: float = Field(ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES, allow_inf_nan=False)
     compute_efficiency: Fraction = Field(description="fraction of peak large GEMMs reach "
                                          "(the roofline, where no kernel profile covers the GPU)")
     memory_efficiency: Fraction = Field(description="fraction of peak streaming reaches "
                                         "(the roofline)")
-    kernel_launch_s: float = Field(ge=0, description="fixed overhead per operation (the roofline)")
-    sm_count: int | None = Field(default=None, ge=1, description="streaming multiprocessors: "
+    kernel_launch_s: Latency = Field(description="fixed overhead per operation (the roofline)")
+    sm_count: int | None = Field(default=None, ge=1, le=1_000_000,
+                                 description="streaming multiprocessors: "
                                  "one wave of GEMM tiles (None: no wave quantization)")
-    l2_bytes: float | None = Field(default=None, gt=0, description="L2 cache size")
-    l2_bandwidth_bytes_per_s: float | None = Field(
-        default=None, gt=0, description="L2 read bandwidth: weights that stay in L2 between "
+    l2_bytes: float | None = Field(default=None, ge=1, le=MAX_MEMORY_BYTES, allow_inf_nan=False,
+                                   description="L2 cache size")
+    l2_bandwidth_bytes_per_s: MemoryBandwidth | None = Field(
+        default=None, description="L2 read bandwidth: weights that stay in L2 between "
         "repeats of a kernel (microbenchmarks) are read at it")
     kernel_key: str | None = Field(
         default=None, description="this GPU's entry in kernel profiles (h100-sxm, h200, "
         "a100-sxm, l40s, b200, ...); None: the roofline above")
     compute_capability: float | None = Field(
-        default=None, gt=0, description="CUDA compute capability (9.0 Hopper, 8.0 Ampere, "
+        default=None, gt=0, le=100, allow_inf_nan=False,
+        description="CUDA compute capability (9.0 Hopper, 8.0 Ampere, "
+
         "10.0 Blackwell): collectives follow NCCL's protocols and tuner for it; None (a CPU "
         "process, gloo): one fixed launch cost per collective, no protocols")
 
@@ -155,8 +189,8 @@ class PcieTreeFabric(_Frozen):
     """
 
     kind: Literal["pcie_tree"]
-    sockets: int = Field(default=1, ge=1)
-    switches_per_socket: int = Field(default=0, ge=0)
+    sockets: int = Field(default=1, ge=1, le=MAX_TOPOLOGY_GPUS)
+    switches_per_socket: int = Field(default=0, ge=0, le=MAX_TOPOLOGY_GPUS)
     gpu_link_bandwidth_bytes_per_s: Bandwidth
     switch_uplink_bandwidth_bytes_per_s: Bandwidth | None = None
     pcie_latency_s: Latency
@@ -179,13 +213,13 @@ class NetworkFabric(_Frozen):
     """Across servers: NICs to network switches (one per rail, or one in all), opt. spines."""
 
     kind: Literal["network"]
-    gpus_per_nic: int = Field(default=1, ge=1)
+    gpus_per_nic: int = Field(default=1, ge=1, le=MAX_TOPOLOGY_GPUS)
     gpu_nic_bandwidth_bytes_per_s: Bandwidth
     gpu_nic_latency_s: Latency
     nic_bandwidth_bytes_per_s: Bandwidth
     nic_latency_s: Latency
     rail_optimized: bool = True
-    spines: int = Field(default=0, ge=0)
+    spines: int = Field(default=0, ge=0, le=MAX_TOPOLOGY_GPUS)
     spine_bandwidth_bytes_per_s: Bandwidth | None = None
     spine_latency_s: Latency = 0.0
 
@@ -224,10 +258,10 @@ class TopologySpec(_Frozen):
             data = {**data, "gpu_spec": catalog[key]}
         return data
 
-    gpu_price_per_hour_usd: float | None = Field(default=None, ge=0)
+    gpu_price_per_hour_usd: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
     gpu_spec: GpuSpec
-    nodes: int = Field(default=1, ge=1)
-    gpus_per_node: int = Field(ge=1)
+    nodes: int = Field(default=1, ge=1, le=MAX_TOPOLOGY_GPUS)
+    gpus_per_node: int = Field(ge=1, le=MAX_TOPOLOGY_GPUS)
     fabric: tuple[FabricBlock, ...] = ()
     extra_devices: dict[str, DeviceKind] = Field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
@@ -236,9 +270,8 @@ class TopologySpec(_Frozen):
         description="per link medium (nvlink, pcie, network, ...): fraction of the nominal "
         "bandwidth collectives reach; 1 where absent (fitted by `moesim calibrate`)",
     )
-    collective_launch_s: float | None = Field(
+    collective_launch_s: Latency | None = Field(
         default=None,
-        ge=0,
         description="fixed cost of one collective before bytes move; None: NCCL's default",
     )
     protocols: dict[Protocol, ProtocolSpec] = Field(
@@ -246,16 +279,25 @@ class TopologySpec(_Frozen):
         description="NCCL protocol costs (LL, LL128, Simple) over NCCL's defaults "
         "(moesim.engine.protocols); fitted by `moesim calibrate nccl-tests`",
     )
-    multi_gpu_launch_s: float | None = Field(
+    multi_gpu_launch_s: Latency | None = Field(
         default=None,
-        ge=0,
         description="extra launch per further GPU one process drives (nccl-tests -g N); "
         "None: 0",
     )
 
+    @model_validator(mode="after")
+    def _gpu_count(self) -> TopologySpec:
+        gpus = self.nodes * self.gpus_per_node
+        if gpus > MAX_TOPOLOGY_GPUS:
+            raise ValueError(f"nodes {self.nodes} x gpus_per_node {self.gpus_per_node} = {gpus:,} "
+                             f"GPUs, above the {MAX_TOPOLOGY_GPUS:,} a topology may have; "
+                             "describe the GPUs one deployment (replica) spans")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _legacy_ll_launch(cls, data: Any) -> Any:
+
         """`ll_launch_s: X` (before protocols existed) means `protocols: {LL: {launch_s: X}}`."""
         if isinstance(data, dict) and "ll_launch_s" in data:
             data = dict(data)

@@ -21,6 +21,7 @@ traffic.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ from moesim.engine.backends import execute
 from moesim.engine.cost import StepCosts, compute_model, step_costs
 from moesim.engine.plan import MicroBatch, build_step_plan
 from moesim.engine.timeline import StepTimeline
-from moesim.errors import MoesimError, PlacementError
+from moesim.errors import MoesimError, PlacementError, TopologyError
 from moesim.inputs.config import Scenario
 from moesim.output.result import RunResult, StepDetail, latency_of, traffic_figures
 from moesim.planning.resolve import Resolver, RunInputs
@@ -173,7 +174,20 @@ def time_step(
                            micro_batches=micro,
                            compute_slowdown=compute_slowdown(sc.a2a, topology))
     routes = (resolver or Resolver()).routes(topology, inputs.parallelism.world)
-    return execute(plan, topology, sc.fidelity, routes=routes)
+    return check_finite_times(execute(plan, topology, sc.fidelity, routes=routes),
+                              topology.name)
+
+
+def check_finite_times(timeline: StepTimeline, topology: str) -> StepTimeline:
+    """The timeline, or a TopologyError when its step time is not a finite number of seconds
+    (a link or GPU figure far out of range), so no NaN or Infinity reaches a result."""
+    step_s = timeline.step_s
+    if not math.isfinite(step_s) or bool(np.isinf(timeline.end_s).any()):
+        raise TopologyError(
+            f"topology '{topology}': the step time came out as {step_s!r} s, not a finite "
+            "number; a bandwidth, latency, peak or efficiency of the topology is far out of "
+            "range (check its figures against the GPU's and links' datasheets)")
+    return timeline
 
 
 def scenario_memory_fit(inputs: RunInputs) -> MemoryFit:

@@ -39,13 +39,19 @@ if TYPE_CHECKING:
     from moesim.inputs.topology import Topology
 
 __all__ = ["RunInputs", "Resolver", "resolve_inputs", "parse_layout", "DEFAULT_TRACE",
-           "FALLBACK_SEED"]
+           "FALLBACK_SEED", "MAX_TRAFFIC_ENTRIES", "check_world"]
 
 T = TypeVar("T")
 # Traces can be large (a 1M-token trace is ~100 MB); a caching Resolver keeps this many.
 _TRACES_KEPT = 4
 DEFAULT_TRACE: str = Scenario.model_fields["trace"].default
 FALLBACK_SEED = 0  # seed of the synthetic trace a model the default trace does not fit runs on
+# Entries of one [MoE layers, world, world] traffic matrix (dispatch, combine, MoE-TP gather:
+# 8 bytes an entry, several held at once, plus the engine's rank-pair routes and flows):
+# 2**27 entries is 1 GiB a matrix, a world of 2048 ranks at 32 MoE layers (Mixtral) or 1483 at
+# 61 (DeepSeek-V3), far beyond the expert-parallel groups MoE models are served on (EP 8-320).
+# A larger layout is refused before its matrices are allocated.
+MAX_TRAFFIC_ENTRIES = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,7 @@ class Resolver:
                                  f"{trace.num_tokens} tokens of trace {source}")
             trace = trace.select_tokens(np.arange(scenario.trace_tokens))
         par = self.layout(scenario.placement)
+        check_world(par, trace.num_layers)
         topology = None
         gpus_per_node = par.world
         if scenario.topology:
@@ -218,6 +225,18 @@ def balance_note(balance: Balance, scenario: Scenario, trace: RouterTrace) -> st
              f"the trace's first {balance.window_tokens} of {trace.num_tokens} tokens")
     return (f"eplb: {balance.policy} placement of {trace.experts.shape[0]} MoE layers with "
             f"{balance.redundant} redundant expert slots, from the expert load of {where}")
+
+
+def check_world(par: Parallelism, layers: int) -> None:
+    """Refuse a layout whose per-layer rank-pair traffic exceeds MAX_TRAFFIC_ENTRIES."""
+    entries = max(layers, 1) * par.world * par.world
+    if entries > MAX_TRAFFIC_ENTRIES:
+        raise PlacementError(
+            f"placement {par.label}: a world of {par.world:,} ranks has {par.world:,} x "
+            f"{par.world:,} rank pairs x {layers} MoE layers = {entries:.3g} traffic entries, "
+            f"above the {MAX_TRAFFIC_ENTRIES:,} moesim holds per matrix (8 bytes each); use a "
+            "layout of fewer ranks (a replica: moesim's figures are per replica) or fewer "
+            "layers (--layers)")
 
 
 def _check_named_trace(trace: RouterTrace, model: ModelSpec) -> None:

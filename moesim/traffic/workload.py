@@ -27,12 +27,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moesim.errors import ConfigError
 from moesim.inputs.options import Phase
 from moesim.trace.format import RouterTrace
 from moesim.traffic.placement import block_owner, block_sizes
 
 __all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trace_sequences",
-           "split_step", "mtp_tokens_per_step", "mtp_rates"]
+           "split_step", "mtp_tokens_per_step", "mtp_rates", "check_step_size",
+           "MAX_STEP_ENTRIES", "MAX_PREFILL_CHUNK_STEPS"]
+
+# Routed entries (tokens x MoE layers x k) of one step. A step's expert ids (int16), gate
+# weights (float32) and the indices and ranks computed from them take ~20 bytes an entry
+# (measured: a 64M-entry Mixtral decode step peaks at 1.25 GB), so 2**28 entries is ~5 GiB:
+# a 4M-token step of Mixtral-8x7B (32 layers, top-2) or a 578k-token step of DeepSeek-V3
+# (58 x top-8), 10-100x the largest prefill chunk or decode batch serving engines schedule.
+# Larger steps are refused before anything is allocated.
+MAX_STEP_ENTRIES = 1 << 28
+# Chunk steps of one prompt's prefill (ceil(context / prefill_chunk_tokens)): each is built
+# and timed (~0.1 s in des) for the TTFT. 16384 covers the longest context a scenario takes
+# (moesim.inputs.config.MAX_CONTEXT_TOKENS) at the default 8192-token chunk; beyond it a tiny
+# chunk would build millions of steps.
+MAX_PREFILL_CHUNK_STEPS = 16384
+
+
+def check_step_size(tokens: int, layers: int, top_k: int, what: str, fix: str) -> None:
+    """Refuse a step of `tokens` tokens routed over `layers` x `top_k` beyond MAX_STEP_ENTRIES
+    (`what` describes the step, `fix` says which inputs to lower)."""
+    entries = tokens * max(layers, 1) * max(top_k, 1)
+    if entries > MAX_STEP_ENTRIES:
+        raise ConfigError(
+            f"{what} = {tokens:,} tokens x {layers} MoE layers x top-{top_k} = {entries:.3g} "
+            f"routed entries, above the {MAX_STEP_ENTRIES:,} moesim builds for one step (~20 "
+            f"bytes each, ~5 GiB at the limit); {fix}")
 
 
 @dataclass(frozen=True)
@@ -147,8 +173,15 @@ def prefill_chunks(batch: int, context: int, chunk_tokens: int) -> list[PrefillC
 
     Prompts that fit are packed whole (`chunk_tokens // context` per step, the rest in one
     smaller step); a longer prompt is cut into `ceil(context / chunk_tokens)` pieces, each run
-    for every prompt of the batch.
+    for every prompt of the batch. More than MAX_PREFILL_CHUNK_STEPS pieces is a ConfigError.
     """
+    pieces = -(-context // chunk_tokens)
+    if pieces > MAX_PREFILL_CHUNK_STEPS:
+        raise ConfigError(
+            f"context {context:,} tokens in prefill chunks of {chunk_tokens:,} "
+            f"(prefill_chunk_tokens) is {pieces:,} chunk steps, above the "
+            f"{MAX_PREFILL_CHUNK_STEPS:,} moesim builds and times for one prefill; raise "
+            "prefill_chunk_tokens (--prefill-chunk-tokens) or lower context (--context)")
     if context <= chunk_tokens:
         per_step = min(batch, chunk_tokens // context)
         chunks = [PrefillChunk(per_step, 0, context, batch // per_step)]
@@ -180,8 +213,22 @@ def build_step(
     if batch is None and context is None:
         keys = trace.pos.astype(np.int64) + 1
         return StepWorkload(phase, trace, keys, int(np.unique(trace.seq_id).size))
-    starts, lengths = trace_sequences(trace)
     batch = batch or 1
+    last = (context or 0) + offset + decode_step + tokens_per_sequence
+    if last > np.iinfo(np.int32).max:  # a trace's positions are int32: never wrap silently
+        raise ConfigError(f"context {context}: token positions up to {last:,} do not fit the "
+                          "trace's int32 positions; lower context (--context)")
+    starts, lengths = trace_sequences(trace)
+    if phase == "prefill":
+        length = context or int(lengths.max())
+        check_step_size(batch * length, trace.num_layers, trace.top_k,
+                        f"a prefill step of {batch:,} sequences x {length:,} tokens",
+                        "lower batch (--batch), context (--context) or prefill_chunk_tokens "
+                        "(--prefill-chunk-tokens)")
+    else:
+        check_step_size(batch * tokens_per_sequence, trace.num_layers, trace.top_k,
+                        f"a decode step of {batch:,} sequences x {tokens_per_sequence} tokens",
+                        "lower batch (--batch) or mtp (--mtp)")
     seq = np.arange(batch) % starts.size  # trace sequence replayed by each step sequence
     if phase == "prefill":
         context = context or int(lengths.max())
