@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from moesim.cli.flags import RUN_FIELDS, add_scenario_flags, scenario_from_args
+from moesim.cli.outputs import rescue_output
 from moesim.output.files import write_atomic
 
 __all__ = ["add_parser", "write_json"]
@@ -28,12 +29,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def write_json(result: dict[str, Any], out: str) -> None:
-    """Write a Result dict as JSON to a path or stdout ('-')."""
+    """Write a Result dict as JSON to a path or stdout ('-'); when the path cannot be written
+    after all (the work is done), the JSON is saved elsewhere and the error says where."""
     text = json.dumps(result, indent=2)
     if out == "-":
         sys.stdout.write(text + "\n")
         return
-    write_atomic(out, text + "\n")
+    try:
+        write_atomic(out, text + "\n")
+    except OSError as exc:
+        raise rescue_output(text + "\n", out, exc) from None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_atomic", "write_atomic_with"]
+__all__ = ["write_atomic", "write_atomic_with", "atomic_path", "write_npz_atomic"]
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
@@ -21,6 +23,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -36,8 +40,52 @@ def write_atomic_with(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(handle)
     try:
         write(Path(tmp))
+        _fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` with the same suffix (so a writer that appends a missing
+    suffix, as numpy's savez does, writes exactly there), renamed to `path` when the block
+    ends without an error and removed when it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                                   dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        _fsync(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_npz_atomic(path: str | Path, arrays: Mapping[str, Any], *,
+                     compressed: bool = True) -> Path:
+    """Arrays to exactly `path` (numpy appends `.npz` to a name; a file handle it does not)."""
+    import numpy as np
+
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            save(handle, **arrays)
+
+    return write_atomic_with(path, write)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written file to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot; the rename still replaces whole files
+    finally:
+        os.close(fd)

@@ -7,8 +7,12 @@ fixed Scenario fields. Every point becomes one row (inputs, `feasible` and `reas
 divisible, out of memory) is a row with `feasible` false and the reason, never an abort.
 
 Rows are keyed by a stable hash of the point's Scenario (`point_key`) and appended to the output
-as they complete, so an interrupted sweep resumes where it stopped (`run_sweep`). Points run
-serially, in a local process pool (the default) or on Ray; all three give identical rows.
+as they complete, so an interrupted sweep resumes where it stopped (`run_sweep`); a last row cut
+short by the interruption is dropped and recomputed. Points run serially, in a local process pool
+(the default) or on Ray; all three give identical rows. One sweep at a time writes an output
+(`OUT.lock` beside it holds its pid); pool workers end with the sweep, even when it is killed.
+Points travel to workers with absolute file paths, and a point whose input file a worker cannot
+find is not a row: the sweep fails naming it, and a rerun computes it.
 
 Economics (decode): `tokens_per_s = batch / tpot_s`; `usd_per_hour = gpu price x world`;
 `usd_per_million_tokens = usd_per_hour / 3600 / tokens_per_s x 1e6`.
@@ -24,8 +28,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,16 +47,21 @@ from moesim.errors import ConfigError
 from moesim.inputs.config import Scenario, ServeSpec, load_model_file, parse_model
 from moesim.planning.sweep_point import (
     evaluate_point,
+    missing_inputs,
     pareto_front,
     point_key,
+    shown_inputs,
+    with_absolute_inputs,
 )
 from moesim.planning.sweep_rows import (
     ROW_COLUMNS,
     RowLog,
     RowStore,
+    SweepLock,
     format_cell,
     parse_row,
     read_rows,
+    repair_log,
 )
 
 __all__ = [
@@ -133,7 +146,7 @@ def _resolve_path(value: str, folder: Path) -> str:
     if value.startswith("bundled:") or not looks_like_file:
         return value
     candidate = folder / value
-    return str(candidate) if candidate.exists() else value
+    return str(candidate) if candidate.exists() else value  # made absolute when shipped
 
 
 def expand_grid(grid: Grid, fidelity: str | None = None) -> list[Scenario]:
@@ -165,7 +178,12 @@ def _point_workload(serve: Any, batch: int, context: int) -> Any:
 # ---- running --------------------------------------------------------------------------------
 
 Evaluate = Callable[[Scenario], dict[str, Any]]
-Chunk = list[tuple[str, Scenario]]
+# (key, the point as shipped, its input cells as the grid wrote them where shipping changed them)
+Chunk = list[tuple[str, Scenario, dict[str, Any]]]
+# Key of a worker's answer for a point it could not compute (an input file it cannot find).
+_MISSING = "missing"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -217,13 +235,44 @@ class Progress:
 
 
 def _evaluate_chunk(chunk: Chunk, evaluate: Evaluate) -> list[dict[str, str]]:
-    """Rows of a chunk of points, as text (the form they take on disk)."""
+    """Rows of a chunk of points, as text (the form they take on disk); a point whose input
+    file is not here is `{"key": key, _MISSING: why}`, never a row."""
     rows = []
-    for key, scenario in chunk:
+    for key, scenario, shown in chunk:
+        missing = missing_inputs(scenario)
+        if missing:
+            rows.append({"key": key, _MISSING: f"{'; '.join(missing)} on {socket.gethostname()}"})
+            continue
         row = evaluate(scenario)
+        row.update(shown)
         row["key"] = key
         rows.append({name: format_cell(row.get(name)) for name in ROW_COLUMNS})
     return rows
+
+
+def _die_with_parent(parent_pid: int, direct: bool) -> None:
+    """Pool worker initializer: end this worker when the sweep that started it dies (kill -9
+    included) rather than leave it running. On Linux the kernel sends SIGKILL at the parent's
+    death; everywhere a thread ends the worker once its parent changes. `direct`: the sweep is
+    the worker's parent (fork, spawn; a forkserver is the parent otherwise, and dies with it)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    parent = os.getppid()
+    if direct and parent != parent_pid:  # the sweep died before this worker started
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name="moesim-parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
 
 
 def _chunks(todo: Chunk, workers: int) -> list[Chunk]:
@@ -239,7 +288,11 @@ def _pool_map(
         for chunk in chunks:
             yield _evaluate_chunk(chunk, evaluate)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    context = multiprocessing.get_context()
+    direct = context.get_start_method() != "forkserver"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_die_with_parent,
+                             initargs=(os.getpid(), direct)) as pool:
         futures = [pool.submit(_evaluate_chunk, chunk, evaluate) for chunk in chunks]
         try:
             for future in as_completed(futures):
@@ -285,31 +338,48 @@ def run_sweep(
     """Evaluate the points not already in `out`, appending rows as they finish; see module doc.
 
     `workers`: processes (default: all cores; 1 runs serially here). `ray_address`: run on Ray
-    (`local` starts a local instance). `max_points`: stop after that many new points.
+    (`local` starts a local instance). `max_points`: stop after that many new points. Notes
+    (a stale lock taken over, an unfinished row dropped) go to stderr. ConfigError when another
+    sweep writes `out`, when an input file is missing, and after the run when a worker could
+    not find one (the rows computed are kept).
     """
     started_s = time.perf_counter()
     store = RowStore(Path(out))
-    keys = [point_key(p) for p in points]
-    done = {row["key"] for row in store.rows()}
-    todo_by_key = {k: p for k, p in zip(keys, points, strict=True) if k not in done}
-    todo = list(todo_by_key.items())[:max_points]
-    workers = workers or os.cpu_count() or 1
-    chunks = _chunks(todo, workers)
-    if ray_address:
-        results = _ray_map(chunks, evaluate, ray_address, workers)
-    else:
-        results = _pool_map(chunks, evaluate, workers)
-    bar = Progress(len(todo)) if progress and todo else None
-    log = RowLog(store.log_path)
+    lock = SweepLock(store.out)
+    _note(lock.acquire())
     try:
-        for rows in results:
-            log.append(rows)
-            if bar:
-                bar.update(len(rows))
+        _note(repair_log(store.log_path))
+        keys = [point_key(p) for p in points]
+        done = {row["key"] for row in store.rows()}
+        todo_by_key = {k: p for k, p in zip(keys, points, strict=True) if k not in done}
+        todo = list(todo_by_key.items())[:max_points]
+        _check_inputs(todo)
+        workers = workers or os.cpu_count() or 1
+        chunks = _chunks([_shipped(key, point) for key, point in todo], workers)
+        if ray_address:
+            results = _ray_map(chunks, evaluate, ray_address, workers)
+        else:
+            results = _pool_map(chunks, evaluate, workers)
+        bar = Progress(len(todo)) if progress and todo else None
+        log = RowLog(store.log_path)
+        lost: list[str] = []
+        try:
+            for rows in results:
+                lost += [row[_MISSING] for row in rows if _MISSING in row]
+                log.append([row for row in rows if _MISSING not in row])
+                if bar:
+                    bar.update(len(rows))
+        finally:
+            log.close()
+        store.finalize(keys)
+        if lost:
+            raise ConfigError(
+                f"{len(lost)} points were not computed: {lost[0]}; every worker must reach the "
+                f"input files (a shared file system); rerun to compute them ({store.out} keeps "
+                "the rows done)")
+        written = {row["key"]: row["feasible"] == "true" for row in store.rows()}
     finally:
-        log.close()
-    store.finalize(keys)
-    written = {row["key"]: row["feasible"] == "true" for row in store.rows()}
+        lock.release()
     unique = set(keys)
     return SweepSummary(
         points=len(points),
@@ -320,3 +390,25 @@ def run_sweep(
         wall_s=time.perf_counter() - started_s,
         out=Path(out),
     )
+
+
+def _note(text: str | None) -> None:
+    if text:
+        print(f"note: {text}", file=sys.stderr)
+
+
+def _check_inputs(todo: list[tuple[str, Scenario]]) -> None:
+    """ConfigError before any work when a point names an input file that does not exist."""
+    for key, point in todo:
+        missing = missing_inputs(point)
+        if missing:
+            raise ConfigError(f"point {key} ({point.placement}, batch {point.batch}): "
+                              f"{missing[0]}; fix the path in the grid (relative paths resolve "
+                              "against the grid file's folder)")
+
+
+def _shipped(key: str, point: Scenario) -> tuple[str, Scenario, dict[str, Any]]:
+    """A chunk entry: the point with absolute file paths, and its cells as written where
+    those changed (rows read the same whichever folder or host computed them)."""
+    shipped = with_absolute_inputs(point)
+    return key, shipped, ({} if shipped is point else shown_inputs(point))

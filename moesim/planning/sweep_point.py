@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from moesim.errors import MoesimError
@@ -12,7 +13,8 @@ from moesim.inputs.config import Scenario
 from moesim.planning.evaluate import EvaluationCache, Infeasible, try_evaluate
 from moesim.planning.sweep_rows import ROW_COLUMNS
 
-__all__ = ["point_key", "evaluate_point", "pareto_front"]
+__all__ = ["point_key", "evaluate_point", "pareto_front", "input_files", "missing_inputs",
+           "with_absolute_inputs", "shown_inputs"]
 
 # Scenario fields added after sweeps were first written: left out of a point's key while they
 # are unset, so an output written before them still resumes.
@@ -31,6 +33,65 @@ def point_key(scenario: Scenario) -> str:
             fields.pop(name, None)
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ---- the files a point reads ------------------------------------------------------------------
+# A point runs wherever a worker is (another process, another Ray node, another folder): the
+# files it names travel as absolute paths, and a file a worker cannot find is never a row.
+
+_FILE_SUFFIXES = {".npz", ".yaml", ".yml", ".json", ".jsonl", ".csv"}
+
+
+def _names_file(field: str, value: str) -> bool:
+    """Whether a Scenario value names a file (else a preset, bundled trace or hub id)."""
+    if value.startswith("bundled:"):
+        return False
+    if field in ("expert_placement", "serve.requests_file"):
+        return True
+    suffix = Path(value).suffix.lower() in _FILE_SUFFIXES
+    # a model with a slash may be a hub id ("mistralai/Mixtral-8x7B-v0.1"): only its suffix
+    return suffix if field == "model" else suffix or "/" in value
+
+
+def input_files(scenario: Scenario) -> dict[str, str]:
+    """The Scenario fields naming a file (or an existing path) -> the path as written."""
+    values: dict[str, Any] = {name: getattr(scenario, name) for name in
+                              ("model", "trace", "topology", "expert_placement", "kernels")}
+    if scenario.serve is not None:
+        values["serve.requests_file"] = scenario.serve.requests_file
+    return {field: value for field, value in values.items() if isinstance(value, str)
+            and (_names_file(field, value) or _exists(field, value))}
+
+
+def _exists(field: str, value: str) -> bool:
+    """Whether the file is here (a model may be a Hugging Face folder with a config.json)."""
+    path = Path(value)
+    return path.is_file() or (field == "model" and (path / "config.json").is_file())
+
+
+def missing_inputs(scenario: Scenario) -> list[str]:
+    """One line per file the point names that does not exist here."""
+    return [f"{field} file {value} does not exist"
+            for field, value in input_files(scenario).items() if not _exists(field, value)]
+
+
+def with_absolute_inputs(scenario: Scenario) -> Scenario:
+    """The point with every relative file path that exists here made absolute, so it reads
+    the same files from any working folder (its key is the original's: `point_key`)."""
+    absolute: dict[str, Any] = {field: str(Path(value).resolve()) for field, value in
+                                input_files(scenario).items() if _exists(field, value)
+                                and not Path(value).is_absolute()}
+    if not absolute:
+        return scenario
+    serve = absolute.pop("serve.requests_file", None)
+    if serve is not None and scenario.serve is not None:
+        absolute["serve"] = scenario.serve.model_copy(update={"requests_file": serve})
+    return scenario.model_copy(update=absolute)
+
+
+def shown_inputs(scenario: Scenario) -> dict[str, Any]:
+    """The row's input cells of `scenario` as the grid wrote them."""
+    return {name: value for name, value in _input_row(scenario).items() if name != "key"}
 
 
 def _input_row(sc: Scenario) -> dict[str, Any]:

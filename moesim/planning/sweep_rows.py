@@ -1,16 +1,29 @@
-"""Sweep rows on disk: CSV cells, append-and-flush logs for resuming, parquet at the end."""
+"""Sweep rows on disk: CSV cells, append-and-flush logs for resuming, parquet at the end, and
+the lock that keeps two sweeps off one output.
+
+Rows are appended whole lines at a time and flushed; a sweep killed mid-write (kill -9) can leave
+one last record cut short. Such a record is never read as a row (`read_rows` reads whole lines
+only) and is cut off the file before appending resumes (`repair_log`), so the point is recomputed.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 from moesim.errors import ConfigError
+from moesim.output.files import write_atomic_with
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the lock falls back to the pid alone
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["ROW_COLUMNS", "format_cell", "parse_row", "read_rows", "RowLog", "RowStore",
-           "parquet_module"]
+           "SweepLock", "parquet_module", "complete_length", "repair_log"]
 
 ROW_COLUMNS = (
     "key",
@@ -111,6 +124,38 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
     return typed
 
 
+def complete_length(data: bytes) -> int:
+    """Bytes of CSV `data` that hold whole records: up to the last line end outside quotes
+    (a quoted cell may span lines; the quotes before a record's end are even in number)."""
+    quotes = data.count(b'"')
+    end = len(data)
+    while True:
+        newline = data.rfind(b"\n", 0, end)
+        if newline < 0:
+            return 0
+        quotes -= data.count(b'"', newline + 1, end)
+        if quotes % 2 == 0:
+            return newline + 1
+        end = newline
+
+
+def repair_log(path: Path) -> str | None:
+    """Cut a record left unfinished by an interruption off the end of the CSV at `path`; the
+    note to show when one was cut (None when the file was whole)."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    keep = complete_length(data)
+    if keep == len(data):
+        return None
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return (f"dropped an unfinished last row of {path} ({len(data) - keep} bytes, cut short "
+            "when a sweep was interrupted); its point is computed again")
+
+
 def read_rows(path: str | Path) -> list[dict[str, str]]:
     """Complete rows of a sweep CSV or parquet file, as text; [] when it does not exist."""
     path = Path(path)
@@ -119,7 +164,9 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     if path.suffix == ".parquet":
         table = parquet_module().read_table(path).to_pylist()
         return [{name: format_cell(row.get(name)) for name in ROW_COLUMNS} for row in table]
-    with path.open(newline="", encoding="utf-8") as handle:
+    data = path.read_bytes()
+    text = data[: complete_length(data)].decode("utf-8", errors="replace")
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = tuple(reader.fieldnames or ())
         if reader.fieldnames is not None and header not in (ROW_COLUMNS, _FIRST_COLUMNS):
@@ -138,13 +185,19 @@ def _upgrade_header(path: Path) -> None:
         header = tuple(next(csv.reader(handle), ()))
     if header != _FIRST_COLUMNS:
         return
-    rows = read_rows(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    _write_csv(path, read_rows(path))
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    """Rows under today's header, replacing `path` whole (temporary file and rename)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic_with(path, write)
 
 
 def parquet_module() -> Any:
@@ -164,12 +217,10 @@ class RowLog:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_log(path)  # never append after a record cut short by an interruption
         fresh = not path.is_file() or path.stat().st_size == 0
         if not fresh:
             _upgrade_header(path)
-        if not fresh and not path.read_bytes().endswith(b"\n"):
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write("\n")  # end a line cut short by an interruption
         self.handle = path.open("a", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.handle, fieldnames=ROW_COLUMNS)
         if fresh:
@@ -214,15 +265,91 @@ class RowStore:
         if self.parquet:
             typed = [parse_row(row) for row in rows]
             table = _pyarrow_table(typed)
-            parquet_module().write_table(table, self.out)
+            parquet = parquet_module()
+            write_atomic_with(self.out, lambda tmp: parquet.write_table(table, tmp))
             self.log_path.unlink(missing_ok=True)
             return
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.out)
+        _write_csv(self.out, rows)
+
+
+class SweepLock:
+    """`OUT.lock` beside a sweep's output, holding the pid of the sweep that writes it.
+
+    A second sweep on the same output is refused (ConfigError naming the holder). The lock is an
+    advisory `flock` the kernel drops when its holder dies, so the file of a sweep that was
+    killed is stale: the next sweep takes it over and says so (`acquire` returns the note).
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.path = Path(f"{out}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock or raise ConfigError; a note when a dead sweep's lock was taken over."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = _read_pid(fd)
+                    os.close(fd)
+                    raise self._busy(holder) from None
+                except OSError:
+                    os.close(fd)
+                    raise
+            try:  # the holder may have removed the file between our open and flock
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_pid(fd)
+        if fcntl is None and previous not in (None, os.getpid()) and _alive(previous):
+            os.close(fd)
+            raise self._busy(previous)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        if previous is None or previous == os.getpid():
+            return None
+        return (f"took over the lock {self.path} of pid {previous}, a sweep that stopped "
+                "without releasing it")
+
+    def _busy(self, holder: int | None) -> ConfigError:
+        who = "another sweep" if holder is None else f"another sweep (pid {holder})"
+        return ConfigError(f"{who} is writing {self.out} (lock {self.path}); wait for it to "
+                           "finish, stop it, or give another -o/--out")
+
+    def release(self) -> None:
+        """Remove the lock file and let go of it."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid written in a lock file, None when it holds none."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 64).decode("ascii", errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _pyarrow_table(rows: list[dict[str, Any]]) -> Any:
