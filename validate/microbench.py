@@ -44,6 +44,7 @@ roofline per expert).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -70,6 +71,7 @@ __all__ = [
     "fit_gemm",
     "with_loopback_latency",
     "fit_live",
+    "check_bench",
     "main",
 ]
 
@@ -183,6 +185,92 @@ class LiveFit:
     gemm_after_s: np.ndarray  # [G]
 
 
+_COMM_OPS = ("alltoall", "allgather")
+_MAX_COUNT = 2**53  # counts beyond this are not exact in float64 (and no benchmark is that big)
+
+
+def _show(value: Any) -> str:
+    """A value as the message quotes it (cut to 40 characters)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _count(data: dict[str, Any], key: str, where: str, low: int, required: bool = True) -> None:
+    """`data[key]` must be a whole number in [low, 2**53] (absent: only when not required)."""
+    if key not in data and not required:
+        return
+    if key not in data:
+        raise ConfigError(f"{where}: field '{key}' is missing; it must be a whole number >= "
+                          f"{low}")
+    value = data[key]
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer())
+    if not whole or not low <= value <= _MAX_COUNT:
+        raise ConfigError(f"{where}: field '{key}' must be a whole number >= {low}, got "
+                          f"{_show(value)}")
+
+
+def _positive(data: dict[str, Any], key: str, where: str) -> None:
+    """`data[key]` must be a finite number > 0."""
+    if key not in data:
+        raise ConfigError(f"{where}: field '{key}' is missing; it must be a finite number > 0")
+    value = data[key]
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ConfigError(f"{where}: field '{key}' must be a finite number > 0, got "
+                          f"{_show(value)}")
+
+
+def check_bench(bench: Any, source: str = "microbenchmark results") -> None:
+    """Refuse saved microbenchmark results (`--bench-json`) that `fit_live` cannot use, with one
+    ConfigError naming the field: top-level `backend` (text), `nproc` (>= 2), `hidden`, `ffn`
+    (>= 1), `act_dtype` (fp32, bf16, fp16, fp8) and a non-empty list `rows` of mappings, each
+    with a text `op`; an all-to-all or ring row needs `num_ranks` >= 2 and finite `size_bytes`
+    and `time_s` > 0, a GEMM row `tokens` >= 1, `time_s` > 0 and, when given, `ffn` and
+    `experts` >= 1. Rows of other ops are ignored."""
+    from moesim.inputs.options import ACT_DTYPE_BYTES
+
+    if not isinstance(bench, dict):
+        raise ConfigError(f"{source} must be a mapping of fields, got {type(bench).__name__}")
+    if not isinstance(bench.get("backend"), str):
+        raise ConfigError(f"{source}: field 'backend' must be the backend's name (gloo, nccl), "
+                          f"got {_show(bench.get('backend'))}")
+    _count(bench, "nproc", source, 2)
+    _count(bench, "hidden", source, 1)
+    _count(bench, "ffn", source, 1)
+    dtype = bench.get("act_dtype")
+    if not isinstance(dtype, str) or dtype not in ACT_DTYPE_BYTES:
+        raise ConfigError(f"{source}: field 'act_dtype' must be one of "
+                          f"{', '.join(ACT_DTYPE_BYTES)}, got {_show(dtype)}")
+    rows = bench.get("rows")
+    if "rows" not in bench:
+        raise ConfigError(f"{source}: field 'rows' is missing; save the microbenchmarks with "
+                          "`moesim calibrate live --bench-json FILE` and pass that file")
+    if not isinstance(rows, list) or not rows:
+        got = "an empty list" if isinstance(rows, list) else _show(rows)
+        raise ConfigError(f"{source}: field 'rows' must be a non-empty list of timed ops, got "
+                          f"{got}")
+    for index, row in enumerate(rows):
+        where = f"{source}: rows[{index}]"
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where} must be a mapping with op, time_s, ..., got "
+                              f"{type(row).__name__} {_show(row)}")
+        op = row.get("op")
+        if not isinstance(op, str):
+            raise ConfigError(f"{where}: field 'op' must be one of {', '.join(BENCH_OPS)}, got "
+                              f"{_show(op)}")
+        if op in _COMM_OPS:
+            _count(row, "num_ranks", where, 2)
+            _positive(row, "size_bytes", where)
+        elif op == "gemm":
+            _count(row, "tokens", where, 1)
+            _count(row, "ffn", where, 1, required=False)
+            _count(row, "experts", where, 1, required=False)
+        else:
+            continue
+        _positive(row, "time_s", where)
+
+
 def bench_measurements(bench: dict[str, Any]) -> list[Measurement]:
     """The communication rows as `Measurement`s (nccl-tests buffer-size convention)."""
     return [Measurement(row["op"], int(row["num_ranks"]), float(row["size_bytes"]),
@@ -272,9 +360,12 @@ def with_loopback_latency(spec: TopologySpec, latency_s: float) -> TopologySpec:
 
 
 def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | None = None,
-             fidelity: str = "analytic", loss: str = "log") -> LiveFit:
+             fidelity: str = "analytic", loss: str = "log",
+             source: str = "microbenchmark results") -> LiveFit:
     """Fit `spec` to microbenchmark results: link efficiency, collective launch, loopback
-    latency (where the spec has a loopback fabric) and the GPU's compute efficiency/launch."""
+    latency (where the spec has a loopback fabric) and the GPU's compute efficiency/launch.
+    Results `check_bench` refuses are one ConfigError naming `source` and the field."""
+    check_bench(bench, source)
     measurements = bench_measurements(bench)
     if not measurements:
         raise ConfigError("calibration needs all-to-all or ring timings (--sizes)")

@@ -251,6 +251,14 @@ def time_comparison(
     }
 
 
+def _save_png(fig: Any, path: Any) -> None:
+    """`fig` as a PNG at `path`, whole or not at all (a temporary file renamed into place)."""
+    from moesim.output.files import write_atomic_with
+
+    write_atomic_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
+                                                    bbox_inches="tight"))
+
+
 def plot_comparison(comparison: dict[str, Any], out_dir: str, title: str = "") -> list[str]:
     """Write `pred_vs_measured.png` (scatter per layer and phase, y = x) and `per_layer.png`
     (measured and predicted layer time per layer); return the paths."""
@@ -274,7 +282,7 @@ def plot_comparison(comparison: dict[str, Any], out_dir: str, title: str = "") -
     ax.set(xlabel="measured ms (slowest rank)", ylabel="predicted ms", title=title)
     ax.legend(fontsize=7)
     scatter = out / "pred_vs_measured.png"
-    fig.savefig(scatter, dpi=120, bbox_inches="tight")
+    _save_png(fig, scatter)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows)), 3.5))
     x = np.arange(len(rows))
@@ -283,6 +291,6 @@ def plot_comparison(comparison: dict[str, Any], out_dir: str, title: str = "") -
     ax.set(xlabel="MoE layer", ylabel="layer time, ms", title=title)
     ax.legend()
     bars = out / "per_layer.png"
-    fig.savefig(bars, dpi=120, bbox_inches="tight")
+    _save_png(fig, bars)
     plt.close(fig)
     return [str(scatter), str(bars)]

@@ -45,6 +45,7 @@ __all__ = [
     "KernelRow",
     "REQUIRED_COLUMNS",
     "read_kernel_csv",
+    "read_kernel_text",
     "parse_kernel_csv",
     "write_kernel_csv",
     "row_x",
@@ -84,44 +85,106 @@ class KernelRow:
         return self.values[name]
 
 
+# Columns that count things (rows, experts, heads, ...): whole numbers. `time_s` is the only
+# fractional column.
+_MAX_SIZE = 2**53  # sizes beyond this are not exact in float64 (and no kernel is that large)
+MAX_KERNEL_TABLE_BYTES = 256 << 20  # the shipped tables are a few kB
+
+
 def parse_kernel_csv(text: str, source: str = "kernel table") -> list[KernelRow]:
-    """Rows of a measured kernel table; errors name the line and the column."""
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not lines:
+    """Rows of a measured kernel table; each error names the line, the row and the column.
+
+    Sizes must be whole numbers in 1..2**53, `time_s` a finite number > 0, a MoE row's `top_k`
+    at most its `experts`, an attention row's `kv_heads` at most its `heads`."""
+    numbered = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not line.startswith("#")]
+    if not numbered:
         raise ConfigError(f"{source} has no rows (expected a header with op,...,time_s)")
-    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    header_line = numbered[0][0]
+    reader = csv.DictReader(io.StringIO("\n".join(line for _, line in numbered)))
     rows: list[KernelRow] = []
-    for number, raw in enumerate(reader, start=2):
-        where = f"{source} row {number - 1}"
-        op = (raw.get("op") or "").strip()
-        if op not in REQUIRED_COLUMNS:
-            raise ConfigError(f"{where}: op '{op}' is not one of {', '.join(REQUIRED_COLUMNS)}")
-        values: dict[str, float] = {}
-        for column in REQUIRED_COLUMNS[op]:
-            text_value = (raw.get(column) or "").strip()
-            try:
-                values[column] = float(text_value)
-            except ValueError:
-                raise ConfigError(f"{where}: column '{column}' needs a number for op {op}, "
-                                  f"got '{text_value}'") from None
-            if not values[column] > 0 or not math.isfinite(values[column]):
-                raise ConfigError(f"{where}: column '{column}' must be > 0, got {text_value}")
-        dtype = (raw.get("dtype") or "bf16").strip() or "bf16"
-        if dtype not in WEIGHT_DTYPE_BYTES:
-            raise ConfigError(f"{where}: dtype '{dtype}' is not one of "
-                              f"{', '.join(WEIGHT_DTYPE_BYTES)}")
-        extra = {k: v for k, v in raw.items()
-                 if k and k not in values and k not in ("op", "dtype") and v}
-        rows.append(KernelRow(op, values, dtype, extra))
+    try:
+        for index, raw in enumerate(reader, start=1):
+            number = numbered[min(reader.line_num, len(numbered)) - 1][0]
+            rows.append(_kernel_row(raw, f"{source} line {number}, row {index}"))
+    except csv.Error as exc:
+        raise ConfigError(f"{source} is not a readable CSV table: {exc}") from None
+    if not rows:
+        raise ConfigError(f"{source} has a header (line {header_line}) but no rows; add one "
+                          "measured op a line")
     return rows
+
+
+def _kernel_row(raw: dict[str | Any, str | Any], where: str) -> KernelRow:
+    """One table row, checked; `where` names its line and row."""
+    op = str(raw.get("op") or "").strip()
+    if op not in REQUIRED_COLUMNS:
+        raise ConfigError(f"{where}: op '{op}' is not one of {', '.join(REQUIRED_COLUMNS)}")
+    values: dict[str, float] = {}
+    for column in REQUIRED_COLUMNS[op]:
+        cell = raw.get(column)
+        text_value = cell.strip() if isinstance(cell, str) else ""
+        try:
+            value = float(text_value)
+        except ValueError:
+            raise ConfigError(f"{where}: column '{column}' needs a number for op {op}, "
+                              f"got '{text_value[:40]}'") from None
+        if not value > 0 or not math.isfinite(value):
+            raise ConfigError(f"{where}: column '{column}' must be a finite number > 0, got "
+                              f"{text_value[:40]}")
+        if column != "time_s" and (value != int(value) or value > _MAX_SIZE):
+            raise ConfigError(f"{where}: column '{column}' counts something: it must be a "
+                              f"whole number in 1..2**53, got {text_value[:40]}")
+        values[column] = value
+    if op == "moe" and values["top_k"] > values["experts"]:
+        raise ConfigError(f"{where}: top_k {values['top_k']:g} is above experts "
+                          f"{values['experts']:g}; a token picks top_k of the experts")
+    if op.startswith("attention") and values["kv_heads"] > values["heads"]:
+        raise ConfigError(f"{where}: kv_heads {values['kv_heads']:g} is above heads "
+                          f"{values['heads']:g}; each K/V head serves one or more query heads")
+    dtype = str(raw.get("dtype") or "bf16").strip() or "bf16"
+    if dtype not in WEIGHT_DTYPE_BYTES:
+        raise ConfigError(f"{where}: dtype '{dtype[:40]}' is not one of "
+                          f"{', '.join(WEIGHT_DTYPE_BYTES)}")
+    extra = {k: v for k, v in raw.items()
+             if isinstance(k, str) and k and k not in values and k not in ("op", "dtype")
+             and isinstance(v, str) and v}
+    return KernelRow(op, values, dtype, extra)
+
+
+def read_kernel_text(path: str | Path, what: str = "kernel table") -> str:
+    """A kernel table's text, or one ConfigError saying why it cannot be read: missing,
+    unreadable, too large, UTF-16, binary (NUL bytes) or not UTF-8 (with the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        size = path.stat().st_size
+        if size > MAX_KERNEL_TABLE_BYTES:
+            raise ConfigError(f"{what} {path} is {size / 2**20:.0f} MiB, above the "
+                              f"{MAX_KERNEL_TABLE_BYTES >> 20} MiB a kernel table may be; is "
+                              "it the right file?")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{what} {path} is UTF-16 or UTF-32 text; save it as UTF-8 CSV")
+    if b"\x00" in raw:
+        line = raw[:raw.index(b"\x00")].count(b"\n") + 1
+        raise ConfigError(f"{what} {path} holds NUL bytes (line {line}): it is a binary file, "
+                          "not a CSV table; pass the text file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                          f"line {line}, column {column}); save it as UTF-8") from None
 
 
 def read_kernel_csv(path: str | Path) -> list[KernelRow]:
     """Read a measured kernel table (see the module docstring for the format)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"kernel table {path} does not exist")
-    return parse_kernel_csv(path.read_text(encoding="utf-8"), f"kernel table {path}")
+    return parse_kernel_csv(read_kernel_text(path), f"kernel table {path}")
 
 
 def write_kernel_csv(rows: Sequence[KernelRow], comments: Iterable[str] = ()) -> str:

@@ -17,12 +17,13 @@ DERIVED, and says so in its `sources`:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from moesim.calibrate.kernels import KernelRow, fit_curves, read_kernel_csv
+from moesim.calibrate.kernels import KernelRow, fit_curves, read_kernel_csv, read_kernel_text
 from moesim.inputs.kernel_profile import (
     PROFILE_DIR,
     Curve,
@@ -53,8 +54,10 @@ def measurement_tables() -> dict[str, list[KernelRow]]:
 
 
 def _sources(stem: str) -> tuple[str, ...]:
-    path = MEASUREMENTS / f"{stem}.csv"
-    lines = [ln[2:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")]
+    """The `#` comment lines (sources) of a measured table, read as UTF-8 (one ConfigError
+    naming the file when it cannot be)."""
+    text = read_kernel_text(MEASUREMENTS / f"{stem}.csv", "measured kernel table")
+    lines = [ln[2:].strip() for ln in text.splitlines() if ln.startswith("#")]
     return (f"FITTED to measurements/{stem}.csv: " + " ".join(lines),)
 
 
@@ -196,6 +199,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-if __name__ == "__main__":
-    for written_path in build_profiles():
+def main() -> int:
+    """`python -m moesim.calibrate.profile_build`: rewrite the shipped profiles, print their
+    paths; a table that cannot be read is one `moesim: error:` line and exit status 2."""
+    from moesim.errors import MoesimError
+
+    try:
+        written = build_profiles()
+    except MoesimError as exc:
+        print(f"moesim: error: {exc}", file=sys.stderr)
+        return 2
+    for written_path in written:
         print(written_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         collective,
         compare,
         kernel,
+        listing,
         plan,
         report,
         run,
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"moesim {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (run, serve, compare, report, sweep, plan, trace, collective, kernel, calibrate,
-                   validate):
+                   validate, listing):
         module.add_parser(commands)
     return parser
 
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from moesim.cli.outputs import check_outputs  # output paths, before any work
+
+        check_outputs(args)
         code = args.handler(args)
     except MoesimError as exc:
         print(f"moesim: error: {exc}", file=sys.stderr)

@@ -50,13 +50,16 @@ from moesim.calibrate.protocol_fit import (
     fit_protocols,
 )
 from moesim.cli.collective import parse_bytes
+from moesim.cli.numbers import float_in, int_in
+from moesim.cli.outputs import rescue_output
+from moesim.cli.validate import MAX_NPROC, MAX_REPEATS, MAX_TIMEOUT_S, parse_scale
 from moesim.engine.protocols import uses_nccl
 from moesim.errors import ConfigError
 from moesim.inputs.config import load_model_file
 from moesim.inputs.model_files import load_model
 from moesim.inputs.models import ModelSpec
 from moesim.inputs.topology import build_topology, resolve_topology_path
-from moesim.inputs.topology_spec import TopologySpec
+from moesim.inputs.topology_spec import MAX_TOPOLOGY_GPUS, TopologySpec
 from moesim.output.files import write_atomic
 
 __all__ = ["add_parser", "format_table", "write_topology"]
@@ -73,7 +76,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     nccl.add_argument("logs", nargs="+", metavar="LOG", help="nccl-tests output file(s)")
     nccl.add_argument("-t", "--topology", required=True, help="topology YAML or preset name")
     nccl.add_argument("-o", "--output", required=True, help="where to write the fitted YAML")
-    nccl.add_argument("--gpus", type=int, default=None,
+    nccl.add_argument("--gpus", type=int_in(2, MAX_TOPOLOGY_GPUS), default=None,
                       help="ranks per test (default: counted from the log's Rank lines)")
     nccl.add_argument("--min-bytes", default="1", help="ignore rows smaller than this (e.g. 1M)")
     nccl.add_argument("--max-bytes", default="1T", help="ignore rows larger than this (e.g. 1G)")
@@ -141,7 +144,6 @@ def _kernel_gpu(args: argparse.Namespace) -> tuple[str, Any]:
 def _run_kernels(args: argparse.Namespace) -> int:
     from moesim.calibrate.kernels import fit_curves, read_kernel_csv, write_kernel_csv
     from moesim.inputs.kernel_profile import GpuKernels, KernelProfile
-    from moesim.output.files import write_atomic
 
     if (args.device is None) == (args.from_csv is None):
         raise ConfigError("calibrate kernels: give --device cpu|cuda (run microbenchmarks) or "
@@ -177,8 +179,8 @@ def _run_kernels(args: argparse.Namespace) -> int:
     out = Path(args.output)
     from moesim.calibrate.profile_build import profile_yaml
 
-    write_atomic(out.with_suffix(".csv"), write_kernel_csv(rows, [source]))
-    write_atomic(out, profile_yaml(profile))
+    _write_fitted(out.with_suffix(".csv"), write_kernel_csv(rows, [source]))
+    _write_fitted(out, profile_yaml(profile))
     for op, curves in fitted.items():
         count = sum(r.op == op for r in rows)
         print(f"{op:18} {count:3d} rows  launch {curves.launch_s * 1e6:6.1f} us  compute "
@@ -193,7 +195,7 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
     live = sources.add_parser("live", help="fit to microbenchmarks run on live ranks",
                               description=__doc__.split("\n\n")[4])
     live.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
-    live.add_argument("--nproc", type=int, default=4, help="ranks (default 4)")
+    live.add_argument("--nproc", type=int_in(1, MAX_NPROC), default=4, help="ranks (default 4)")
     live.add_argument("-t", "--topology",
                       help="base topology (default: cpu-loopback for gloo; required for nccl)")
     live.add_argument("-o", "--output", required=True, help="where to write the fitted YAML")
@@ -207,14 +209,15 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
                       help="sizes the expert GEMMs run between the timed collectives like a "
                       "live run of this trace's batch (its token count, evenly routed; the "
                       "routing itself is not used)")
-    live.add_argument("--load-tokens", dest="load_tokens", type=int, default=None,
+    live.add_argument("--load-tokens", dest="load_tokens", type=int_in(0, 1 << 24), default=None,
                       help="rows per expert of those GEMMs instead (0: idle collectives)")
     live.add_argument("--model", default="mixtral-8x7b", help="sizes the GEMMs like the harness")
-    live.add_argument("--scale", default=None, help="width scale (default 1/32 gloo, 1 nccl)")
+    live.add_argument("--scale", type=parse_scale, default=None,
+                      help="width scale (default 1/32 gloo, 1 nccl)")
     live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
                       default="bf16")
-    live.add_argument("--warmup", type=int, default=3)
-    live.add_argument("--repeats", type=int, default=200,
+    live.add_argument("--warmup", type=int_in(0, MAX_REPEATS), default=3)
+    live.add_argument("--repeats", type=int_in(1, MAX_REPEATS), default=200,
                       help="timed iterations per row (default 200: on a CPU host with fewer "
                       "cores than ranks one collective's time spreads over 0.3-10 ms)")
     live.add_argument(
@@ -222,7 +225,9 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="per-rank time over repeats to fit: mean (default; compare with `validate "
         "compare --statistic mean`), median, or min (the uncontended cost)",
     )
-    live.add_argument("--timeout-s", dest="timeout_s", type=float, default=300.0)
+    live.add_argument("--timeout-s", dest="timeout_s", default=300.0,
+                      type=float_in(0.0, MAX_TIMEOUT_S, low_open=True),
+                      help="limit for the whole run and for each collective (default 300)")
     live.add_argument("--fidelity", choices=("des", "analytic"), default="analytic")
     live.add_argument("--bench-json", dest="bench_json",
                       help="also write the raw microbenchmark rows here")
@@ -245,7 +250,6 @@ def _live_base(args: argparse.Namespace) -> tuple[TopologySpec, Path]:
 def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     """Run the microbenchmarks (or read saved ones) as the flags say."""
     from moesim.cli.run import write_json
-    from moesim.cli.validate import parse_scale
     from moesim.inputs.model_files import load_model
     from validate.measurement import scaled_model_update
 
@@ -255,7 +259,7 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         return read_mapping(args.from_bench, "microbenchmark results")
     from validate.microbench import run_microbench
 
-    scale = parse_scale(args.scale) if args.scale else (1.0 if args.backend == "nccl" else 1 / 32)
+    scale = args.scale if args.scale is not None else (1.0 if args.backend == "nccl" else 1 / 32)
     sizes = _size_list(args.sizes, "--sizes", parse_bytes)
     model = load_model(args.model)
     update = scaled_model_update(model, scale, 1)
@@ -266,7 +270,7 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         shapes.append((ffn // args.nproc, model.num_experts))
     bench = run_microbench(
         backend=args.backend, nproc=args.nproc, sizes_bytes=sizes,
-        gemm_tokens=_size_list(args.gemm_tokens, "--gemm-tokens", int),
+        gemm_tokens=_size_list(args.gemm_tokens, "--gemm-tokens", _gemm_rows),
         hidden=update["hidden_size"], ffn=update["expert_ffn_size"], act_dtype=args.act_dtype,
         warmup=args.warmup, repeats=args.repeats, timeout_s=args.timeout_s,
         statistic=args.statistic, load_tokens=load["load_tokens"],
@@ -305,19 +309,39 @@ def layer_load(model: ModelSpec, update: dict[str, int], nproc: int, trace: str,
     return {"load_tokens": int(load_tokens), "load_experts": experts, "load_layers": int(layers)}
 
 
+def _gemm_rows(text: str) -> int:
+    """Rows of one timed GEMM: 1 .. 2**20 (a million rows of the model's width is minutes)."""
+    rows = int(text)
+    if not 1 <= rows <= 1 << 20:
+        raise ValueError(text)
+    return rows
+
+
 def _size_list(text: str, flag: str, parse) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
-    """Comma-separated sizes, each parsed by `parse`."""
+    """Comma-separated sizes, each parsed by `parse` (at least one)."""
     try:
-        return tuple(int(parse(item.strip())) for item in text.split(",") if item.strip())
+        sizes = tuple(int(parse(item.strip())) for item in text.split(",") if item.strip())
     except (ValueError, ConfigError):
-        raise ConfigError(f"{flag} {text!r}: write comma-separated sizes like 4K,64K") from None
+        raise ConfigError(f"{flag} {text!r}: write comma-separated positive sizes like "
+                          "4K,64K") from None
+    if not sizes:
+        raise ConfigError(f"{flag} {text!r}: give at least one size, e.g. 4K,64K")
+    return sizes
 
 
 def _run_live(args: argparse.Namespace) -> int:
     from validate.microbench import fit_live
 
     spec, path = _live_base(args)
+    gpus = spec.nodes * spec.gpus_per_node
+    if args.nproc > gpus:
+        raise ConfigError(f"--nproc {args.nproc}: topology {path} has {gpus} GPUs; give at most "
+                          f"{gpus} ranks or a larger -t/--topology")
     bench = _live_bench(args)
+    ranks = bench.get("nproc")
+    if isinstance(ranks, int) and not 1 <= ranks <= gpus:
+        raise ConfigError(f"--from-bench {args.from_bench}: {ranks} ranks, but topology {path} "
+                          f"has {gpus} GPUs; calibrate a topology of at least {ranks} GPUs")
     fit = fit_live(spec, bench, fidelity=args.fidelity)
     print(format_table(fit.measurements, fit.comm))
     if fit.loopback_latency_s is not None:
@@ -361,8 +385,17 @@ def _write_live(spec: TopologySpec, note: str, out: Path, original: Path) -> Non
         "# latency_s, gpu_spec compute_efficiency, memory_efficiency and kernel_launch_s; see\n"
         "# the last `sources`.\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, header + yaml.safe_dump(data, sort_keys=False))
+    _write_fitted(out, header + yaml.safe_dump(data, sort_keys=False))
+
+
+def _write_fitted(out: Path, text: str) -> None:
+    """Write a fitted result (topology or kernel YAML, kernel CSV) after the work is done (live
+    ranks ran, logs were fitted): when `out` cannot be written after all, the text is saved in
+    the temporary folder (or printed) and the error says where, so the fit is not lost."""
+    try:
+        write_atomic(out, text)
+    except OSError as exc:
+        raise rescue_output(text, out, exc) from None
 
 
 def _run_nccl_tests(args: argparse.Namespace) -> int:
@@ -372,8 +405,8 @@ def _run_nccl_tests(args: argparse.Namespace) -> int:
     measurements = measurements_from_sections(
         sections,
         num_ranks=args.gpus,
-        min_size_bytes=parse_bytes(args.min_bytes),
-        max_size_bytes=parse_bytes(args.max_bytes),
+        min_size_bytes=parse_bytes(args.min_bytes, "--min-bytes", allow_zero=True),
+        max_size_bytes=parse_bytes(args.max_bytes, "--max-bytes"),
     )
     if args.ops:
         wanted = {op.strip() for op in args.ops.split(",")}
@@ -447,7 +480,7 @@ def write_protocol_topology(
         "# Fitted: protocols, link_efficiency, multi_gpu_launch_s, NVLS figures; see the last "
         "`sources` entry.\n"
     )
-    write_atomic(out, header + yaml.safe_dump(data, sort_keys=False))
+    _write_fitted(out, header + yaml.safe_dump(data, sort_keys=False))
 
 
 def format_table(measurements: list[Measurement], result: FitResult) -> str:
@@ -490,4 +523,4 @@ def write_topology(
         f"# Base topology: {original} (see its comments for the source of every figure).\n"
         "# Fitted: link_efficiency and collective_launch_s; see the last `sources` entry.\n"
     )
-    write_atomic(out, header + yaml.safe_dump(data, sort_keys=False))
+    _write_fitted(out, header + yaml.safe_dump(data, sort_keys=False))

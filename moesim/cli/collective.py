@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from typing import Any
 
+from moesim.cli.numbers import int_in
 from moesim.engine.collective_model import OPS, busbw_factor, nccl_tests_alltoall_matrix
 from moesim.engine.collectives import predict_collective
 from moesim.engine.protocols import plan_call
 from moesim.errors import ConfigError, TopologyError
 from moesim.inputs.topology import load_topology
+from moesim.inputs.topology_spec import MAX_TOPOLOGY_GPUS
 
 __all__ = ["add_parser", "parse_bytes", "parse_sweep", "collective_report", "collective_sweep",
            "sweep_table", "ALGORITHM_CHOICES", "PROTOCOL_CHOICES"]
@@ -45,6 +48,16 @@ PROTOCOL_CHOICES = ("auto", "LL", "LL128", "Simple")
 _BINARY = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+# Largest buffer a size flag takes: 1 PiB, ~5000x the memory of any GPU (B200: 192 GB); the
+# largest nccl-tests runs go to 16-64 GiB. Above it a size is a typo, and far above it the
+# figures overflow.
+MAX_BYTES = float(2**50)
+# Rank pairs of one collective (N x N): the all-to-all's byte matrix and the des's flows grow
+# with them; 2**22 pairs is 2048 GPUs, whose all-to-all already takes hours in des (256 GPUs:
+# minutes). Beyond it a run would allocate the matrix and never finish.
+MAX_COLLECTIVE_PAIRS = 1 << 22
+# GPUs one process drives (nccl-tests -g G): servers hold at most 72 GPUs (GB200 NVL72).
+MAX_GPUS_PER_PROCESS = 1024
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,7 +69,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--topology", required=True, help="topology YAML file or preset name")
     parser.add_argument("--op", required=True, choices=OPS, help="the collective")
-    parser.add_argument("--gpus", type=int, default=None,
+    parser.add_argument("--gpus", type=int_in(1, MAX_TOPOLOGY_GPUS), default=None,
                         help="run among the first N GPUs (default: all)")
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--bytes", dest="size",
@@ -73,25 +86,37 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="auto",
                         help="auto: the protocol NCCL picks for the size; or force LL, LL128 "
                              "or Simple, as NCCL_PROTO does")
-    parser.add_argument("--gpus-per-process", type=int, default=1, metavar="G",
+    parser.add_argument("--gpus-per-process", type=int_in(1, MAX_GPUS_PER_PROCESS), default=1,
+                        metavar="G",
                         help="GPUs one process drives (nccl-tests -g G): each extra GPU adds "
                              "the topology's multi_gpu_launch_s to the launch (default 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=_run)
 
 
-def parse_bytes(text: str) -> float:
-    """Bytes from '4096', '1e9', '1M' (2^20, nccl-tests), '256MiB' (binary) or '1GB' (decimal)."""
+def parse_bytes(text: str, flag: str = "--bytes", *, allow_zero: bool = False) -> float:
+    """Bytes from '4096', '1e9', '1M' (2^20, nccl-tests), '256MiB' (binary) or '1GB' (decimal);
+    a ConfigError naming `flag` unless it is finite, positive (or 0 with `allow_zero`) and at
+    most MAX_BYTES."""
     match = _SIZE_RE.match(text)
     if not match:
+        sign = text.strip().startswith("-")
         raise ConfigError(
-            f"--bytes: cannot read '{text}'; give a number with an optional suffix "
+            f"{flag}: {'a size cannot be negative' if sign else 'cannot read'} '{text}'; give a "
+            f"{'' if allow_zero else 'positive '}number of bytes with an optional suffix "
             "such as 4096, 1M, 256MiB or 1GB"
         )
     number, prefix, unit = float(match[1]), match[2].lower(), match[3].lower()
     if unit == "b" and prefix:  # KB, MB, GB, TB: decimal
-        return number * _DECIMAL[prefix]
-    return number * _BINARY[prefix]  # K, M, G, KiB, MiB, ... and plain bytes: binary
+        size = number * _DECIMAL[prefix]
+    else:
+        size = number * _BINARY[prefix]  # K, M, G, KiB, MiB, ... and plain bytes: binary
+    if not size <= MAX_BYTES:  # also NaN and infinity (1e999)
+        raise ConfigError(f"{flag}: {text} is above the {MAX_BYTES:.0f} bytes (1 PiB) a buffer "
+                          "may have; give the per-rank buffer in bytes, e.g. 1G")
+    if size <= 0 and not (allow_zero and size == 0):
+        raise ConfigError(f"{flag}: the size must be positive, got {text}; e.g. 1K or 1M")
+    return size
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -100,10 +125,12 @@ def parse_sweep(text: str) -> list[float]:
     if len(parts) not in (2, 3):
         raise ConfigError(f"--sweep: cannot read '{text}'; give LO:HI or LO:HI:FACTOR, "
                           "e.g. 1K:1G or 8:8G:4")
-    low, high = parse_bytes(parts[0]), parse_bytes(parts[1])
+    low, high = parse_bytes(parts[0], "--sweep"), parse_bytes(parts[1], "--sweep")
     factor = float(parts[2]) if len(parts) == 3 and _is_number(parts[2]) else 2.0
     if len(parts) == 3 and not _is_number(parts[2]):
         raise ConfigError(f"--sweep: factor '{parts[2]}' is not a number; e.g. 1K:1G:2")
+    if not math.isfinite(factor):
+        raise ConfigError(f"--sweep: factor '{parts[2]}' is not finite; e.g. 1K:1G:2")
     if not 0 < low <= high or factor <= 1:
         raise ConfigError(f"--sweep {text}: need 0 < LO <= HI and FACTOR > 1")
     sizes = [low]
@@ -144,14 +171,21 @@ def collective_sweep(
             f"--gpus {n}: topology '{topology}' has {topo.num_gpus} GPUs; "
             f"choose 1..{topo.num_gpus}"
         )
-    if gpus_per_process < 1:
-        raise ConfigError(f"--gpus-per-process must be at least 1, got {gpus_per_process}")
+    if not 1 <= gpus_per_process <= n:
+        raise ConfigError(f"--gpus-per-process {gpus_per_process}: one process drives 1 to the "
+                          f"collective's {n} GPUs (nccl-tests -g); give at most {n}")
+    if n * n > MAX_COLLECTIVE_PAIRS:
+        raise ConfigError(
+            f"--gpus {n}: a collective among {n:,} GPUs has {n:,} x {n:,} = {n * n:.3g} rank "
+            f"pairs, above the {MAX_COLLECTIVE_PAIRS:,} moesim simulates (the all-to-all's byte "
+            "matrix and the flows grow with them); give --gpus 2048 or fewer")
     _check_algorithm(op, algorithm, protocol)
     ranks = list(range(n))
     rows = []
     for size_bytes in sizes:
-        if size_bytes <= 0:
-            raise ConfigError(f"--bytes must be positive, got {size_bytes:g}")
+        if not 0 < size_bytes <= MAX_BYTES:
+            raise ConfigError(f"--bytes must be positive and at most {MAX_BYTES:.0f} (1 PiB), "
+                              f"got {size_bytes:g}")
         if op == "alltoall":
             matrix = nccl_tests_alltoall_matrix(n, size_bytes)
             args: dict[str, Any] = {"bytes_matrix": matrix}
@@ -166,6 +200,11 @@ def collective_sweep(
         except ValueError as exc:
             raise ConfigError(f"--protocol/--algorithm: {exc}") from None
         result = predict_collective(topo, op, ranks, fidelity=fidelity, call=call, **args)
+        if not math.isfinite(result.time_s):
+            raise TopologyError(
+                f"topology '{topology}': {op} of {size_bytes:g} bytes on {n} GPUs came out as "
+                f"{result.time_s!r} s, not a finite time; a bandwidth, latency or efficiency "
+                "of the topology is far out of range")
         algbw = size_bytes / result.time_s if result.time_s > 0 else float("inf")
         rows.append({
             "op": op,

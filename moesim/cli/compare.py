@@ -12,11 +12,13 @@ from moesim.cli.flags import (
     add_scenario_flags,
     scenario_with_serve,
 )
+from moesim.cli.numbers import finite_positive_float
 from moesim.cli.run import write_json
 from moesim.errors import ConfigError
-from moesim.inputs.config import ServeSpec
+from moesim.inputs.config import MAX_BATCH, ServeSpec
 
-__all__ = ["add_parser", "run_compare_command", "parse_list", "write_figures", "compare_table"]
+__all__ = ["add_parser", "run_compare_command", "parse_list", "parse_batches", "write_figures",
+           "compare_table"]
 
 DEFAULT_PLACEMENTS = "TP8,EP8,EP4xDP2,SP8,TP2xEP4"
 # The scenario flags of compare: all of run's but those it takes as comma-separated lists.
@@ -55,10 +57,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--percentile", choices=["p50", "p90", "p99", "mean"], default="p90",
                         help="with a served workload (--rate/--concurrency/--requests-file): "
                         "the TTFT/TPOT percentile the targets and the ranking use (default p90)")
-    parser.add_argument("--max-tpot-ms", dest="max_tpot_ms", type=float,
-                        help="TPOT target: layouts meeting it rank first")
-    parser.add_argument("--max-ttft-ms", dest="max_ttft_ms", type=float,
-                        help="TTFT target: layouts meeting it rank first")
+    # a NaN, infinite or non-positive target would be met (or missed) by every layout silently
+    parser.add_argument("--max-tpot-ms", dest="max_tpot_ms", type=finite_positive_float,
+                        help="TPOT target (ms, > 0): layouts meeting it rank first")
+    parser.add_argument("--max-ttft-ms", dest="max_ttft_ms", type=finite_positive_float,
+                        help="TTFT target (ms, > 0): layouts meeting it rank first")
     parser.add_argument("--plot", metavar="DIR", help="write PNG plots here")
     parser.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
     parser.add_argument("--json", metavar="OUT", help="write the comparison JSON ('-': stdout)")
@@ -71,15 +74,37 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def parse_list(text: str | None, what: str, cast: type = str) -> list:  # type: ignore[type-arg]
-    """A comma-separated flag value as a list; ConfigError naming the flag on a bad item."""
-    if not text:
+    """A comma-separated flag value as a list; ConfigError naming the flag on a bad item, or
+    when the flag is given but lists nothing (`--topology ,`). None (flag not given): []."""
+    if text is None:
         return []
     items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"{what}: no value in {text!r}; give comma-separated values, or "
+                          "leave the flag out for the default")
     try:
         return [cast(item) for item in items]
     except ValueError:
         raise ConfigError(f"{what}: cannot read '{text}'; give comma-separated values such "
                           "as 32,128") from None
+
+
+def parse_batches(text: str | None, what: str) -> list[int]:
+    """Comma-separated batch sizes, each a whole number in [1, MAX_BATCH]; ConfigError naming
+    the flag and the item otherwise (a batch of 0 or -1 has no step to run)."""
+    batches = parse_list(text, what, str)
+    values = []
+    for item in batches:
+        try:
+            value = int(item.replace("_", ""), 10)
+        except ValueError:
+            raise ConfigError(f"{what}: cannot read {item!r} in '{text}'; give comma-separated "
+                              "whole batch sizes such as 32,128") from None
+        if not 1 <= value <= MAX_BATCH:
+            raise ConfigError(f"{what}: batch {value} in '{text}' is outside [1, "
+                              f"{MAX_BATCH:,}]; give batch sizes of at least 1, e.g. 32,128")
+        values.append(value)
+    return values
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
@@ -89,14 +114,17 @@ def run_compare_command(args: argparse.Namespace) -> int:
     variants = parse_variants(args.variants)
     base = scenario_with_serve(args)
     drawing = bool(args.plot or args.html)
-    sweep = [] if args.sweep_batches == "none" or not drawing else parse_list(
-        args.sweep_batches, "--sweep-batches", int)
+    # read even when no figure is drawn, so a bad value is refused rather than ignored
+    sweep = ([] if args.sweep_batches.strip() == "none"
+             else parse_batches(args.sweep_batches, "--sweep-batches"))
+    if not drawing:
+        sweep = []
     ms = 1e-3
     compare = run_compare(
         base,
         parse_list(args.placements, "--placements"),
         parse_list(args.topologies, "--topology") or None,
-        parse_list(args.batches, "--batch", int) or None,
+        parse_batches(args.batches, "--batch") or None,
         max_tpot_s=None if args.max_tpot_ms is None else args.max_tpot_ms * ms,
         max_ttft_s=None if args.max_ttft_ms is None else args.max_ttft_ms * ms,
         plot_data=drawing,

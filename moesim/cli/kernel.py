@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
+from moesim.cli.numbers import int_in
 from moesim.engine.cost import compute_model
-from moesim.errors import ConfigError
+from moesim.errors import ConfigError, TopologyError
+from moesim.inputs.config import MAX_CONTEXT_TOKENS
 from moesim.inputs.model_files import load_model
 from moesim.inputs.options import ACT_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, Precision
 from moesim.inputs.topology import load_topology
@@ -23,6 +26,11 @@ from moesim.planning.kernel_op import predict_op
 from moesim.traffic.placement import check_tp_fits_model, parse_placement
 
 __all__ = ["add_parser"]
+
+# Rows of one kernel (tokens, GEMM n and k): 16M is ~100x the largest dimension of any model
+# (DeepSeek-V3 hidden 7168, vocab 129280) or benchmark batch; beyond it the figures describe no
+# kernel anyone runs.
+MAX_KERNEL_DIM = 1 << 24
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,9 +42,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     where.add_argument("--topology", help="topology preset or YAML (its GPU)")
     parser.add_argument("--op", required=True, choices=("moe", "gemm", "attention"))
     parser.add_argument("--model", default="mixtral-8x7b", help="preset, HF config or YAML")
-    parser.add_argument("--tokens", type=int, required=True, help="tokens (GEMM rows; decode "
-                        "attention: sequences)")
-    parser.add_argument("--context", type=int, default=0, help="cached tokens (attention)")
+    parser.add_argument("--tokens", type=int_in(1, MAX_KERNEL_DIM), required=True,
+                        help="tokens (GEMM rows; decode attention: sequences)")
+    parser.add_argument("--context", type=int_in(0, MAX_CONTEXT_TOKENS), default=0,
+                        help="cached tokens (attention)")
     parser.add_argument("--phase", choices=("prefill", "decode"), default="decode",
                         help="attention kernel")
     parser.add_argument("--placement", default="TP1", help="layout whose shard one rank runs "
@@ -48,8 +57,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--kv-dtype", default=None, choices=tuple(ACT_DTYPE_BYTES))
     parser.add_argument("--kernels", default="auto", help="vllm, sglang, trtllm, roofline, "
                         "auto or a profile YAML")
-    parser.add_argument("--n", type=int, default=None, help="GEMM output columns")
-    parser.add_argument("--k", type=int, default=None, help="GEMM depth")
+    parser.add_argument("--n", type=int_in(1, MAX_KERNEL_DIM), default=None,
+                        help="GEMM output columns")
+    parser.add_argument("--k", type=int_in(1, MAX_KERNEL_DIM), default=None, help="GEMM depth")
     parser.add_argument("--cold-l2", action="store_true", help="weights not in L2")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=_run)
@@ -75,6 +85,10 @@ def _run(args: argparse.Namespace) -> int:
     cm = compute_model(args.kernels, gpu, warm_l2=not args.cold_l2)
     result = predict_op(args.op, cm, model, par, prec, tokens=args.tokens, context=args.context,
                         phase=args.phase, n=args.n, k=args.k)
+    if not math.isfinite(result.time_s):
+        raise TopologyError(f"{args.gpu or args.topology}: the predicted time came out as "
+                            f"{result.time_s!r} s, not a finite time; a peak, bandwidth or "
+                            "efficiency of the GPU spec is far out of range")
     facts = {**result.to_json(), "gpu": gpu.name, "profile": cm.profile, "model": model.name,
              "placement": par.label, "tokens": args.tokens, "context": args.context,
              "warm_l2": cm.warm_l2}

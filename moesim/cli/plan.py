@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 
 from pydantic import ValidationError
 
 from moesim.cli.flags import ENGINE_FIELDS, add_model_flags, add_scenario_flags, flag_name
+from moesim.cli.numbers import int_in, non_negative_int
 from moesim.errors import ConfigError
-from moesim.inputs.config import ServeSpec
+from moesim.inputs.config import MAX_BATCH, MAX_CONTEXT_TOKENS, ServeSpec
 from moesim.output.files import write_atomic
 
 __all__ = ["add_parser", "format_plan_table"]
@@ -41,13 +44,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument(
         "--gpus-available", required=True, help="e.g. 8xH100,16xL40S (H100 H200 A100 L40S RTX4090)"
     )
+    # the SLOs are checked by the handler (`_check_slos`): a ConfigError naming the flag, as
+    # plan's other serving flags (tests/test_plan.py holds it to that)
     parser.add_argument("--slo-tpot-ms", type=float, required=True, help="TPOT target (ms)")
     parser.add_argument("--slo-ttft-ms", type=float,
                         help="TTFT target (ms): serve requests and rank by served figures")
     parser.add_argument("--percentile", choices=["p50", "p90", "p99", "mean"], default="p90",
                         help="served TTFT/TPOT percentile the targets apply to (default p90)")
-    parser.add_argument("--context", type=int, required=True, help="tokens per sequence")
-    parser.add_argument("--users", type=int,
+    parser.add_argument("--context", type=int_in(1, MAX_CONTEXT_TOKENS), required=True,
+                        help="tokens per sequence")
+    # users are split over the replicas; a replica's share is a batch (at most MAX_BATCH), and
+    # no inventory of GPUs holds a thousand replicas of a layout
+    parser.add_argument("--users", type=int_in(1, 1000 * MAX_BATCH),
                         help="concurrent sequences (closed-loop clients when serving)")
     add_model_flags(parser, ServeSpec, PLAN_SERVE_FIELDS)
     add_scenario_flags(parser, ENGINE_FIELDS)
@@ -59,7 +67,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default="usd_per_million_tokens",
         help="what 'cheapest' means",
     )
-    parser.add_argument("--top", type=int, default=15, help="table rows (0: all)")
+    parser.add_argument("--top", type=non_negative_int, default=15, help="table rows (0: all)")
     parser.add_argument("--json", metavar="OUT", help="write the plan JSON here ('-': stdout)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(handler=_run)
@@ -83,6 +91,9 @@ def _serve_spec(args: argparse.Namespace) -> ServeSpec | None:
 def _run(args: argparse.Namespace) -> int:
     from moesim.planning.deployment import plan_deployment
 
+    _check_slos(args)
+    _check_inventory(args.gpus_available)
+    _check_inputs(args)
     quiet = args.quiet or args.json == "-"
     result = plan_deployment(
         args.model,
@@ -111,6 +122,43 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if result.chosen else 1
 
 
+def _check_slos(args: argparse.Namespace) -> None:
+    """The SLO targets must be finite positive milliseconds (NaN would meet or miss every
+    target silently, infinity would make every candidate meet it)."""
+    for flag in ("--slo-tpot-ms", "--slo-ttft-ms"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be positive and finite (milliseconds), got {value}")
+
+
+# GPUs of one kind at hand: plan tries every replica count of every preset they fill (one
+# candidate set per count), so the count bounds its work: 4096 H100s are ~10k candidates and
+# ~2 minutes (measured, analytic); 10**9 would list 10**8 replica counts and never finish.
+MAX_GPUS_AVAILABLE = 4096
+
+
+def _check_inventory(text: str) -> None:
+    """Refuse a count in --gpus-available above MAX_GPUS_AVAILABLE, before it is parsed into
+    candidates (a 10**9 count would list ~10**8 replica counts)."""
+    for count in re.findall(r"(?:^|,)\s*(\d+)\s*[xX]", text):
+        if len(count) > 9 or int(count) > MAX_GPUS_AVAILABLE:
+            shown = count if len(count) <= 12 else f"{count[:6]}... ({len(count)} digits)"
+            raise ConfigError(f"--gpus-available: {shown} GPUs of one kind, above the "
+                              f"{MAX_GPUS_AVAILABLE:,} plan considers (it tries every replica "
+                              "count); give the GPUs you could deploy on, e.g. 64xH100")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """The model and trace every candidate runs must load (else each candidate would only be
+    listed as infeasible, with exit 1 and no error)."""
+    from moesim.inputs.model_files import load_model
+    from moesim.trace.bundled import named_trace
+
+    load_model(args.model)
+    if args.trace:
+        named_trace(args.trace)
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -133,10 +181,12 @@ def format_plan_table(result, top: int = 15) -> str:  # type: ignore[no-untyped-
     if result.chosen is None:
         head += "\nno candidate meets the SLO and fits; closest below"
     rows = result.candidates[:top] if top else result.candidates
+    # the deployment column fits the longest label shown (`1x l40s-8x-pcie (4 GPUs) EP4`)
+    width = max([len("deployment"), 34, *(len(c.label) for c in rows)])
     ttft = f"{'TTFT ms':>9} " if serving else ""
     lines = [
         head,
-        f"{'#':>3} {'deployment':<34} {'GPUs':>4} {'batch':>5} {ttft}{'TPOT ms':>8} "
+        f"{'#':>3} {'deployment':<{width}} {'GPUs':>4} {'batch':>5} {ttft}{'TPOT ms':>8} "
         f"{'tok/s':>8} {'$/h':>7} {'$/M tok':>8}  verdict",
     ]
     for i, c in enumerate(rows, 1):
@@ -146,10 +196,12 @@ def format_plan_table(result, top: int = 15) -> str:  # type: ignore[no-untyped-
         batch = str(c.batch_per_replica) if c.batch_per_replica else "-"
         ttft = f"{_num(ttft_ms, '.1f'):>9} " if serving else ""
         lines.append(
-            f"{i:>3} {c.label:<34} {c.gpus:>4} {batch:>5} {ttft}{_num(tpot_ms, '.2f'):>8} "
+            f"{i:>3} {c.label:<{width}} {c.gpus:>4} {batch:>5} {ttft}{_num(tpot_ms, '.2f'):>8} "
             f"{_num(c.tokens_per_s, '.0f'):>8} {_num(c.usd_per_hour, '.2f'):>7} "
             f"{_num(c.usd_per_million_tokens, '.3f'):>8}  {verdict}"
         )
     if len(rows) < len(result.candidates):
         lines.append(f"... {len(result.candidates) - len(rows)} more (--top 0 or --json)")
+    # what a reader must see with the figures: uncalibrated presets, GPUs planned on a subset
+    lines += [f"note: {note}" for note in getattr(result, "notes", None) or []]
     return "\n".join(lines)

@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from moesim.cli.compare import parse_list
 from moesim.cli.flags import (
@@ -21,7 +24,7 @@ from moesim.cli.flags import (
 )
 from moesim.cli.run import write_json
 from moesim.errors import ConfigError
-from moesim.inputs.config import Scenario, ServeSpec
+from moesim.inputs.config import MAX_BATCH, Scenario, ServeSpec
 from moesim.output.files import write_atomic, write_atomic_with
 
 __all__ = ["add_parser"]
@@ -31,6 +34,8 @@ __all__ = ["add_parser"]
 SCENARIO_FIELDS = tuple(f for f in RUN_FIELDS if f not in ("phase", "batch", "context",
                                                            "decode_steps",
                                                            "prefill_chunk_tokens"))
+# Load levels of one curve: each level is a whole serving run.
+MAX_LEVELS = 100
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -60,10 +65,23 @@ def _levels(args: argparse.Namespace) -> tuple[str, list[float]]:
     if args.rates and args.concurrencies:
         raise ConfigError("give --rates or --concurrencies, not both")
     if args.rates:
-        return "rate", parse_list(args.rates, "--rates", float)
-    if args.concurrencies:
-        return "concurrency", parse_list(args.concurrencies, "--concurrencies", int)
-    return "", []
+        kind, flag, levels = "rate", "--rates", parse_list(args.rates, "--rates", float)
+        bad = [v for v in levels if not (math.isfinite(v) and v > 0)]
+        what = "finite request rates > 0 (1/s)"
+    elif args.concurrencies:
+        kind, flag = "concurrency", "--concurrencies"
+        levels = parse_list(args.concurrencies, "--concurrencies", int)
+        bad = [v for v in levels if not 1 <= v <= MAX_BATCH]
+        what = f"concurrencies of 1..{MAX_BATCH:,} clients"
+    else:
+        return "", []
+    if bad or not levels:
+        raise ConfigError(f"{flag} {args.rates or args.concurrencies}: give comma-separated "
+                          f"{what}, e.g. 1,2,4; not {bad or 'nothing'}")
+    if len(levels) > MAX_LEVELS:
+        raise ConfigError(f"{flag}: {len(levels)} levels, above the {MAX_LEVELS} of one load "
+                          "curve (each is a whole serving run); give fewer")
+    return kind, levels
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -88,10 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     curve, runs = [], {}
     for level in levels:
-        spec = scenario.serve.model_copy(update={  # type: ignore[union-attr]
-            "rate": level if kind == "rate" else None,
-            "concurrency": int(level) if kind == "concurrency" else None,
-            "requests_file": None})
+        spec = _level_spec(scenario.serve, kind, level)  # type: ignore[arg-type]
         result = serve(scenario.model_copy(update={"serve": spec}), cache)
         curve.append({"level": level, "result": result.to_json()})
         runs[f"{kind} {level:g}"] = result.plot_data()
@@ -154,3 +169,19 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buffer.getvalue())
+
+
+def _level_spec(spec: ServeSpec, kind: str, level: float) -> ServeSpec:
+    """The served workload at one load level, validated as a flag's value would be (its
+    limits and the run's size: `ServeSpec._check_work`)."""
+    flag = "--rates" if kind == "rate" else "--concurrencies"
+    data = {**spec.model_dump(), "rate": level if kind == "rate" else None,
+            "concurrency": int(level) if kind == "concurrency" else None,
+            "requests_file": None}
+    if kind != "rate":
+        data["duration_s"] = None
+    try:
+        return ServeSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
+        raise ConfigError(f"{flag} {level:g}: {problems}") from None

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from moesim.cli.numbers import non_negative_int, positive_int
+
 __all__ = ["add_parser", "plot_pareto"]
 
 
@@ -16,18 +18,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="run a grid of scenarios to CSV/parquet (resumable; process pool or Ray)",
         description="Run every point of a grid (models x traces x placements x batches x "
         "contexts x topologies) and write one row per point. Rows are appended as they "
-        "finish; rerunning with the same output skips points already there.",
+        "finish; rerunning with the same output skips points already there (a row cut short "
+        "by a kill is computed again). One sweep at a time writes an output: OUT.lock beside "
+        "it holds the sweep's pid.",
     )
     parser.add_argument("grid", help="grid YAML (see scenarios/grid-mixtral.yaml)")
     parser.add_argument("-o", "--out", required=True, help="output .csv or .parquet")
-    parser.add_argument("--workers", type=int, help="local processes (default: all cores)")
+    parser.add_argument("--workers", type=positive_int,
+                        help="local processes (default: all cores)")
     parser.add_argument(
         "--ray", metavar="ADDRESS", help="run on Ray: a cluster address, or 'local'"
     )
     parser.add_argument(
         "--fidelity", choices=["analytic", "des"], help="override the grid's fidelity"
     )
-    parser.add_argument("--max-points", type=int, help="stop after this many new points")
+    parser.add_argument("--max-points", type=non_negative_int,
+                        help="stop after this many new points (0: none, only resume/plot)")
     parser.add_argument("--plot", metavar="DIR", help="write the Pareto front plot here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run)
@@ -60,41 +66,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def plot_pareto(rows: list[dict[str, Any]], out_dir: Path) -> Path:
-    """Scatter of throughput per GPU against TPOT, Pareto front highlighted; returns the PNG.
-    Served rows (a grid with a `serve` block) plot p90 TPOT and served output tokens/s/GPU."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Feasible points coloured by topology, throughput per GPU against TPOT, with the Pareto
+    front (`moesim.output.plots.pareto_figure`); returns the PNG. Served rows (a grid with a
+    `serve` block) plot p90 TPOT and served output tokens/s/GPU."""
+    from moesim.output.plots import save_pareto_plot
     from moesim.planning.sweep import pareto_front
 
     served = any(r.get("served_tpot_p90_s") is not None for r in rows)
     x, y = (("served_tpot_p90_s", "served_output_tokens_per_s_per_gpu") if served
             else ("tpot_s", "tokens_per_s_per_gpu"))
-    timed = [r for r in rows if r.get("feasible") and r.get(x) is not None]
-    front = pareto_front(timed, x, y)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter([r[x] * 1e3 for r in timed], [r[y] for r in timed], s=12, color="0.7",
-               label="feasible points")
-    ax.plot([r[x] * 1e3 for r in front], [r[y] for r in front], "o-", color="tab:red",
-            label="Pareto front")
-    for r in front:
-        label = f"{r['placement']} {r['topology']} b{r['batch']}"
-        ax.annotate(label, (r[x] * 1e3, r[y]), fontsize=7)
-    if served:
-        ax.set_xlabel("served p90 time per output token, TPOT (ms)")
-        ax.set_ylabel("served output tokens/s per GPU")
-        ax.set_title("Sweep (served): throughput per GPU vs p90 TPOT")
-    else:
-        ax.set_xlabel("time per output token, TPOT (ms)")
-        ax.set_ylabel("decode throughput per GPU (tokens/s/GPU)")
-        ax.set_title("Sweep: throughput per GPU vs TPOT")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    from moesim.output.files import write_atomic_with
-
-    path = write_atomic_with(out_dir / "pareto.png", lambda tmp: fig.savefig(
-        tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-    return path
+    return save_pareto_plot(rows, pareto_front(rows, x, y), out_dir)

@@ -7,22 +7,28 @@ or `moesim.cli.trace_synth` exists, its `add_parser(trace_commands)` is called h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from moesim.cli.numbers import int_in
+from moesim.cli.outputs import TRACE_OUTPUT, check_output
 from moesim.errors import TraceError
-from moesim.output.files import write_atomic
-from moesim.trace.bundled import BUNDLED_TRACES, bundled_trace_path
+from moesim.output.files import atomic_path, write_atomic
+from moesim.trace.bundled import BUNDLED_TRACES, resolve_trace_path
 from moesim.trace.convert import FORMATS, convert_file
 from moesim.trace.format import RouterTrace, load_trace
-from moesim.trace.stats import compute_stats, format_stats_table, stats_to_dict
+from moesim.trace.stats import MAX_NUM_EXPERTS, compute_stats, format_stats_table, stats_to_dict
 
 __all__ = ["add_parser", "resolve_num_experts"]
 
 _EXTENSIONS = ("moesim.cli.trace_capture", "moesim.cli.trace_synth")
+# Expert ids are int16 in a trace, so a model has at most MAX_NUM_EXPERTS (32,768) experts per
+# layer and picks at most that many; the statistics' tables are sized by the count.
+_EXPERT_COUNT = int_in(1, MAX_NUM_EXPERTS)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,13 +48,14 @@ def _add_convert(trace_commands: argparse._SubParsersAction) -> None:  # type: i
     parser.add_argument("--from", dest="fmt", required=True, choices=FORMATS,
                         help="input format")
     parser.add_argument("input", type=Path, help="routing log (.jsonl, .npz, .pt, .npy)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output .npz trace")
-    parser.add_argument("--top-k", type=int, default=None,
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output .npz trace (written exactly there; its folder must exist)")
+    parser.add_argument("--top-k", type=_EXPERT_COUNT, default=None,
                         help="experts per token (needed for hf-router-logits)")
     parser.add_argument("--model", default=None, help="model name stored in the metadata")
     parser.add_argument("--dataset", default=None, help="dataset name stored in the metadata")
-    parser.add_argument("--num-experts", type=int, default=None,
-                        help="experts per layer, stored in the metadata")
+    parser.add_argument("--num-experts", type=_EXPERT_COUNT, default=None,
+                        help=f"experts per layer (1..{MAX_NUM_EXPERTS}), stored in the metadata")
     parser.add_argument("--provenance", default="", help="provenance text for the metadata")
     parser.set_defaults(handler=_run_convert)
 
@@ -56,19 +63,24 @@ def _add_convert(trace_commands: argparse._SubParsersAction) -> None:  # type: i
 def _add_stats(trace_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = trace_commands.add_parser("stats", help="load imbalance and routing locality")
     names = ", ".join(BUNDLED_TRACES)
-    parser.add_argument("trace", help=f"a .npz trace or a bundled name ({names})")
+    parser.add_argument("trace", help=f"a .npz trace, or a bundled trace as NAME or "
+                        f"bundled:NAME ({names})")
     parser.add_argument("--json", dest="json_out", default=None,
                         help="write the statistics as JSON to this file ('-' for stdout)")
-    parser.add_argument("--num-experts", type=int, default=None,
-                        help="experts per layer (default: metadata, else max id + 1)")
+    parser.add_argument("--num-experts", type=_EXPERT_COUNT, default=None,
+                        help=f"experts per layer, 1..{MAX_NUM_EXPERTS} (default: metadata, else "
+                        "max id + 1)")
     parser.set_defaults(handler=_run_stats)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    report = convert_file(args.input, args.fmt, args.output, top_k=args.top_k, model=args.model,
-                          dataset=args.dataset, provenance=args.provenance,
-                          num_experts=args.num_experts)
-    print(report.summary())
+    check_output(args.output, TRACE_OUTPUT.flag, suffixes=TRACE_OUTPUT.suffixes,
+                 folder_must_exist=True)
+    with atomic_path(args.output) as tmp:  # whole or not at all, at exactly the path given
+        report = convert_file(args.input, args.fmt, tmp, top_k=args.top_k, model=args.model,
+                              dataset=args.dataset, provenance=args.provenance,
+                              num_experts=args.num_experts)
+    print(dataclasses.replace(report, output=str(args.output)).summary())
     return 0
 
 
@@ -83,9 +95,7 @@ def resolve_num_experts(trace: RouterTrace, given: int | None) -> tuple[int, str
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    path = Path(args.trace)
-    if not path.exists() and args.trace in BUNDLED_TRACES:
-        path = bundled_trace_path(args.trace)
+    path = resolve_trace_path(args.trace)  # a file, NAME or bundled:NAME
     trace = load_trace(path)
     num_experts, origin = resolve_num_experts(trace, args.num_experts)
     stats = compute_stats(trace, num_experts)

@@ -7,14 +7,30 @@ command fails with one line saying so. The `moesim trace` group calls `add_parse
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
-from moesim.errors import TraceError
+from moesim.cli.numbers import int_in, non_negative_int, positive_int
+from moesim.cli.outputs import check_output
 
 __all__ = ["add_parser", "run_capture"]
+
+
+# Token positions are int32 in traces (moesim.trace.format), and a capture runs one forward
+# per decode token: 2**31 tokens is far beyond any capture (and the trace's memory maps).
+MAX_CAPTURE_TOKENS = 2**31 - 1
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d{1,4})?")
+
+
+def device_name(text: str) -> str:
+    """An argparse type: a torch device this command can use, checked without torch."""
+    device = text.strip().lower()
+    if not _DEVICE.fullmatch(device):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text!r}")
+    return device
 
 
 def add_parser(trace_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,24 +56,25 @@ def add_parser(trace_commands: argparse._SubParsersAction) -> None:  # type: ign
     parser.add_argument("--field", default="text", help="JSONL field holding the prompt")
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=int_in(1, MAX_CAPTURE_TOKENS),
         default=8192,
         help="cap on traced tokens, prefill + decode (default 8192)",
     )
     parser.add_argument(
         "--max-prompt-tokens",
-        type=int,
+        type=positive_int,
         default=4096,
         help="truncate each prompt to this many tokens (default 4096)",
     )
     parser.add_argument(
         "--generate",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="greedy-decode N tokens per prompt and trace them too",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--device", type=device_name, default="cpu",
+                        help="cpu, cuda, cuda:N or mps (default cpu)")
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp16", "fp8"))
     parser.add_argument(
         "--keep-logits",
@@ -65,19 +82,10 @@ def add_parser(trace_commands: argparse._SubParsersAction) -> None:  # type: ign
         help="also write raw router logits to OUT.logits.npy [L, T, E]",
     )
     parser.add_argument("--dataset-name", default="", help="dataset label for the metadata")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.npz")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.npz",
+                        help="the trace: a .npz in an existing folder (a name without a "
+                        "suffix gets .npz)")
     parser.set_defaults(handler=run_capture)
-
-
-def _read_texts(paths: list[Path]) -> Iterator[str]:
-    """Yield the contents of each text file, one prompt per file."""
-    for path in paths:
-        try:
-            yield path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TraceError(f"--text file {path} does not exist") from None
-        except UnicodeDecodeError:
-            raise TraceError(f"--text file {path} is not UTF-8 text") from None
 
 
 class _ProgressLine:
@@ -104,17 +112,26 @@ class _ProgressLine:
 
 def run_capture(args: argparse.Namespace) -> int:
     """Load the model, capture the trace and print a one-line summary."""
-    from moesim.trace.capture import capture_trace, load_model, read_jsonl_texts
+    from moesim.trace.capture import (
+        capture_trace,
+        check_budget,
+        load_model,
+        read_jsonl_texts,
+        read_text_prompts,
+    )
 
+    # Every input is checked before the model loads (a large model takes minutes).
+    check_budget(args.max_tokens, args.generate, args.max_prompt_tokens)
+    texts: Iterable[str]
     if args.dataset_jsonl is not None:
-        texts = read_jsonl_texts(args.dataset_jsonl, args.field)
+        # each prompt takes at least 1 + --generate tokens: no more can fit in --max-tokens
+        texts = read_jsonl_texts(args.dataset_jsonl, args.field,
+                                 check_first=args.max_tokens // (args.generate + 1))
         dataset = args.dataset_name or str(args.dataset_jsonl)
     else:
-        texts = _read_texts(args.text)
+        texts = read_text_prompts(args.text)
         dataset = args.dataset_name or ",".join(str(path) for path in args.text)
-    for path in args.text or [args.dataset_jsonl]:  # fail before loading a large model
-        if not path.is_file():
-            raise TraceError(f"input file {path} does not exist; pass an existing file")
+    check_output(args.output, "-o/--output", suffixes=(".npz", ""), folder_must_exist=True)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     report = capture_trace(
         model,

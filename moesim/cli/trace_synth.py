@@ -13,14 +13,29 @@ from pathlib import Path
 
 import numpy as np
 
+from moesim.cli.numbers import float_in, int_in, positive_int, seed_int
 from moesim.errors import TraceError
 from moesim.output.files import write_atomic
-from moesim.trace.bundled import BUNDLED_PREFIX, BUNDLED_TRACES, bundled_trace_path
+
+# a trace argument (file, NAME or bundled:NAME) resolves as everywhere else: one not found
+# names the bundled traces (re-exported here for callers of moesim.cli.trace_synth)
+from moesim.trace.bundled import BUNDLED_TRACES, resolve_trace_path
 from moesim.trace.format import RouterTrace, load_trace, save_trace
 from moesim.trace.synth import SynthParams, generate_trace, uniform_params, zipf_params
 
-__all__ = ["add_parser", "resolve_trace_path", "build_params"]
+__all__ = ["add_parser", "resolve_trace_path", "build_params", "MAX_SYNTH_ENTRIES"]
 
+# Routed entries (tokens x layers x k) of a generated trace: generating takes ~0.5 us and ~5
+# bytes (int16 ids, float32 weights, int64 work arrays) an entry, measured at 1M tokens x 32
+# layers x top-2 (32 s, 300 MB); 2**28 entries is a few minutes and ~1.5 GB: a 4M-token
+# Mixtral-8x7B trace, 500k tokens of DeepSeek-V3. Larger requests are refused before anything
+# is drawn.
+MAX_SYNTH_ENTRIES = 1 << 28
+# Entries of the generator's per-layer expert-to-expert transition tables (layers x E x E
+# float64): 2**26 is 512 MB, e.g. 64 layers of 1024 experts (the largest MoE models route over
+# 384). Expert ids are int16, so E is at most 32767 in any case.
+MAX_TRANSITION_ENTRIES = 1 << 26
+MAX_EXPERTS = 32767
 
 
 def add_parser(trace_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,22 +51,26 @@ def _add_synth(trace_commands: argparse._SubParsersAction) -> None:  # type: ign
         "(popularity, prompt variation, repetition, cross-layer agreement), or a baseline.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--fit", metavar="TRACE",
-                        help="fit to a .npz trace or bundled:NAME "
+                        help="fit to a .npz trace, or a bundled trace as NAME or bundled:NAME "
                         f"({', '.join(BUNDLED_TRACES)})")
     source.add_argument("--stats", type=Path, metavar="STATS.json",
                         help="fit to `moesim trace stats --json` output (layers independent)")
     source.add_argument("--uniform", action="store_true", help="uniform independent routing")
-    source.add_argument("--zipf", type=float, metavar="S",
+    source.add_argument("--zipf", type=float_in(0.0, 100.0), metavar="S",
                         help="first choice Zipf(S) over a random expert ranking per layer")
-    parser.add_argument("--tokens", type=int, required=True, help="tokens to generate")
-    parser.add_argument("--sequences", type=int, default=None,
+    parser.add_argument("--tokens", type=int_in(1, MAX_SYNTH_ENTRIES), required=True,
+                        help="tokens to generate")
+    parser.add_argument("--sequences", type=positive_int, default=None,
                         help="sequences (default: tokens // 256, at least 1)")
-    parser.add_argument("--experts", type=int, default=8, help="baselines: experts (8)")
-    parser.add_argument("--top-k", type=int, default=2, help="baselines: experts per token (2)")
-    parser.add_argument("--layers", type=int, default=32, help="baselines: MoE layers (32)")
-    parser.add_argument("--num-experts", type=int, default=None,
+    parser.add_argument("--experts", type=int_in(1, MAX_EXPERTS), default=8,
+                        help="baselines: experts (8)")
+    parser.add_argument("--top-k", type=int_in(1, MAX_EXPERTS), default=2,
+                        help="baselines: experts per token (2)")
+    parser.add_argument("--layers", type=int_in(1, MAX_SYNTH_ENTRIES), default=32,
+                        help="baselines: MoE layers (32)")
+    parser.add_argument("--num-experts", type=int_in(1, MAX_EXPERTS), default=None,
                         help="--fit: experts per layer (default: metadata, else max id + 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output .npz trace")
     parser.set_defaults(handler=_run_synth)
 
@@ -61,25 +80,15 @@ def _add_compare(trace_commands: argparse._SubParsersAction) -> None:  # type: i
         "compare", help="compare two traces' statistics (e.g. real vs synthetic)")
     parser.add_argument("a", help="reference trace (.npz or a bundled name)")
     parser.add_argument("b", help="trace measured against it")
-    parser.add_argument("--num-experts", type=int, default=None,
+    parser.add_argument("--num-experts", type=int_in(1, MAX_EXPERTS), default=None,
                         help="experts per layer (default: metadata, else max id + 1)")
-    parser.add_argument("--batch-tokens", type=int, default=64,
+    parser.add_argument("--batch-tokens", type=positive_int, default=64,
                         help="tokens per batch for the imbalance distribution (64)")
     parser.add_argument("--json", dest="json_out", default=None,
                         help="write the comparison as JSON here ('-' for stdout)")
     parser.add_argument("--plot", type=Path, default=None, metavar="DIR",
                         help="write PNG figures into DIR")
     parser.set_defaults(handler=_run_compare)
-
-
-def resolve_trace_path(name: str) -> Path:
-    """A trace argument: a file, `bundled:NAME`, or a bare bundled name."""
-    if name.startswith(BUNDLED_PREFIX):
-        return bundled_trace_path(name[len(BUNDLED_PREFIX):])
-    path = Path(name)
-    if not path.exists() and name in BUNDLED_TRACES:
-        return bundled_trace_path(name)
-    return path
 
 
 def _num_experts(trace: RouterTrace, given: int | None) -> int:
@@ -95,8 +104,9 @@ def build_params(args: argparse.Namespace) -> tuple[SynthParams, dict[str, str]]
     if args.fit is not None:
         path = resolve_trace_path(args.fit)
         real = load_trace(path)
-        params = fit_synth_params(real, _num_experts(real, args.num_experts),
-                                  source=f"fitted to trace {args.fit}")
+        experts = _num_experts(real, args.num_experts)
+        _check_transitions(real.num_layers, experts, "--num-experts")
+        params = fit_synth_params(real, experts, source=f"fitted to trace {args.fit}")
         meta = {"params_source": f"trace {args.fit}",
                 "model": real.metadata.get("model", "unknown")}
         return params, meta
@@ -107,6 +117,7 @@ def build_params(args: argparse.Namespace) -> tuple[SynthParams, dict[str, str]]
         if isinstance(data.get("metadata"), dict) and "model" in data["metadata"]:
             meta["model"] = str(data["metadata"]["model"])
         return params, meta
+    _check_transitions(args.layers, args.experts, "--layers/--experts")
     if args.uniform:
         return uniform_params(args.experts, args.top_k, args.layers), {
             "params_source": "uniform baseline"}
@@ -115,11 +126,37 @@ def build_params(args: argparse.Namespace) -> tuple[SynthParams, dict[str, str]]
         "params_source": f"zipf baseline, exponent {args.zipf:g}"}
 
 
+def _check_transitions(layers: int, experts: int, flags: str) -> None:
+    """Refuse a generator whose transition tables exceed MAX_TRANSITION_ENTRIES."""
+    entries = layers * experts * experts
+    if entries > MAX_TRANSITION_ENTRIES:
+        raise TraceError(f"{flags}: {layers} layers x {experts} x {experts} experts = "
+                         f"{entries:.3g} transition entries, above the "
+                         f"{MAX_TRANSITION_ENTRIES:,} the generator holds (8 bytes each); "
+                         "use fewer layers or experts")
+
+
+def _check_entries(tokens: int, layers: int, top_k: int) -> None:
+    """Refuse a trace of more than MAX_SYNTH_ENTRIES routed entries, before drawing it."""
+    entries = tokens * layers * top_k
+    if entries > MAX_SYNTH_ENTRIES:
+        raise TraceError(f"--tokens {tokens:,} x {layers} layers x top-{top_k} = {entries:.3g} "
+                         f"routed entries, above the {MAX_SYNTH_ENTRIES:,} moesim generates in "
+                         "one trace (minutes and ~1.5 GB at the limit); lower --tokens (or "
+                         "--layers / --top-k)")
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     if args.tokens < 1:
         raise TraceError(f"--tokens must be at least 1, got {args.tokens}")
+    if args.uniform or args.zipf is not None:  # the shape is known before anything is fitted
+        _check_entries(args.tokens, args.layers, args.top_k)
     sequences = args.sequences if args.sequences is not None else max(args.tokens // 256, 1)
+    if sequences > args.tokens:
+        raise TraceError(f"--sequences {sequences} needs at least as many tokens, got --tokens "
+                         f"{args.tokens}; lower --sequences or raise --tokens")
     params, meta = build_params(args)
+    _check_entries(args.tokens, params.num_layers, params.top_k)
     meta.update({"generator": params.generator, "seed": str(args.seed),
                  "synth_params": json.dumps(params.summary())})
     trace = generate_trace(params, args.tokens, sequences, np.random.default_rng(args.seed),

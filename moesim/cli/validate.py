@@ -15,11 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from moesim.cli.flags import add_scenario_flags
+from moesim.cli.flags import add_scenario_flags, scenario_from_args
+from moesim.cli.numbers import float_in, int_in, positive_int
 from moesim.errors import ConfigError
 from moesim.inputs.options import Fidelity
 
-__all__ = ["add_parser", "parse_scale", "compare_summary"]
+__all__ = ["add_parser", "parse_scale", "compare_summary", "MAX_NPROC", "MAX_REPEATS",
+           "MAX_TIMEOUT_S"]
+
+# Limits of the live harness's flags (also `moesim calibrate live`'s). Ranks are processes
+# spawned on this host: 1024 is several times the cores of the largest servers.
+MAX_NPROC = 1024
+# Timed or untimed passes: a million passes of even the smallest layer is hours.
+MAX_REPEATS = 1_000_000
+# A week: the limit bounds a hung rank's wait, so it must be finite (inf would wait forever).
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 # Scenario fields `validate live` takes as flags, as `moesim run` does (moesim.cli.flags): EPLB
 # placements run live; an all-to-all other than direct, TBO and MTP are refused.
@@ -56,14 +66,18 @@ def _add_live(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     live.add_argument("--placement", required=True, help="EP4, EP2xDP2, TP4, SP4, TP2xEP2, ...")
     live.add_argument("--backend", choices=["gloo", "nccl"], default="gloo",
                       help="gloo: CPU processes; nccl: one GPU per rank")
-    live.add_argument("--nproc", type=int, help="ranks (must equal the placement's world)")
+    live.add_argument("--nproc", type=int_in(1, MAX_NPROC),
+                      help="ranks (must equal the placement's world)")
     live.add_argument("--scale", type=parse_scale,
                       help="width scale of hidden/ffn/head sizes, e.g. 1/32 "
                       "(default: 1/32 on gloo, 1 on nccl)")
-    live.add_argument("--layers", type=int, help="run the first N MoE layers (default: all)")
-    live.add_argument("--tokens", type=int, help="run the first N trace tokens (default: all)")
-    live.add_argument("--warmup", type=int, default=1, help="untimed passes first")
-    live.add_argument("--repeats", type=int, default=20,
+    live.add_argument("--layers", type=positive_int,
+                      help="run the first N MoE layers (default: all)")
+    live.add_argument("--tokens", type=positive_int,
+                      help="run the first N trace tokens (default: all)")
+    live.add_argument("--warmup", type=int_in(0, MAX_REPEATS), default=1,
+                      help="untimed passes first")
+    live.add_argument("--repeats", type=int_in(1, MAX_REPEATS), default=20,
                       help="timed passes (each rank's mean, median and min are recorded; on a "
                       "CPU host with fewer cores than ranks use 100 for timing comparisons)")
     live.add_argument("--barrier", choices=["step", "layer"], default="step",
@@ -83,7 +97,8 @@ def _add_live(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                       help="sets the SP exchange (K/V blocks or queries and partial outputs)")
     live.add_argument("--sp-variant", dest="sp_variant", choices=["ring", "allgather"],
                       default="ring")
-    live.add_argument("--timeout-s", dest="timeout_s", type=float, default=300.0,
+    live.add_argument("--timeout-s", dest="timeout_s", default=300.0,
+                      type=float_in(0.0, MAX_TIMEOUT_S, low_open=True),
                       help="limit for the whole run and for each collective")
     live.add_argument("--inject-failure", dest="inject_failure", metavar="RANK[:hang]",
                       help="testing the harness: make RANK raise (or hang) after joining")
@@ -142,6 +157,15 @@ def _live(args: argparse.Namespace) -> int:
     """Handler of `moesim validate live`."""
     from validate.measurement import check_replayable
 
+    scenario = scenario_from_args(args)  # the flags a Scenario also has, held to its limits
+    injection = _parse_injection(args.inject_failure)
+    if injection is not None:
+        from moesim.planning.resolve import parse_layout
+
+        world = parse_layout(scenario.placement).world
+        if injection[0] >= world:
+            raise ConfigError(f"--inject-failure {args.inject_failure}: rank {injection[0]} is "
+                              f"not one of placement {args.placement}'s ranks 0..{world - 1}")
     engine = {name: getattr(args, name) for name in _ENGINE_FIELDS
               if getattr(args, name) is not None}
     check_replayable(**{k: v for k, v in engine.items() if k in ("a2a", "overlap", "mtp",
@@ -158,7 +182,7 @@ def _live(args: argparse.Namespace) -> int:
         scale=scale, layers=args.layers, tokens=args.tokens, act_dtype=args.act_dtype,
         dedup=args.dedup, phase=args.phase, sp_variant=args.sp_variant, warmup=args.warmup,
         repeats=args.repeats, timeout_s=args.timeout_s, nproc=args.nproc, barrier=args.barrier,
-        inject_failure=_parse_injection(args.inject_failure),
+        inject_failure=injection,
         expert_placement=args.expert_placement, **engine,
     )
     write_json(measurement, args.output)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["format_run_table", "format_bytes", "format_compare_table", "table_cells",
-           "table_columns", "TABLE_COLUMNS", "SERVING_COLUMNS"]
+           "table_columns", "uncalibrated_topologies", "uncalibrated_line", "TABLE_COLUMNS",
+           "SERVING_COLUMNS"]
 
 
 def format_bytes(num_bytes: float) -> str:
@@ -147,10 +148,29 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         middle = [_cell(row["tokens_per_s"], 1, 0), _cell(row["tokens_per_s_per_gpu"], 1, 1)]
     return head + [_cell(figures["ttft_s"], 1e3, 1), _cell(figures["tpot_s"], 1e3, 2)] + middle + [
         _cell(row["a2a_bytes"], 1e-9, 3),
-        f"{row['expert_imbalance_max']:.2f}/{row['rank_imbalance_max']:.2f}",
+        f"{_cell(row.get('expert_imbalance_max'), 1, 2)}/"
+        f"{_cell(row.get('rank_imbalance_max'), 1, 2)}",
         _cell(row["memory_headroom_bytes"], 1e-9, 1),
         _cell(figures["usd_per_million_tokens"], 1, 2),
     ]
+
+
+def uncalibrated_topologies(compare: dict[str, Any]) -> list[str]:
+    """The comparison's topologies whose costs are not calibrated on measurements (their
+    assumptions say so: `calibrated`, or in files written before it, the calibration text)."""
+    facts = (compare.get("assumptions") or {}).get("topologies") or {}
+    return [str(name) for name, f in facts.items() if isinstance(f, dict)
+            and not f.get("calibrated", not str(f.get("calibration", "")).startswith("not "))]
+
+
+def uncalibrated_line(compare: dict[str, Any]) -> str | None:
+    """One warning naming the uncalibrated topologies, or None when every one is calibrated."""
+    names = uncalibrated_topologies(compare)
+    if not names:
+        return None
+    verb = "is" if len(names) == 1 else "are"
+    return (f"UNCALIBRATED: {', '.join(names)} {verb} not calibrated on measurements (nominal "
+            "bandwidths, first-guess efficiencies): treat those rows as rough estimates")
 
 
 def format_compare_table(compare: dict[str, Any]) -> str:
@@ -160,6 +180,9 @@ def format_compare_table(compare: dict[str, Any]) -> str:
         f"model {compare['assumptions']['model']}  trace {sc['trace']}  phase {sc['phase']}"
         f"  {sc['fidelity']}  weights {sc['weight_dtype']}  act {sc['act_dtype']}"
     ]
+    warning = uncalibrated_line(compare)
+    if warning:
+        lines.append(warning)
     columns = table_columns(compare)
     serving = compare.get("serving")
     if serving:

@@ -31,6 +31,7 @@ from moesim.errors import ConfigError, MoesimError
 from moesim.inputs.config import Scenario
 from moesim.output.result import RunResult
 from moesim.output.serve_result import ServeResult
+from moesim.planning.deployment import UNCALIBRATED, topology_calibration
 from moesim.planning.evaluate import DoesNotFit, EvaluationCache, Infeasible, evaluate, try_evaluate
 from moesim.planning.serving import serve
 from moesim.traffic.memory import DEFAULT_USABLE_FRACTION
@@ -306,8 +307,10 @@ def _assumptions(base: Scenario, topologies: dict[str, Any], rows: list[dict[str
 
 
 def _topology_facts(topology: Any) -> dict[str, Any]:
+    """A topology's figures, sources and whether its costs are calibrated on measurements
+    (`moesim.planning.deployment.topology_calibration`)."""
     spec = topology.spec
-    calibrated = bool(spec.link_efficiency) or spec.collective_launch_s is not None
+    calibration = topology_calibration(spec.name, spec.sources)
     return {
         "name": spec.name,
         "description": spec.description,
@@ -317,11 +320,11 @@ def _topology_facts(topology: Any) -> dict[str, Any]:
         "gpu_price_per_hour_usd": spec.gpu_price_per_hour_usd,
         "link_efficiency": dict(spec.link_efficiency),
         "collective_launch_s": spec.collective_launch_s,
+        "calibrated": calibration is not None,
         "calibration": (
-            "link efficiency / collective launch calibrated (moesim calibrate; see the "
-            "topology file's comments)"
-            if calibrated
-            else "not calibrated: nominal link bandwidths, GPU efficiencies are first guesses"
+            f"calibrated on measurements: {calibration} (link efficiency / collective launch "
+            "calibrated; see the topology file's comments)"
+            if calibration is not None else UNCALIBRATED
         ),
     }
 

@@ -1,11 +1,18 @@
 """Plan: the cheapest deployment of a model on the GPUs at hand that meets a TPOT SLO.
 
 An inventory such as `8xH100,16xL40S` maps to topology presets (`GPU_PRESETS`); a preset of N
-GPUs can run `available // N` replicas, and every replica count from 1 up is a deployment. For
-each deployment every layout preset of the preset's world size is tried with the users split
-evenly over the replicas (`batch = ceil(users / replicas)` sequences per replica) at the given
-context, in decode. A candidate qualifies when it runs, fits memory and its TPOT meets the SLO;
-the cheapest qualifying one wins, and every other candidate says why it lost.
+GPUs can run `available // N` replicas, and every replica count from 1 up is a deployment. A GPU
+count that fills no preset of its GPU (`4xL40S`) runs as one replica on the first `count` GPUs of
+the smallest such preset (`subset_deployments`: 4 of l40s-8x-pcie's 8). For each deployment
+every layout preset of its world size is tried with the users split evenly over the replicas
+(`batch = ceil(users / replicas)` sequences per replica) at the given context, in decode. A
+candidate qualifies when it runs, fits memory and its TPOT meets the SLO; the cheapest qualifying
+one wins, and every other candidate says why it lost. Equal costs are ties, said as such: the
+tie goes to the lower TPOT, then fewer GPUs, then the label in alphabetical order (`TIE_RULE`).
+
+Calibration (`PRESET_CALIBRATION`, `topology_calibration`): a preset whose collective costs are
+fitted to published measurements is calibrated; every other one runs on nominal bandwidths and
+first-guess efficiencies, and plan, compare and the HTML report flag it.
 
 Economics of a deployment: `usd_per_hour = gpu price x world x replicas`;
 `tokens_per_s = users / tpot_s` (every user gets one token per decode step);
@@ -24,8 +31,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -36,11 +43,17 @@ from moesim.output.result import usd_per_million_tokens
 
 __all__ = [
     "GPU_PRESETS",
+    "PRESET_CALIBRATION",
+    "TIE_RULE",
+    "UNCALIBRATED",
     "Candidate",
     "PlanResult",
     "parse_inventory",
+    "MAX_GPUS_OF_ONE_KIND",
     "layout_presets",
     "deployments",
+    "subset_deployments",
+    "topology_calibration",
     "plan_deployment",
 ]
 
@@ -52,6 +65,26 @@ GPU_PRESETS: dict[str, tuple[str, ...]] = {
     "L40S": ("l40s-8x-pcie",),
     "RTX4090": ("rtx4090-4x-pcie",),
 }
+
+# Topology presets whose collective costs rest on published measurements, and how: the fits and
+# their errors are in topologies/README.md ("Accuracy against published nccl-tests") and
+# tests/test_presets_vs_published.py holds the fitted ones to them. Every other preset (hgx-a100,
+# b200-8x, l40s-8x-pcie, rtx4090-4x-pcie, cpu-loopback) runs on nominal bandwidths and
+# first-guess efficiencies. Keep this table in step with those two files.
+PRESET_CALIBRATION: dict[str, str] = {
+    "dgx-h100": "fitted to seven published nccl-tests logs of 2 to 8 H100s",
+    "gb200-nvl72": "fitted to a published 72-GPU nccl-tests table (CoreWeave)",
+    "rtx4090-8x-pcie": "fitted to a published 8x RTX 4090 nccl-tests log",
+    "h100-2node-ib": "dgx-h100's fit inside each server; a published 2x8 H100 all-to-all log "
+                     "checks it out of sample",
+    "h100-4node-ib": "dgx-h100's fit inside each server; network at its nominal rate",
+    "h200-8x": "dgx-h100's fit (the same NVLink 4 / NVSwitch fabric)",
+}
+# How a topology file written by `moesim calibrate` starts its last `sources` entry.
+_USER_CALIBRATED = "Calibrated by `moesim calibrate"
+UNCALIBRATED = ("not calibrated on measurements: nominal bandwidths and first-guess "
+                "efficiencies, so treat its times as rough estimates")
+TIE_RULE = "ties go to the lower TPOT, then fewer GPUs, then the label in alphabetical order"
 
 Objective = Literal["usd_per_million_tokens", "usd_per_hour"]
 Percentile = Literal["mean", "p50", "p90", "p99"]
@@ -78,20 +111,26 @@ class Candidate:
     verdict: str
     ttft_s: float | None = None
     goodput_per_s: float | None = None
+    calibrated: bool = True  # the topology's costs rest on measurements (topology_calibration)
+    subset_of: int | None = None  # the preset's GPUs when a replica uses only its first few
 
     @property
     def label(self) -> str:
-        """`2x l40s-8x-pcie EP8`."""
-        return f"{self.replicas}x {self.topology} {self.placement}"
+        """`2x l40s-8x-pcie EP8`, or on the first 4 GPUs of a preset `1x l40s-8x-pcie (4 GPUs)
+        EP4`."""
+        part = "" if self.subset_of is None else f" ({self.gpus // self.replicas} GPUs)"
+        return f"{self.replicas}x {self.topology}{part} {self.placement}"
 
 
 @dataclass(frozen=True)
 class PlanResult:
-    """The query, the winner (None when nothing qualifies) and every candidate, best first."""
+    """The query, the winner (None when nothing qualifies), every candidate, best first, and
+    notes a reader must see with the figures (uncalibrated presets, partial presets)."""
 
     query: dict[str, Any]
     chosen: Candidate | None
     candidates: list[Candidate]
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (seconds, USD)."""
@@ -99,6 +138,7 @@ class PlanResult:
             "query": self.query,
             "chosen": asdict(self.chosen) if self.chosen else None,
             "candidates": [asdict(c) for c in self.candidates],
+            "notes": list(self.notes),
         }
 
 
@@ -106,19 +146,42 @@ def _gpu_key(name: str) -> str:
     return re.sub(r"[\s_-]", "", name).upper()
 
 
+# GPUs of one kind `parse_inventory` accepts: plan tries every replica count of every preset
+# they fill, so the count bounds its work (4096 H100s are ~10k candidates, ~2 minutes analytic;
+# 10**9 would list 10**8 replica counts). A count is at most MAX_INVENTORY_DIGITS digits long,
+# so no digit string reaches int() unbounded.
+MAX_GPUS_OF_ONE_KIND = 4096
+MAX_INVENTORY_DIGITS = 6
+
+
 def parse_inventory(text: str) -> dict[str, int]:
-    """`8xH100,16xL40S` -> {"H100": 8, "L40S": 16} (counts of one GPU name add up)."""
+    """`8xH100,16xL40S` -> {"H100": 8, "L40S": 16} (counts of one GPU name add up). ConfigError
+    naming --gpus-available on an entry it cannot read, an unknown GPU, a zero count, a count
+    longer than MAX_INVENTORY_DIGITS digits or more than MAX_GPUS_OF_ONE_KIND GPUs of one
+    kind."""
     inventory: dict[str, int] = {}
     for raw in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(.+?)\s*", raw)
+        match = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*(.+?)\s*", raw)
+        digits = match.group(1) if match else ""
+        if len(digits) > MAX_INVENTORY_DIGITS:
+            _too_many(f"{digits[:MAX_INVENTORY_DIGITS]}... ({len(digits)} digits)")
         gpu = _gpu_key(match.group(2)) if match else ""
-        if not match or gpu not in GPU_PRESETS or int(match.group(1)) < 1:
+        if not match or gpu not in GPU_PRESETS or int(digits) < 1:
+            entry = raw.strip()
             raise ConfigError(
-                f"--gpus-available entry '{raw.strip()}': write COUNTxGPU such as 8xH100, with "
-                f"GPU one of {', '.join(GPU_PRESETS)}"
+                f"--gpus-available entry '{entry if len(entry) <= 40 else entry[:37] + '...'}': "
+                f"write COUNTxGPU such as 8xH100, with GPU one of {', '.join(GPU_PRESETS)}"
             )
-        inventory[gpu] = inventory.get(gpu, 0) + int(match.group(1))
+        inventory[gpu] = inventory.get(gpu, 0) + int(digits)
+        if inventory[gpu] > MAX_GPUS_OF_ONE_KIND:
+            _too_many(f"{inventory[gpu]:,} {gpu}")
     return inventory
+
+
+def _too_many(count: str) -> None:
+    raise ConfigError(f"--gpus-available: {count} GPUs of one kind, above the "
+                      f"{MAX_GPUS_OF_ONE_KIND:,} plan considers (it tries every replica count); "
+                      "give the GPUs you could deploy on, e.g. 64xH100")
 
 
 def layout_presets(world: int) -> list[str]:
@@ -145,6 +208,29 @@ def deployments(
         for preset in GPU_PRESETS[gpu]:
             out += [(preset, r) for r in range(1, count // gpus_per_preset[preset] + 1)]
     return out
+
+
+def subset_deployments(
+    inventory: dict[str, int], gpus_per_preset: dict[str, int]
+) -> list[tuple[str, int]]:
+    """(preset, gpus) for every GPU whose count fills no preset of it: one replica on the first
+    `gpus` GPUs of the smallest preset of that GPU (4 L40S: 4 of l40s-8x-pcie's 8)."""
+    out = []
+    for gpu, count in inventory.items():
+        smallest = min(GPU_PRESETS[gpu], key=lambda preset: gpus_per_preset[preset])
+        if count < gpus_per_preset[smallest]:
+            out.append((smallest, count))
+    return out
+
+
+def topology_calibration(name: str, sources: Sequence[str] = ()) -> str | None:
+    """How the topology `name` (with its file's `sources`) was calibrated on measurements, or
+    None when it was not: a file written by `moesim calibrate` (its `sources` say so), else the
+    preset's entry in PRESET_CALIBRATION."""
+    for source in reversed(sources):
+        if source.startswith(_USER_CALIBRATED):
+            return source.split(": ", 1)[0]
+    return PRESET_CALIBRATION.get(name)
 
 
 def _preset_gpus(preset: str) -> int:
@@ -220,7 +306,8 @@ class _Targets:
 
 
 def _measure(
-    row: dict[str, Any], preset: str, replicas: int, users: int, batch: int, targets: _Targets
+    row: dict[str, Any], preset: str, replicas: int, users: int, batch: int, targets: _Targets,
+    subset_of: int | None = None,
 ) -> Candidate:
     """A candidate's figures from its evaluated (or served) row; verdict filled in later."""
     feasible, tpot_s = bool(row["feasible"]), row.get("tpot_s")
@@ -251,6 +338,8 @@ def _measure(
         verdict="" if feasible else row.get("verdict") or f"does not fit: {row.get('reason')}",
         ttft_s=row.get("ttft_s") if feasible else None,
         goodput_per_s=None if goodput is None or not feasible else goodput * replicas,
+        calibrated=topology_calibration(preset) is not None,
+        subset_of=subset_of,
     )
     return _with(candidate, candidate.verdict, targets.meets(candidate))
 
@@ -268,13 +357,29 @@ def _verdicts(
     broken = [c for c in candidates if not c.feasible]
     ordered = []
     for c in qualify[1:]:
-        cost, best_cost = getattr(c, objective), getattr(best, objective)
-        extra = 100 * (cost / best_cost - 1) if best_cost else math.inf
-        costs = f"{_usd(cost, objective)} vs {_usd(best_cost, objective)}"
-        ordered.append(_with(c, f"more expensive by {extra:.1f}% ({costs})"))
+        assert best is not None
+        ordered.append(_with(c, _dearer(c, best, objective)))
     ordered += [_with(c, targets.miss(c)) for c in slow]
     ordered += [_with(c, f"no GPU price in topology {c.topology}") for c in unpriced]
     return best, ([best] if best else []) + ordered + broken
+
+
+def _dearer(c: Candidate, best: Candidate, objective: Objective) -> str:
+    """Why a qualifying candidate lost to `best`: its extra cost, or on an equal cost the tie
+    and the rule that broke it (`TIE_RULE`)."""
+    cost, best_cost = getattr(c, objective), getattr(best, objective)
+    if math.isclose(cost, best_cost, rel_tol=1e-9):
+        if _tpot(c) > _tpot(best):
+            why = (f"the chosen has the lower TPOT ({_tpot(best) * 1e3:.2f} vs "
+                   f"{_tpot(c) * 1e3:.2f} ms)")
+        elif c.gpus > best.gpus:
+            why = f"the chosen uses fewer GPUs ({best.gpus} vs {c.gpus})"
+        else:
+            why = "the chosen's label comes first alphabetically"
+        return f"ties with the chosen at {_usd(cost, objective)}; {why} ({TIE_RULE})"
+    extra = 100 * (cost / best_cost - 1) if best_cost else math.inf
+    share = f"{extra:.1f}%" if extra >= 0.05 else f"{extra:.2g}%"
+    return f"more expensive by {share} ({_usd(cost, objective)} vs {_usd(best_cost, objective)})"
 
 
 def _tpot(c: Candidate) -> float:
@@ -328,6 +433,7 @@ def plan_deployment(
                           "concurrency, requests_file and disagg")
     inventory = parse_inventory(gpus_available)
     sizes = {p: _preset_gpus(p) for gpu in inventory for p in GPU_PRESETS[gpu]}
+    subsets = subset_deployments(inventory, sizes)
     base: dict[str, Any] = {"model": model, "phase": "decode", "context": context}
     base.update(fidelity=fidelity, **({"trace": trace} if trace else {}), **(engine or {}))
     try:
@@ -337,15 +443,13 @@ def plan_deployment(
             ("--" + str(err["loc"][0]).replace("_", "-") + ": " if err["loc"] else "")
             + err["msg"].removeprefix("Value error, ") for err in exc.errors())) from None
     targets = _Targets(slo_tpot_s, slo_ttft_s, percentile if serving else None)
-    points = [(preset, replicas, layout) for preset, replicas in deployments(inventory, sizes)
+    points = [(preset, replicas, sizes[preset], layout)
+              for preset, replicas in deployments(inventory, sizes)
               for layout in layout_presets(sizes[preset])]
-    if not points:
-        raise ConfigError(
-            f"--gpus-available {gpus_available} fills no topology preset: "
-            + ", ".join(f"{p} needs {n} GPUs" for p, n in sizes.items())
-        )
+    points += [(preset, 1, gpus, layout) for preset, gpus in subsets
+               for layout in layout_presets(gpus)]
     candidates = []
-    for index, (preset, replicas, layout) in enumerate(points, start=1):
+    for index, (preset, replicas, world, layout) in enumerate(points, start=1):
         batch = math.ceil(users / replicas) if users is not None else 0
         sc = Scenario(**base, topology=preset, placement=layout, batch=max(batch, 1))
         if serving:
@@ -353,11 +457,14 @@ def plan_deployment(
                 spec, batch, replicas, slo_ttft_s, slo_tpot_s)}), percentile)
         else:
             row = evaluate(sc)
-        candidate = _measure(row, preset, replicas, users or 0, batch, targets)
+        candidate = _measure(row, preset, replicas, users or 0, batch, targets,
+                             None if world == sizes[preset] else sizes[preset])
         candidates.append(candidate)
         if progress is not None:
+            flag = "" if candidate.calibrated else " [uncalibrated preset]"
             progress(f"[{index}/{len(points)}] {candidate.label}: " + (
-                _figures(candidate, targets) if candidate.feasible else candidate.verdict))
+                _figures(candidate, targets) if candidate.feasible else candidate.verdict)
+                + flag)
     best, ordered = _verdicts(candidates, targets, objective)
     query = {
         "model": model,
@@ -371,7 +478,22 @@ def plan_deployment(
         "objective": objective,
         "serving": {"percentile": percentile, "workload": spec.model_dump()} if serving else None,
     }
-    return PlanResult(query, best, ordered)
+    return PlanResult(query, best, ordered, _notes(inventory, sizes, subsets))
+
+
+def _notes(inventory: dict[str, int], sizes: dict[str, int],
+           subsets: list[tuple[str, int]]) -> list[str]:
+    """What the plan's figures rest on that a reader must see: partial presets and presets not
+    calibrated on measurements."""
+    notes = []
+    for preset, gpus in subsets:
+        gpu = next(g for g in inventory if preset in GPU_PRESETS[g])
+        notes.append(f"{gpus}x {gpu} fills no preset: planned on the first {gpus} GPUs of "
+                     f"{preset} ({sizes[preset]} GPUs)")
+    tried = dict.fromkeys([p for p, _ in subsets] + [p for p, _ in deployments(inventory, sizes)])
+    notes += [f"{preset} is {UNCALIBRATED}" for preset in tried
+              if topology_calibration(preset) is None]
+    return notes
 
 
 def _replica_workload(spec: ServeSpec, clients: int, replicas: int,

@@ -21,15 +21,22 @@ it), so an iteration routes exactly the tokens it runs (`Request.trace_index`).
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moesim.errors import ConfigError
-from moesim.inputs.config import ServeSpec
+from moesim.errors import ConfigError, MoesimError
+from moesim.inputs.config import (
+    MAX_CONTEXT_TOKENS,
+    MAX_SERVE_OUTPUT_TOKENS,
+    MAX_SERVE_REQUESTS,
+    ServeSpec,
+)
 
 __all__ = [
     "DEFAULT_REQUESTS",
@@ -39,6 +46,8 @@ __all__ = [
     "lengths",
     "open_loop_requests",
     "read_requests_file",
+    "jsonl_records",
+    "decode_line",
     "closed_loop_first",
 ]
 
@@ -151,7 +160,13 @@ def open_loop_requests(spec: ServeSpec, rng: np.random.Generator) -> list[Reques
 
 
 def read_requests_file(path: str | Path, field_map: dict[str, str]) -> list[Request]:
-    """The requests of a JSONL file, sorted by arrival; one ConfigError names a bad line."""
+    """The requests of a JSONL file, sorted by arrival; one ConfigError names a bad line.
+
+    Each line is one JSON object whose token counts are whole numbers in 1..MAX_CONTEXT_TOKENS
+    (prompt + output within the context too) and whose arrival is a finite time >= 0; the file
+    must be UTF-8 text and may hold at most MAX_SERVE_REQUESTS requests and
+    MAX_SERVE_OUTPUT_TOKENS output tokens in all (ServeSpec's limits).
+    """
     unknown = sorted(set(field_map) - set(REQUEST_FIELDS))
     if unknown:
         raise ConfigError(f"--field-map names {unknown}; map only {', '.join(REQUEST_FIELDS)}")
@@ -160,10 +175,22 @@ def read_requests_file(path: str | Path, field_map: dict[str, str]) -> list[Requ
     if not path.is_file():
         raise ConfigError(f"requests file {path} does not exist")
     rows: list[tuple[float, int, int]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                rows.append(_request_row(_json_line(line, path, number), names, path, number))
+    output_tokens = 0
+    for number, data in jsonl_records(path, "requests file", ConfigError):
+        if not isinstance(data, dict):
+            raise ConfigError(f"requests file {path} line {number} is not a JSON object; write "
+                              f"one object a line with {', '.join(names.values())}")
+        row = _request_row(data, names, path, number)
+        rows.append(row)
+        output_tokens += row[2]
+        if len(rows) > MAX_SERVE_REQUESTS:
+            raise ConfigError(f"requests file {path} holds more than {MAX_SERVE_REQUESTS:,} "
+                              f"requests (line {number}), above what a serving run simulates; "
+                              "replay a shorter file")
+        if output_tokens > MAX_SERVE_OUTPUT_TOKENS:
+            raise ConfigError(f"requests file {path}: its output tokens pass "
+                              f"{MAX_SERVE_OUTPUT_TOKENS:,} at line {number}, above what a "
+                              "serving run keeps; replay fewer or shorter requests")
     if not rows:
         raise ConfigError(f"requests file {path} holds no request; write one JSON object a "
                           f"line with {', '.join(names.values())}")
@@ -171,35 +198,107 @@ def read_requests_file(path: str | Path, field_map: dict[str, str]) -> list[Requ
     return [Request(i, t, p, o) for i, (t, p, o) in enumerate(rows)]
 
 
-def _json_line(line: str, path: Path, number: int) -> dict[str, Any]:
+# ---- JSON lines, read defensively -----------------------------------------------------------
+
+_MAX_JSON_INT_DIGITS = 19  # int64's; longer integers are no count or time anyone means
+
+
+class _HugeInteger(ValueError):
+    """An integer literal longer than int64 (json's parse_int refuses to build it)."""
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_JSON_INT_DIGITS:
+        raise _HugeInteger(text)
+    return int(text)
+
+
+def _json_constant(text: str) -> float:
+    """NaN, Infinity and -Infinity as floats: the callers refuse them by field."""
+    return float(text.replace("Infinity", "inf"))
+
+
+def decode_line(raw: bytes, number: int, where: str, error: type[MoesimError]) -> str:
+    """One line of a UTF-8 text file as text, or `error` naming the file, line and byte:
+    UTF-16/32 text, a binary file (NUL bytes) and bytes that are not UTF-8 are refused."""
+    if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise error(f"{where} is UTF-16 or UTF-32 text; save it as UTF-8")
+    if b"\x00" in raw:
+        raise error(f"{where} line {number} holds NUL bytes: it is a binary file, not UTF-8 "
+                    "text; pass the text file")
     try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"requests file {path} line {number} is not JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"requests file {path} line {number} is not a JSON object")
-    return data
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{where} line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                    f"column {exc.start + 1}); save it as UTF-8") from None
+    return text.removeprefix("\ufeff") if number == 1 else text
+
+
+def jsonl_records(path: Path, what: str, error: type[MoesimError]) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a UTF-8 JSON-lines file, read line by
+    line; a line that is not UTF-8 or not JSON, nests too deeply or holds an integer beyond
+    int64 is one `error` naming `what`, the file and the line. NaN and Infinity come back as
+    floats for the caller to refuse by field."""
+    where = f"{what} {path}"
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise error(f"cannot read {where}: {exc.strerror}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            text = decode_line(raw, number, where, error)
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text, parse_int=_json_int, parse_constant=_json_constant)
+            except json.JSONDecodeError as exc:
+                raise error(f"{where} line {number} is not JSON: {exc.msg} (column "
+                            f"{exc.colno})") from None
+            except _HugeInteger as exc:
+                digits = len(str(exc).lstrip("-"))
+                raise error(f"{where} line {number} holds a {digits}-digit integer, beyond "
+                            "int64; give a realistic number") from None
+            except RecursionError:
+                raise error(f"{where} line {number} nests lists or objects too deeply to "
+                            "read; write one flat JSON object a line") from None
+            except (ValueError, OverflowError) as exc:
+                raise error(f"{where} line {number} holds a value that cannot be read: "
+                            f"{exc}") from None
+            yield number, value
 
 
 def _request_row(data: dict[str, Any], names: dict[str, str], path: Path, number: int
                  ) -> tuple[float, int, int]:
     """(arrival_s, prompt_tokens, output_tokens) of one line, checked."""
-    values = []
+    where = f"requests file {path} line {number}"
+    values: list[float] = []
     for field_name, key in names.items():
         if key not in data:
-            raise ConfigError(f"requests file {path} line {number} has no '{key}' "
-                              f"({field_name}); name it with --field-map {field_name}=NAME")
+            raise ConfigError(f"{where} has no '{key}' ({field_name}); name it with "
+                              f"--field-map {field_name}=NAME")
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"requests file {path} line {number}: '{key}' must be a number")
+            raise ConfigError(f"{where}: '{key}' must be a number, got "
+                              f"{type(value).__name__}")
+        if not math.isfinite(value):
+            what = "a finite time >= 0" if field_name == "arrival_s" else "a whole number >= 1"
+            raise ConfigError(f"{where}: '{key}' is {value}; it must be {what}")
         values.append(value)
     arrival, prompt, output = values
-    if not np.isfinite(arrival) or arrival < 0:
-        raise ConfigError(f"requests file {path} line {number}: arrival {arrival} must be a "
-                          "finite time >= 0")
-    if int(prompt) != prompt or int(output) != output or prompt < 1 or output < 1:
-        raise ConfigError(f"requests file {path} line {number}: prompt and output tokens must be "
-                          "whole numbers >= 1")
+    if arrival < 0:
+        raise ConfigError(f"{where}: arrival {arrival} must be a finite time >= 0")
+    for field_name, value in (("prompt_tokens", prompt), ("output_tokens", output)):
+        if value != int(value) or value < 1:
+            raise ConfigError(f"{where}: prompt and output tokens must be whole numbers >= 1, "
+                              f"got {names[field_name]} {value}")
+        if value > MAX_CONTEXT_TOKENS:
+            raise ConfigError(f"{where}: {names[field_name]} {value:.6g} is above the "
+                              f"{MAX_CONTEXT_TOKENS:,}-token context moesim simulates; fix "
+                              "the line or drop it")
+    if prompt + output > MAX_CONTEXT_TOKENS:
+        raise ConfigError(f"{where}: prompt {int(prompt)} + output {int(output)} tokens exceed "
+                          f"the {MAX_CONTEXT_TOKENS:,}-token context moesim simulates; fix the "
+                          "line or drop it")
     return float(arrival), int(prompt), int(output)
 
 

@@ -22,6 +22,7 @@ inside the functions that need them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 import time
@@ -41,8 +42,10 @@ __all__ = [
     "CaptureReport",
     "RoutingSpec",
     "capture_trace",
+    "check_budget",
     "load_model",
     "read_jsonl_texts",
+    "read_text_prompts",
     "routing_spec",
 ]
 
@@ -157,27 +160,115 @@ def routing_spec(config: Any) -> RoutingSpec:
     )
 
 
-def read_jsonl_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
-    """Yield the string `text_field` of each non-blank line of a JSON-lines dataset."""
-    path = Path(path)
-    if not path.is_file():
-        raise TraceError(f"dataset file {path} does not exist; pass an existing .jsonl file")
-    with path.open(encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
+# Integers in a dataset line longer than int64's 19 digits are refused by name (Python refuses
+# to build one of 4300+ digits with a bare ValueError).
+_MAX_INT_DIGITS = 19
+
+
+_NEWLINE = b"\n"
+
+
+class _HugeInteger(ValueError):
+    """An integer literal longer than _MAX_INT_DIGITS digits."""
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _HugeInteger(text)
+    return int(text)
+
+
+def _utf8(raw: bytes, where: str, line: int | None = None) -> str:
+    """`raw` (a file, or its line `line`) as UTF-8 text, or one TraceError naming `where`:
+    UTF-16/32 (a byte-order mark), NUL bytes (a binary file) or bytes that are not UTF-8."""
+    at = f" line {line}" if line is not None else ""
+    if line in (None, 1) and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TraceError(f"{where} is UTF-16 or UTF-32 text; save it as UTF-8")
+    if b"\x00" in raw:
+        raise TraceError(f"{where}{at} holds NUL bytes: it is a binary file, not UTF-8 text; "
+                         "pass the text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = exc.start - (raw.rfind(_NEWLINE, 0, exc.start) + 1) + 1
+        number = line if line is not None else raw.count(_NEWLINE, 0, exc.start) + 1
+        raise TraceError(f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
+                         f"{number}, column {column}); save it as UTF-8") from None
+    return text.removeprefix("\ufeff") if line in (None, 1) else text
+
+
+def read_text_prompts(paths: Sequence[str | Path], flag: str = "--text") -> list[str]:
+    """The prompt of each UTF-8 text file (one prompt a file), read and checked now: a missing,
+    binary, UTF-16 or non-UTF-8 file, or one holding only whitespace, is one TraceError naming
+    `flag` and the file."""
+    prompts = []
+    for path in map(Path, paths):
+        where = f"{flag} file {path}"
+        if not path.is_file():
+            raise TraceError(f"{where} does not exist; pass an existing text file")
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise TraceError(f"cannot read {where}: {exc.strerror}") from None
+        text = _utf8(raw, where)
+        if not text.strip():
+            raise TraceError(f"{where} is empty (or only whitespace); write the prompt in it")
+        prompts.append(text)
+    return prompts
+
+
+def _jsonl_prompts(path: Path, text_field: str) -> Iterator[str]:
+    """The checked string `text_field` of each non-blank line of a JSON-lines dataset."""
+    with path.open("rb") as lines:
+        for line_no, raw in enumerate(lines, start=1):
+            line = _utf8(raw, f"dataset file {path}", line_no)
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_int=_json_int)
             except json.JSONDecodeError as exc:
                 raise TraceError(
                     f"{path}:{line_no}: not valid JSON ({exc.msg}); each line must be one object"
                 ) from None
+            except _HugeInteger:
+                raise TraceError(f"{path}:{line_no}: holds an integer of more than "
+                                 f"{_MAX_INT_DIGITS} digits; each line must be one object "
+                                 f"with a string field '{text_field}'") from None
+            except RecursionError:
+                raise TraceError(f"{path}:{line_no}: nests lists or objects too deeply to "
+                                 "read; each line must be one flat object") from None
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
+                got = ("not an object" if not isinstance(record, dict) else
+                       "it is missing" if text_field not in record else
+                       f"it is {type(text).__name__}")
                 raise TraceError(
-                    f"{path}:{line_no}: no string field '{text_field}'; pick it with --field"
+                    f"{path}:{line_no}: no string field '{text_field}' ({got}); pick the "
+                    "prompt's field with --field"
                 )
+            if not text.strip():
+                raise TraceError(f"{path}:{line_no}: field '{text_field}' is an empty prompt; "
+                                 "drop the line or give it text")
             yield text
+
+
+def read_jsonl_texts(path: str | Path, text_field: str = "text",
+                     check_first: int | None = None) -> Iterator[str]:
+    """The string `text_field` of each non-blank line of a JSON-lines dataset, in order.
+
+    The first `check_first` prompts (None: all of them) are read and checked before this
+    returns, so a bad dataset fails before any model is loaded; the rest are read lazily as
+    they are used. Every defect is one TraceError naming the file and line: not UTF-8 text, not
+    JSON, nesting too deep, no string `text_field`, an empty prompt, or no prompt at all."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"dataset file {path} does not exist; pass an existing .jsonl file")
+    prompts = _jsonl_prompts(path, text_field)
+    first = list(itertools.islice(prompts, check_first))
+    if not first:
+        raise TraceError(f"dataset file {path} holds no prompt; write one JSON object a line "
+                         f"with a string field '{text_field}'")
+    return itertools.chain(first, prompts)
 
 
 def _token_ids(prompt: Prompt, tokenizer: Any, index: int, vocab_size: int) -> np.ndarray:
@@ -373,6 +464,21 @@ def _layer_ids(spec: RoutingSpec, num_routers: int, notes: list[str]) -> tuple[i
     return tuple(range(num_routers))
 
 
+def check_budget(max_tokens: int, generate_tokens: int, max_prompt_tokens: int | None) -> None:
+    """Refuse a token budget that leaves no room for a prompt, naming the flag."""
+    if max_tokens < 1:
+        raise TraceError(f"--max-tokens {max_tokens}: the trace needs at least 1 token")
+    if generate_tokens < 0:
+        raise TraceError(f"--generate {generate_tokens}: give 0 or more decode tokens")
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise TraceError(f"--max-prompt-tokens {max_prompt_tokens}: give 1 or more, each "
+                         "prompt needs a token")
+    if generate_tokens >= max_tokens:
+        raise TraceError(f"no tokens to capture: --generate {generate_tokens} leaves no room "
+                         f"for a prompt within --max-tokens {max_tokens}; raise --max-tokens "
+                         "above --generate")
+
+
 def capture_trace(
     model: Any,
     tokenizer: Any,
@@ -395,8 +501,7 @@ def capture_trace(
     `<out>.logits.npy` of shape [L, T, E].
     """
     torch, _ = _import_live("moesim trace capture")
-    if max_tokens <= 0 or generate_tokens < 0:
-        raise TraceError("max_tokens must be positive and generate_tokens non-negative")
+    check_budget(max_tokens, generate_tokens, max_prompt_tokens)
     started = time.perf_counter()
     out_path = Path(out_path)
     if out_path.suffix != ".npz":  # numpy's savez would append it anyway
@@ -480,6 +585,16 @@ def _check_device(torch: Any, device: str, dtype: str) -> None:
     """Raise TraceError when the device is absent or cannot run `dtype`."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TraceError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
+    if device.startswith("cuda:"):
+        count = torch.cuda.device_count()
+        if int(device.split(":", 1)[1]) >= count:
+            raise TraceError(f"--device {device}: torch sees {count} CUDA GPU(s), numbered "
+                             f"0..{count - 1}; pick one of them")
+    if device == "mps":
+        backend = getattr(getattr(torch, "backends", None), "mps", None)
+        if backend is None or not backend.is_available():
+            raise TraceError("--device mps: torch has no usable Apple MPS device here; use "
+                             "--device cpu")
     if dtype != "fp8":
         return
     if not device.startswith("cuda"):

@@ -172,22 +172,62 @@ def _stats_array(
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: field '{name}' must be numbers of shape {shape}") from None
     if arr.shape != shape:
+        dims = " (num_layers, num_experts)" if len(shape) == 2 else ""
         raise ConfigError(
-            f"{source}: field '{name}' must have shape {shape} (num_layers, "
-            f"num_experts), got {arr.shape}"
+            f"{source}: field '{name}' must have shape {shape}{dims}, got {arr.shape}"
         )
     return arr
 
 
+# Fields of `moesim trace stats --json` the fit does not use, checked when present (a stats
+# file whose extra fields are impossible was not written by moesim or was edited): shape
+# (per layer, or per consecutive layer pair) and range, null allowed (no data).
+_OPTIONAL_STATS: dict[str, tuple[str, float, float, str]] = {
+    "imbalance": ("layer", 0.0, math.inf, "a ratio >= 0 (max / mean)"),
+    "cv": ("layer", 0.0, math.inf, "a coefficient of variation >= 0"),
+    "cross_first_in_topk_pct": ("pair", 0.0, 100.0, "a percentage in 0..100"),
+    "cross_nmi": ("pair", 0.0, 1.0, "a normalised mutual information in 0..1"),
+}
+
+
+def _first_bad(arr: np.ndarray, bad: Callable[[np.ndarray], np.ndarray]) -> str:
+    """`value at index` of the first element `bad` flags."""
+    index = tuple(int(i) for i in np.argwhere(bad(arr))[0])
+    where = ", ".join(map(str, index))
+    return f"{arr[index]:g} at [{where}]"
+
+
+def _check_range(arr: np.ndarray, name: str, low: float, high: float, source: str,
+                 what: str) -> None:
+    """Every non-NaN value of field `name` within [low, high], or one ConfigError."""
+    def bad(a: np.ndarray) -> np.ndarray:
+        return np.isinf(a) | (a < low) | (a > high)
+    if bad(arr).any():
+        raise ConfigError(f"{source}: field '{name}' must hold {what} (null where there is no "
+                          f"data), got {_first_bad(arr, bad)}")
+
+
+def _check_optional(data: Mapping[str, Any], n_layers: int, source: str) -> None:
+    """The unused per-layer fields, when present: shape and range (_OPTIONAL_STATS)."""
+    for name, (per, low, high, what) in _OPTIONAL_STATS.items():
+        if name not in data:
+            continue
+        length = n_layers if per == "layer" else max(n_layers - 1, 0)
+        _check_range(_stats_array(data, name, (length,), source), name, low, high, source, what)
+
+
 def fit_synth_params_from_stats(data: Mapping[str, Any], source: str = "stats") -> SynthParams:
     """Fit the synthetic model to a stats JSON mapping (no joint counts: layers independent)."""
-    try:
-        n_layers, n_experts = int(data["num_layers"]), int(data["num_experts"])
-        top_k, n_tokens = int(data["top_k"]), int(data["num_tokens"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(
-            f"{source}: fields num_layers, num_experts, top_k and num_tokens must be integers"
-        ) from None
+    sizes: dict[str, int] = {}
+    for name in ("num_layers", "num_experts", "top_k", "num_tokens"):
+        value = data.get(name)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{source}: field '{name}' must be a whole number, got {value!r:.40}")
+        sizes[name] = value
+    n_layers, n_experts = sizes["num_layers"], sizes["num_experts"]
+    top_k, n_tokens = sizes["top_k"], sizes["num_tokens"]
     if n_layers < 1 or n_tokens < 2 or not 1 <= top_k <= n_experts:
         raise ConfigError(
             f"{source}: need num_layers >= 1, num_tokens >= 2 and 1 <= top_k <= "
@@ -201,8 +241,16 @@ def fit_synth_params_from_stats(data: Mapping[str, Any], source: str = "stats") 
         name: _stats_array(data, name, (n_layers,), source)
         for name in ("repeat_first_pct", "repeat_any_pct")
     }
-    if any(np.any(a < 0) for a in counts.values()) or not counts["first_choice_counts"].any():
-        raise ConfigError(f"{source}: expert counts must be non-negative and not all zero")
+    for name, arr in counts.items():
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise ConfigError(f"{source}: field '{name}' must hold finite counts >= 0, got "
+                              f"{_first_bad(arr, lambda a: ~np.isfinite(a) | (a < 0))}")
+    if not counts["first_choice_counts"].any():
+        raise ConfigError(f"{source}: field 'first_choice_counts' is all zero; pass the stats "
+                          "of a trace that routed tokens")
+    for name, arr in repeats.items():  # null (NaN): a layer without consecutive pairs
+        _check_range(arr, name, 0.0, 100.0, source, "a percentage in 0..100")
+    _check_optional(data, n_layers, source)
     concentration, note = mmlu_concentration(n_layers, n_experts)
     return fit_from_targets(
         FitTargets(

@@ -32,6 +32,7 @@ from moesim.errors import TraceError
 from moesim.trace.format import RouterTrace
 
 __all__ = [
+    "MAX_NUM_EXPERTS",
     "TraceStats",
     "compute_stats",
     "stats_to_dict",
@@ -40,6 +41,10 @@ __all__ = [
     "random_repeat_any_pct",
     "paper_table5",
 ]
+
+# Expert ids are stored as int16 (moesim.trace.format), so no trace names more experts than
+# this; the per-layer tables (load [L, E], first choices [L-1, E]) are sized by the count.
+MAX_NUM_EXPERTS = int(np.iinfo(np.int16).max) + 1
 
 
 @dataclass(frozen=True)
@@ -99,17 +104,24 @@ def _pct(hits: np.ndarray) -> np.ndarray:
 
 
 def _nmi(first: np.ndarray, num_experts: int) -> np.ndarray:
-    """Normalised mutual information of first choices at layers l and l+1, per l."""
+    """Normalised mutual information of first choices at layers l and l+1, per l.
+
+    The joint counts are kept sparse (only the (l, x, y) cells some token falls in): a dense
+    [L-1, E, E] table would be 31 x 30,000^2 cells (~200 GiB) for a 30,000-expert model."""
     n_pairs, n_tokens = first.shape[0] - 1, first.shape[1]
     if n_pairs < 1 or n_tokens == 0:
         return np.full(max(n_pairs, 0), np.nan)
-    cell = (np.arange(n_pairs)[:, None] * num_experts + first[:-1]) * num_experts + first[1:]
-    joint = np.bincount(cell.ravel().astype(np.int64), minlength=n_pairs * num_experts**2)
-    p_xy = joint.reshape(n_pairs, num_experts, num_experts) / n_tokens
-    p_x, p_y = p_xy.sum(axis=2), p_xy.sum(axis=1)
+    first = first.astype(np.int64)
+    cell = (np.arange(n_pairs, dtype=np.int64)[:, None] * num_experts + first[:-1]) \
+        * num_experts + first[1:]
+    codes, joint = np.unique(cell.ravel(), return_counts=True)
+    layer, x, y = codes // num_experts**2, codes // num_experts % num_experts, codes % num_experts
+    p_xy = joint / n_tokens
+    p_x = _counts(first[:-1], num_experts) / n_tokens  # [L-1, E]
+    p_y = _counts(first[1:], num_experts) / n_tokens
+    terms = p_xy * np.log(p_xy / (p_x[layer, x] * p_y[layer, y]))
+    mutual = np.bincount(layer, weights=terms, minlength=n_pairs)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(p_xy > 0, p_xy / (p_x[:, :, None] * p_y[:, None, :]), 1.0)
-        mutual = (p_xy * np.log(ratio)).sum(axis=(1, 2))
         h_x = -(np.where(p_x > 0, p_x * np.log(p_x), 0.0)).sum(axis=1)
         h_y = -(np.where(p_y > 0, p_y * np.log(p_y), 0.0)).sum(axis=1)
         mean_h = (h_x + h_y) / 2
@@ -117,7 +129,11 @@ def _nmi(first: np.ndarray, num_experts: int) -> np.ndarray:
 
 
 def compute_stats(trace: RouterTrace, num_experts: int) -> TraceStats:
-    """Load, repetition and cross-layer statistics of `trace` for a model with `num_experts`."""
+    """Load, repetition and cross-layer statistics of `trace` for a model with `num_experts`
+    (1..MAX_NUM_EXPERTS: the per-layer tables are sized by it)."""
+    if not 1 <= num_experts <= MAX_NUM_EXPERTS:
+        raise TraceError(f"num_experts {num_experts} is outside 1..{MAX_NUM_EXPERTS:,} (expert "
+                         "ids are int16); pass the model's expert count (--num-experts)")
     if trace.max_expert_id >= num_experts:
         raise TraceError(f"trace holds expert id {trace.max_expert_id} but num_experts is "
                          f"{num_experts}; pass the model's expert count (--num-experts)")
