@@ -447,18 +447,18 @@ def format_protocol_table(measurements: list[Measurement], fit: ProtocolFit) -> 
     if fit.nvls_efficiency is not None:
         lines.append(f"  nvls_efficiency {fit.nvls_efficiency:.3f}, nvls_latency_s "
                      f"{(fit.nvls_latency_s or 0.0) * 1e6:.2f} us")
-    lines.append(f"{'op':<14}{'ranks':>5}{'bytes':>14}{'ran':>14}{'measured us':>13}"
-                 f"{'before us':>11}{'err':>8}{'after us':>11}{'err':>8}")
+    lines.append(f"{'op':<14} {'ranks':>5} {'bytes':>14} {'ran':>14} {'measured us':>13}"
+                 f" {'before us':>11} {'err':>8} {'after us':>11} {'err':>8}")
     rows = zip(measurements, fit.calls, fit.before_s, fit.after_s, strict=True)
     for m, call, before, after in rows:
         lines.append(
-            f"{m.op:<14}{m.num_ranks:>5}{m.size_bytes:>14,.0f}{call:>14}{m.time_s * 1e6:>13.2f}"
-            f"{before * 1e6:>11.2f}{_pct(before, m.time_s):>8}"
-            f"{after * 1e6:>11.2f}{_pct(after, m.time_s):>8}"
+            f"{m.op:<14} {m.num_ranks:>5} {m.size_bytes:>14,.0f} {call:>14} {m.time_s * 1e6:>13.2f}"
+            f" {before * 1e6:>11.2f} {_pct(before, m.time_s):>8}"
+            f" {after * 1e6:>11.2f} {_pct(after, m.time_s):>8}"
         )
-    lines.append(f"{'op':<14}{'ranks':>5}{'size band':>12}{'rows':>6}{'MAPE':>8}{'worst':>9}")
+    lines.append(f"{'op':<14} {'ranks':>5} {'size band':>12} {'rows':>6} {'MAPE':>8} {'worst':>9}")
     for op, n, band, count, mape, worst in band_errors(measurements, fit.after_s):
-        lines.append(f"{op:<14}{n:>5}{band:>12}{count:>6}{mape:>7.1f}%{worst:>+8.1f}%")
+        lines.append(f"{op:<14} {n:>5} {band:>12} {count:>6} {mape:>7.1f}% {worst:>+8.1f}%")
     return "\n".join(lines)
 
 
@@ -488,15 +488,15 @@ def format_table(measurements: list[Measurement], result: FitResult) -> str:
     effs = ", ".join(f"{m} {e:.4f}" for m, e in result.efficiency_by_medium.items())
     lines = [
         f"fitted link_efficiency: {effs}; collective_launch_s: {result.launch_s * 1e6:.2f} us",
-        f"{'op':<14}{'ranks':>5}{'bytes':>14}{'measured us':>13}"
-        f"{'before us':>11}{'err':>8}{'after us':>11}{'err':>8}",
+        f"{'op':<14} {'ranks':>5} {'bytes':>14} {'measured us':>13}"
+        f" {'before us':>11} {'err':>8} {'after us':>11} {'err':>8}",
     ]
     rows = zip(measurements, result.before_s, result.after_s, strict=True)
     for m, before, after in rows:
         lines.append(
-            f"{m.op:<14}{m.num_ranks:>5}{m.size_bytes:>14,.0f}{m.time_s * 1e6:>13.2f}"
-            f"{before * 1e6:>11.2f}{_pct(before, m.time_s):>8}"
-            f"{after * 1e6:>11.2f}{_pct(after, m.time_s):>8}"
+            f"{m.op:<14} {m.num_ranks:>5} {m.size_bytes:>14,.0f} {m.time_s * 1e6:>13.2f}"
+            f" {before * 1e6:>11.2f} {_pct(before, m.time_s):>8}"
+            f" {after * 1e6:>11.2f} {_pct(after, m.time_s):>8}"
         )
     return "\n".join(lines)
 

@@ -259,6 +259,9 @@ def _compare(args: argparse.Namespace) -> int:
     )
     if args.json != "-":
         print(_format_compare(summary))
+        note = _calibration_note(summary["topology"])
+        if note:
+            print(f"note: {note}")
     if args.plot:
         from validate.predict import plot_comparison
 
@@ -269,6 +272,19 @@ def _compare(args: argparse.Namespace) -> int:
     if args.json:
         write_json(summary, args.json)
     return 0 if summary["bytes_match"] else 1
+
+
+def _calibration_note(topology: str) -> str | None:
+    """Say so when the times were predicted on a topology not calibrated on measurements."""
+    from moesim.inputs.topology import load_topology
+    from moesim.planning.deployment import topology_calibration
+
+    spec = load_topology(topology).spec
+    if topology_calibration(spec.name, spec.sources) is not None:
+        return None
+    return (f"topology {topology} is not calibrated on measurements, so the predicted times use "
+            "its stated defaults; calibrate it on this machine first (`moesim calibrate live "
+            "-o CAL.yaml`) and pass --topology CAL.yaml")
 
 
 def _format_compare(summary: dict[str, Any]) -> str:
