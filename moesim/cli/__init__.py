@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_outputs(args)
         code = args.handler(args)
     except MoesimError as exc:
-        print(f"moesim: error: {exc}", file=sys.stderr)
+        # one line, whatever the message quotes (a value with a carriage return or newline)
+        print("moesim: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from moesim.cli.flags import (
     RUN_FIELDS,
@@ -107,12 +108,25 @@ def parse_batches(text: str | None, what: str) -> list[int]:
     return values
 
 
+def _check_scenario_files(scenario: Any) -> None:
+    """Files and profiles the scenario names for every layout (kernel profile, expert placement
+    file) are read once up front: a bad one is one error, not every layout listed infeasible."""
+    from moesim.inputs.config import ExpertPlacementSpec, load_model_file
+    from moesim.inputs.kernel_profile import load_kernel_profile
+
+    if scenario.kernels not in ("auto", "roofline"):
+        load_kernel_profile(scenario.kernels)
+    if isinstance(scenario.expert_placement, str):
+        load_model_file(ExpertPlacementSpec, scenario.expert_placement, "expert placement")
+
+
 def run_compare_command(args: argparse.Namespace) -> int:
     """Handler of `moesim compare`."""
     from moesim.planning.compare import parse_variants, run_compare
 
     variants = parse_variants(args.variants)
     base = scenario_with_serve(args)
+    _check_scenario_files(base)
     drawing = bool(args.plot or args.html)
     # read even when no figure is drawn, so a bad value is refused rather than ignored
     sweep = ([] if args.sweep_batches.strip() == "none"
