@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.cli.flags import add_scenario_flags, scenario_from_args
+from moesim.cli.flags import ENGINE_FIELDS, add_scenario_flags, scenario_from_args
 from moesim.cli.numbers import float_in, int_in, positive_int
 from moesim.errors import ConfigError
 from moesim.inputs.options import Fidelity
@@ -33,8 +33,8 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 # Scenario fields `validate live` takes as flags, as `moesim run` does (moesim.cli.flags): EPLB
 # placements run live; an all-to-all other than direct, TBO and MTP are refused.
-_ENGINE_FIELDS = ("eplb", "redundant_experts", "eplb_window", "a2a", "dispatch_dtype", "overlap",
-                  "mtp")
+# The MoE-engine flags live runs take: all but the served-only ones (one list: flags.py)
+_ENGINE_FIELDS = tuple(f for f in ENGINE_FIELDS if f not in ("rebalance_steps", "mtp_acceptance"))
 _REFUSED = {"a2a": "direct", "overlap": "none", "mtp": "0",
             "dispatch_dtype": "--act-dtype's dtype"}
 _OTHER_COMM = ("sp_exchange", "attn_reduce_scatter", "moe_tp_gather", "moe_tp_scatter",
