@@ -44,3 +44,17 @@ def test_calibrate_table_columns_stay_apart(tmp_path: Path,
         rows.append(line)
     assert any("17,179,869,184" in row for row in rows)
     assert rows and all(len(row.split()) == width for row in rows)
+
+
+def test_outputs_get_the_permissions_a_plain_write_would(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (owner-only); the renamed output must not keep that."""
+    import os
+
+    from moesim.output.files import write_atomic
+
+    mask = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "out.json", "{}")
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)

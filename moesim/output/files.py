@@ -14,12 +14,22 @@ from typing import Any
 __all__ = ["write_atomic", "write_atomic_with", "atomic_path", "write_npz_atomic"]
 
 
+def _temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A temporary file beside `path` with the permissions a plain open() would give (mkstemp
+    makes it owner-only, which the renamed output would keep)."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    return handle, tmp
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write `data` (text as UTF-8) to `path`, creating its folder; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp = _temp_beside(path)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
@@ -36,7 +46,7 @@ def write_atomic_with(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Let `write` fill a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp = _temp_beside(path)
     os.close(handle)
     try:
         write(Path(tmp))
@@ -55,8 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ends without an error and removed when it raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
-                                   dir=path.parent)
+    handle, tmp = _temp_beside(path, f".tmp{path.suffix}")
     os.close(handle)
     try:
         yield Path(tmp)

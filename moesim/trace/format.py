@@ -164,6 +164,9 @@ def save_trace(trace: RouterTrace, path: str | Path) -> None:
         arrays["weights"] = trace.weights
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    mask = os.umask(0)  # the permissions a plain open() gives, not mkstemp's owner-only
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     try:
         with os.fdopen(handle, "wb") as out:  # a file object: numpy appends no suffix
             np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
