@@ -5,44 +5,41 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 from moesim import __version__
 from moesim.errors import MoesimError
 
 __all__ = ["main", "build_parser"]
 
+_VERSION = f"moesim {__version__}"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every command group registered."""
-    from moesim.cli import (
-        calibrate,
-        collective,
-        compare,
-        kernel,
-        listing,
-        plan,
-        report,
-        run,
-        serve,
-        sweep,
-        trace,
-        validate,
-    )
+    """The top-level parser with every command group registered.
+
+    Each command's sub-parser (and the modules it needs) is built the first time it is looked
+    up: when argparse selects it, or when a caller walks the subparsers action's `choices`.
+    """
+    from moesim.cli.commands import COMMANDS, LazyCommands
 
     parser = argparse.ArgumentParser(
         prog="moesim",
         description="Simulate MoE serving on multi-GPU clusters from real router traces.",
     )
-    parser.add_argument("--version", action="version", version=f"moesim {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (run, serve, compare, report, sweep, plan, trace, collective, kernel, calibrate,
-                   validate, listing):
-        module.add_parser(commands)
+    parser.add_argument("--version", action="version", version=_VERSION)
+    commands = cast(LazyCommands, parser.add_subparsers(
+        action=LazyCommands, dest="command", metavar="COMMAND", required=True))
+    for name in COMMANDS:
+        commands.register(name)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run the command, turn user errors into one line and exit code 2."""
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(_VERSION)  # as argparse's version action: the line on stdout, then exit 0
+        raise SystemExit(0)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

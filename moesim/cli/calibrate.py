@@ -31,36 +31,24 @@ import argparse
 import datetime
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from moesim.calibrate.fit import (
-    FitResult,
-    Measurement,
-    calibrated_spec,
-    fit_topology,
-    measurements_from_sections,
-)
-from moesim.calibrate.nccl_tests import read_nccl_tests
-from moesim.calibrate.protocol_fit import (
-    ProtocolFit,
-    apply_fit,
-    band_errors,
-    fit_protocols,
-)
 from moesim.cli.collective import parse_bytes
+from moesim.cli.commands import command_help
 from moesim.cli.numbers import float_in, int_in
 from moesim.cli.outputs import rescue_output
 from moesim.cli.validate import MAX_NPROC, MAX_REPEATS, MAX_TIMEOUT_S, parse_scale
-from moesim.engine.protocols import uses_nccl
 from moesim.errors import ConfigError
 from moesim.inputs.config import load_model_file
-from moesim.inputs.model_files import load_model
-from moesim.inputs.models import ModelSpec
-from moesim.inputs.topology import build_topology, resolve_topology_path
 from moesim.inputs.topology_spec import MAX_TOPOLOGY_GPUS, TopologySpec
 from moesim.output.files import write_atomic
+
+if TYPE_CHECKING:  # the fits and the engine are imported by the commands that run them
+    from moesim.calibrate.fit import FitResult, Measurement
+    from moesim.calibrate.protocol_fit import ProtocolFit
+    from moesim.inputs.models import ModelSpec
 
 __all__ = ["add_parser", "format_table", "write_topology"]
 
@@ -68,7 +56,7 @@ __all__ = ["add_parser", "format_table", "write_topology"]
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `moesim calibrate` and its `nccl-tests` subcommand."""
     parser = commands.add_parser(
-        "calibrate", help="fit a topology to measurements", description=__doc__.split("\n\n")[0]
+        "calibrate", help=command_help("calibrate"), description=__doc__.split("\n\n")[0]
     )
     sources = parser.add_subparsers(dest="calibrate_source", metavar="SOURCE", required=True)
     nccl = sources.add_parser("nccl-tests", help="fit to nccl-tests logs",
@@ -144,6 +132,7 @@ def _kernel_gpu(args: argparse.Namespace) -> tuple[str, Any]:
 def _run_kernels(args: argparse.Namespace) -> int:
     from moesim.calibrate.kernels import fit_curves, read_kernel_csv, write_kernel_csv
     from moesim.inputs.kernel_profile import GpuKernels, KernelProfile
+    from moesim.inputs.model_files import load_model
 
     if (args.device is None) == (args.from_csv is None):
         raise ConfigError("calibrate kernels: give --device cpu|cuda (run microbenchmarks) or "
@@ -238,6 +227,8 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def _live_base(args: argparse.Namespace) -> tuple[TopologySpec, Path]:
     """The base topology of a live calibration, resized to the ranks where it is a preset."""
+    from moesim.inputs.topology import resolve_topology_path
+
     if args.topology is None and args.backend == "nccl":
         raise ConfigError("--backend nccl: name the base topology with -t (e.g. dgx-h100)")
     path = resolve_topology_path(args.topology or "cpu-loopback")
@@ -399,6 +390,12 @@ def _write_fitted(out: Path, text: str) -> None:
 
 
 def _run_nccl_tests(args: argparse.Namespace) -> int:
+    from moesim.calibrate.fit import fit_topology, measurements_from_sections
+    from moesim.calibrate.nccl_tests import read_nccl_tests
+    from moesim.calibrate.protocol_fit import fit_protocols
+    from moesim.engine.protocols import uses_nccl
+    from moesim.inputs.topology import build_topology, resolve_topology_path
+
     path = resolve_topology_path(args.topology)
     spec = load_model_file(TopologySpec, path, "topology")
     sections = [s for log in args.logs for s in read_nccl_tests(log)]
@@ -436,6 +433,8 @@ def _run_nccl_tests(args: argparse.Namespace) -> int:
 def format_protocol_table(measurements: list[Measurement], fit: ProtocolFit) -> str:
     """Fitted terms, measured vs predicted per row (with the algorithm/protocol it ran), and
     the error per op, GPU count and size band."""
+    from moesim.calibrate.protocol_fit import band_errors
+
     effs = ", ".join(f"{m} {e:.4f}" for m, e in fit.efficiency_by_medium.items()) or "-"
     lines = [f"fitted link_efficiency: {effs}"]
     for protocol, entry in fit.protocols.items():
@@ -466,6 +465,8 @@ def write_protocol_topology(
     spec: TopologySpec, fit: ProtocolFit, logs: list[str], out: Path, original: Path
 ) -> None:
     """Write the topology with the fitted protocol block, efficiencies and NVLS figures."""
+    from moesim.calibrate.protocol_fit import apply_fit
+
     note = (
         f"Calibrated by `moesim calibrate nccl-tests` on {datetime.date.today()} from "
         f"{', '.join(logs)}: protocols, link_efficiency, multi_gpu_launch_s and NVLS figures "
@@ -509,6 +510,8 @@ def write_topology(
     spec: TopologySpec, result: FitResult, logs: list[str], out: Path, original: Path
 ) -> None:
     """Write the fitted topology YAML with a comment and a `sources` entry naming the logs."""
+    from moesim.calibrate.fit import calibrated_spec
+
     effs = ", ".join(f"{m}={e:.4f}" for m, e in result.efficiency_by_medium.items())
     note = (
         f"Calibrated by `moesim calibrate nccl-tests` on {datetime.date.today()} from "

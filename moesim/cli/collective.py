@@ -31,17 +31,17 @@ import math
 import re
 from typing import Any
 
+from moesim.cli.commands import command_help
 from moesim.cli.numbers import int_in
-from moesim.engine.collective_model import OPS, busbw_factor, nccl_tests_alltoall_matrix
-from moesim.engine.collectives import predict_collective
-from moesim.engine.protocols import plan_call
 from moesim.errors import ConfigError, TopologyError
-from moesim.inputs.topology import load_topology
+from moesim.inputs.options import CollectiveOp, choices
 from moesim.inputs.topology_spec import MAX_TOPOLOGY_GPUS
 
 __all__ = ["add_parser", "parse_bytes", "parse_sweep", "collective_report", "collective_sweep",
            "sweep_table", "ALGORITHM_CHOICES", "PROTOCOL_CHOICES"]
 
+# the collectives (as moesim.engine.collective_model.OPS; the engine is imported by the work only)
+OPS: tuple[str, ...] = choices(CollectiveOp)
 ALGORITHM_CHOICES = ("auto", "ring", "tree", "nvls", "direct")
 PROTOCOL_CHOICES = ("auto", "LL", "LL128", "Simple")
 
@@ -64,7 +64,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim collective`."""
     parser = commands.add_parser(
         "collective",
-        help="predicted time of one collective (nccl-tests conventions)",
+        help=command_help("collective"),
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--topology", required=True, help="topology YAML file or preset name")
@@ -164,6 +164,11 @@ def collective_sweep(
     algorithm: str = "auto", protocol: str = "auto", gpus_per_process: int = 1,
 ) -> list[dict[str, Any]]:
     """`collective_report` of every size, the topology loaded once."""
+    from moesim.engine.collective_model import busbw_factor, nccl_tests_alltoall_matrix
+    from moesim.engine.collectives import predict_collective
+    from moesim.engine.protocols import plan_call
+    from moesim.inputs.topology import load_topology
+
     topo = load_topology(topology)
     n = topo.num_gpus if gpus is None else gpus
     if not 1 <= n <= topo.num_gpus:

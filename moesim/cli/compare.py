@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from moesim.cli.commands import command_help
 from moesim.cli.flags import (
     RUN_FIELDS,
     SERVE_FIELDS,
@@ -32,7 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim compare`."""
     parser = commands.add_parser(
         "compare",
-        help="compare layouts on topologies: ranked table, infeasible list, plots, HTML",
+        help=command_help("compare"),
         description="Run the scenario for every layout on every topology (and batch). "
         "Layouts needing more GPUs than a topology has, invalid for the model, or not fitting "
         "in memory are listed as infeasible with the reason. Feasible ones are ranked by "

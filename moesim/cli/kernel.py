@@ -14,16 +14,12 @@ import argparse
 import json
 import math
 
+from moesim.cli.commands import command_help
 from moesim.cli.numbers import int_in
-from moesim.engine.cost import compute_model
 from moesim.errors import ConfigError, TopologyError
 from moesim.inputs.config import MAX_CONTEXT_TOKENS
-from moesim.inputs.model_files import load_model
 from moesim.inputs.options import ACT_DTYPE_BYTES, WEIGHT_DTYPE_BYTES, Precision
-from moesim.inputs.topology import load_topology
 from moesim.inputs.topology_spec import list_gpus, load_gpu
-from moesim.planning.kernel_op import predict_op
-from moesim.traffic.placement import check_tp_fits_model, parse_placement
 
 __all__ = ["add_parser"]
 
@@ -35,7 +31,7 @@ MAX_KERNEL_DIM = 1 << 24
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `moesim kernel`."""
-    parser = commands.add_parser("kernel", help="predicted time of one op on one rank",
+    parser = commands.add_parser("kernel", help=command_help("kernel"),
                                  description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--gpu", help=f"GPU from the catalog: {', '.join(list_gpus())}")
@@ -66,6 +62,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _run(args: argparse.Namespace) -> int:
+    from moesim.engine.cost import compute_model
+    from moesim.inputs.model_files import load_model
+    from moesim.inputs.topology import load_topology
+    from moesim.planning.kernel_op import predict_op
+    from moesim.traffic.placement import check_tp_fits_model, parse_placement
+
     for flag in ("tokens", "context", "n", "k"):
         value = getattr(args, flag)
         if value is not None and (value < 0 or (flag == "tokens" and value < 1)):

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from moesim.cli.commands import command_help
+
 __all__ = ["add_parser", "KINDS", "list_items", "format_items"]
 
 KINDS = ("models", "topologies", "traces", "kernels")
@@ -24,7 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim list`."""
     parser = commands.add_parser(
         "list",
-        help="list the bundled models, topologies, traces and kernel profiles",
+        help=command_help("list"),
         description="Print what ships with moesim, one line each, by the name other commands "
         "take: model presets (--model), topology presets (--topology: GPUs, calibrated or "
         "not), bundled router traces (--trace NAME or bundled:NAME) and kernel profiles "

@@ -10,6 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
+from moesim.cli.commands import command_help
 from moesim.cli.flags import ENGINE_FIELDS, add_model_flags, add_scenario_flags, flag_name
 from moesim.cli.numbers import int_in, non_negative_int
 from moesim.errors import ConfigError
@@ -31,7 +32,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim plan`."""
     parser = commands.add_parser(
         "plan",
-        help="cheapest deployment of a model on the GPUs at hand that meets a TPOT (and TTFT) SLO",
+        help=command_help("plan"),
         description="Try every topology preset the available GPUs fill (whole multiples as "
         "replicas) and every layout of its size, users split over replicas, in decode at the "
         "given context; keep those that fit memory and meet the TPOT SLO; print the cheapest "

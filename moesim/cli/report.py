@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from moesim.cli.commands import command_help
+
 __all__ = ["add_parser", "run_report_command"]
 
 
@@ -11,7 +13,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim report`."""
     parser = commands.add_parser(
         "report",
-        help="turn `moesim compare --json` output into a table, PNG plots or one HTML page",
+        help=command_help("report"),
         description="Read the JSON written by `moesim compare --json` and print its ranked "
         "table; --html writes one self-contained page (plots embedded, no external files), "
         "--plot writes the PNGs. Plots need the JSON of a compare run with --plot or --html.",

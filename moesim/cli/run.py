@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from moesim.cli.commands import command_help
 from moesim.cli.flags import RUN_FIELDS, add_scenario_flags, scenario_from_args
 from moesim.cli.outputs import rescue_output
 from moesim.output.files import write_atomic
@@ -17,7 +18,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim run`."""
     parser = commands.add_parser(
         "run",
-        help="run one scenario: traffic, imbalance (and latency where a topology is given)",
+        help=command_help("run"),
         description="Run one scenario. Flags override the scenario file; with no file the "
         "defaults are Mixtral-8x7B, the bundled real HumanEval trace and EP8.",
     )

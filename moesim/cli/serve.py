@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from moesim.cli.commands import command_help
 from moesim.cli.compare import parse_list
 from moesim.cli.flags import (
     RUN_FIELDS,
@@ -42,7 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim serve`."""
     parser = commands.add_parser(
         "serve",
-        help="serve requests under load: TTFT/TPOT percentiles, throughput, goodput",
+        help=command_help("serve"),
         description="Requests arrive (--rate, --concurrency or --requests-file), a continuous-"
         "batching scheduler like vLLM's runs them iteration by iteration on the scenario's "
         "layout and topology, each iteration routing the tokens in flight, and the report "

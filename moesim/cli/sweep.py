@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from moesim.cli.commands import command_help
 from moesim.cli.numbers import non_negative_int, positive_int
 
 __all__ = ["add_parser", "plot_pareto"]
@@ -15,7 +16,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Register `moesim sweep`."""
     parser = commands.add_parser(
         "sweep",
-        help="run a grid of scenarios to CSV/parquet (resumable; process pool or Ray)",
+        help=command_help("sweep"),
         description="Run every point of a grid (models x traces x placements x batches x "
         "contexts x topologies) and write one row per point. Rows are appended as they "
         "finish; rerunning with the same output skips points already there (a row cut short "

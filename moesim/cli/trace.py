@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from moesim.cli.commands import command_help
 from moesim.cli.numbers import int_in
 from moesim.cli.outputs import TRACE_OUTPUT, check_output
 from moesim.errors import TraceError
@@ -33,7 +34,7 @@ _EXPERT_COUNT = int_in(1, MAX_NUM_EXPERTS)
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `moesim trace convert|stats` (and capture/synth/compare when present)."""
-    parser = commands.add_parser("trace", help="import, inspect and generate router traces")
+    parser = commands.add_parser("trace", help=command_help("trace"))
     trace_commands = parser.add_subparsers(dest="trace_command", metavar="SUBCOMMAND",
                                            required=True)
     _add_convert(trace_commands)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from moesim.cli.commands import command_help
 from moesim.cli.flags import ENGINE_FIELDS, add_scenario_flags, scenario_from_args
 from moesim.cli.numbers import float_in, int_in, positive_int
 from moesim.errors import ConfigError
 from moesim.inputs.options import Fidelity
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["add_parser", "parse_scale", "compare_summary", "MAX_NPROC", "MAX_REPEATS",
            "MAX_TIMEOUT_S"]
@@ -44,7 +46,7 @@ _OTHER_COMM = ("sp_exchange", "attn_reduce_scatter", "moe_tp_gather", "moe_tp_sc
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `moesim validate live` and `moesim validate compare`."""
     parser = commands.add_parser(
-        "validate", help="run the predicted traffic live (torch.distributed) and compare",
+        "validate", help=command_help("validate"),
         description="Live validation: execute the exact traffic moesim predicts and compare.",
     )
     sub = parser.add_subparsers(dest="validate_command", metavar="SUBCOMMAND", required=True)
