@@ -232,15 +232,17 @@ def _ring(
     part_dst = np.asarray([ranks[(i + 1) % n] for i in range(n)], dtype=np.int64)[part_of]
     part_latency = np.concatenate(latency_s)
 
+    part_numbers = net.path_numbers(flat_paths)
+
     def send(step: int, senders: list[int]) -> None:
         """Start the step's sends of ring positions `senders`, in one batch."""
         if len(senders) == n:
-            net.start_group_parts(groups[step], part_src, flat_paths, part_sizes, part_dst,
-                                  part_latency)
+            net.start_group_numbered(groups[step], part_src, part_numbers, part_sizes, part_dst,
+                                     part_latency)
             return
         pick = np.flatnonzero(np.isin(part_of, senders))
-        net.start_group_parts(groups[step], part_src[pick], [flat_paths[k] for k in pick.tolist()],
-                              part_sizes[pick], part_dst[pick], part_latency[pick])
+        net.start_group_numbered(groups[step], part_src[pick], part_numbers[pick],
+                                 part_sizes[pick], part_dst[pick], part_latency[pick])
 
     def step_done(step: int, done: np.ndarray) -> None:
         senders = [position[rank] for rank in done.tolist()]
