@@ -22,14 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.engine.network import Routing
-from moesim.engine.protocols import alltoall_delay_and_wire
+from moesim.engine.protocols import alltoall_delay_and_wire, alltoall_delays_and_wires
 
 __all__ = [
     "DeepEpCost",
     "DEEPEP",
     "COMM_SMS",
     "exchange_delay_and_wire",
+    "exchange_delays_and_wires",
     "crosses_nodes",
+    "crosses_nodes_each",
     "compute_slowdown",
 ]
 
@@ -104,6 +106,17 @@ def crosses_nodes(topo: Routing, matrix: np.ndarray) -> bool:
     return bool(np.any(matrix[ranks[:, None] != ranks[None, :]] > 0))
 
 
+def crosses_nodes_each(topo: Routing, matrices: np.ndarray) -> np.ndarray:
+    """`[K]`: `crosses_nodes` of K `[W, W]` matrices at once."""
+    matrices = np.asarray(matrices)
+    per_node = getattr(topo, "gpus_per_node", None)
+    if not per_node:
+        return np.zeros(matrices.shape[0], dtype=bool)
+    node = np.arange(matrices.shape[-1]) // per_node
+    between = node[:, None] != node[None, :]
+    return np.asarray((matrices[:, between] > 0).any(axis=1))
+
+
 def exchange_delay_and_wire(
     topo: Routing, impl: str, name: str, ranks: Sequence[int], busiest_bytes: float,
     launch_s: float | None = None, across_nodes: bool = False,
@@ -127,3 +140,24 @@ def compute_slowdown(impl: str, topo: Routing) -> float:
     if not sms or not taken or taken >= sms:
         return 1.0
     return float(sms / (sms - taken))
+
+
+def exchange_delays_and_wires(
+    topo: Routing, runs: Sequence[tuple[str, str]], ranks: Sequence[int],
+    busiest_bytes: np.ndarray, launch_s: float | None = None,
+    across_nodes: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`exchange_delay_and_wire` of K exchanges among the same `ranks` at once: `runs[i]` is
+    exchange i's (impl, name), `busiest_bytes[i]` and `across_nodes[i]` its figures; `[K]`
+    delays and `[K]` wire factors."""
+    busiest = np.asarray(busiest_bytes, dtype=np.float64)
+    crossing = np.zeros(busiest.shape, dtype=bool) if across_nodes is None else across_nodes
+    delay, wire = alltoall_delays_and_wires(topo, ranks, busiest, launch_s)
+    if all(impl == "direct" for impl, _ in runs):
+        return delay, wire
+    for i, (impl, name) in enumerate(runs):
+        cost = DEEPEP.get(impl)
+        if cost is not None:
+            delay[i] = cost.latency_s(name, bool(crossing[i])) if launch_s is None else launch_s
+            wire[i] = cost.wire_factor
+    return delay, wire

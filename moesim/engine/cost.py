@@ -294,22 +294,49 @@ def compute_model(kernels: str, gpu: GpuSpec, *, warm_l2: bool = False) -> Compu
     return ComputeModel(gpu, entry, profile.name, warm_l2)
 
 
-def _gemm_s(cm: ComputeModel, m: Number, n: int, k: int, weight_dtype: str, act_bytes: float,
-            weight_bytes: float | None = None) -> np.ndarray:
-    """A dense GEMM on the profile's `gemm` curves (callers check they exist)."""
-    curves = cm.curves("gemm")
-    assert curves is not None
-    return gemm_time(curves, cm.gpu, m=m, n=n, k=k,
-                     weight_bytes=WEIGHT_DTYPE_BYTES[weight_dtype] if weight_bytes is None
-                     else weight_bytes, act_bytes=act_bytes,
-                     peak_flops_per_s=cm.peak(weight_dtype), warm_l2=cm.warm_l2)
+class _Gemms:
+    """Dense GEMMs on the profile's `gemm` curves (callers check they exist), timed together:
+    `add` each (m rows per rank, weights [k, n]), then `times_s` gives each one's seconds, from
+    one element-wise evaluation of the curves over all of them."""
+
+    def __init__(self, cm: ComputeModel, weight_dtype: str, act_bytes: float) -> None:
+        self.cm, self.weight_dtype, self.act_bytes = cm, weight_dtype, act_bytes
+        self.rows: list[tuple[Number, int, int, float]] = []
+
+    def add(self, m: Number, n: int, k: int, weight_bytes: float | None = None) -> int:
+        """Queue a GEMM (weights of `weight_bytes` per value, default the weight dtype's);
+        its index in `times_s`."""
+        size = WEIGHT_DTYPE_BYTES[self.weight_dtype] if weight_bytes is None else weight_bytes
+        self.rows.append((m, n, k, size))
+        return len(self.rows) - 1
+
+    def times_s(self) -> list[np.ndarray]:
+        """Each queued GEMM's seconds (`kernels.gemm_time`), in the order they were added."""
+        if not self.rows:
+            return []
+        curves = self.cm.curves("gemm")
+        assert curves is not None
+        m = np.stack(np.broadcast_arrays(*(np.asarray(r[0], dtype=np.float64)
+                                           for r in self.rows)))
+        column = (len(self.rows),) + (1,) * (m.ndim - 1)
+        n, k = (np.array([r[i] for r in self.rows], dtype=np.int64).reshape(column)
+                for i in (1, 2))
+        size = np.array([r[3] for r in self.rows], dtype=np.float64).reshape(column)
+        return list(gemm_time(curves, self.cm.gpu, m=m, n=n, k=k, weight_bytes=size,
+                              act_bytes=self.act_bytes,
+                              peak_flops_per_s=self.cm.peak(self.weight_dtype),
+                              warm_l2=self.cm.warm_l2))
 
 
-def _swiglu_s(cm: ComputeModel, tokens: Number, hidden: int, ffn: int, weight_dtype: str,
-              act_bytes: float) -> np.ndarray:
+def _swiglu(gemms: _Gemms, tokens: Number, hidden: int, ffn: int) -> tuple[int, int]:
+    """Queue a dense SwiGLU FFN's gate-up and down GEMMs; `_swiglu_s` adds them up."""
+    return gemms.add(tokens, 2 * ffn, hidden), gemms.add(tokens, hidden, ffn)
+
+
+def _swiglu_s(cm: ComputeModel, times_s: list[np.ndarray], queued: tuple[int, int],
+              tokens: Number, ffn: int, act_bytes: float) -> np.ndarray:
     """A dense SwiGLU FFN: gate-up GEMM, activation, down GEMM."""
-    time_s = _gemm_s(cm, tokens, 2 * ffn, hidden, weight_dtype, act_bytes)
-    time_s = time_s + _gemm_s(cm, tokens, hidden, ffn, weight_dtype, act_bytes)
+    time_s = times_s[queued[0]] + times_s[queued[1]]
     return time_s + _elementwise_s(cm, np.asarray(tokens) * 3 * ffn * act_bytes, 1)
 
 
@@ -321,11 +348,23 @@ def _elementwise_s(cm: ComputeModel, bytes_moved: Number, kernels: int) -> np.nd
     return elementwise_time(curves, cm.gpu, bytes_moved=bytes_moved, kernels=kernels)
 
 
+def _attention_projections(gemms: _Gemms, model: ModelSpec, tokens: np.ndarray,
+                           attn_tp: int) -> tuple[int, int]:
+    """Queue attention's input (Q, K, V) and output projections."""
+    hidden = model.hidden_size
+    out_k = model.heads_per_rank(attn_tp) * model.value_head_dim
+    in_params = model.attention_matmul_params_per_rank(attn_tp) - out_k * hidden
+    return (gemms.add(tokens, max(in_params // hidden, 1), hidden),
+            gemms.add(tokens, hidden, out_k))
+
+
 def _attention_s(cm: ComputeModel, model: ModelSpec, tokens: np.ndarray, keys: np.ndarray,
                  kv_read: np.ndarray, attn_tp: int, prec: Precision, decode: bool,
-                 roofline: OpCost) -> np.ndarray:
-    """One block's attention on the profile: norms and rotary, projections, the attention
-    kernel; a part the profile lacks keeps its share of the roofline."""
+                 roofline: OpCost, projections_s: tuple[np.ndarray, np.ndarray] | None
+                 ) -> np.ndarray:
+    """One block's attention on the profile: norms and rotary, projections (their GEMMs'
+    seconds where the profile has GEMM curves), the attention kernel; a part the profile lacks
+    keeps its share of the roofline."""
     hidden, act = model.hidden_size, prec.act_bytes
     heads = model.heads_per_rank(attn_tp)
     score_flops = 2 * heads * (model.head_dim + model.value_head_dim) * keys
@@ -341,11 +380,8 @@ def _attention_s(cm: ComputeModel, model: ModelSpec, tokens: np.ndarray, keys: n
                                   peak_flops_per_s=cm.gpu.peak_bf16_flops_per_s)
     else:
         attend_s = roofline_time_s(score_flops, kv_bytes + qo_bytes, cm.gpu, 2, 1)
-    if cm.curves("gemm") is not None:
-        out_k = heads * model.value_head_dim
-        in_params = model.attention_matmul_params_per_rank(attn_tp) - out_k * hidden
-        project_s = _gemm_s(cm, tokens, max(in_params // hidden, 1), hidden, prec.weight, act)
-        project_s = project_s + _gemm_s(cm, tokens, hidden, out_k, prec.weight, act)
+    if projections_s is not None:
+        project_s = projections_s[0] + projections_s[1]
     else:
         project_s = roofline.time_s - roofline_time_s(score_flops, kv_bytes + qo_bytes, cm.gpu,
                                                       prec.weight_bytes, 1)
@@ -414,8 +450,6 @@ def _on_kernels(costs: StepCosts, cm: ComputeModel, workload: StepWorkload, traf
     tokens, keys, kv_read, dispatched, logits = counts
     par, hidden, act = traffic.parallelism, model.hidden_size, prec.act_bytes
     decode = workload.phase == "decode"
-    attention = _retime(costs.attention, _attention_s(
-        cm, model, tokens, keys, kv_read, par.attn_tp, prec, decode, costs.attention))
     moe_curves = cm.curves("moe")
     experts = costs.experts
     if moe_curves is not None:
@@ -424,24 +458,39 @@ def _on_kernels(costs: StepCosts, cm: ComputeModel, workload: StepWorkload, traf
             ffn=model.expert_ffn_per_shard(par.moe_tp), weight_bytes=e_bytes, act_bytes=act,
             peak_flops_per_s=cm.peak(prec.expert_dtype), warm_l2=cm.warm_l2))
     if cm.curves("gemm") is None:
+        attention = _retime(costs.attention, _attention_s(
+            cm, model, tokens, keys, kv_read, par.attn_tp, prec, decode, costs.attention, None))
         return StepCosts(attention=attention, dense_ffn=costs.dense_ffn, router=costs.router,
                          experts=experts, shared_experts=costs.shared_experts,
                          lm_head=costs.lm_head)
+    # every dense GEMM of the step, timed in one go
+    gemms = _Gemms(cm, prec.weight, act)
+    projections = _attention_projections(gemms, model, tokens, par.attn_tp)
+    dense_ffn_size = -(-model.dense_ffn_size // par.attn_tp)
+    dense = _swiglu(gemms, tokens, hidden, dense_ffn_size) if model.first_dense_layers else None
+    shared_tokens = dispatched * par.moe_tp
+    shared_ffn_size = model.num_shared_experts * -(-model.shared_expert_ffn_size // par.moe_tp)
+    shared_queued = _swiglu(gemms, shared_tokens, hidden, shared_ffn_size) \
+        if model.num_shared_experts else None
+    # router: a GEMM to the experts' logits (kept in the activation dtype)
+    router_gemm = gemms.add(dispatched, model.num_experts, hidden, weight_bytes=act)
+    lm_gemm = gemms.add(logits, model.vocab_per_rank(par.attn_tp), hidden)
+    times_s = gemms.times_s()
+    attention = _retime(costs.attention, _attention_s(
+        cm, model, tokens, keys, kv_read, par.attn_tp, prec, decode, costs.attention,
+        (times_s[projections[0]], times_s[projections[1]])))
     dense_ffn = costs.dense_ffn
-    if model.first_dense_layers:
-        dense_ffn = _retime(dense_ffn, _swiglu_s(
-            cm, tokens, hidden, -(-model.dense_ffn_size // par.attn_tp), prec.weight, act))
+    if dense is not None:
+        dense_ffn = _retime(dense_ffn, _swiglu_s(cm, times_s, dense, tokens, dense_ffn_size,
+                                                 act))
     shared = costs.shared_experts
-    if model.num_shared_experts:
-        shared = _retime(shared, _swiglu_s(
-            cm, dispatched * par.moe_tp, hidden,
-            model.num_shared_experts * -(-model.shared_expert_ffn_size // par.moe_tp),
-            prec.weight, act))
-    # router: a GEMM to the experts' logits (kept in the activation dtype) and softmax/top-k
-    router_s = _gemm_s(cm, dispatched, model.num_experts, hidden, prec.weight, act,
-                       weight_bytes=act) + _elementwise_s(
+    if shared_queued is not None:
+        shared = _retime(shared, _swiglu_s(cm, times_s, shared_queued, shared_tokens,
+                                           shared_ffn_size, act))
+    # and the softmax / top-k
+    router_s = times_s[router_gemm] + _elementwise_s(
         cm, dispatched * model.num_experts * 4 * 2, 1)
-    lm_s = _gemm_s(cm, logits, model.vocab_per_rank(par.attn_tp), hidden, prec.weight, act)
+    lm_s = times_s[lm_gemm]
     return StepCosts(attention=attention, dense_ffn=dense_ffn,
                      router=_retime(costs.router, router_s), experts=experts,
                      shared_experts=shared, lm_head=_retime(costs.lm_head, lm_s))

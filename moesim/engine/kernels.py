@@ -35,7 +35,8 @@ __all__ = [
 Number = Any
 
 
-def executed_flops(tiles: Number, tile_m: Number, tile_n: int, k: int, gpu: GpuSpec) -> np.ndarray:
+def executed_flops(tiles: Number, tile_m: Number, tile_n: int, k: Number, gpu: GpuSpec
+                   ) -> np.ndarray:
     """FLOPs a grid of `tiles` (tile_m x tile_n outputs, depth k) executes, in whole waves."""
     tiles = np.asarray(tiles, dtype=np.float64)
     if gpu.sm_count:
@@ -59,14 +60,15 @@ def gemm_time(
     gpu: GpuSpec,
     *,
     m: Number,
-    n: int,
-    k: int,
-    weight_bytes: float,
+    n: Number,
+    k: Number,
+    weight_bytes: Number,
     act_bytes: float,
     peak_flops_per_s: float,
     warm_l2: bool = False,
 ) -> np.ndarray:
-    """One dense GEMM: `m` rows (tokens) x weights [k, n]; no time where m is 0."""
+    """One dense GEMM: `m` rows (tokens) x weights [k, n]; no time where m is 0 (`n`, `k` and
+    `weight_bytes` may be arrays too: several GEMMs at once)."""
     m = np.asarray(m, dtype=np.float64)
     tile_m = curves.tile_rows(m)
     tiles = np.ceil(m / tile_m) * np.ceil(n / curves.tile_n)
@@ -100,22 +102,24 @@ def moe_time(
     compute = curves.compute.at(x)[..., None]
     memory = curves.memory.at(x)[..., None]
     tile_m = curves.tile_rows(x)[..., None]
-    total_s = np.zeros(x.shape)
-    for n, k in ((2 * ffn, hidden), (hidden, ffn)):
-        tiles = np.ceil(tokens / tile_m) * np.ceil(n / curves.tile_n)
-        act_s = tokens * (k + n) * act_bytes / (gpu.memory_bandwidth_bytes_per_s * memory)
-        if curves.grouped:  # one grid over every expert's tiles; weights of busy experts
-            flops = executed_flops(tiles.sum(axis=-1), tile_m[..., 0], curves.tile_n, k, gpu)
-            compute_s = flops / (peak_flops_per_s * compute[..., 0])
-            weights_s = weight_read_s(experts_active * n * k * weight_bytes, gpu, memory[..., 0],
-                                      warm_l2)
-            total_s += np.maximum(compute_s, weights_s + act_s.sum(axis=-1))
-        else:  # one GEMM per expert, each its own roofline
-            compute_s = executed_flops(tiles, tile_m, curves.tile_n, k, gpu) / (
-                peak_flops_per_s * compute)
-            weights_s = weight_read_s(active * n * k * weight_bytes, gpu, memory, warm_l2)
-            total_s += np.maximum(compute_s, weights_s + act_s).sum(axis=-1)
-    return total_s + curves.launch_s
+    # both GEMMs at once, along a leading axis: gate-up [hidden -> 2 ffn], down [ffn -> hidden]
+    shape = (2,) + (1,) * tokens.ndim
+    n = np.array([2 * ffn, hidden], dtype=np.int64).reshape(shape)
+    k = np.array([hidden, ffn], dtype=np.int64).reshape(shape)
+    tiles = np.ceil(tokens / tile_m) * np.ceil(n / curves.tile_n)
+    act_s = tokens * (k + n) * act_bytes / (gpu.memory_bandwidth_bytes_per_s * memory)
+    if curves.grouped:  # one grid over every expert's tiles; weights of busy experts
+        flops = executed_flops(tiles.sum(axis=-1), tile_m[..., 0], curves.tile_n, k[..., 0], gpu)
+        compute_s = flops / (peak_flops_per_s * compute[..., 0])
+        weights_s = weight_read_s(experts_active * n[..., 0] * k[..., 0] * weight_bytes, gpu,
+                                  memory[..., 0], warm_l2)
+        gemm_s = np.maximum(compute_s, weights_s + act_s.sum(axis=-1))
+    else:  # one GEMM per expert, each its own roofline
+        compute_s = executed_flops(tiles, tile_m, curves.tile_n, k, gpu) / (
+            peak_flops_per_s * compute)
+        weights_s = weight_read_s(active * n * k * weight_bytes, gpu, memory, warm_l2)
+        gemm_s = np.maximum(compute_s, weights_s + act_s).sum(axis=-1)
+    return gemm_s[0] + gemm_s[1] + curves.launch_s
 
 
 def attention_time(

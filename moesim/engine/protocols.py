@@ -23,9 +23,10 @@ no `compute_capability` (CPU processes on gloo) have no protocols: one launch pe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from moesim.engine.nccl_tuner import (
     BASE_LATENCY_US,
     HW_LATENCY_US,
     NCCL_BW_FRACTION,
+    P2P_LL_THRESHOLD_BYTES,
     PROTOCOLS,
     TunerInputs,
     nccl_choice,
@@ -58,6 +60,7 @@ __all__ = [
     "group_step_kind",
     "tree_protocol_latency_s",
     "alltoall_delay_and_wire",
+    "alltoall_delays_and_wires",
     "nvls_switch",
 ]
 
@@ -69,6 +72,53 @@ NCCL_LAUNCH_S = BASE_LATENCY_US["ring"]["Simple"] * 1e-6
 DEFAULT_BANDWIDTH_FRACTION = {"LL": 0.5, "LL128": 0.92, "Simple": 1.0}
 
 HOP_KINDS: tuple[str, ...] = ("nvlink", "pci", "net")
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class _TopologyFacts:
+    """What protocol resolution derives from one topology and keeps: its protocol costs, and
+    per rank group the tuner's inputs and the slowest step's hop kind. Valid while the
+    topology holds the same spec and graph (a built Topology's are immutable: a frozen spec and
+    a frozen graph)."""
+
+    spec: Any
+    graph: Any
+    gpus_per_node: Any
+    values: dict[Hashable, Any] = field(default_factory=dict)
+
+
+# Per topology (weakly held: facts go with the topology).
+_FACTS: weakref.WeakKeyDictionary[Any, _TopologyFacts] = weakref.WeakKeyDictionary()
+
+
+def _facts(topo: Routing) -> _TopologyFacts | None:
+    """The topology's kept facts, or None where they cannot be kept (a graph that may still
+    change, or a topology object that cannot be weakly referenced)."""
+    graph = getattr(topo, "graph", None)
+    if not getattr(graph, "frozen", False):
+        return None
+    try:
+        facts = _FACTS.get(topo)
+    except TypeError:
+        return None
+    spec, per_node = _spec(topo), getattr(topo, "gpus_per_node", None)
+    if facts is None or facts.spec is not spec or facts.graph is not graph \
+            or facts.gpus_per_node != per_node:
+        facts = _TopologyFacts(spec, graph, per_node)
+        _FACTS[topo] = facts
+    return facts
+
+
+def _kept(topo: Routing, key: Hashable, compute: Callable[[], _T]) -> _T:
+    """`compute()`, once per topology and `key` where the topology's facts can be kept."""
+    facts = _facts(topo)
+    if facts is None:
+        return compute()
+    if key not in facts.values:
+        facts.values[key] = compute()
+    return facts.values[key]  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -231,7 +281,8 @@ def plan_call(
         if op != "allreduce" and algorithm in ("tree", "nvls"):
             raise ValueError(f"{op} runs on ring (NCCL's tree and NVLS here are all-reduce "
                              "algorithms); use --algorithm ring or auto")
-        inputs = tuner_inputs(topo, ranks)
+        group = tuple(int(r) for r in ranks)
+        inputs = _kept(topo, ("tuner_inputs", group), lambda: tuner_inputs(topo, group))
         if algorithm == "nvls" and not inputs.nvls:
             raise TopologyError(
                 f"allreduce algorithm 'nvls' needs every rank ({list(ranks)}) on one NVSwitch "
@@ -282,10 +333,15 @@ def group_step_kind(topo: Routing, ranks: Sequence[int]) -> str:
     route from its first rank to its second."""
     if len(ranks) < 2:
         return "nvlink"
+    group = tuple(int(r) for r in ranks)
+    return _kept(topo, ("step_kind", group), lambda: _group_step_kind(topo, group))
+
+
+def _group_step_kind(topo: Routing, ranks: tuple[int, ...]) -> str:
     per_node = getattr(topo, "gpus_per_node", None)
-    if per_node and len({int(r) // int(per_node) for r in ranks}) > 1:
+    if per_node and len({r // int(per_node) for r in ranks}) > 1:
         return "net"
-    return hop_kind(topo, topo.routes(int(ranks[0]), int(ranks[1]))[0])
+    return hop_kind(topo, topo.routes(ranks[0], ranks[1])[0])
 
 
 def tree_protocol_latency_s(topo: Routing, ranks: Sequence[int], call: CollectiveCall) -> float:
@@ -306,3 +362,47 @@ def alltoall_delay_and_wire(
     call = resolve_call(topo, "alltoall", ranks, busiest_bytes, launch_s=launch_s)
     step_s = call.step_s(group_step_kind(topo, ranks)) if len(ranks) > 1 else 0.0
     return call.launch_s + step_s, call.wire_factor
+
+
+@dataclass(frozen=True)
+class _AlltoallTerms:
+    """An all-to-all group's terms on each protocol send/recv runs on (LL, Simple): launch,
+    the step latency of the group's slowest hop, the wire factor; and whether NCCL picks."""
+
+    peers: int  # max(n - 1, 1): the peers a rank's bytes are spread over
+    nccl: bool
+    launch_s: dict[str, float]
+    step_s: dict[str, float]
+    wire_factor: dict[str, float]
+
+
+def _alltoall_terms(topo: Routing, ranks: tuple[int, ...]) -> _AlltoallTerms:
+    protocols = ("LL", "Simple") if uses_nccl(topo) else ("Simple",)
+    launch, step, wire = {}, {}, {}
+    for protocol in protocols:
+        call = plan_call(topo, "alltoall", ranks, 0.0, protocol=protocol)
+        launch[protocol] = call.launch_s
+        step[protocol] = call.step_s(group_step_kind(topo, ranks)) if len(ranks) > 1 else 0.0
+        wire[protocol] = call.wire_factor
+    return _AlltoallTerms(max(len(ranks) - 1, 1), uses_nccl(topo), launch, step, wire)
+
+
+def alltoall_delays_and_wires(
+    topo: Routing, ranks: Sequence[int], busiest_bytes: np.ndarray, launch_s: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`alltoall_delay_and_wire` of K exchanges among the same `ranks` at once (`busiest_bytes`
+    `[K]`): `[K]` delays and `[K]` wire factors. The group's terms per protocol are resolved
+    once per topology; each exchange only picks LL or Simple by its size."""
+    group = tuple(int(r) for r in ranks)
+    terms: _AlltoallTerms = _kept(topo, ("alltoall", group), lambda: _alltoall_terms(topo, group))
+    busiest = np.asarray(busiest_bytes, dtype=np.float64)
+    if terms.nccl:  # p2p_protocol, vectorised
+        small = busiest / terms.peers <= P2P_LL_THRESHOLD_BYTES
+    else:
+        small = np.zeros(busiest.shape, dtype=bool)
+
+    def pick(values: dict[str, float]) -> np.ndarray:
+        return np.where(small, values.get("LL", 0.0), values["Simple"])
+
+    launch = pick(terms.launch_s) if launch_s is None else np.full(busiest.shape, launch_s)
+    return launch + pick(terms.step_s), pick(terms.wire_factor)

@@ -41,34 +41,37 @@ class StepTimeline:
         return self.plan.num_dense_blocks
 
     @cached_property
+    def _durations_s(self) -> np.ndarray:
+        """`[ops, W]` each rank's seconds in each operation (0 where it takes no part)."""
+        return np.where(self.plan.layout.ranks, self.end_s - self.start_s, 0.0)
+
+    @cached_property
     def phase_s(self) -> np.ndarray:
         """`[blocks, W, phases]` seconds each rank spent in each phase of each block."""
         out = np.zeros((self.plan.num_blocks, self.plan.world, len(PHASES)))
-        duration = self.end_s - self.start_s
-        for index, op in enumerate(self.plan.ops):
-            if op.phase in _P:
-                ranks = list(op.ranks)
-                out[op.block, ranks, _P[op.phase]] += duration[index, ranks]
+        layout = self.plan.layout
+        booked = np.flatnonzero(layout.phase >= 0)
+        # summed in plan order, as one operation after another
+        np.add.at(out.transpose(0, 2, 1), (layout.block[booked], layout.phase[booked]),
+                  self._durations_s[booked])
         return out
 
     @cached_property
     def block_end_s(self) -> np.ndarray:
         """`[blocks, W]` when each rank finished its last operation of each block."""
         out = np.zeros((self.plan.num_blocks, self.plan.world))
-        for index, op in enumerate(self.plan.ops):
-            if op.block < self.plan.num_blocks:
-                ranks = list(op.ranks)
-                out[op.block, ranks] = np.maximum(out[op.block, ranks], self.end_s[index, ranks])
+        layout = self.plan.layout
+        inside = np.flatnonzero(layout.block < self.plan.num_blocks)
+        ends = np.where(layout.ranks[inside], self.end_s[inside], -np.inf)
+        np.maximum.at(out, layout.block[inside], ends)
         return out
 
     @cached_property
     def lm_head_s(self) -> np.ndarray:
         """`[W]` seconds of the LM head on each rank."""
         out = np.zeros(self.plan.world)
-        for index, op in enumerate(self.plan.ops):
-            if op.phase == "lm_head":
-                ranks = list(op.ranks)
-                out[ranks] += (self.end_s - self.start_s)[index, ranks]
+        for index in np.flatnonzero(self.plan.layout.lm_head):
+            out += self._durations_s[index]
         return out
 
     @cached_property
@@ -97,14 +100,14 @@ class StepTimeline:
         """Per block: the slowest rank's time per phase, and the block's duration."""
         ends = self.block_end_s
         starts = np.concatenate((np.zeros((1, ends.shape[1])), ends[:-1]))
+        block_s = (ends - starts).max(axis=1).tolist()
+        phase_max_s = self.phase_s.max(axis=1).tolist()  # [blocks][phases]
         return [
             {
                 "block": block,
                 "moe": block >= self.num_dense_blocks,
-                "time_s": float((ends[block] - starts[block]).max()),
-                "phase_max_s": {
-                    name: float(self.phase_s[block, :, i].max()) for i, name in enumerate(PHASES)
-                },
+                "time_s": block_s[block],
+                "phase_max_s": dict(zip(PHASES, phase_max_s[block], strict=True)),
             }
             for block in range(ends.shape[0])
         ]
@@ -113,9 +116,8 @@ class StepTimeline:
         """`[blocks, W]` seconds of the operations called `name` (0 where none ran)."""
         out = np.zeros((self.plan.num_blocks + 1, self.plan.world))
         duration = np.nan_to_num(self.end_s - self.start_s)
-        for index, op in enumerate(self.plan.ops):
-            if op.name == name:
-                out[op.block] += duration[index]
+        named = [index for index, op in enumerate(self.plan.ops) if op.name == name]
+        np.add.at(out, self.plan.layout.block[named], duration[named])
         return out[: self.plan.num_blocks]
 
     def gantt(self) -> dict[str, Any]:

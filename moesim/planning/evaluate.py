@@ -113,7 +113,7 @@ def _traffic_key(sc: Scenario) -> str:
     fields = ("model", "trace", "trace_tokens", "layers", "placement", "expert_placement",
               "batch", "context", "prefill_chunk_tokens", "act_dtype", "dedup", "sp_variant",
               "a2a", "dispatch_dtype", "eplb", "redundant_experts", "eplb_window", "mtp")
-    return json.dumps({f: sc.model_dump()[f] for f in fields}, sort_keys=True)
+    return json.dumps(sc.model_dump(include=set(fields)), sort_keys=True)
 
 
 def step_traffic(inputs: RunInputs, step: StepWorkload) -> Traffic:

@@ -18,7 +18,7 @@ import numpy as np
 from moesim.serve.requests import TraceSequences
 from moesim.serve.scheduler import Batch
 from moesim.trace.format import RouterTrace
-from moesim.traffic.workload import StepWorkload
+from moesim.traffic.workload import StepWorkload, take_tokens
 
 __all__ = ["iteration_workload"]
 
@@ -28,19 +28,16 @@ def iteration_workload(batches: Sequence[Batch], trace: RouterTrace,
     """The step of one iteration: `batches[g]` is attention group g's scheduled requests."""
     entries = [(g, request, tokens) for g, batch in enumerate(batches)
                for request, tokens in batch]
-    counts = np.array([n for _, _, n in entries], dtype=np.int64)
-    first = np.array([r.computed for _, r, _ in entries], dtype=np.int64)
-    known = np.array([r.known for _, r, _ in entries], dtype=np.int64)
-    decode = np.array([r.decoding for _, r, _ in entries], dtype=bool)
+    # per entry: tokens, first position, known tokens, decoding, sequence, offset, id, group
+    table = np.array([(n, r.computed, r.known, r.decoding, r.sequence, r.offset, r.id, g)
+                      for g, r, n in entries], dtype=np.int64).reshape(-1, 8).T
+    counts, first, known, decoding, seq, offset, ids, group = table
+    decode = decoding.astype(bool)
     owner = np.repeat(np.arange(len(entries)), counts)
     positions = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     positions += first[owner]
-    seq = np.array([r.sequence for _, r, _ in entries], dtype=np.int64)
-    offset = np.array([r.offset for _, r, _ in entries], dtype=np.int64)
-    picked = trace.select_tokens(sequences.trace_index(seq[owner], offset[owner], positions))
-    ids = np.array([r.id for _, r, _ in entries], dtype=np.int64)
-    tokens = RouterTrace(experts=picked.experts, seq_id=ids[owner], pos=positions,
-                         weights=picked.weights, metadata=picked.metadata)
+    index = sequences.trace_index(seq[owner], offset[owner], positions)
+    tokens = take_tokens(trace, index, ids[owner], positions)
     keys = positions + 1
     # a prefill chunk reads its cached prefix and its own K/V once, and so does a decode with
     # draft tokens (multi-token prediction's verify): (prefix + n) / n per token
@@ -52,7 +49,7 @@ def iteration_workload(batches: Sequence[Batch], trace: RouterTrace,
         trace=tokens,
         keys_per_token=keys,
         num_sequences=len(entries),
-        token_group=np.array([g for g, _, _ in entries], dtype=np.int64)[owner],
+        token_group=group[owner],
         kv_read_per_token=kv_read.astype(np.float64),
         logits_per_token=last,
     )

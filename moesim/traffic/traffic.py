@@ -339,11 +339,31 @@ def _dispatch_counts(
     return direct + to_relay + forward
 
 
+# Routed entries from which `_src_expert_counts` counts rank by rank (below, the one bincount
+# is as fast).
+_BLOCKED_COUNT_ENTRIES = 1 << 16
+
+
 def _src_expert_counts(
     src: np.ndarray, experts: np.ndarray, world: int, num_experts: int
 ) -> np.ndarray:
-    """Token-expert pairs per (layer, dispatching rank, expert): `[L, W, E]`, one bincount."""
+    """Token-expert pairs per (layer, dispatching rank, expert): `[L, W, E]`. Where the tokens
+    are in dispatching-rank order (a step's tokens by attention group), one bincount per rank
+    over its block of tokens, with (layer, expert) keys in the smallest integers that hold
+    them (blocks stay in cache; for large steps); else one bincount over (layer, rank,
+    expert) keys."""
     num_layers = experts.shape[0]
+    if experts.size >= _BLOCKED_COUNT_ENTRIES and bool(np.all(src[1:] >= src[:-1])):
+        keys = num_layers * num_experts
+        dtype = np.int16 if keys <= np.iinfo(np.int16).max else np.int64
+        layer_key = (np.arange(num_layers, dtype=dtype) * dtype(num_experts)).reshape(-1, 1, 1)
+        bounds = np.searchsorted(src, np.arange(world + 1))
+        counts = np.zeros((num_layers, world, num_experts), dtype=np.int64)
+        for rank in np.flatnonzero(np.diff(bounds)).tolist():
+            block = experts[:, bounds[rank]: bounds[rank + 1], :].astype(dtype, copy=False)
+            counts[:, rank, :] = np.bincount((block + layer_key).ravel(), minlength=keys
+                                             ).reshape(num_layers, num_experts)
+        return counts
     layer = np.arange(num_layers, dtype=np.int64).reshape(-1, 1, 1)
     flat = (layer * world + src.reshape(1, -1, 1)) * num_experts + experts
     counts = np.bincount(flat.ravel(), minlength=num_layers * world * num_experts)

@@ -33,7 +33,7 @@ from moesim.trace.format import RouterTrace
 from moesim.traffic.placement import block_owner, block_sizes
 
 __all__ = ["StepWorkload", "PrefillChunk", "build_step", "prefill_chunks", "trace_sequences",
-           "split_step", "mtp_tokens_per_step", "mtp_rates", "check_step_size",
+           "split_step", "take_tokens", "mtp_tokens_per_step", "mtp_rates", "check_step_size",
            "MAX_STEP_ENTRIES", "MAX_PREFILL_CHUNK_STEPS"]
 
 # Routed entries (tokens x MoE layers x k) of one step. A step's expert ids (int16), gate
@@ -124,18 +124,20 @@ def trace_sequences(trace: RouterTrace) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
-def _take(
+def take_tokens(
     trace: RouterTrace, index: np.ndarray, seq_id: np.ndarray, pos: np.ndarray
 ) -> RouterTrace:
-    """The trace's tokens at `index`, renumbered as sequences `seq_id` at positions `pos`."""
-    picked = trace.select_tokens(index)
+    """The trace's tokens at `index` (integers), renumbered as sequences `seq_id` at positions
+    `pos` (`np.take` along the token axis: ~10x faster than fancy indexing of the middle axis)."""
+    index = np.asarray(index, dtype=np.int64)
     return RouterTrace(
-        experts=picked.experts,
+        experts=np.take(trace.experts, index, axis=1),
         seq_id=seq_id,
         pos=pos,
-        weights=picked.weights,
-        metadata=picked.metadata,
+        weights=None if trace.weights is None else np.take(trace.weights, index, axis=1),
+        metadata=trace.metadata,
     )
+
 
 
 def _reuse_notes(
@@ -236,7 +238,7 @@ def build_step(
         wrapped = positions[None, :] % lengths[seq][:, None]  # [B, C]
         index = (starts[seq][:, None] + wrapped).reshape(-1)
         pos = np.tile(positions, batch)
-        step = _take(trace, index, np.repeat(np.arange(batch), context), pos)
+        step = take_tokens(trace, index, np.repeat(np.arange(batch), context), pos)
         notes = _reuse_notes(batch, lengths, lengths[seq] < offset + context, offset + context)
         return StepWorkload(phase, step, pos.astype(np.int64) + 1, batch, notes, offset)
     context = context if context is not None else int(trace.pos.max()) + 1
@@ -246,7 +248,7 @@ def build_step(
     ahead = spread[:, None] + decode_step + np.arange(n)  # [B, n]
     index = (starts[seq][:, None] + ahead % lengths[seq][:, None]).reshape(-1)
     pos = np.tile(context + decode_step + np.arange(n), batch)
-    step = _take(trace, index, np.repeat(np.arange(batch), n), pos)
+    step = take_tokens(trace, index, np.repeat(np.arange(batch), n), pos)
     keys = pos.astype(np.int64) + 1
     wrapped = ahead[:, -1] >= lengths[seq]
     notes = _reuse_notes(batch, lengths, wrapped, int(ahead.max()) + 1)
