@@ -7,6 +7,7 @@ file, the field and what to do.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -98,12 +99,13 @@ def _json_constant(text: str) -> float:
     return float(text.replace("Infinity", "inf"))
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose integers and dates report their line instead of a bare ValueError,
-    and which refuses aliases that expand to more than MAX_VALUES values before building them."""
+class _Checks:
+    """What moesim's YAML loaders add to PyYAML's safe loader: integers and dates report their
+    line instead of a bare ValueError, and aliases that expand to more than MAX_VALUES values
+    are refused before anything is built."""
 
     def get_single_node(self) -> yaml.Node | None:
-        node = super().get_single_node()
+        node = super().get_single_node()  # type: ignore[misc]  # the loader's parser
         if node is not None:
             _check_expansion(node)
         return node
@@ -114,14 +116,14 @@ class _Loader(yaml.SafeLoader):
         if len(text.replace("_", "").lstrip("+-")) > 66:  # longer than any int64, any base
             return _OutOfRange(text, line)
         try:
-            value = int(self.construct_yaml_int(node))
+            value = int(self.construct_yaml_int(node))  # type: ignore[attr-defined]
         except ValueError:
             return _OutOfRange(text, line)
         return value if -_INT_LIMIT < value < _INT_LIMIT else _OutOfRange(text, line)
 
     def construct_checked_timestamp(self, node: yaml.ScalarNode) -> Any:
         try:
-            return self.construct_yaml_timestamp(node)
+            return self.construct_yaml_timestamp(node)  # type: ignore[attr-defined]
         except (ValueError, OverflowError) as exc:
             raise yaml.constructor.ConstructorError(
                 None, None, f"{node.value!r} looks like a date but is not one ({exc}); "
@@ -158,8 +160,35 @@ def _check_expansion(root: yaml.Node) -> None:
         sizes[id(node)] = size
 
 
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_checked_int)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_checked_timestamp)
+class _Loader(_Checks, yaml.SafeLoader):
+    """The pure-Python safe loader with moesim's checks: its error messages are the ones users
+    see (line, column and problem)."""
+
+
+_FastLoader: Any = None
+if getattr(yaml, "__with_libyaml__", False):
+    class _CLoader(_Checks, yaml.CSafeLoader):  # type: ignore[misc]
+        """libyaml's parser with the same checks: ~10x faster on valid files."""
+
+    _FastLoader = _CLoader
+
+_loader: Any
+for _loader in (_Loader, _FastLoader):
+    if _loader is not None:
+        _loader.add_constructor("tag:yaml.org,2002:int", _Checks.construct_checked_int)
+        _loader.add_constructor("tag:yaml.org,2002:timestamp",
+                                _Checks.construct_checked_timestamp)
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse YAML with libyaml when it is there; a document it refuses (or cannot convert) is
+    parsed again by the pure-Python loader, whose error is the one reported."""
+    if _FastLoader is not None:
+        try:
+            return yaml.load(text, Loader=_FastLoader)  # noqa: S506 (a CSafeLoader subclass)
+        except (yaml.YAMLError, RecursionError, ValueError, OverflowError):
+            pass
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _field(where: tuple[Any, ...]) -> str:
@@ -253,12 +282,16 @@ def read_mapping(path: str | Path, what: str = "input", *, finite: bool = True) 
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    key = (is_json, finite, raw)
+    parsed = _PARSED.get(key)
+    if parsed is not None:  # the same bytes parsed before in this process
+        return copy.deepcopy(parsed)
     text = _decode(raw, path, what)
     try:
         if is_json:
             data = json.loads(text, parse_int=_json_int, parse_constant=_json_constant)
         else:
-            data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+            data = _load_yaml(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{what} file {path} is not valid JSON: {exc.msg} at line {exc.lineno}"
@@ -281,7 +314,20 @@ def read_mapping(path: str | Path, what: str = "input", *, finite: bool = True) 
             f"got {type(data).__name__}"
         )
     _check_values(data, f"{what} file {path}", finite)
+    if size <= _PARSED_MAX_BYTES:
+        if len(_PARSED) >= _PARSED_MAX_FILES:
+            _PARSED.pop(next(iter(_PARSED)))  # the oldest
+        _PARSED[key] = copy.deepcopy(data)
     return data
+
+
+# Files parsed in this process, by content: a sweep, a served run or repeated estimates read the
+# same topology and GPU catalogue YAML many times, and pure-Python YAML parsing was ~75% of a
+# warm analytic estimate (benchmarks/suite.py estimate-analytic). Keyed by the bytes read, so an
+# edited file is parsed again; callers get a deep copy (they may change it).
+_PARSED: dict[tuple[bool, bool, bytes], dict[str, Any]] = {}
+_PARSED_MAX_FILES = 64
+_PARSED_MAX_BYTES = 1 << 20
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
