@@ -128,23 +128,44 @@ class RouterTrace:
 
     def select_tokens(self, index: np.ndarray) -> RouterTrace:
         """A trace of the tokens at `index` (any integer or boolean index over T)."""
-        return RouterTrace(
-            experts=self.experts[:, index, :],
-            seq_id=self.seq_id[index],
-            pos=self.pos[index],
-            weights=None if self.weights is None else self.weights[:, index, :],
-            metadata=dict(self.metadata),
-        )
+        index = np.asarray(index)
+        if index.dtype != bool:  # np.take along the token axis: ~10x faster than [:, index, :]
+            index = index.astype(np.int64, copy=False)
+            return self.derived(
+                np.take(self.experts, index, axis=1), np.take(self.seq_id, index),
+                np.take(self.pos, index),
+                None if self.weights is None else np.take(self.weights, index, axis=1))
+        return self.derived(
+            self.experts[:, index, :], self.seq_id[index], self.pos[index],
+            None if self.weights is None else self.weights[:, index, :])
 
     def first_layers(self, count: int) -> RouterTrace:
         """A trace of the first `count` MoE layers (all of them when `count` is larger)."""
-        return RouterTrace(
-            experts=self.experts[:count],
-            seq_id=self.seq_id,
-            pos=self.pos,
-            weights=None if self.weights is None else self.weights[:count],
-            metadata=dict(self.metadata),
-        )
+        return self.derived(self.experts[:count], self.seq_id, self.pos,
+                            None if self.weights is None else self.weights[:count])
+
+    def derived(self, experts: np.ndarray, seq_id: np.ndarray, pos: np.ndarray,
+                weights: np.ndarray | None) -> RouterTrace:
+        """A trace whose expert ids and weights are a selection of this (validated) trace's,
+        so their values need no check again; shapes are checked, and `seq_id` / `pos` (made by
+        the caller) are validated as on construction. Per-step workloads cut traces this way:
+        re-validating every step's expert ids and weights was a quarter of a warm estimate."""
+        if experts.ndim != 3 or (weights is not None and weights.shape != experts.shape):
+            raise TraceError(f"a selection of a trace must keep [layers, tokens, k] arrays, got "
+                             f"experts {experts.shape}")
+        trace = object.__new__(RouterTrace)
+        fields: dict[str, object] = {"experts": experts.astype(np.int16, copy=False),
+                  "weights": None if weights is None else weights.astype(np.float32, copy=False),
+                  "metadata": dict(self.metadata)}
+        for name, value, what in (("seq_id", seq_id, "sequence ids"), ("pos", pos, "positions")):
+            arr = _integers(name, value, _INT32_MAX, what, whole_floats=True)
+            if arr.shape != (experts.shape[1],):
+                raise TraceError(f"trace field '{name}' must have shape [tokens]="
+                                 f"({experts.shape[1]},), got {arr.shape}")
+            fields[name] = arr.astype(np.int32, copy=False)
+        for name, field_value in fields.items():
+            object.__setattr__(trace, name, field_value)
+        return trace
 
 
 def save_trace(trace: RouterTrace, path: str | Path) -> None:

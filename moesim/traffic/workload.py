@@ -130,13 +130,9 @@ def take_tokens(
     """The trace's tokens at `index` (integers), renumbered as sequences `seq_id` at positions
     `pos` (`np.take` along the token axis: ~10x faster than fancy indexing of the middle axis)."""
     index = np.asarray(index, dtype=np.int64)
-    return RouterTrace(
-        experts=np.take(trace.experts, index, axis=1),
-        seq_id=seq_id,
-        pos=pos,
-        weights=None if trace.weights is None else np.take(trace.weights, index, axis=1),
-        metadata=trace.metadata,
-    )
+    return trace.derived(
+        np.take(trace.experts, index, axis=1), seq_id, pos,
+        None if trace.weights is None else np.take(trace.weights, index, axis=1))
 
 
 
