@@ -3,9 +3,10 @@
 Prints, per case: fidelity, tokens, flows, wall seconds (preparation: workload, traffic, costs
 and plan; route table; step), flows per second, simulated step time, and the process's peak
 resident memory so far (ru_maxrss). Each case runs `--repeat` times and the fastest is printed
-(the least disturbed by whatever else the host runs). Targets: the 8-GPU 16k-token prefill step
-under 0.2 s, the 64-GPU DES step under 10 s, the 256-GPU analytic step under 5 s, memory under
-2 GB, cost growing no faster than the number of flows.
+(the least disturbed by whatever else the host runs). Targets (issue 16): the 64-GPU DES step
+under 2 s, 256 GPUs under 30 s with the DES and under 2 s analytic, memory under 2 GB, cost
+growing no faster than flows x log(flows). Route tables are kept per topology, so repeats
+after the first report route_s ~0 (benchmarks/suite.py runs each case in a fresh process).
 
     python benchmarks/bench_step.py [--skip-large] [--des-large] [--repeat N]
 """
