@@ -46,6 +46,27 @@ def multinode(nodes: int):  # type: ignore[no-untyped-def]
     return build_topology(spec.model_copy(update={"nodes": nodes}), source=f"{nodes}x DGX H100")
 
 
+def timed_step(model, topo, par, trace, phase: str, batch: int, context: int,  # type: ignore[no-untyped-def]
+               fidelity: str):
+    """One step: workload, traffic, costs and plan; route table; execution. Returns the
+    traffic, the timeline, the seconds of those three parts and the flow parts sent."""
+    start = time.perf_counter()
+    step = build_step(trace, phase, batch, context)
+    traffic = compute_traffic(
+        step.trace, model, par, phase=phase, gpus_per_node=min(topo.gpus_per_node, par.world)
+    )
+    plan = build_step_plan(traffic, step_costs(step, traffic, model, topo.gpu_spec),
+                           model.first_dense_layers)
+    prepared = time.perf_counter()
+    routes = build_route_table(topo, par.world)
+    routed = time.perf_counter()
+    timeline = execute(plan, topo, fidelity, routes=routes)
+    done = time.perf_counter()
+    flows = 2 * int((traffic.dispatch_bytes > 0).sum()
+                    - (np.einsum("lii->li", traffic.dispatch_bytes) > 0).sum())
+    return traffic, timeline, (prepared - start, routed - prepared, done - routed), flows
+
+
 def case(
     label: str,
     model_name: str,
@@ -63,29 +84,11 @@ def case(
     trace = random_trace(model.num_moe_layers, tokens, model.num_experts, model.top_k)
     best = [float("inf")] * 3
     for _ in range(repeat):
-        start = time.perf_counter()
-        step = build_step(trace, phase, batch, context)
-        traffic = compute_traffic(
-            step.trace, model, par, phase=phase, gpus_per_node=min(topo.gpus_per_node, par.world)
-        )
-        plan = build_step_plan(traffic, step_costs(step, traffic, model, topo.gpu_spec),
-                               model.first_dense_layers)
-        prepared = time.perf_counter()
-        routes = build_route_table(topo, par.world)
-        routed = time.perf_counter()
-        timeline = execute(plan, topo, fidelity, routes=routes)
-        done = time.perf_counter()
-        times = (prepared - start, routed - prepared, done - routed)
+        _, timeline, times, flows = timed_step(model, topo, par, trace, phase, batch, context,
+                                               fidelity)
         best = [min(a, b) for a, b in zip(best, times, strict=True)]
     prep_s, route_s, sim_s = best
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    flows = (
-        int(
-            (traffic.dispatch_bytes > 0).sum()
-            - (np.einsum("lii->li", traffic.dispatch_bytes) > 0).sum()
-        )
-        * 2
-    )
     print(
         f"{label:<34} {fidelity:>8} {tokens:>7} {flows:>9} "
         f"{prep_s:>8.3f} {route_s:>7.3f} {sim_s:>8.3f} {prep_s + route_s + sim_s:>8.3f} "

@@ -66,43 +66,22 @@ class Case:
 def _step_case(model_name: str, nodes: int | None, placement: str, phase: str, batch: int,
                context: int, fidelity: str) -> dict:
     """One step: workload, traffic, costs and plan, route table, execution (bench_step.py)."""
-    import numpy as np
-
     sys.path.insert(0, str(HERE))
-    from bench_step import multinode, random_trace
+    from bench_step import multinode, random_trace, timed_step
 
-    from moesim.engine.backends import execute
-    from moesim.engine.cost import step_costs
-    from moesim.engine.plan import build_step_plan
-    from moesim.engine.routes import build_route_table
     from moesim.inputs.models import get_model
     from moesim.inputs.topology import load_topology
     from moesim.traffic.placement import parse_placement
-    from moesim.traffic.traffic import compute_traffic
-    from moesim.traffic.workload import build_step
 
     topo = load_topology("dgx-h100") if nodes is None else multinode(nodes)
     model = get_model(model_name)
     par = parse_placement(placement)
     tokens = batch * context if phase == "prefill" else batch
     trace = random_trace(model.num_moe_layers, tokens, model.num_experts, model.top_k)
-    start = time.perf_counter()
-    step = build_step(trace, phase, batch, context)
-    traffic = compute_traffic(step.trace, model, par, phase=phase,
-                              gpus_per_node=min(topo.gpus_per_node, par.world))
-    plan = build_step_plan(traffic, step_costs(step, traffic, model, topo.gpu_spec),
-                           model.first_dense_layers)
-    prepared = time.perf_counter()
-    routes = build_route_table(topo, par.world)
-    routed = time.perf_counter()
-    timeline = execute(plan, topo, fidelity, routes=routes)
-    done = time.perf_counter()
-    off_diagonal = (traffic.dispatch_bytes > 0).sum() - (
-        np.einsum("lii->li", traffic.dispatch_bytes) > 0).sum()
-    return {"wall_s": done - start, "work": int(off_diagonal) * 2,
-            "step_s": float(timeline.step_s),
-            "split": f"prep {prepared - start:.3f} s, routes {routed - prepared:.3f} s, "
-                     f"run {done - routed:.3f} s"}
+    _, timeline, (prep_s, route_s, run_s), flows = timed_step(model, topo, par, trace, phase,
+                                                              batch, context, fidelity)
+    return {"wall_s": prep_s + route_s + run_s, "work": flows, "step_s": float(timeline.step_s),
+            "split": f"prep {prep_s:.3f} s, routes {route_s:.3f} s, run {run_s:.3f} s"}
 
 
 def _serve_case(requests: int, fidelity: str) -> dict:
