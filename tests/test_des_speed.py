@@ -221,3 +221,31 @@ def test_numbered_group_parts_match_group_parts() -> None:
     assert numbered == plain
     assert numbered_bytes == plain_bytes
     assert sorted(rank for _, ranks in plain for rank in ranks) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reduced_solve_matches_full_table(seed: int) -> None:
+    """The network's reduced solve (narrowest links first, flows merged by link set, links left
+    out checked and added back when overloaded) gives the rates of the full-table water-fill,
+    also when the wide links bind."""
+    rng = np.random.default_rng(seed)
+    graph = nx.DiGraph()
+    narrow = [(f"n{i}", f"m{i}") for i in range(6)]
+    wide = [(f"w{i}", f"v{i}") for i in range(4)]
+    for edge in narrow:
+        graph.add_edge(*edge, bandwidth_bytes_per_s=1.0, latency_s=0.0)
+    for edge in wide:
+        graph.add_edge(*edge, bandwidth_bytes_per_s=float(rng.uniform(1.0, 6.0)), latency_s=0.0)
+    net = FlowNetwork(simpy.Environment(), graph)
+    paths = []
+    for _ in range(int(rng.integers(5, 80))):
+        chosen = [narrow[i] for i in rng.choice(6, int(rng.integers(0, 3)), replace=False)]
+        chosen += [wide[i] for i in rng.choice(4, int(rng.integers(0 if chosen else 1, 3)),
+                                                replace=False)]
+        paths.append(net.links.ids(chosen))
+    numbers = net.path_numbers(paths)
+    slots = np.arange(numbers.size)
+    net._path_of = numbers
+    net._slot_links = net._path_table[numbers].T
+    full = water_fill(net._path_table[numbers].T, net.links.capacity_bytes_per_s)
+    np.testing.assert_allclose(net._solve(slots), full, rtol=1e-12)

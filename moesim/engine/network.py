@@ -96,7 +96,8 @@ def max_min_fair_rates(
     return rates
 
 
-def water_fill(table: np.ndarray, capacity_bytes_per_s: np.ndarray) -> np.ndarray:
+def water_fill(table: np.ndarray, capacity_bytes_per_s: np.ndarray,
+               weight: np.ndarray | None = None) -> np.ndarray:
     """Max-min fair rates of flows given as a `[width, flows]` table of link ids: column f holds
     the links flow f crosses, each once, padded with `len(capacity)` (a link of infinite
     capacity). Every flow must cross at least one real link.
@@ -108,13 +109,20 @@ def water_fill(table: np.ndarray, capacity_bytes_per_s: np.ndarray) -> np.ndarra
     flows at once (the globally smallest share is always one), removes their rates from the
     other links, and repeats. One round is a few numpy passes over the table (gathers along
     it and elementwise reductions across its rows; no scatter with `ufunc.at`).
+
+    `weight[f]` (optional) makes column f stand for that many flows on the same links (all get
+    the column's rate).
     """
     width, num_flows = table.shape
     num_links = np.asarray(capacity_bytes_per_s).size
     cap_left = np.empty(num_links + 1)
     cap_left[:num_links] = capacity_bytes_per_s
     cap_left[num_links] = np.inf
-    count = np.bincount(table.ravel(), minlength=num_links + 1).astype(float)
+    if weight is None:
+        count = np.bincount(table.ravel(), minlength=num_links + 1).astype(float)
+    else:
+        count = np.bincount(table.ravel(), weights=np.tile(weight, width),
+                            minlength=num_links + 1)
     np.maximum(count, 1.0, out=count)  # links without flows are never looked up
     rates = np.empty(num_flows)
     ids: np.ndarray | None = None  # flows of `table` (None: all, in order)
@@ -138,13 +146,22 @@ def water_fill(table: np.ndarray, capacity_bytes_per_s: np.ndarray) -> np.ndarra
         fixed_rate = flow_min.take(fixed_at)
         rates[ids.take(fixed_at)] = fixed_rate
         fixed_links = table.take(fixed_at, axis=1).ravel()
-        cap_left -= np.bincount(fixed_links, weights=np.tile(fixed_rate, width),
-                                minlength=num_links + 1)
+        if weight is None:
+            cap_left -= np.bincount(fixed_links, weights=np.tile(fixed_rate, width),
+                                    minlength=num_links + 1)
+            count -= np.bincount(fixed_links, minlength=num_links + 1)
+        else:
+            fixed_weight = weight.take(fixed_at)
+            cap_left -= np.bincount(fixed_links, weights=np.tile(fixed_rate * fixed_weight, width),
+                                    minlength=num_links + 1)
+            count -= np.bincount(fixed_links, weights=np.tile(fixed_weight, width),
+                                 minlength=num_links + 1)
         np.maximum(cap_left, 0.0, out=cap_left)
-        count -= np.bincount(fixed_links, minlength=num_links + 1)
         np.maximum(count, 1.0, out=count)
         keep = np.flatnonzero(~fixed)
         table, ids = table.take(keep, axis=1), ids.take(keep)
+        if weight is not None:
+            weight = weight.take(keep)
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,15 @@ class FlowNetwork:
         self._pad = len(self.links.edges)  # the padding link id of solver tables
         self._path_table = np.full((16, 1), self._pad, dtype=np.int64)  # [paths, W] (capacity)
         self._path_bytes = np.zeros(16)
+        # Reduced rows (`_solve`): a path's narrowest links (its "narrow row", numbered once per
+        # distinct link set) and its other links ("wide", padded), by path number.
+        self._narrow_of_links: dict[tuple[int, ...], int] = {}
+        self._narrow_table = np.full((16, 1), self._pad, dtype=np.int64)  # [narrow rows, Wn]
+        self._path_narrow = np.zeros(16, dtype=np.int64)
+        self._path_wide = np.full((16, 1), self._pad, dtype=np.int64)  # [paths, Ww]
+        self._has_wide = False  # some path has links wider than its narrowest
+        self._bound_by_list: list[int] = self.links.bound_by.tolist()
+        self._capacity_list: list[float] = self.links.capacity_bytes_per_s.tolist()
         # Slot arrays: one slot per active flow, reused through a free list.
         self._size = np.zeros(0)
         self._remaining = np.zeros(0)
@@ -494,7 +520,9 @@ class FlowNetwork:
     def _add_path_row(self, number: int, links: np.ndarray) -> None:
         """The solver row of a new path: its links, each replaced by the link that bounds it
         (`Links.bound_by`), a repeat dropped, padded."""
-        row = np.unique(self.links.bound_by[links])
+        bound_by = self._bound_by_list
+        row_ids = sorted({bound_by[link] for link in links.tolist()})
+        row = np.array(row_ids, dtype=np.int64)
         rows, width = self._path_table.shape
         if number >= rows or row.size > width:
             grown = np.full((max(rows, 2 * number + 2), max(width, row.size)), self._pad,
@@ -508,6 +536,38 @@ class FlowNetwork:
                 [self._slot_links, np.full((extra, self._slot_links.shape[1]), self._pad,
                                            dtype=np.int64)])
         self._path_table[number, :row.size] = row
+        self._add_reduced_row(number, row_ids)
+
+    def _add_reduced_row(self, number: int, row: list[int]) -> None:
+        """Split a new path's solver row (sorted link ids) into its narrowest links (the narrow
+        row, numbered by link set) and the others (wide links), for `_solve`."""
+        capacity = self._capacity_list
+        least = min(capacity[link] for link in row)
+        narrow = tuple(link for link in row if capacity[link] <= least)
+        wide = [link for link in row if capacity[link] > least]
+        if number >= self._path_narrow.size:
+            grow = self._path_table.shape[0] - self._path_narrow.size
+            self._path_narrow = np.concatenate([self._path_narrow, np.zeros(grow, dtype=np.int64)])
+            self._path_wide = np.concatenate(
+                [self._path_wide, np.full((grow, self._path_wide.shape[1]), self._pad,
+                                          dtype=np.int64)])
+        if wide:
+            if len(wide) > self._path_wide.shape[1]:
+                self._path_wide = _widen(self._path_wide, len(wide), self._pad)
+            self._path_wide[number, :len(wide)] = wide
+            self._has_wide = True
+        narrow_number = self._narrow_of_links.get(narrow)
+        if narrow_number is None:
+            narrow_number = len(self._narrow_of_links)
+            self._narrow_of_links[narrow] = narrow_number
+            rows, width = self._narrow_table.shape
+            if narrow_number >= rows or len(narrow) > width:
+                grown = np.full((max(rows, 2 * narrow_number + 2), max(width, len(narrow))),
+                                self._pad, dtype=np.int64)
+                grown[:rows, :width] = self._narrow_table
+                self._narrow_table = grown
+            self._narrow_table[narrow_number, :len(narrow)] = narrow
+        self._path_narrow[number] = narrow_number
 
     def _queue_settle(self) -> None:
         """Settle once at this instant, after everything else due now; with a time window, a
@@ -643,8 +703,55 @@ class FlowNetwork:
         self._rate[slots] = per_path[paths]
 
     def _solve(self, slots: np.ndarray) -> np.ndarray:
-        """Max-min fair rates of the active flows, in `slots` order."""
-        return water_fill(self._slot_links.take(slots, axis=1), self.links.capacity_bytes_per_s)
+        """Max-min fair rates of the active flows, in `slots` order.
+
+        Exact reduction (when some path has links wider than its narrowest). Only links that are
+        the narrowest of some active flow's path enter the solve, each with all its flows; the
+        flows then fall into far fewer distinct link sets (rail fabrics: a NIC pair instead of
+        a GPU pair), solved once each with their flow count as weight. The solution is then
+        checked on the links left out: if none carries more than its capacity, it is the
+        max-min solution of the whole problem (it is feasible, and every flow still has a
+        saturated link on which no flow gets more: max-min fairness, which has one solution);
+        otherwise the overloaded links join and it is solved again.
+        """
+        capacity = self.links.capacity_bytes_per_s
+        if not self._has_wide:
+            return water_fill(self._slot_links.take(slots, axis=1), capacity)
+        pad = self._pad
+        paths = self._path_of.take(slots)
+        narrow_of = self._path_narrow.take(paths)
+        num_narrow = len(self._narrow_of_links)
+        included = np.zeros(pad + 1, dtype=bool)
+        included[self._narrow_table[np.flatnonzero(np.bincount(narrow_of))]] = True
+        wide = self._path_wide.take(paths, axis=0)  # [F, Ww]
+        wide_flat = wide.ravel()
+        while True:
+            included[pad] = False
+            has_included_wide = np.logical_or.reduce(included.take(wide), axis=1)
+            row_of = np.where(has_included_wide, paths + num_narrow, narrow_of)
+            per_row = np.bincount(row_of)
+            rows = np.flatnonzero(per_row)
+            split = int(np.searchsorted(rows, num_narrow))
+            if split == rows.size:
+                table = self._narrow_table.take(rows, axis=0).T
+            else:
+                full = self._path_table.take(rows[split:] - num_narrow, axis=0)
+                full = np.where(included.take(full), full, pad)
+                table = np.full((max(full.shape[1], self._narrow_table.shape[1]), rows.size), pad,
+                                dtype=np.int64)
+                table[:self._narrow_table.shape[1], :split] = \
+                    self._narrow_table.take(rows[:split], axis=0).T
+                table[:full.shape[1], split:] = full.T
+            position = np.empty(per_row.size, dtype=np.int64)
+            position[rows] = np.arange(rows.size)
+            rates = water_fill(table, capacity, per_row.take(rows).astype(float)).take(
+                position.take(row_of))
+            load = np.bincount(wide_flat, weights=np.repeat(rates, wide.shape[1]),
+                               minlength=pad + 1)[:pad]
+            over = (load > capacity * (1.0 + _SHARE_RTOL)) & ~included[:pad]
+            if not over.any():
+                return rates
+            included[:pad] |= over
 
     def _arm_timer(self, slots: np.ndarray) -> None:
         """One timer at the next completion (with a window: the middle of the completions due
@@ -667,6 +774,12 @@ class FlowNetwork:
         self._timer_at = self.env.now + fire_s
         self.env.timeout(fire_s).callbacks.append(
             partial(self._on_timer, self._generation, finishing))
+
+
+def _widen(table: np.ndarray, width: int, pad: int) -> np.ndarray:
+    """`table` with padding columns added up to `width`."""
+    extra = np.full((table.shape[0], width - table.shape[1]), pad, dtype=table.dtype)
+    return np.concatenate([table, extra], axis=1)
 
 
 def _parts_of(env: simpy.Environment, whole: simpy.Event, count: int) -> list[simpy.Event]:
