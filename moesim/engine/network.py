@@ -121,7 +121,7 @@ def water_fill(table: np.ndarray, capacity_bytes_per_s: np.ndarray,
     if weight is None:
         count = np.bincount(table.ravel(), minlength=num_links + 1).astype(float)
     else:
-        count = np.bincount(table.ravel(), weights=np.tile(weight, width),
+        count = np.bincount(table.ravel(), weights=_rows(weight, width),
                             minlength=num_links + 1)
     np.maximum(count, 1.0, out=count)  # links without flows are never looked up
     rates = np.empty(num_flows)
@@ -135,7 +135,7 @@ def water_fill(table: np.ndarray, capacity_bytes_per_s: np.ndarray,
         is_bottleneck = np.bincount(tighter.ravel(), minlength=num_links + 1) == 0
         is_bottleneck[num_links] = False
         fixed = np.logical_or.reduce(is_bottleneck.take(table), axis=0)
-        fixed_at = np.flatnonzero(fixed)
+        fixed_at = fixed.nonzero()[0]
         if fixed_at.size == flow_min.size:
             if ids is None:
                 return flow_min
@@ -147,21 +147,29 @@ def water_fill(table: np.ndarray, capacity_bytes_per_s: np.ndarray,
         rates[ids.take(fixed_at)] = fixed_rate
         fixed_links = table.take(fixed_at, axis=1).ravel()
         if weight is None:
-            cap_left -= np.bincount(fixed_links, weights=np.tile(fixed_rate, width),
+            cap_left -= np.bincount(fixed_links, weights=_rows(fixed_rate, width),
                                     minlength=num_links + 1)
             count -= np.bincount(fixed_links, minlength=num_links + 1)
         else:
             fixed_weight = weight.take(fixed_at)
-            cap_left -= np.bincount(fixed_links, weights=np.tile(fixed_rate * fixed_weight, width),
+            cap_left -= np.bincount(fixed_links, weights=_rows(fixed_rate * fixed_weight, width),
                                     minlength=num_links + 1)
-            count -= np.bincount(fixed_links, weights=np.tile(fixed_weight, width),
+            count -= np.bincount(fixed_links, weights=_rows(fixed_weight, width),
                                  minlength=num_links + 1)
         np.maximum(cap_left, 0.0, out=cap_left)
         np.maximum(count, 1.0, out=count)
-        keep = np.flatnonzero(~fixed)
+        keep = (~fixed).nonzero()[0]
         table, ids = table.take(keep, axis=1), ids.take(keep)
         if weight is not None:
             weight = weight.take(keep)
+
+
+def _rows(values: np.ndarray, width: int) -> np.ndarray:
+    """`values` repeated `width` times, flat (np.tile's result; ~4x faster on short rows, which
+    matters at thousands of solves)."""
+    out = np.empty((width, values.size))
+    out[...] = values
+    return out.reshape(-1)
 
 
 @dataclass(frozen=True)
