@@ -22,7 +22,6 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 import pytest
 import yaml
@@ -233,7 +232,7 @@ def test_engine_refuses_non_finite_links(attribute: str, fidelity: str) -> None:
     from moesim.engine.collectives import predict_collective
 
     built = load_topology("dgx-h100")
-    graph = nx.DiGraph(built.graph)
+    graph = built.graph.copy()
     graph.edges["gpu0", "nvswitch0"][attribute] = math.inf
     topology = Topology(built.spec, graph)
     with pytest.raises(TopologyError, match="gpu0->nvswitch0"):

@@ -42,9 +42,19 @@ def _reference_routes_from(graph: nx.DiGraph, src: str,
     return [sorted(list(itertools.pairwise(path)) for path in node_paths(dst)) for dst in targets]
 
 
+def _as_networkx(graph: Any) -> nx.DiGraph:
+    """The graph as networkx's DiGraph (same nodes, links and order), for the reference."""
+    if isinstance(graph, nx.DiGraph):
+        return graph
+    ref = nx.DiGraph(**graph.graph)
+    ref.add_nodes_from(graph.nodes(data=True))
+    ref.add_edges_from(graph.edges(data=True))
+    return ref
+
+
 def _reference_paths(topo: Routing, world: int) -> dict[tuple[int, int], list[list[Edge]]]:
     gpus = [f"gpu{rank}" for rank in range(world)]
-    graph = topo.graph
+    graph = _as_networkx(topo.graph)
     fast = all(graph.nodes[g].get("p2p", True) for g in gpus) and all(
         graph.nodes[g].get("kind") == "gpu" for g in gpus)
     paths: dict[tuple[int, int], list[list[Edge]]] = {}

@@ -6,13 +6,13 @@ import itertools
 import math
 from pathlib import Path
 
-import networkx as nx
 import pytest
 
 from moesim.engine.collective_model import busbw_factor
 from moesim.engine.collectives import predict_collective
 from moesim.errors import ConfigError, TopologyError
 from moesim.inputs.config import read_mapping
+from moesim.inputs.graph import FrozenGraphError
 from moesim.inputs.topology import PRESET_DIR, build_topology, list_presets, load_topology
 from moesim.inputs.topology_spec import TopologySpec
 from tests.conftest import ROUND_GPU, links_topology
@@ -296,8 +296,11 @@ def test_routes_are_cached_and_callers_cannot_corrupt_them(four_gpu_ring) -> Non
 
 def test_graph_is_frozen(two_gpu_link) -> None:
     """The built graph cannot be modified (routes are cached against it)."""
-    with pytest.raises(nx.NetworkXError):
+    with pytest.raises(FrozenGraphError):
         two_gpu_link.graph.add_edge("gpu0", "gpu9")
+    with pytest.raises(FrozenGraphError):
+        two_gpu_link.graph.add_node("cpu9", kind="cpu")
+    assert "gpu9" not in two_gpu_link.graph and "cpu9" not in two_gpu_link.graph
 
 
 # --- errors ------------------------------------------------------------------------

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-import networkx as nx
 import numpy as np
 import simpy
 
 from moesim.errors import TopologyError
+from moesim.inputs.graph import DiGraph
 
 __all__ = ["Edge", "Routing", "Links", "FlowGroup", "FlowNetwork", "max_min_fair_rates",
            "water_fill"]
@@ -43,7 +43,7 @@ __all__ = ["Edge", "Routing", "Links", "FlowGroup", "FlowNetwork", "max_min_fair
 Edge = tuple[str, str]
 
 # Links of frozen (immutable) graphs, indexed once per graph.
-_LINKS_OF_FROZEN: weakref.WeakKeyDictionary[nx.DiGraph, Links] = weakref.WeakKeyDictionary()
+_LINKS_OF_FROZEN: weakref.WeakKeyDictionary[DiGraph, Links] = weakref.WeakKeyDictionary()
 # Two bottleneck shares closer than this (relative) are one level: avoids extra rounds
 # caused by floating-point noise in cap_left / count.
 _SHARE_RTOL = 1e-12
@@ -58,7 +58,7 @@ _SOLVED_MAX_PATHS = 4096
 class Routing(Protocol):
     """What the network and collectives need from a topology: the graph and equal-cost routes."""
 
-    graph: nx.DiGraph
+    graph: DiGraph
 
     def routes(self, src_rank: int, dst_rank: int) -> list[list[Edge]]:
         """Equal-cost shortest paths from one GPU rank to another, as lists of directed edges."""
@@ -183,10 +183,10 @@ class Links:
     bound_by: np.ndarray  # [L] the link whose capacity bounds every flow on this one (itself)
 
     @classmethod
-    def from_graph(cls, graph: nx.DiGraph) -> Links:
+    def from_graph(cls, graph: DiGraph) -> Links:
         """Index every edge; raise TopologyError if one lacks a positive bandwidth or a latency.
         A frozen graph (a built Topology's) is indexed once and the result reused."""
-        frozen = nx.is_frozen(graph)
+        frozen = bool(getattr(graph, "frozen", False))
         if frozen and graph in _LINKS_OF_FROZEN:
             return _LINKS_OF_FROZEN[graph]
         links = cls._index(graph)
@@ -195,7 +195,7 @@ class Links:
         return links
 
     @classmethod
-    def _index(cls, graph: nx.DiGraph) -> Links:
+    def _index(cls, graph: DiGraph) -> Links:
         edges: list[Edge] = list(graph.edges)
         capacity = np.array([_edge_attr(graph, e, "bandwidth_bytes_per_s") for e in edges])
         latency = np.array([_edge_attr(graph, e, "latency_s") for e in edges])
@@ -222,7 +222,7 @@ class Links:
 
 
 def _pass_through_bounds(
-    graph: nx.DiGraph, index: dict[Edge, int], capacity: np.ndarray
+    graph: DiGraph, index: dict[Edge, int], capacity: np.ndarray
 ) -> np.ndarray:
     """Per link, the link that bounds it: at a NIC with exactly two neighbours (its GPU and its
     switch) every flow that enters from one leaves to the other (NICs are never endpoints, and
@@ -260,7 +260,7 @@ class FlowNetwork:
     def __init__(
         self,
         env: simpy.Environment,
-        graph: nx.DiGraph,
+        graph: DiGraph,
         *,
         time_quantum_s: float = 0.0,
         time_quantum_rel: float = 0.0,
@@ -805,7 +805,7 @@ def _parts_of(env: simpy.Environment, whole: simpy.Event, count: int) -> list[si
     return parts
 
 
-def _edge_attr(graph: nx.DiGraph, edge: Edge, name: str) -> float:
+def _edge_attr(graph: DiGraph, edge: Edge, name: str) -> float:
     try:
         return float(graph.edges[edge][name])
     except KeyError:

@@ -1,9 +1,10 @@
 """Topology: a cluster as a directed graph of devices and links, with GPU-to-GPU routes.
 
 `build_topology(spec)` expands a `TopologySpec` (see `moesim.inputs.topology_spec`) into a
-`networkx.DiGraph`: nodes are devices with a `kind` attribute (gpu, nvswitch, pcie_switch,
-cpu, hostmem, nic, net_switch); edges are directed links carrying `bandwidth_bytes_per_s`
-(per direction), `latency_s`, `medium` and `origin` (the spec field that made them).
+directed graph (`moesim.inputs.graph.DiGraph`, networkx's `DiGraph` API in small): nodes are
+devices with a `kind` attribute (gpu, nvswitch, pcie_switch, cpu, hostmem, nic, net_switch);
+edges are directed links carrying `bandwidth_bytes_per_s` (per direction), `latency_s`,
+`medium` and `origin` (the spec field that made them).
 An edge's `bandwidth_bytes_per_s` is its `nominal_bandwidth_bytes_per_s` (the spec's figure)
 times `link_efficiency[medium]` (1 if absent), the fraction collectives reach, as
 `moesim calibrate` fits it.
@@ -30,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
-
 from moesim.errors import TopologyError
+from moesim.inputs import graph as digraph
 from moesim.inputs.config import load_model_file
 from moesim.inputs.topology_spec import (
     GpuSpec,
@@ -68,9 +68,9 @@ class Topology:
     (copy it with `graph.copy()` to derive a modified one, e.g. when calibrating).
     """
 
-    def __init__(self, spec: TopologySpec, graph: nx.DiGraph) -> None:
+    def __init__(self, spec: TopologySpec, graph: digraph.DiGraph) -> None:
         self.spec = spec
-        self.graph = nx.freeze(graph)  # routes are cached, so the graph must not change
+        self.graph = graph.freeze()  # routes are cached, so the graph must not change
         self.gpu_spec: GpuSpec = spec.gpu_spec
         self.gpus_per_node = spec.gpus_per_node
         self.num_gpus = spec.nodes * spec.gpus_per_node
@@ -150,7 +150,7 @@ class Topology:
 _P2P_LEVELS = {"PIX": 0, "PXB": 1, "PHB": 2, "SYS": 3}
 
 
-def _path_level(graph: nx.DiGraph, path: list[str]) -> int:
+def _path_level(graph: digraph.DiGraph, path: list[str]) -> int:
     """NCCL's path type of a GPU-to-GPU node path: SYS if it crosses two CPUs, PHB one, PXB
     several PCIe switches, else PIX (NVLink and network paths count as PIX: P2P allowed)."""
     kinds = [graph.nodes[node].get("kind") for node in path[1:-1]]
@@ -173,15 +173,15 @@ def _default_p2p_level(block: PcieTreeFabric, gpus_per_node: int) -> str:
     return "PXB"
 
 
-def _shortest_paths(graph: nx.DiGraph, src: str, dst: str) -> list[list[str]]:
+def _shortest_paths(graph: digraph.DiGraph, src: str, dst: str) -> list[list[str]]:
     try:
-        return [list(path) for path in nx.all_shortest_paths(graph, src, dst)]
-    except nx.NetworkXNoPath:
+        return digraph.all_shortest_paths(graph, src, dst)
+    except digraph.NoPathError:
         raise TopologyError(f"no directed path from {src} to {dst}") from None
 
 
-def _nearest_hostmem(graph: nx.DiGraph, start: str, topology: str) -> str:
-    distances = nx.single_source_shortest_path_length(graph, start)
+def _nearest_hostmem(graph: digraph.DiGraph, start: str, topology: str) -> str:
+    distances = digraph.shortest_path_lengths(graph, start)
     kinds = graph.nodes(data="kind")
     found = [(hops, node) for node, hops in distances.items() if kinds[node] == "hostmem"]
     if not found:
@@ -199,7 +199,7 @@ def _nearest_hostmem(graph: nx.DiGraph, start: str, topology: str) -> str:
 class _Builder:
     """Adds devices and links to a graph, naming the spec field in every error."""
 
-    graph: nx.DiGraph
+    graph: digraph.DiGraph
     source: str
     efficiency: dict[str, float] = field(default_factory=dict)  # per medium, 1 if absent
 
@@ -446,7 +446,7 @@ def _check_connected(b: _Builder, gpus: list[str]) -> None:
     if len(gpus) < 2:
         return
     first = gpus[0]
-    reachable, reaching = nx.descendants(b.graph, first), nx.ancestors(b.graph, first)
+    reachable, reaching = digraph.descendants(b.graph, first), digraph.ancestors(b.graph, first)
     for gpu in gpus[1:]:
         for ok, a, z in ((gpu in reachable, first, gpu), (gpu in reaching, gpu, first)):
             if not ok:
@@ -470,7 +470,7 @@ def _check_efficiency_media(b: _Builder) -> None:
 
 def build_topology(spec: TopologySpec, source: str = "topology") -> Topology:
     """Expand a spec into a validated `Topology`; errors name `source` and the field."""
-    b = _Builder(nx.DiGraph(name=spec.name), source, dict(spec.link_efficiency))
+    b = _Builder(digraph.DiGraph(name=spec.name), source, dict(spec.link_efficiency))
     gpus = [f"gpu{rank}" for rank in range(spec.nodes * spec.gpus_per_node)]
     for rank, gpu in enumerate(gpus):
         b.graph.add_node(gpu, kind="gpu", rank=rank, p2p=True)
