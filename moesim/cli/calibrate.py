@@ -107,6 +107,9 @@ def _add_kernels(sources: argparse._SubParsersAction) -> None:  # type: ignore[t
     kernels.add_argument("--model", default="mixtral-8x7b", help="shapes to benchmark")
     kernels.add_argument("--name", default="calibrated", help="profile name")
     kernels.add_argument("--quick", action="store_true", help="fewer sizes")
+    kernels.add_argument("--folds", type=int_in(0, 1000), default=5,
+                         help="cross-validation folds for the held-out error per op and size "
+                         "band (default 5; 0 skips it)")
     kernels.add_argument("-o", "--output", required=True, help="profile YAML to write (the "
                          "measured table is written beside it as .csv)")
     kernels.set_defaults(handler=_run_kernels)
@@ -130,6 +133,7 @@ def _kernel_gpu(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 def _run_kernels(args: argparse.Namespace) -> int:
+    from moesim.calibrate.cross_validation import cross_validate, held_out_table
     from moesim.calibrate.kernels import fit_curves, read_kernel_csv, write_kernel_csv
     from moesim.inputs.kernel_profile import GpuKernels, KernelProfile
     from moesim.inputs.model_files import load_model
@@ -137,6 +141,8 @@ def _run_kernels(args: argparse.Namespace) -> int:
     if (args.device is None) == (args.from_csv is None):
         raise ConfigError("calibrate kernels: give --device cpu|cuda (run microbenchmarks) or "
                           "--from-csv FILE (a measured table), one of them")
+    if args.folds == 1:
+        raise ConfigError("--folds 1: cross-validation needs 2 or more folds (0 skips it)")
     key, gpu = _kernel_gpu(args)
     if args.from_csv:
         rows = read_kernel_csv(args.from_csv)
@@ -154,13 +160,16 @@ def _run_kernels(args: argparse.Namespace) -> int:
         rows = run_kernel_bench(load_model(args.model), device=args.device, quick=args.quick,
                                 progress=lambda line: print(f"  {line}", file=sys.stderr))
         source = f"moesim calibrate kernels --device {args.device} ({args.model} shapes)"
-    fitted = {}
+    fitted, held_out = {}, []
     for op in ("gemm", "moe", "attention_prefill", "attention_decode"):
         of_op = [r for r in rows if r.op == op]
         if len(of_op) >= 2:
             family = sorted({r.extra.get("kernel", "measured") for r in of_op})[0]
-            fitted[op] = fit_curves(of_op, gpu, family=family,
-                                    grouped=family != "torch-loop", sources=(source,))
+            options: dict[str, Any] = {"family": family, "grouped": family != "torch-loop",
+                                       "sources": (source,)}
+            fitted[op] = fit_curves(of_op, gpu, **options)
+            if args.folds >= 2:
+                held_out += cross_validate(of_op, gpu, folds=args.folds, **options)
     if not fitted:
         raise ConfigError(f"{source}: no op kind has 2 or more rows to fit")
     profile = KernelProfile(name=args.name, description=f"fitted on {gpu.name}",
@@ -175,6 +184,8 @@ def _run_kernels(args: argparse.Namespace) -> int:
         print(f"{op:18} {count:3d} rows  launch {curves.launch_s * 1e6:6.1f} us  compute "
               f"{curves.compute.points[-1][1]:.2f} of peak at the largest size, memory "
               f"{max(f for _, f in curves.memory.points):.2f} of bandwidth at best")
+    if held_out:
+        print(held_out_table(held_out, args.folds))
     print(f"wrote {out} (GPU key {key}) and {out.with_suffix('.csv')}; use --kernels {out}")
     return 0
 
