@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,10 +172,14 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def _watch(procs: list[subprocess.Popen[bytes]], plan_dir: Path, timeout_s: float) -> None:
-    """Wait for all ranks; raise LiveRunError on the first failure or on timeout."""
+def _watch(procs: list[subprocess.Popen[bytes]], plan_dir: Path, timeout_s: float,
+           on_poll: Callable[[], None] | None = None) -> None:
+    """Wait for all ranks; raise LiveRunError on the first failure or on timeout. `on_poll`
+    runs at every poll (progress; it may raise LiveRunError to stop the run)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if on_poll is not None:
+            on_poll()
         codes = [proc.poll() for proc in procs]
         if any(code not in (None, 0) for code in codes):
             time.sleep(_POLL_S)  # let a rank that failed at the same moment file its report
@@ -206,7 +210,8 @@ def _die_with_parent() -> None:
 
 def _spawn(plan_dir: Path, world: int, threads: int, timeout_s: float,
            module: str = "validate.harness",
-           rank_commands: Sequence[RankCommand] | None = None) -> None:
+           rank_commands: Sequence[RankCommand] | None = None,
+           on_poll: Callable[[], None] | None = None) -> None:
     """Start one process per rank (`python -m module PLAN_DIR RANK`, after the rank's command
     prefix), watch them, and leave none running."""
     env = _child_env(threads)
@@ -224,7 +229,7 @@ def _spawn(plan_dir: Path, world: int, threads: int, timeout_s: float,
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 ))
-        _watch(procs, plan_dir, timeout_s)
+        _watch(procs, plan_dir, timeout_s, on_poll)
     finally:
         _stop(procs)
 

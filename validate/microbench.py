@@ -103,6 +103,7 @@ def run_microbench(
     workdir: str | Path | None = None,
     rank_commands: Any = None,
     statistic: str = "mean",
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time).
 
@@ -111,7 +112,11 @@ def run_microbench(
 
     `statistic` is each rank's `mean` over repeats (default: on an oversubscribed CPU host the
     median jumps between the modes of the OS scheduler's spread), its `median` or its `min`
-    (the uncontended cost)."""
+    (the uncontended cost).
+
+    `progress(line)` (optional) gets a line after each benchmark: done of total, elapsed and an
+    ETA. After the first one, a run whose ETA passes `timeout_s` stops at once with a
+    LiveRunError saying so, instead of running into the timeout (`ProgressWatch`)."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     from validate.launch import LiveRunError, _check_backend, _spawn, free_port
@@ -129,10 +134,14 @@ def run_microbench(
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
             "load_experts": load_experts, "load_layers": load_layers}
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-bench-", dir=workdir))
+    progress_file = ProgressFile(plan_dir / "progress")
+    plan["progress_path"] = str(progress_file.path)
     for rank in range(nproc):
         np.savez(plan_dir / f"rank{rank}.npz", **plan, rank=rank)  # type: ignore[arg-type]
+    total = 2 * len(sizes_bytes) + len(gemm_shapes or ((ffn, 1),)) * len(gemm_tokens)
+    watcher = ProgressWatch(progress_file, total, timeout_s, progress)
     _spawn(plan_dir, nproc, threads, timeout_s, module="validate.microbench",
-           rank_commands=rank_commands)
+           rank_commands=rank_commands, on_poll=watcher.poll)
     medians = []
     for rank in range(nproc):
         with np.load(plan_dir / f"result{rank}.npz") as data:
@@ -395,6 +404,65 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
     )
 
 
+# ---- progress (launcher and rank 0) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressFile:
+    """Benchmarks done so far, written by rank 0 (atomically) and read by the launcher."""
+
+    path: Path
+
+    def write(self, done: int) -> None:
+        temp = self.path.with_suffix(".tmp")
+        temp.write_text(f"{done}\n")
+        temp.replace(self.path)
+
+    def read(self) -> int:
+        try:
+            return int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+
+class ProgressWatch:
+    """Polled by the launcher while the ranks run: a line per finished benchmark (done of
+    total, elapsed, ETA) and a LiveRunError as soon as the ETA says the run would outlive its
+    timeout. The ETA is the mean time per benchmark since the first one finished (the first
+    also pays the ranks' start-up: torch import, process group), times the benchmarks left;
+    sizes grow along the run, so it errs short and never stops a run that would finish."""
+
+    def __init__(self, source: ProgressFile, total: int, timeout_s: float, show: Any) -> None:
+        self.source, self.total, self.timeout_s, self.show = source, total, timeout_s, show
+        self.start_s = time.monotonic()
+        self.done = 0
+        self.first: tuple[float, int] | None = None  # (time, done) of the first report
+
+    def poll(self) -> None:
+        done = self.source.read()
+        if done <= self.done:
+            return
+        self.done = done
+        now = time.monotonic()
+        elapsed_s = now - self.start_s
+        if self.first is None:
+            self.first = (now, done)
+        first_s, first_done = self.first
+        eta_s = None
+        if done > first_done:
+            eta_s = (now - first_s) / (done - first_done) * (self.total - done)
+        if self.show is not None:
+            left = "" if eta_s is None else f", about {eta_s:.0f} s to go"
+            self.show(f"benchmark {done}/{self.total}: {elapsed_s:.0f} s elapsed{left}")
+        if eta_s is not None and done < self.total and elapsed_s + eta_s > self.timeout_s:
+            from validate.launch import LiveRunError
+
+            raise LiveRunError(
+                f"calibration would not finish within --timeout-s {self.timeout_s:g}: after "
+                f"{done} of {self.total} benchmarks ({elapsed_s:.0f} s) the rest needs about "
+                f"{eta_s:.0f} s more; lower --repeats or --sizes, or raise --timeout-s")
+
+
 # ---- rank side (torch) ----------------------------------------------------------------------
 
 
@@ -478,6 +546,14 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
             _ = (F.silu(load_x @ gate) * (load_x @ up)) @ down  # [n, D]
 
     load = layer_load if int(plan["load_tokens"]) > 0 else None
+    done = [0]
+
+    def report() -> None:
+        """Rank 0 tells the launcher how many benchmarks are done (`ProgressFile`)."""
+        done[0] += 1
+        if rank == 0 and str(plan.get("progress_path", "")):
+            ProgressFile(Path(str(plan["progress_path"]))).write(done[0])
+
     ranks = np.arange(world)
     exchanges: list[Any] = []
     for size in plan["sizes_bytes"]:
@@ -494,11 +570,13 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
         exchanges.append(
             lambda r=recv_x, s=send_x, c=counts: _all_to_all(r, s, c[:, rank], c[rank], rank))
         out["alltoall"].append(_timed(exchanges[-1], warmup, repeats, load))
+        report()
         rows = np.full(world, per_peer)
         buf = torch.zeros(per_peer * world, 1, dtype=torch.uint8)
         out["allgather"].append(_timed(
             lambda b=buf, n=rows: _ring(b, b, ranks, n, rank, reduce=False),
             warmup, repeats, load))
+        report()
     dispatch = exchanges[len(exchanges) // 2]  # a mid-sized all-to-all before every GEMM run
     for width, run in plan["gemm_shapes"]:
         # distinct weights per expert and layer, as many as a live run visits (its experts
@@ -510,6 +588,7 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
             x = rand(int(tokens), hidden)  # [n, D]
             out["gemm"].append(_timed(lambda x=x, p=pool, k=int(run): _expert_run(x, p, k),
                                       warmup, repeats, per_call=int(run), between=dispatch))
+            report()
     dist.barrier()
     dist.destroy_process_group()
     result = {op: np.asarray([median for median, _, _ in times]) for op, times in out.items()}

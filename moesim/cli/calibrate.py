@@ -278,6 +278,7 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         statistic=args.statistic, load_tokens=load["load_tokens"],
         load_experts=load["load_experts"], load_layers=load["load_layers"],
         gemm_shapes=tuple(shapes),
+        progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
     )
     bench.update(model=args.model, scale=scale, trace=args.trace)
     if args.bench_json:
