@@ -80,7 +80,8 @@ SERVE = ["serve", "--fidelity", "analytic", "--layers", "2", "--trace-tokens", "
      "line 2: prompt and output tokens must be whole numbers >= 1"),
     (UTF16, "is UTF-16"),
     (NUL, "line 1 holds NUL bytes"),
-    (GOOD_REQUEST.encode() + b'{"arrival_s": "caf\xe9"}\n', "line 2 is not UTF-8 text"),
+    (GOOD_REQUEST.encode() + b'{"arrival_s": "caf\xe9"}\n',
+     "is not UTF-8 text (byte 0xe9 at line 2, column"),
 ])
 def test_serve_requests_file_refuses_bad_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                data: str | bytes, needle: str) -> None:

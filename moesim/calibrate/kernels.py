@@ -39,6 +39,7 @@ from moesim.engine.kernels import attention_time, gemm_time, moe_time
 from moesim.errors import ConfigError
 from moesim.inputs.kernel_profile import Curve, KernelCurves
 from moesim.inputs.options import WEIGHT_DTYPE_BYTES, compute_dtype
+from moesim.inputs.text import read_capped, utf8_text
 from moesim.inputs.topology_spec import GpuSpec
 
 __all__ = [
@@ -156,30 +157,9 @@ def read_kernel_text(path: str | Path, what: str = "kernel table") -> str:
     """A kernel table's text, or one ConfigError saying why it cannot be read: missing,
     unreadable, too large, UTF-16, binary (NUL bytes) or not UTF-8 (with the line)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
-    try:
-        size = path.stat().st_size
-        if size > MAX_KERNEL_TABLE_BYTES:
-            raise ConfigError(f"{what} {path} is {size / 2**20:.0f} MiB, above the "
-                              f"{MAX_KERNEL_TABLE_BYTES >> 20} MiB a kernel table may be; is "
-                              "it the right file?")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ConfigError(f"{what} {path} is UTF-16 or UTF-32 text; save it as UTF-8 CSV")
-    if b"\x00" in raw:
-        line = raw[:raw.index(b"\x00")].count(b"\n") + 1
-        raise ConfigError(f"{what} {path} holds NUL bytes (line {line}): it is a binary file, "
-                          "not a CSV table; pass the text file")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
-                          f"line {line}, column {column}); save it as UTF-8") from None
+    raw = read_capped(path, f"{what} {path}", ConfigError, MAX_KERNEL_TABLE_BYTES,
+                      "a kernel table may be")
+    return utf8_text(raw, f"{what} {path}", ConfigError, kind="a CSV table")
 
 
 def read_kernel_csv(path: str | Path) -> list[KernelRow]:

@@ -39,6 +39,7 @@ from moesim.inputs.options import (
     SpVariant,
     WeightDtype,
 )
+from moesim.inputs.text import read_capped, utf8_text
 
 __all__ = [
     "read_mapping",
@@ -244,20 +245,7 @@ def _check_values(data: Any, source: str, finite: bool) -> None:
 
 def _decode(raw: bytes, path: Path, what: str) -> str:
     """The file's text, or one ConfigError saying it is binary or not UTF-8."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ConfigError(f"{what} file {path} is UTF-16 or UTF-32 text; save it as UTF-8")
-    if b"\x00" in raw:
-        raise ConfigError(f"{what} file {path} is a binary file (it holds NUL bytes), not "
-                          "YAML or JSON text; pass the text file")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(
-            f"{what} file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, "
-            f"column {column}); save it as UTF-8"
-        ) from None
+    return utf8_text(raw, f"{what} file {path}", ConfigError, kind="YAML or JSON text")
 
 
 def read_mapping(path: str | Path, what: str = "input", *, finite: bool = True) -> dict[str, Any]:
@@ -269,19 +257,11 @@ def read_mapping(path: str | Path, what: str = "input", *, finite: bool = True) 
     and, unless `finite` is False, NaN or an infinite number.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} file {path} does not exist")
     is_json = path.suffix.lower() == ".json"
     limit = MAX_JSON_BYTES if is_json else MAX_YAML_BYTES
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise ConfigError(f"{what} file {path} is {size / 2**20:.0f} MiB, above the "
-                              f"{limit >> 20} MiB moesim reads as {'JSON' if is_json else 'YAML'}; "
-                              "is it the right file?")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    raw = read_capped(path, f"{what} file {path}", ConfigError, limit,
+                      f"moesim reads as {'JSON' if is_json else 'YAML'}")
+    size = len(raw)
     key = (is_json, finite, raw)
     parsed = _PARSED.get(key)
     if parsed is not None:  # the same bytes parsed before in this process

@@ -37,6 +37,7 @@ from moesim.inputs.config import (
     MAX_SERVE_REQUESTS,
     ServeSpec,
 )
+from moesim.inputs.text import utf8_text
 
 __all__ = [
     "DEFAULT_REQUESTS",
@@ -219,19 +220,8 @@ def _json_constant(text: str) -> float:
 
 
 def decode_line(raw: bytes, number: int, where: str, error: type[MoesimError]) -> str:
-    """One line of a UTF-8 text file as text, or `error` naming the file, line and byte:
-    UTF-16/32 text, a binary file (NUL bytes) and bytes that are not UTF-8 are refused."""
-    if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise error(f"{where} is UTF-16 or UTF-32 text; save it as UTF-8")
-    if b"\x00" in raw:
-        raise error(f"{where} line {number} holds NUL bytes: it is a binary file, not UTF-8 "
-                    "text; pass the text file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise error(f"{where} line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
-                    f"column {exc.start + 1}); save it as UTF-8") from None
-    return text.removeprefix("\ufeff") if number == 1 else text
+    """One line of a UTF-8 text file as text, or `error` naming the file, line and byte."""
+    return utf8_text(raw, where, error, line=number)
 
 
 def jsonl_records(path: Path, what: str, error: type[MoesimError]) -> Iterator[tuple[int, Any]]:

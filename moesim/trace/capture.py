@@ -36,6 +36,7 @@ import numpy as np
 
 from moesim import __version__
 from moesim.errors import TraceError
+from moesim.inputs.text import utf8_text
 from moesim.trace.format import RouterTrace, save_trace
 
 __all__ = [
@@ -165,7 +166,6 @@ def routing_spec(config: Any) -> RoutingSpec:
 _MAX_INT_DIGITS = 19
 
 
-_NEWLINE = b"\n"
 
 
 class _HugeInteger(ValueError):
@@ -179,22 +179,8 @@ def _json_int(text: str) -> int:
 
 
 def _utf8(raw: bytes, where: str, line: int | None = None) -> str:
-    """`raw` (a file, or its line `line`) as UTF-8 text, or one TraceError naming `where`:
-    UTF-16/32 (a byte-order mark), NUL bytes (a binary file) or bytes that are not UTF-8."""
-    at = f" line {line}" if line is not None else ""
-    if line in (None, 1) and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise TraceError(f"{where} is UTF-16 or UTF-32 text; save it as UTF-8")
-    if b"\x00" in raw:
-        raise TraceError(f"{where}{at} holds NUL bytes: it is a binary file, not UTF-8 text; "
-                         "pass the text file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        column = exc.start - (raw.rfind(_NEWLINE, 0, exc.start) + 1) + 1
-        number = line if line is not None else raw.count(_NEWLINE, 0, exc.start) + 1
-        raise TraceError(f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
-                         f"{number}, column {column}); save it as UTF-8") from None
-    return text.removeprefix("\ufeff") if line in (None, 1) else text
+    """`raw` (a file, or its line `line`) as UTF-8 text, or one TraceError naming `where`."""
+    return utf8_text(raw, where, TraceError, line=line)
 
 
 def read_text_prompts(paths: Sequence[str | Path], flag: str = "--text") -> list[str]:
