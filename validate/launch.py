@@ -292,6 +292,7 @@ def run_live(
     overlap: str = "none",
     mtp: int = 0,
     dispatch_dtype: str | None = None,
+    estimate_topology: str | None = None,
 ) -> dict[str, Any]:
     """Run the predicted traffic live and return the measurement dict (see validate.measurement).
 
@@ -303,7 +304,9 @@ def run_live(
     `validate.measurement.check_replayable`); `inject_failure=(rank, "raise" | "hang")` makes
     that rank fail after joining (for tests);
     `rank_commands` start ranks elsewhere (network namespaces: `validate.netns`).
-    """
+    Before any rank starts, the run's time is estimated (`validate.predict.estimated_run_s` on
+    `estimate_topology`, default cpu-loopback): a run that would outlive `timeout_s` is refused
+    with a LiveRunError saying so."""
     start = time.perf_counter()
     inputs = live_inputs(model=model, trace=trace, placement=placement, backend=backend,
                          scale=scale, layers=layers, tokens=tokens, act_dtype=act_dtype,
@@ -317,6 +320,7 @@ def run_live(
                            f"pass --nproc {world} or a placement of {nproc} ranks")
     device = _check_backend(backend, world)
     traffic = traffic_for_inputs(inputs)
+    _check_time(inputs, traffic, timeout_s, estimate_topology)
     threads = max(1, (os.cpu_count() or 1) // world)
     fail_rank, fail_mode = inject_failure or (-1, "raise")
     settings = {"backend": backend, "port": free_port(), "timeout_s": float(timeout_s),
@@ -336,6 +340,20 @@ def run_live(
     inputs["host"] = _host_info(device, threads if backend == "gloo" else None)
     return build_measurement(inputs, time_s, byte_counts, step_time_s,
                              time.perf_counter() - start)
+
+
+def _check_time(inputs: dict[str, Any], traffic: Traffic, timeout_s: float,
+                topology: str | None) -> None:
+    """Refuse, before starting, a run whose estimated time passes `timeout_s`."""
+    from validate.predict import estimated_run_s
+
+    estimate_s = estimated_run_s(inputs, traffic, topology)
+    passes = int(inputs["warmup"]) + int(inputs["repeats"])
+    if estimate_s > timeout_s:
+        raise LiveRunError(
+            f"the run would take about {estimate_s:.0f} s ({passes} passes over "
+            f"{inputs['layers']} layers at the predicted step time, plus start-up), beyond "
+            f"--timeout-s {timeout_s:g}; lower --repeats or --layers, or raise --timeout-s")
 
 
 def _host_info(device: str, threads_per_rank: int | None) -> dict[str, Any]:

@@ -49,15 +49,25 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from moesim.calibrate.fit import FitResult, Measurement, _golden_min, calibrated_spec, fit_topology
+from moesim.calibrate.cross_validation import HeldOutError
+from moesim.calibrate.fit import (
+    FitResult,
+    Measurement,
+    _golden_min,
+    calibrated_spec,
+    fit_topology,
+    predict_times_s,
+)
+from moesim.calibrate.kernels import KernelRow, fit_curves, predict_rows_s
 from moesim.errors import ConfigError
+from moesim.inputs.kernel_profile import GpuKernels
 from moesim.inputs.topology_spec import GpuSpec, TopologySpec
 
 __all__ = [
@@ -96,7 +106,7 @@ def run_microbench(
     load_tokens: int = DEFAULT_LOAD_TOKENS,
     load_experts: int = 1,
     load_layers: int = 1,
-    gemm_shapes: tuple[tuple[int, int], ...] | None = None,
+    gemm_shapes: tuple[tuple[int, ...], ...] | None = None,
     warmup: int = 3,
     repeats: int = DEFAULT_REPEATS,
     timeout_s: float = 300.0,
@@ -107,8 +117,9 @@ def run_microbench(
 ) -> dict[str, Any]:
     """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time).
 
-    `gemm_shapes` are (FFN width, experts run back to back) of the GEMM rows (default: the
-    full width, one expert); each row's time is per expert.
+    `gemm_shapes` are (FFN width, experts run back to back) or (hidden width, FFN width,
+    experts) of the GEMM rows (default: `hidden` x `ffn`, one expert); each row's time is per
+    expert.
 
     `statistic` is each rank's `mean` over repeats (default: on an oversubscribed CPU host the
     median jumps between the modes of the OS scheduler's spread), its `median` or its `min`
@@ -126,11 +137,13 @@ def run_microbench(
     start = time.perf_counter()
     device = _check_backend(backend, nproc)
     threads = max(1, (os.cpu_count() or 1) // nproc)
+    shaped = np.array([s if len(s) == 3 else (hidden, *s) for s in gemm_shapes or ((ffn, 1),)],
+                      dtype=np.int64).reshape(-1, 3)
     plan = {"backend": backend, "port": free_port(), "timeout_s": float(timeout_s),
             "world": nproc, "threads": threads, "warmup": warmup, "repeats": repeats,
             "sizes_bytes": np.asarray(sizes_bytes, dtype=np.int64),
             "gemm_tokens": np.asarray(gemm_tokens, dtype=np.int64),
-            "gemm_shapes": np.asarray(gemm_shapes or ((ffn, 1),), dtype=np.int64).reshape(-1, 2),
+            "gemm_shapes": shaped,
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
             "load_experts": load_experts, "load_layers": load_layers}
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-bench-", dir=workdir))
@@ -138,7 +151,7 @@ def run_microbench(
     plan["progress_path"] = str(progress_file.path)
     for rank in range(nproc):
         np.savez(plan_dir / f"rank{rank}.npz", **plan, rank=rank)  # type: ignore[arg-type]
-    total = 2 * len(sizes_bytes) + len(gemm_shapes or ((ffn, 1),)) * len(gemm_tokens)
+    total = 2 * len(sizes_bytes) + len(shaped) * len(gemm_tokens)
     watcher = ProgressWatch(progress_file, total, timeout_s, progress)
     _spawn(plan_dir, nproc, threads, timeout_s, module="validate.microbench",
            rank_commands=rank_commands, on_poll=watcher.poll)
@@ -150,8 +163,9 @@ def run_microbench(
         path.unlink()
     plan_dir.rmdir()
     suffix = "" if statistic == "median" else "_" + statistic
-    picked = [{op: m[op + suffix] for op in BENCH_OPS} for m in medians]
-    shapes = [(int(w), int(k)) for w, k in np.asarray(plan["gemm_shapes"]).tolist()]
+    picked = [{op: m[op + suffix] for op in (*BENCH_OPS, "sync")} | {
+        "sync_compute": m["sync_compute"], "sync_size": m["sync_size"]} for m in medians]
+    shapes = [(int(h), int(w), int(k)) for h, w, k in shaped.tolist()]
     rows = _rows(picked, nproc, sizes_bytes, gemm_tokens, shapes)
     return {"backend": backend, "nproc": nproc, "device": device, "threads_per_rank": threads,
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
@@ -161,7 +175,7 @@ def run_microbench(
 
 
 def _rows(medians: list[dict[str, np.ndarray]], nproc: int, sizes: tuple[int, ...],
-          tokens: tuple[int, ...], shapes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+          tokens: tuple[int, ...], shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     """Per op and size (GEMM: per shape and token count): the slowest rank's time."""
     rows = []
     for op in ("alltoall", "allgather"):
@@ -169,9 +183,16 @@ def _rows(medians: list[dict[str, np.ndarray]], nproc: int, sizes: tuple[int, ..
         rows += [{"op": op, "num_ranks": nproc, "size_bytes": int(s), "time_s": float(t)}
                  for s, t in zip(sizes, slowest, strict=True)]
     slowest = np.max([m["gemm"] for m in medians], axis=0)
-    shaped = [(w, k, n) for w, k in shapes for n in tokens]
-    rows += [{"op": "gemm", "num_ranks": nproc, "tokens": int(n), "ffn": w, "experts": k,
-              "time_s": float(t)} for (w, k, n), t in zip(shaped, slowest, strict=True)]
+    shaped = [(h, w, k, n) for h, w, k in shapes for n in tokens]
+    rows += [{"op": "gemm", "num_ranks": nproc, "tokens": int(n), "hidden": h, "ffn": w,
+              "experts": k, "time_s": float(t)}
+             for (h, w, k, n), t in zip(shaped, slowest, strict=True)]
+    # a collective right after compute on every rank: the slowest rank's time and compute
+    slowest, compute = (np.max([m[key] for m in medians], axis=0) for key in ("sync",
+                                                                             "sync_compute"))
+    rows += [{"op": "sync", "num_ranks": nproc, "size_bytes": int(s), "compute_s": float(c),
+              "time_s": float(t)}
+             for s, c, t in zip(medians[0]["sync_size"], compute, slowest, strict=True)]
     return rows
 
 
@@ -191,7 +212,9 @@ class LiveFit:
     gemm_ffn: np.ndarray  # [G] FFN width of each row
     gemm_measured_s: np.ndarray  # [G]
     gemm_before_s: np.ndarray  # [G]
-    gemm_after_s: np.ndarray  # [G]
+    gemm_after_s: np.ndarray  # [G] the expert GEMM curves (else the fitted roofline)
+    gemm_hidden: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    held_out: list[HeldOutError] = field(default_factory=list)
 
 
 _COMM_OPS = ("alltoall", "allgather")
@@ -271,6 +294,10 @@ def check_bench(bench: Any, source: str = "microbenchmark results") -> None:
         if op in _COMM_OPS:
             _count(row, "num_ranks", where, 2)
             _positive(row, "size_bytes", where)
+        elif op == "sync":
+            _count(row, "num_ranks", where, 2)
+            _positive(row, "size_bytes", where)
+            _positive(row, "compute_s", where)
         elif op == "gemm":
             _count(row, "tokens", where, 1)
             _count(row, "ffn", where, 1, required=False)
@@ -368,39 +395,194 @@ def with_loopback_latency(spec: TopologySpec, latency_s: float) -> TopologySpec:
     return spec.model_copy(update={"fabric": fabric})
 
 
+# Weight formats the expert GEMM curves can be fitted in: the kernel fit's rows carry 2-byte
+# activations (moesim.calibrate.kernels), so fp32 and fp8 runs keep the roofline fit alone.
+_CURVE_DTYPES = ("bf16", "fp16")
+GEMM_FAMILY = "torch-loop"  # the harness's experts: one SwiGLU per expert, in a Python loop
+
+
+def gemm_kernel_rows(bench: dict[str, Any]) -> list[KernelRow]:
+    """The GEMM rows as kernel-table `moe` rows of one expert each (tokens = rows per expert,
+    experts = top_k = 1), as `moesim calibrate kernels` fits them."""
+    rows = []
+    for r in bench["rows"]:
+        if r["op"] == "gemm":
+            rows.append(KernelRow("moe", {
+                "tokens": float(r["tokens"]), "experts": 1.0, "top_k": 1.0,
+                "hidden": float(r.get("hidden", bench["hidden"])),
+                "ffn": float(r.get("ffn", bench["ffn"])), "time_s": float(r["time_s"])},
+                dtype=str(bench["act_dtype"]), extra={"kernel": GEMM_FAMILY}))
+    return rows
+
+
+def _curve_peaks(gpu: GpuSpec, rows: list[KernelRow]) -> GpuSpec:
+    """`gpu` with peaks high enough that every row's achieved rate is at most half of them
+    (a curve's fraction is at most 1), the roofline efficiencies rescaled so that the roofline's
+    rates stay what `fit_gemm` fitted."""
+    flops = max(6 * r.get("hidden") * r.get("ffn") * r.get("tokens") / r.time_s for r in rows)
+    moved = max(6 * r.get("hidden") * r.get("ffn") / r.time_s for r in rows)
+    update: dict[str, float] = {}
+    if 2 * flops > gpu.peak_bf16_flops_per_s:
+        update.update(peak_bf16_flops_per_s=2 * flops, compute_efficiency=gpu.compute_efficiency
+                      * gpu.peak_bf16_flops_per_s / (2 * flops))
+    if 2 * moved > gpu.memory_bandwidth_bytes_per_s:
+        update.update(memory_bandwidth_bytes_per_s=2 * moved,
+                      memory_efficiency=gpu.memory_efficiency
+                      * gpu.memory_bandwidth_bytes_per_s / (2 * moved))
+    return gpu.model_copy(update=update)
+
+
+def fit_gemm_curves(rows: list[KernelRow], gpu: GpuSpec,
+                    sources: tuple[str, ...] = ()) -> GpuSpec:
+    """`gpu` with `kernels.moe` curves (launch per expert, compute and memory efficiency by rows
+    per expert) fitted to the one-expert GEMM rows by `fit_curves`, the fit `moesim calibrate
+    kernels` runs; rows at several widths pin the curves apart from the launch."""
+    gpu = _curve_peaks(gpu, rows)
+    curves = fit_curves(rows, gpu, family=GEMM_FAMILY, grouped=False, sources=sources)
+    return gpu.model_copy(update={"kernels": GpuKernels(moe=curves)})
+
+
+def sync_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an all-to-all timed right after compute on every rank (`compute_s`)."""
+    return [r for r in bench["rows"] if r["op"] == "sync" and r.get("compute_s", 0) > 0]
+
+
+def fit_straggler(spec: TopologySpec, bench: dict[str, Any], fidelity: str = "analytic"
+                  ) -> float | None:
+    """The straggler wait per second of compute (`TopologySpec.straggler_wait_fraction`): the
+    all-to-alls timed right after compute, less their time after a collective on `spec` (the
+    communication fit), fitted as `fraction x compute` by least squares on relative error
+    (at least 0); None without such rows."""
+    rows = sync_rows(bench)
+    if not rows:
+        return None
+    plain = _plain_alltoall_s(spec, rows, fidelity)
+    measured = np.array([r["time_s"] for r in rows])
+    compute = np.array([r["compute_s"] for r in rows])
+    weight = 1.0 / measured**2
+    fraction = float(np.sum(weight * compute * (measured - plain)) / np.sum(weight * compute**2))
+    return min(max(fraction, 0.0), 10.0)
+
+
+def _plain_alltoall_s(spec: TopologySpec, rows: list[dict[str, Any]], fidelity: str
+                      ) -> np.ndarray:
+    """Each sync row's all-to-all on `spec` without the straggler wait."""
+    from moesim.inputs.topology import build_topology
+
+    return predict_times_s(
+        build_topology(spec),
+        [Measurement("alltoall", int(r["num_ranks"]), float(r["size_bytes"]), 1.0)
+         for r in rows], launch_s=spec.collective_launch_s or 0.0, fidelity=fidelity)
+
+
+# Compute bands of the straggler wait's held-out error: the compute before the all-to-all.
+COMPUTE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<1ms", 0, 1e-3), ("1-10ms", 1e-3, 1e-2), (">10ms", 1e-2, math.inf))
+
+
+def compute_band(compute_s: float) -> str:
+    """The held-out error band of a sync row's compute time."""
+    return next(name for name, lo, hi in COMPUTE_BANDS if lo <= compute_s < hi)
+
+
+# Size bands of the all-to-all / ring held-out errors: bytes per rank.
+COMM_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<=16K", 0, 16 << 10), ("16K-256K", (16 << 10) + 1, 256 << 10),
+    ("256K-4M", (256 << 10) + 1, 4 << 20), (">4M", (4 << 20) + 1, math.inf))
+
+
+def comm_band(size_bytes: float) -> str:
+    """The held-out error band of a collective's buffer size."""
+    return next(name for name, lo, hi in COMM_BANDS if lo <= size_bytes <= hi)
+
+
 def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | None = None,
              fidelity: str = "analytic", loss: str = "log",
-             source: str = "microbenchmark results") -> LiveFit:
+             source: str = "microbenchmark results", folds: int = 5) -> LiveFit:
     """Fit `spec` to microbenchmark results: link efficiency, collective launch, loopback
-    latency (where the spec has a loopback fabric) and the GPU's compute efficiency/launch.
+    latency (where the spec has a loopback fabric), the GPU's roofline efficiencies and launch,
+    and its expert GEMM curves (`GpuSpec.kernels`, bf16/fp16 runs); with `folds` >= 2 the
+    held-out error of both fits (k-fold: each row predicted by a fit made without it).
     Results `check_bench` refuses are one ConfigError naming `source` and the field."""
+    from moesim.calibrate.cross_validation import cross_validate, k_fold
+    from moesim.inputs.topology import build_topology
+
     check_bench(bench, source)
     measurements = bench_measurements(bench)
     if not measurements:
         raise ConfigError("calibration needs all-to-all or ring timings (--sizes)")
 
-    def comm_fit(latency_s: float | None) -> FitResult:
-        base = spec if latency_s is None else with_loopback_latency(spec, latency_s)
-        return fit_topology(base, measurements, media=media, loss=loss, fidelity=fidelity)
+    def fit_comm(rows: list[Measurement]) -> tuple[FitResult, float | None]:
+        def comm_fit(latency_s: float | None) -> FitResult:
+            base = spec if latency_s is None else with_loopback_latency(spec, latency_s)
+            return fit_topology(base, rows, media=media, loss=loss, fidelity=fidelity)
 
-    latency_s = None
-    if any(b.kind == "loopback" for b in spec.fabric):
-        fastest = min(m.time_s for m in measurements)
-        latency_s = _golden_min(lambda lat: comm_fit(lat).loss, 0.0, fastest, tol=fastest * 1e-3)
-    comm = comm_fit(latency_s)
-    fitted = calibrated_spec(spec if latency_s is None else with_loopback_latency(spec, latency_s),
-                             comm.efficiency_by_medium, comm.launch_s)
+        latency_s = None
+        if any(b.kind == "loopback" for b in spec.fabric):
+            fastest = min(m.time_s for m in rows)
+            latency_s = _golden_min(lambda lat: comm_fit(lat).loss, 0.0, fastest,
+                                    tol=fastest * 1e-3)
+        return comm_fit(latency_s), latency_s
+
+    def comm_spec(comm: FitResult, latency_s: float | None) -> TopologySpec:
+        base = spec if latency_s is None else with_loopback_latency(spec, latency_s)
+        return calibrated_spec(base, comm.efficiency_by_medium, comm.launch_s)
+
+    comm, latency_s = fit_comm(measurements)
+    fitted = comm_spec(comm, latency_s)
+    straggler = fit_straggler(fitted, bench, fidelity)
+    if straggler is not None:
+        fitted = fitted.model_copy(update={"straggler_wait_fraction": straggler})
     gpu = fit_gemm(bench, spec.gpu_spec)
+    kernel_rows = gemm_kernel_rows(bench)
+    curves = bench["act_dtype"] in _CURVE_DTYPES and len({r.get("tokens") for r in kernel_rows}) > 1
+    if curves:
+        gpu = fit_gemm_curves(kernel_rows, gpu, (source,))
     fitted = fitted.model_copy(update={"gpu_spec": gpu})
+    held_out: list[HeldOutError] = []
+    if folds >= 2:
+        def comm_fit_predict(train: list[Measurement], held: list[Measurement]) -> np.ndarray:
+            result, latency = fit_comm(train)
+            topo = build_topology(comm_spec(result, latency))
+            return predict_times_s(topo, held, launch_s=result.launch_s, fidelity=fidelity)
+
+        held_out += k_fold(measurements, folds=folds, size=lambda m: m.size_bytes,
+                           group=lambda m: f"{m.op} x{m.num_ranks}",
+                           band=lambda m: comm_band(m.size_bytes),
+                           measured_s=lambda m: m.time_s, fit_predict=comm_fit_predict,
+                           band_order=lambda b: [n for n, _, _ in COMM_BANDS].index(b),
+                           pooled=True)
+        syncs = sync_rows(bench)
+        if len(syncs) >= 3:
+            def sync_fit_predict(train: list[dict[str, Any]], held: list[dict[str, Any]]
+                                 ) -> np.ndarray:
+                fraction = fit_straggler(fitted, {"rows": train}, fidelity) or 0.0
+                return (_plain_alltoall_s(fitted, held, fidelity)
+                        + fraction * np.array([r["compute_s"] for r in held]))
+
+            held_out += k_fold(syncs, folds=folds, size=lambda r: r["compute_s"],
+                               group=lambda r: f"a2a after compute x{r['num_ranks']}",
+                               band=lambda r: compute_band(r["compute_s"]),
+                               measured_s=lambda r: r["time_s"], fit_predict=sync_fit_predict,
+                               band_order=lambda b: [n for n, _, _ in COMPUTE_BANDS].index(b))
+        if curves:
+            held_out += cross_validate(kernel_rows, _curve_peaks(gpu, kernel_rows), folds=folds,
+                                       group=lambda r: "expert_gemm", family=GEMM_FAMILY,
+                                       grouped=False)
     tokens, _, _, measured = _gemm_rows(bench)
+    after = (predict_rows_s(kernel_rows, gpu.kernels.moe, gpu) if gpu.kernels and
+             gpu.kernels.moe else _gemm_time_s(bench, gpu))
     return LiveFit(
         spec=fitted, comm=comm, measurements=measurements, loopback_latency_s=latency_s,
         gemm_tokens=tokens,
         gemm_ffn=np.array([r.get("ffn", bench["ffn"]) for r in bench["rows"]
                            if r["op"] == "gemm"], dtype=np.int64),
+        gemm_hidden=np.array([r.get("hidden", bench["hidden"]) for r in bench["rows"]
+                              if r["op"] == "gemm"], dtype=np.int64),
         gemm_measured_s=measured,
         gemm_before_s=_gemm_time_s(bench, spec.gpu_spec),
-        gemm_after_s=_gemm_time_s(bench, gpu),
+        gemm_after_s=after,
+        held_out=held_out,
     )
 
 
@@ -467,7 +649,8 @@ class ProgressWatch:
 
 
 def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int = 1,
-           between: Any = None) -> tuple[float, float, float]:
+           between: Any = None, sync: list[tuple[float, float]] | None = None
+           ) -> tuple[float, float, float]:
     """Median, min and mean seconds of `fn()` (divided by `per_call`) over `repeats` iterations.
 
     With `between` (a collective), iterations run back to back as `between, fn` after one
@@ -475,24 +658,42 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int =
 
     Without a `load` each iteration is `barrier, fn`. With one, iterations run back to back
     as a live run's MoE layers do, `fn, load, fn` (both calls timed) after one barrier: one
-    call follows the previous iteration's, the other follows the expert GEMMs."""
+    call follows the previous iteration's, the other follows the expert GEMMs (both count in
+    the statistics, as a live layer has collectives in both places).
+
+    `sync` gets (compute seconds, collective seconds) per timed iteration of a collective that
+    followed compute on every rank: the call after `load` (with the load's time), or `between`
+    after the previous iteration's `fn` (with that call's whole time)."""
     import torch.distributed as dist
 
     times = []
+    previous_s = None
     for i in range(warmup + repeats):
         if (load is None and between is None) or i in (0, warmup):
             dist.barrier()
+            previous_s = None
         if between is not None:
+            begin = time.perf_counter()
             between()
-        calls = []
-        for _ in range(1 if load is None else 2):
+            if sync is not None and previous_s is not None and i >= warmup:
+                sync.append((previous_s, time.perf_counter() - begin))
+        begin = time.perf_counter()
+        fn()
+        first_s = time.perf_counter() - begin
+        previous_s = first_s
+        if load is not None:
+            begin = time.perf_counter()
+            load()
+            load_s = time.perf_counter() - begin
             begin = time.perf_counter()
             fn()
-            calls.append((time.perf_counter() - begin) / per_call)
-            if load is not None and len(calls) == 1:
-                load()
+            second_s = time.perf_counter() - begin
+            if i >= warmup:
+                times.append(second_s / per_call)
+                if sync is not None:
+                    sync.append((load_s, second_s))
         if i >= warmup:
-            times += calls
+            times.append(first_s / per_call)
     return float(np.median(times)), float(np.min(times)), float(np.mean(times))
 
 
@@ -556,6 +757,8 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
 
     ranks = np.arange(world)
     exchanges: list[Any] = []
+    sync: list[tuple[float, float, float, float]] = []  # a collective after compute
+    sync_sizes: list[int] = []
     for size in plan["sizes_bytes"]:
         per_peer = max(1, int(size) // world)
         # rows of `hidden` activations per (src, dst) as a MoE dispatch sends them: an even
@@ -569,7 +772,11 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
         recv_x = rand(int(counts.sum(axis=0).max()), hidden)
         exchanges.append(
             lambda r=recv_x, s=send_x, c=counts: _all_to_all(r, s, c[:, rank], c[rank], rank))
-        out["alltoall"].append(_timed(exchanges[-1], warmup, repeats, load))
+        pairs: list[tuple[float, float]] = []
+        out["alltoall"].append(_timed(exchanges[-1], warmup, repeats, load, sync=pairs))
+        if pairs:
+            sync.append(_sync_stats(pairs))
+            sync_sizes.append(int(size))
         report()
         rows = np.full(world, per_peer)
         buf = torch.zeros(per_peer * world, 1, dtype=torch.uint8)
@@ -577,24 +784,41 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
             lambda b=buf, n=rows: _ring(b, b, ranks, n, rank, reduce=False),
             warmup, repeats, load))
         report()
-    dispatch = exchanges[len(exchanges) // 2]  # a mid-sized all-to-all before every GEMM run
-    for width, run in plan["gemm_shapes"]:
+    middle = len(exchanges) // 2
+    dispatch = exchanges[middle]  # a mid-sized all-to-all before every GEMM run
+    for width_in, width, run in plan["gemm_shapes"]:
         # distinct weights per expert and layer, as many as a live run visits (its experts
         # times `load_layers`, within _POOL_BYTES), so they are as cold in cache as there
-        sets = min(int(run) * int(plan["load_layers"]), _POOL_BYTES // (6 * hidden * int(width)))
-        pool = [(rand(hidden, int(width)), rand(hidden, int(width)), rand(int(width), hidden))
+        d = int(width_in)
+        sets = min(int(run) * int(plan["load_layers"]), _POOL_BYTES // (6 * d * int(width)))
+        pool = [(rand(d, int(width)), rand(d, int(width)), rand(int(width), d))
                 for _ in range(max(int(run), sets))]
         for tokens in plan["gemm_tokens"]:
-            x = rand(int(tokens), hidden)  # [n, D]
+            x = rand(int(tokens), d)  # [n, D]
+            pairs = []
             out["gemm"].append(_timed(lambda x=x, p=pool, k=int(run): _expert_run(x, p, k),
-                                      warmup, repeats, per_call=int(run), between=dispatch))
+                                      warmup, repeats, per_call=int(run), between=dispatch,
+                                      sync=pairs))
+            if pairs:
+                sync.append(_sync_stats(pairs))
+                sync_sizes.append(int(plan["sizes_bytes"][middle]))
             report()
     dist.barrier()
     dist.destroy_process_group()
     result = {op: np.asarray([median for median, _, _ in times]) for op, times in out.items()}
     for i, suffix in ((1, "_min"), (2, "_mean")):
         result.update({op + suffix: np.asarray([t[i] for t in times]) for op, times in out.items()})
+    stats = np.asarray(sync, dtype=np.float64).reshape(-1, 4)
+    result.update(sync_compute=stats[:, 0], sync=stats[:, 1], sync_min=stats[:, 2],
+                  sync_mean=stats[:, 3], sync_size=np.asarray(sync_sizes, dtype=np.int64))
     return result
+
+
+def _sync_stats(pairs: list[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """Mean compute, then median, min and mean collective seconds of (compute, collective)."""
+    compute, collective = np.asarray(pairs, dtype=np.float64).T
+    return (float(compute.mean()), float(np.median(collective)), float(collective.min()),
+            float(collective.mean()))
 
 
 def main(argv: list[str] | None = None) -> int:

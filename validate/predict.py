@@ -28,6 +28,7 @@ from moesim.engine.backends import execute
 from moesim.engine.collective_model import collective_launch_s
 from moesim.engine.collectives import predict_collective
 from moesim.engine.cost import OpCost, StepCosts, experts_cost
+from moesim.engine.kernels import moe_time
 from moesim.engine.plan import PHASES as ENGINE_PHASES
 from moesim.engine.plan import StepPlan, build_step_plan
 from moesim.errors import ConfigError, TopologyError
@@ -49,6 +50,7 @@ __all__ = [
     "prediction_topology",
     "predict_phase_times",
     "predicted_times",
+    "estimated_run_s",
     "measured_phase_times",
     "time_comparison",
     "plot_comparison",
@@ -92,15 +94,24 @@ def harness_experts_s(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) ->
 
 def harness_costs(inputs: dict[str, Any], traffic: Traffic, gpu: GpuSpec) -> StepCosts:
     """The compute of what the harness runs: expert GEMMs (a Python loop over experts, so one
-    launch per expert that got tokens, not one grouped kernel); no attention, router, shared
-    experts or LM head (zero)."""
+    launch per expert that got tokens, not one grouped kernel): on the GPU's own calibrated
+    `moe` curves where it has them (`GpuSpec.kernels`: each expert a one-expert op of its
+    tokens), else the roofline; no attention, router, shared experts or LM head (zero)."""
     model = load_model(inputs["model"]).model_copy(update=dict(inputs["model_update"]))
     moe_tp, act_bytes = int(inputs["parallelism"]["moe_tp"]), float(inputs["act_bytes"])
     tokens = traffic.rank_expert_tokens  # [L, W, S]
     cost = experts_cost(model, gpu, tokens_per_expert=tokens, moe_tp=moe_tp,
                         weight_bytes=act_bytes, act_bytes=act_bytes)
     busy = (tokens > 0).sum(axis=2)
-    time_s = np.where(busy > 0, cost.time_s + (busy - 1) * gpu.kernel_launch_s, 0.0)
+    curves = gpu.kernels.curves("moe") if gpu.kernels is not None else None
+    if curves is not None:  # the device's own curves (`moesim calibrate live`), per expert
+        per_expert_s = moe_time(
+            curves, gpu, tokens_per_expert=tokens[..., None], hidden=model.hidden_size,
+            ffn=model.expert_ffn_per_shard(moe_tp), weight_bytes=act_bytes,
+            act_bytes=act_bytes, peak_flops_per_s=gpu.peak_bf16_flops_per_s)  # [L, W, S]
+        time_s = np.where(tokens > 0, per_expert_s, 0.0).sum(axis=2)
+    else:
+        time_s = np.where(busy > 0, cost.time_s + (busy - 1) * gpu.kernel_launch_s, 0.0)
     zero = OpCost(np.zeros(traffic.world), np.zeros(traffic.world), np.zeros(traffic.world))
     return StepCosts(attention=zero, dense_ffn=zero, router=zero,
                      experts=OpCost(cost.flops, cost.bytes_moved, time_s), shared_experts=zero,
@@ -171,7 +182,27 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
         share = np.divide(weights, total, out=np.full_like(weights, 1 / len(members)),
                           where=total > 0)
         out[:, :, members] = engine_s[:, :, None] * share
+    _add_straggler_wait(out, runs, active, topo.spec.straggler_wait_fraction)
     return out
+
+
+# Harness phases that follow the experts in a layer, in order (a collective among them is the
+# first sync point after compute).
+_AFTER_EXPERTS = ("moe_tp_scatter", "combine", "attn_all_gather")
+
+
+def _add_straggler_wait(out: np.ndarray, runs: np.ndarray, active: np.ndarray,
+                        fraction: float) -> None:
+    """Add the topology's straggler wait to the first collective after the experts in each
+    layer, on every rank: `fraction` x the slowest rank's expert time (ranks sharing CPU cores
+    drift apart while they compute; `TopologySpec.straggler_wait_fraction`)."""
+    if fraction <= 0:
+        return
+    experts_s = out[:, :, _P["experts"]].max(axis=1)  # [L]
+    for layer in range(out.shape[0]):
+        after = [_P[p] for p in _AFTER_EXPERTS if active[_P[p]] and runs[layer, _P[p]]]
+        if after:
+            out[layer, :, after[0]] += fraction * experts_s[layer]
 
 
 def predicted_times(measurement: dict[str, Any], traffic: Traffic,
@@ -191,6 +222,21 @@ def predicted_times(measurement: dict[str, Any], traffic: Traffic,
         "per_layer": [dict(zip(PHASES, row.tolist(), strict=True)) for row in slowest],
         "step_time_s": float(slowest.sum()),
     }
+
+
+# Seconds a live run spends outside its timed passes (spawning ranks, importing torch,
+# joining the group, building weights): 2-5 s measured for 2-4 gloo ranks on a 2-core host;
+# 6 s leaves room.
+STARTUP_S = 6.0
+
+
+def estimated_run_s(inputs: dict[str, Any], traffic: Traffic, topology: str | None = None
+                    ) -> float:
+    """Wall seconds a live run of `inputs` should take: its passes (warmup + repeats) at the
+    predicted step time on `topology` (analytic), plus the ranks' start-up."""
+    prediction = predicted_times({"inputs": inputs}, traffic, topology, "analytic")
+    passes = int(inputs["warmup"]) + int(inputs["repeats"])
+    return STARTUP_S + passes * float(prediction["step_time_s"])
 
 
 def measured_phase_times(measurement: dict[str, Any], statistic: str = "mean") -> np.ndarray:

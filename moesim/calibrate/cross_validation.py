@@ -13,9 +13,9 @@ which is what a user running sizes beyond the calibrated ones meets too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,7 +30,9 @@ from moesim.calibrate.kernels import (
 )
 from moesim.inputs.topology_spec import GpuSpec
 
-__all__ = ["HeldOutError", "cross_validate", "held_out_table"]
+__all__ = ["HeldOutError", "k_fold", "cross_validate", "held_out_table"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,35 +55,49 @@ def _band(row: KernelRow) -> str:
     return token_band(row_tokens(row)) if row.op in ("gemm", "moe") else "all"
 
 
-def cross_validate(rows: Sequence[KernelRow], gpu: GpuSpec, *, folds: int = 5,
-                   **fit_options: Any) -> list[HeldOutError]:
-    """Held-out errors per (op, band) of `fit_curves` on `rows` (module doc). Op kinds with
-    fewer than 3 rows are skipped (nothing to fit on once one is held out); `folds` is capped
-    at the rows of each kind (leave-one-out on short tables)."""
+def k_fold(items: Sequence[T], *, folds: int, size: Callable[[T], float],
+           group: Callable[[T], str], band: Callable[[T], str],
+           measured_s: Callable[[T], float],
+           fit_predict: Callable[[list[T], list[T]], Sequence[float] | np.ndarray],
+           band_order: Callable[[str], int] = lambda band: 0,
+           min_items: int = 3, pooled: bool = False) -> list[HeldOutError]:
+    """Held-out errors per (group, band) of any fit: items of each group are ordered by
+    `size` and dealt to folds in turn; `fit_predict(train, held)` fits on `train` and returns
+    the predicted seconds of `held`. A fold whose fit raises a numeric error (or a
+    ConfigError: the fit refused degenerate rows) is counted per band, not dropped. Groups of
+    fewer than `min_items` are skipped; `folds` is capped at a group's items. `pooled`: every
+    fit also sees the other groups' items (one fit over all ops, as a topology's), else only
+    its own group's."""
+    from moesim.errors import ConfigError
+
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     ratios: dict[tuple[str, str], list[float]] = {}
     failed: dict[tuple[str, str], int] = {}
-    for op in sorted({r.op for r in rows}):
-        of_op = sorted((r for r in rows if r.op == op), key=row_x)
-        if len(of_op) < 3:
+    for name in sorted({group(item) for item in items}):
+        members = sorted((item for item in items if group(item) == name), key=size)
+        if len(members) < min_items:
             continue
-        k = min(folds, len(of_op))
-        fold_of = np.arange(len(of_op)) % k
+        k = min(folds, len(members))
+        fold_of = np.arange(len(members)) % k
         for fold in range(k):
-            train = [r for r, f in zip(of_op, fold_of, strict=True) if f != fold]
-            held = [r for r, f in zip(of_op, fold_of, strict=True) if f == fold]
+            held = [r for r, f in zip(members, fold_of, strict=True) if f == fold]
+            if pooled:
+                train = [r for r in items if not any(r is h for h in held)]
+            else:
+                train = [r for r, f in zip(members, fold_of, strict=True) if f != fold]
             try:
-                curves = fit_curves(train, gpu, **fit_options)
-                predicted = [predict_row_s(row, curves, gpu) for row in held]
-            except (OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
-                for row in held:  # counted and shown, not dropped silently
-                    failed[(op, _band(row))] = failed.get((op, _band(row)), 0) + 1
+                predicted = list(fit_predict(train, held))
+            except (OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError,
+                    ConfigError):
+                for item in held:  # counted and shown, not dropped silently
+                    key = (name, band(item))
+                    failed[key] = failed.get(key, 0) + 1
                 continue
-            for row, time_s in zip(held, predicted, strict=True):
-                ratios.setdefault((op, _band(row)), []).append(time_s / row.time_s)
+            for item, time_s in zip(held, predicted, strict=True):
+                ratios.setdefault((name, band(item)), []).append(time_s / measured_s(item))
     out = []
-    for key in sorted(set(ratios) | set(failed), key=lambda k: (k[0], _BAND_ORDER.get(k[1], 9))):
+    for key in sorted(set(ratios) | set(failed), key=lambda k: (k[0], band_order(k[1]))):
         arr = np.asarray(ratios.get(key, []), dtype=float)
         if arr.size:
             factor = np.maximum(arr, 1.0 / arr)
@@ -94,17 +110,35 @@ def cross_validate(rows: Sequence[KernelRow], gpu: GpuSpec, *, folds: int = 5,
     return out
 
 
+def cross_validate(rows: Sequence[KernelRow], gpu: GpuSpec, *, folds: int = 5,
+                   group: Callable[[KernelRow], str] | None = None,
+                   **fit_options: Any) -> list[HeldOutError]:
+    """Held-out errors per (op, band) of `fit_curves` on `rows` (module doc). Op kinds with
+    fewer than 3 rows are skipped (nothing to fit on once one is held out); `folds` is capped
+    at the rows of each kind (leave-one-out on short tables). `group` names the rows fitted
+    together (default: the op kind)."""
+
+    def fit_predict(train: list[KernelRow], held: list[KernelRow]) -> list[float]:
+        curves = fit_curves(train, gpu, **fit_options)
+        return [predict_row_s(row, curves, gpu) for row in held]
+
+    return k_fold(rows, folds=folds, size=row_x, group=group or (lambda r: r.op), band=_band,
+                  measured_s=lambda r: r.time_s, fit_predict=fit_predict,
+                  band_order=lambda b: _BAND_ORDER.get(b, 9))
+
+
 def held_out_table(errors: Sequence[HeldOutError], folds: int) -> str:
     """The errors as a plain-text table."""
-    lines = [f"held-out error ({folds}-fold cross-validation: each row predicted by curves "
-             "fitted without it)",
-             f"{'op':18} {'band':10} {'rows':>4} {'MAPE':>7} {'median':>7} {'worst':>7}"]
+    width = max([18] + [len(e.op) for e in errors])
+    lines = [f"held-out error ({folds}-fold cross-validation: each row predicted by a fit "
+             "made without it)",
+             f"{'op':{width}} {'band':10} {'rows':>4} {'MAPE':>7} {'median':>7} {'worst':>7}"]
     for e in errors:
         if e.rows:
-            line = (f"{e.op:18} {e.band:10} {e.rows:4d} {_number(e.mape * 100, 6, 1)}% "
+            line = (f"{e.op:{width}} {e.band:10} {e.rows:4d} {_number(e.mape * 100, 6, 1)}% "
                     f"{_number(e.median_ratio, 7, 3)} {_number(e.worst_ratio, 7, 3)}")
         else:
-            line = f"{e.op:18} {e.band:10} {0:4d} {'-':>7} {'-':>7} {'-':>7}"
+            line = f"{e.op:{width}} {e.band:10} {0:4d} {'-':>7} {'-':>7} {'-':>7}"
 
         if e.failed:
             line += f"  ({e.failed} rows not predicted: their fold's fit failed)"

@@ -199,12 +199,13 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
     live.add_argument("-t", "--topology",
                       help="base topology (default: cpu-loopback for gloo; required for nccl)")
     live.add_argument("-o", "--output", required=True, help="where to write the fitted YAML")
-    live.add_argument("--sizes", default="4K,16K,64K,256K",
-                      help="all-to-all / ring buffer sizes per rank (default 4K,16K,64K,256K: "
-                      "the range a scaled live run sends)")
-    live.add_argument("--gemm-tokens", dest="gemm_tokens", default="8,16,32,64,128,256",
-                      help="rows of the timed single-expert GEMMs (cover the rows per expert "
-                      "of the live runs you will compare)")
+    live.add_argument("--sizes", default="4K,16K,64K,256K,1M",
+                      help="all-to-all / ring buffer sizes per rank (default 4K,16K,64K,256K,1M: "
+                      "the range scaled live runs send, decode to prefill sized)")
+    live.add_argument("--gemm-tokens", dest="gemm_tokens", default="1,4,16,64,256,1024",
+                      help="rows of the timed single-expert GEMMs (default 1,4,16,64,256,1024: "
+                      "cover the rows per expert of the live runs you will compare, one to the "
+                      "largest batch)")
     live.add_argument("--trace", default="bundled:mixtral8x7b_humaneval_decode",
                       help="sizes the expert GEMMs run between the timed collectives like a "
                       "live run of this trace's batch (its token count, evenly routed; the "
@@ -212,8 +213,10 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
     live.add_argument("--load-tokens", dest="load_tokens", type=int_in(0, 1 << 24), default=None,
                       help="rows per expert of those GEMMs instead (0: idle collectives)")
     live.add_argument("--model", default="mixtral-8x7b", help="sizes the GEMMs like the harness")
-    live.add_argument("--scale", type=parse_scale, default=None,
-                      help="width scale (default 1/32 gloo, 1 nccl)")
+    live.add_argument("--scale", type=_scale_list, default=None,
+                      help="width scales of the expert GEMMs, comma-separated; the first also "
+                      "sizes the collectives' rows and the load between them (default 1/32,1/16 "
+                      "on gloo: the widths CPU runs use; 1 on nccl)")
     live.add_argument("--act-dtype", dest="act_dtype", choices=["fp32", "bf16", "fp16"],
                       default="bf16")
     live.add_argument("--warmup", type=int_in(0, MAX_REPEATS), default=3)
@@ -229,6 +232,9 @@ def _add_live(sources: argparse._SubParsersAction) -> None:  # type: ignore[type
                       type=float_in(0.0, MAX_TIMEOUT_S, low_open=True),
                       help="limit for the whole run and for each collective (default 300)")
     live.add_argument("--fidelity", choices=("des", "analytic"), default="analytic")
+    live.add_argument("--folds", type=int_in(0, 1000), default=5,
+                      help="cross-validation folds of the held-out error per op and size band "
+                      "(default 5; 0 skips it)")
     live.add_argument("--bench-json", dest="bench_json",
                       help="also write the raw microbenchmark rows here")
     live.add_argument("--from-bench", dest="from_bench",
@@ -261,15 +267,19 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         return read_mapping(args.from_bench, "microbenchmark results")
     from validate.microbench import run_microbench
 
-    scale = args.scale if args.scale is not None else (1.0 if args.backend == "nccl" else 1 / 32)
+    scales = args.scale or ((1.0,) if args.backend == "nccl" else DEFAULT_GLOO_SCALES)
+    scale = scales[0]
     sizes = _size_list(args.sizes, "--sizes", parse_bytes)
     model = load_model(args.model)
     update = scaled_model_update(model, scale, 1)
     load = layer_load(model, update, args.nproc, args.trace, args.load_tokens, args.act_dtype)
-    ffn = update["expert_ffn_size"]
-    shapes = [(ffn, load["load_experts"])]  # an EP rank's experts, back to back
-    if args.nproc > 1 and ffn // args.nproc >= 1:  # a TP rank's shards of every expert
-        shapes.append((ffn // args.nproc, model.num_experts))
+    shapes = []
+    for width in scales:
+        scaled = scaled_model_update(model, width, 1)
+        hidden, ffn = scaled["hidden_size"], scaled["expert_ffn_size"]
+        shapes.append((hidden, ffn, load["load_experts"]))  # an EP rank's experts, back to back
+        if args.nproc > 1 and ffn // args.nproc >= 1:  # a TP rank's shards of every expert
+            shapes.append((hidden, ffn // args.nproc, model.num_experts))
     bench = run_microbench(
         backend=args.backend, nproc=args.nproc, sizes_bytes=sizes,
         gemm_tokens=_size_list(args.gemm_tokens, "--gemm-tokens", _gemm_rows),
@@ -280,7 +290,7 @@ def _live_bench(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         gemm_shapes=tuple(shapes),
         progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
     )
-    bench.update(model=args.model, scale=scale, trace=args.trace)
+    bench.update(model=args.model, scale=scale, scales=list(scales), trace=args.trace)
     if args.bench_json:
         write_json(bench, args.bench_json)
     return bench
@@ -310,6 +320,17 @@ def layer_load(model: ModelSpec, update: dict[str, int], nproc: int, trace: str,
     layers = max(1, min(model.num_layers - model.first_dense_layers,
                         _LOAD_WEIGHT_BUDGET_BYTES // max(1, weight_bytes)))
     return {"load_tokens": int(load_tokens), "load_experts": experts, "load_layers": int(layers)}
+
+
+DEFAULT_GLOO_SCALES = (1 / 32, 1 / 16)
+
+
+def _scale_list(text: str) -> tuple[float, ...]:
+    """Comma-separated width scales, each as `parse_scale` reads it (at least one)."""
+    scales = tuple(parse_scale(item) for item in text.split(",") if item.strip())
+    if not scales:
+        raise argparse.ArgumentTypeError(f"scale {text!r}: give one or more, e.g. 1/32,1/16")
+    return scales
 
 
 def _gemm_rows(text: str) -> int:
@@ -345,37 +366,69 @@ def _run_live(args: argparse.Namespace) -> int:
     if isinstance(ranks, int) and not 1 <= ranks <= gpus:
         raise ConfigError(f"--from-bench {args.from_bench}: {ranks} ranks, but topology {path} "
                           f"has {gpus} GPUs; calibrate a topology of at least {ranks} GPUs")
-    fit = fit_live(spec, bench, fidelity=args.fidelity)
+    fit = fit_live(spec, bench, fidelity=args.fidelity, folds=args.folds)
     print(format_table(fit.measurements, fit.comm))
     if fit.loopback_latency_s is not None:
         print(f"fitted loopback latency_s: {fit.loopback_latency_s * 1e6:.1f} us per link")
+    straggler = fit.spec.straggler_wait_fraction
+    if straggler:
+        print(f"fitted straggler_wait_fraction: {straggler:.3f} (a collective right after "
+              f"compute waits {straggler:.3f} s more per second of that compute)")
     gpu = fit.spec.gpu_spec
     print(f"fitted compute_efficiency {gpu.compute_efficiency:.4f} of "
           f"{gpu.peak_bf16_flops_per_s:.3g} FLOP/s, memory_efficiency "
           f"{gpu.memory_efficiency:.4f} of {gpu.memory_bandwidth_bytes_per_s:.3g} B/s, "
           f"kernel_launch_s {gpu.kernel_launch_s * 1e6:.1f} us")
-    for row in zip(fit.gemm_ffn, fit.gemm_tokens, fit.gemm_measured_s, fit.gemm_before_s,
-                   fit.gemm_after_s, strict=True):
-        width, tokens, measured, before, after = row
-        print(f"gemm ffn {int(width):>5} x {int(tokens):>4} tokens: measured "
+    moe = gpu.kernels.moe if gpu.kernels is not None else None
+    if moe is not None:
+        print(f"fitted expert GEMM curves ({moe.family}): launch {moe.launch_s * 1e6:.1f} us per "
+              "expert; compute " + ", ".join(f"{f:.2f}@{x:g}" for x, f in moe.compute.points)
+              + " of peak by rows per expert; memory "
+              + ", ".join(f"{f:.2f}@{x:g}" for x, f in moe.memory.points) + " of bandwidth")
+    hidden = fit.gemm_hidden if len(fit.gemm_hidden) else [bench["hidden"]] * len(fit.gemm_ffn)
+    for row in zip(hidden, fit.gemm_ffn, fit.gemm_tokens, fit.gemm_measured_s,
+                   fit.gemm_before_s, fit.gemm_after_s, strict=True):
+        width_in, width, tokens, measured, before, after = row
+        print(f"gemm {int(width_in):>5}x{int(width):<5} x {int(tokens):>5} tokens: measured "
               f"{measured * 1e6:9.1f} us, before "
               f"{before * 1e6:9.1f} us {_pct(before, measured):>8}, after {after * 1e6:9.1f} us "
               f"{_pct(after, measured):>8}")
+    if fit.held_out:
+        from moesim.calibrate.cross_validation import held_out_table
+
+        print(held_out_table(fit.held_out, args.folds))
     note = (
         f"Calibrated by `moesim calibrate live` on {datetime.date.today()}: {bench['backend']}, "
         f"{bench['nproc']} ranks on {bench.get('device', '?')} ({bench.get('threads_per_rank')} "
         f"threads per rank), all-to-all + ring sizes {args.sizes} B, GEMM {bench['hidden']}x"
-        f"{bench['ffn']} {bench['act_dtype']}, load {bench.get('load_experts', 1)} experts x "
+        f"{bench['ffn']} {bench['act_dtype']} (widths {_widths(bench)}), load "
+        f"{bench.get('load_experts', 1)} experts x "
         f"{bench.get('load_tokens')} rows over {bench.get('load_layers', 1)} layers, "
         f"{bench.get('repeats')} repeats, {bench.get('statistic', 'median')}: "
         f"collective_launch_s {fit.comm.launch_s:.3e} s, "
-        f"link_efficiency {fit.comm.efficiency_by_medium}, compute_efficiency "
+        f"link_efficiency {fit.comm.efficiency_by_medium}, straggler_wait_fraction "
+        f"{fit.spec.straggler_wait_fraction:.3f}, compute_efficiency "
         f"{gpu.compute_efficiency:.4f}, memory_efficiency {gpu.memory_efficiency:.4f}, "
         f"kernel_launch_s {gpu.kernel_launch_s:.3e} s"
+        + (f", expert GEMM curves ({moe.family}, launch {moe.launch_s:.3e} s per expert)"
+           if moe is not None else "")
+        + (f"; held-out MAPE {_held_out_brief(fit.held_out)}" if fit.held_out else "")
     )
     _write_live(fit.spec, note, Path(args.output), path)
     print(f"wrote {args.output}")
     return 0
+
+
+def _widths(bench: dict[str, Any]) -> str:
+    """The GEMM rows' hidden x FFN widths, as the sources note lists them."""
+    shapes = sorted({(int(r.get("hidden", bench["hidden"])), int(r.get("ffn", bench["ffn"])))
+                     for r in bench["rows"] if r["op"] == "gemm"})
+    return ", ".join(f"{h}x{f}" for h, f in shapes)
+
+
+def _held_out_brief(errors: list[Any]) -> str:
+    """Held-out MAPE per op and band in one line (for the sources note)."""
+    return "; ".join(f"{e.op} {e.band} {100 * e.mape:.1f}%" for e in errors if e.rows)
 
 
 def _write_live(spec: TopologySpec, note: str, out: Path, original: Path) -> None:
@@ -385,8 +438,8 @@ def _write_live(spec: TopologySpec, note: str, out: Path, original: Path) -> Non
     header = (
         f"# {spec.name}, calibrated by `moesim calibrate live` (microbenchmarks on live ranks).\n"
         f"# Base topology: {original}. Fitted: link_efficiency, collective_launch_s, loopback\n"
-        "# latency_s, gpu_spec compute_efficiency, memory_efficiency and kernel_launch_s; see\n"
-        "# the last `sources`.\n"
+        "# latency_s, gpu_spec compute_efficiency, memory_efficiency, kernel_launch_s and the\n"
+        "# expert GEMM curves (gpu_spec.kernels); see the last `sources`.\n"
     )
     _write_fitted(out, header + yaml.safe_dump(data, sort_keys=False))
 

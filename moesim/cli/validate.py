@@ -52,6 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = parser.add_subparsers(dest="validate_command", metavar="SUBCOMMAND", required=True)
     _add_live(sub)
     _add_compare(sub)
+    _add_suite(sub)
 
 
 def _add_live(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -132,6 +133,39 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     compare.set_defaults(handler=_compare)
 
 
+def _add_suite(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Flags of `moesim validate suite`."""
+    suite = sub.add_parser(
+        "suite", help="calibrate, run a matrix of live layouts and sizes, report the errors",
+        description="Calibrate this host (`moesim calibrate live`) or take --topology, then run "
+        "the harness over EP, EP+DP, TP, SP and TP x EP layouts, decode- and prefill-sized "
+        "token counts and (on CPUs) two widths, on traces the calibration did not use; write "
+        "the error table per configuration, plots and an HTML page to DIR. Exit 1 when any "
+        "run's bytes differ from the prediction.")
+    suite.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
+    suite.add_argument("--nproc", type=int_in(2, MAX_NPROC), default=None,
+                       help="ranks of every run (default: this host's cores, 4 to 8, on gloo "
+                       "(EP+DP and TP x EP need 4); the GPUs on nccl)")
+    suite.add_argument("--quick", action="store_true",
+                       help="a shorter calibration and matrix (minutes on a 2-core host)")
+    suite.add_argument("--topology", metavar="CAL.yaml",
+                       help="a topology already calibrated on this host (skips calibration)")
+    suite.add_argument("--base", metavar="TOPOLOGY",
+                       help="base topology the calibration fits (default: cpu-loopback on "
+                       "gloo; required on nccl, e.g. dgx-h100)")
+    suite.add_argument("--layers", type=int_in(1, 1024), default=None,
+                       help="MoE layers per run (default 4; quick 2)")
+    suite.add_argument("--repeats", type=int_in(1, MAX_REPEATS), default=None,
+                       help="timed passes per run (default 40; quick 15)")
+    suite.add_argument("--timeout-s", dest="timeout_s", default=300.0,
+                       type=float_in(0.0, MAX_TIMEOUT_S, low_open=True),
+                       help="limit of each run and of the calibration; a run predicted to "
+                       "take longer is not started (default 300)")
+    suite.add_argument("-o", "--output", required=True, metavar="DIR",
+                       help="folder for suite.json, suite.md, plots, index.html and the runs")
+    suite.set_defaults(handler=_suite)
+
+
 def parse_scale(text: str) -> float:
     """A scale written as a fraction (1/32) or a decimal (0.03125), in (0, 1]."""
     try:
@@ -194,6 +228,17 @@ def _live(args: argparse.Namespace) -> int:
           f"local {totals['local_bytes']} B, wall {measurement['wall_s']:.1f} s; "
           f"wrote {args.output}")
     return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    """Handler of `moesim validate suite`."""
+    from pathlib import Path
+
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError("`moesim validate suite` needs torch: pip install 'moesim[live]'")
+    from validate.suite import run_suite_command
+
+    return run_suite_command(args, Path(args.output))
 
 
 def compare_summary(measurement: dict[str, Any], topology: str | None = None,

@@ -277,11 +277,14 @@ class ComputeModel:
 
 
 def compute_model(kernels: str, gpu: GpuSpec, *, warm_l2: bool = False) -> ComputeModel:
-    """The compute model a run's `kernels` option names on `gpu`: `roofline`; `auto` (the vllm
-    profile where it covers the GPU, else the roofline); a shipped profile's name or a profile
+    """The compute model a run's `kernels` option names on `gpu`: `roofline`; `auto` (the
+    GPU's own calibrated curves (`GpuSpec.kernels`), else the vllm profile where it covers the
+    GPU, else the roofline); a shipped profile's name or a profile
     YAML, which must cover the GPU (`GpuSpec.kernel_key`)."""
     if kernels == "roofline":
         return ComputeModel(gpu, warm_l2=warm_l2)
+    if kernels == "auto" and gpu.kernels is not None:  # curves measured on this very device
+        return ComputeModel(gpu, gpu.kernels, f"{gpu.name} (calibrated)", warm_l2)
     profile = load_kernel_profile("vllm" if kernels == "auto" else kernels)
     entry = profile.for_gpu(gpu.kernel_key)
     if entry is None:

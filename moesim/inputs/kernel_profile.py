@@ -23,13 +23,15 @@ costed by the roofline of the GPU spec (one efficiency each), as before profiles
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from moesim.errors import ConfigError
 from moesim.inputs.config import load_model_file
+
+if TYPE_CHECKING:  # numpy is imported where curves are read, so parsing a topology needs none
+    import numpy as np
 
 __all__ = [
     "OpKind",
@@ -72,6 +74,8 @@ class Curve(_Frozen):
 
     def at(self, x: object) -> np.ndarray:
         """The fraction at x (a number or an array)."""
+        import numpy as np
+
         xs = np.log(np.array([p[0] for p in self.points]))
         ys = np.array([p[1] for p in self.points])
         where = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-300))
@@ -109,6 +113,8 @@ class KernelCurves(_Frozen):
 
     def tile_rows(self, x: object) -> np.ndarray:
         """Rows per tile the kernel uses at size x."""
+        import numpy as np
+
         xs = np.array([t[0] for t in self.tile_m])
         rows = np.array([t[1] for t in self.tile_m])
         index = np.searchsorted(xs, np.asarray(x, dtype=np.float64), side="right") - 1

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from moesim.inputs.kernel_profile import GpuKernels
+
 __all__ = [
     "DeviceKind",
     "GpuSpec",
@@ -119,6 +121,10 @@ class GpuSpec(_Frozen):
 
         "10.0 Blackwell): collectives follow NCCL's protocols and tuner for it; None (a CPU "
         "process, gloo): one fixed launch cost per collective, no protocols")
+    kernels: GpuKernels | None = Field(
+        default=None, description="kernel curves measured on this very device (`moesim "
+        "calibrate live` fits them to its expert GEMM microbenchmarks); a run's `kernels: "
+        "auto` uses them before any shipped profile")
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -274,6 +280,13 @@ class TopologySpec(_Frozen):
         default=None,
         description="fixed cost of one collective before bytes move; None: NCCL's default",
     )
+    straggler_wait_fraction: float = Field(
+        default=0.0, ge=0.0, le=10.0, allow_inf_nan=False,
+        description="expected extra wait of a collective that follows compute on every rank, "
+        "per second of that compute: ranks that share CPU cores drift apart while they "
+        "compute, and the collective waits for the last (`moesim calibrate live` fits it from "
+        "all-to-alls timed right after expert GEMMs; 0 on GPUs and by default). Live-harness "
+        "predictions (`moesim validate compare`) add it; deployment steps do not")
     protocols: dict[Protocol, ProtocolSpec] = Field(
         default_factory=dict,
         description="NCCL protocol costs (LL, LL128, Simple) over NCCL's defaults "

@@ -1,0 +1,150 @@
+"""Issue 17: a live calibration that transfers across widths and token counts.
+
+The expert GEMMs of `moesim calibrate live` are fitted by `fit_curves` (the fit `moesim
+calibrate kernels` runs) over rows at several widths; both that fit and the collectives' fit
+report a k-fold held-out error; the harness's prediction uses the device's own curves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.calibrate.kernels import KernelRow, predict_row_s
+from moesim.engine.cost import compute_model
+from moesim.engine.kernels import moe_time
+from moesim.inputs.kernel_profile import Curve, GpuKernels, KernelCurves
+from tests.test_calibrate_live import _bench, _spec
+from validate.microbench import GEMM_FAMILY, comm_band, fit_live, with_loopback_latency
+
+# A CPU-like expert GEMM with known curves: 60 us per expert, compute rising from 20% of the
+# peak at 1 row per expert to 50% at 256, memory at 30% of the bandwidth throughout.
+TRUE_CURVES = KernelCurves(
+    family=GEMM_FAMILY, launch_s=6e-5, grouped=False,
+    compute=Curve(points=((1.0, 0.2), (16.0, 0.3), (256.0, 0.5))),
+    memory=Curve(points=((1.0, 0.3),)))
+WIDTHS = ((128, 448), (128, 112), (256, 896), (256, 224))  # 1/32 and 1/16 of Mixtral, EP and TP
+TOKENS = (1, 4, 16, 64, 256, 1024)
+
+
+def _gpu():  # type: ignore[no-untyped-def]
+    return _spec().gpu_spec.model_copy(update={"memory_bandwidth_bytes_per_s": 2e10})
+
+
+def _gemm_rows(noise: float = 0.0, seed: int = 0) -> list[dict]:
+    """One-expert GEMM rows made by TRUE_CURVES at every width and token count (times scaled
+    by lognormal noise of `noise`)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for hidden, ffn in WIDTHS:
+        for tokens in TOKENS:
+            row = KernelRow("moe", {"tokens": tokens, "experts": 1, "top_k": 1,
+                                    "hidden": hidden, "ffn": ffn, "time_s": 1.0})
+            time_s = predict_row_s(row, TRUE_CURVES, _gpu()) * float(
+                np.exp(noise * rng.standard_normal()))
+            rows.append({"op": "gemm", "num_ranks": 4, "tokens": tokens, "hidden": hidden,
+                         "ffn": ffn, "experts": 1, "time_s": time_s})
+    return rows
+
+
+def _live_bench(noise: float = 0.0) -> dict:
+    bench = _bench(with_loopback_latency(_spec(0.4, 2e-4), 5e-4), 1 / 2e10, 3e-5)
+    bench["rows"] = [r for r in bench["rows"] if r["op"] != "gemm"] + _gemm_rows(noise)
+    return bench
+
+
+def test_gemm_curves_fitted_over_widths_recover_the_truth_and_report_held_out_error() -> None:
+    """Rows at two widths (EP and TP shapes) and 1..1024 rows per expert, made by known curves:
+    the fitted curves predict every row within 3%, the launch within 15%, and the 5-fold
+    held-out error of every band (each row predicted by a fit that never saw it) is under 6%;
+    the collectives' held-out error (noise-free rows of a topology the fit can represent) is
+    under 2% in every op and size band."""
+    fit = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), _live_bench())
+    curves = fit.spec.gpu_spec.kernels.moe  # type: ignore[union-attr]
+    assert curves is not None and curves.family == GEMM_FAMILY and not curves.grouped
+    np.testing.assert_allclose(fit.gemm_after_s, fit.gemm_measured_s, rtol=0.03)
+    assert curves.launch_s == pytest.approx(6e-5, rel=0.15)
+    gemm = [e for e in fit.held_out if e.op == "expert_gemm"]
+    assert {e.band for e in gemm} == {"1-16", "32-256", "320-2048"}
+    assert sum(e.rows for e in gemm) == len(WIDTHS) * len(TOKENS)
+    assert all(e.mape < 0.06 for e in gemm), gemm
+    comm = [e for e in fit.held_out if e.op != "expert_gemm"]
+    assert {e.op for e in comm} == {"alltoall x4", "allgather x4"}
+    assert all(e.mape < 0.02 and e.failed == 0 for e in comm), comm
+
+
+def test_noise_shows_in_the_held_out_error() -> None:
+    """25% lognormal noise on the GEMM rows raises their held-out MAPE above twice the clean
+    fit's: the table tells a user how far the fit can be trusted."""
+    clean = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), _live_bench())
+    noisy = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), _live_bench(0.25))
+
+    def mape(fit) -> float:  # type: ignore[no-untyped-def]
+        errors = [e for e in fit.held_out if e.op == "expert_gemm"]
+        return sum(e.mape * e.rows for e in errors) / sum(e.rows for e in errors)
+
+    assert mape(noisy) > 2 * mape(clean)
+    assert mape(noisy) > 0.1
+
+
+def test_folds_zero_skips_the_held_out_error() -> None:
+    fit = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), _live_bench(), folds=0)
+    assert fit.held_out == []
+
+
+def test_fp32_runs_keep_the_roofline_fit() -> None:
+    """Curves are fitted for 2-byte activations only (the kernel fit's rows): an fp32
+    calibration leaves `kernels` unset and predicts with the fitted roofline."""
+    bench = _live_bench()
+    bench["act_dtype"] = "fp32"
+    fit = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), bench, folds=0)
+    assert fit.spec.gpu_spec.kernels is None
+
+
+def test_calibrated_curves_survive_the_topology_file_and_drive_auto(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The written topology carries the curves (gpu_spec.kernels); `kernels: auto` then costs
+    compute on them, `roofline` does not."""
+    import yaml
+
+    from moesim.inputs.topology import load_topology
+
+    fit = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), _live_bench(), folds=0)
+    path = tmp_path / "cal.yaml"
+    path.write_text(yaml.safe_dump(fit.spec.model_dump(mode="json", exclude_defaults=True)))
+    gpu = load_topology(str(path)).gpu_spec
+    assert gpu.kernels == fit.spec.gpu_spec.kernels
+    assert compute_model("auto", gpu).kernels == gpu.kernels
+    assert compute_model("roofline", gpu).kernels is None
+
+
+def test_harness_prediction_sums_one_expert_ops_on_the_curves() -> None:
+    """With curves, the harness's experts phase is the sum over its busy experts of a
+    one-expert op each (its own launch: the harness loops over experts); idle experts cost 0."""
+    from moesim.inputs.model_files import load_model
+    from validate.measurement import scaled_model_update
+    from validate.predict import harness_costs
+
+    model = load_model("mixtral-8x7b")
+    update = scaled_model_update(model, 1 / 32, 1)
+    gpu = _gpu().model_copy(update={"kernels": GpuKernels(moe=TRUE_CURVES)})
+    tokens = np.array([[[5, 0], [40, 3]]], dtype=np.float64)  # [L=1, W=2, S=2]
+
+    class _Traffic:
+        rank_expert_tokens = tokens
+        world = 2
+
+    inputs = {"model": "mixtral-8x7b", "model_update": update,
+              "parallelism": {"moe_tp": 1}, "act_bytes": 2}
+    got = harness_costs(inputs, _Traffic(), gpu).experts.time_s  # type: ignore[arg-type]
+
+    def one(n: float) -> float:
+        return float(moe_time(TRUE_CURVES, gpu, tokens_per_expert=np.array([n]),
+                              hidden=update["hidden_size"], ffn=update["expert_ffn_size"],
+                              weight_bytes=2, act_bytes=2,
+                              peak_flops_per_s=gpu.peak_bf16_flops_per_s))
+
+    np.testing.assert_allclose(got, [[one(5), one(40) + one(3)]], rtol=1e-12)
+
+
+def test_comm_bands() -> None:
+    assert [comm_band(s) for s in (4096, 16384, 16385, 262144, 1 << 20, 8 << 20)] == [
+        "<=16K", "<=16K", "16K-256K", "16K-256K", "256K-4M", ">4M"]
