@@ -135,9 +135,9 @@ def run_suite(
 ) -> tuple[list[SuiteRow], list[str]]:
     """Run the matrix on `topology` (a calibrated topology file); rows and notes."""
     from moesim.cli.run import write_json
-    from moesim.cli.validate import compare_summary
     from moesim.errors import MoesimError
     from validate import launch
+    from validate.compare import compare_summary
 
     configs, notes = suite_matrix(nproc, backend, quick)
     runs = out_dir / "runs"
@@ -268,8 +268,14 @@ def plot_suite(rows: list[SuiteRow], out_dir: Path) -> list[Path]:
         grid = np.array([low, high])
         ax.plot(grid, grid, "k-", lw=1, label="y = x")
         ax.plot(grid, 1.2 * grid, "k:", lw=1, label="+-20%")
-        ax.plot(grid, grid / 1.2, "k:", lw=1)
+        ax.plot(grid, 0.8 * grid, "k:", lw=1)
         ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high))
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="measured layer time, ms", ylabel="predicted layer time, ms",
            title="every layer of every run")
     ax.legend(fontsize=7)

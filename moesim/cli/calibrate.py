@@ -37,9 +37,8 @@ import yaml
 
 from moesim.cli.collective import parse_bytes
 from moesim.cli.commands import command_help
-from moesim.cli.numbers import float_in, int_in
+from moesim.cli.numbers import MAX_NPROC, MAX_REPEATS, MAX_TIMEOUT_S, float_in, int_in, parse_scale
 from moesim.cli.outputs import rescue_output
-from moesim.cli.validate import MAX_NPROC, MAX_REPEATS, MAX_TIMEOUT_S, parse_scale
 from moesim.errors import ConfigError
 from moesim.inputs.config import load_model_file
 from moesim.inputs.topology_spec import MAX_TOPOLOGY_GPUS, TopologySpec

@@ -14,6 +14,7 @@ import argparse
 import math
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 __all__ = [
     "MAX_SEED",
@@ -101,3 +102,25 @@ non_negative_int = int_in(0)
 seed_int = int_in(0, MAX_SEED)
 finite_positive_float = float_in(0.0, low_open=True)
 non_negative_float = float_in(0.0)
+
+
+# Limits of the live harness's flags (also `moesim calibrate live`'s). Ranks are processes
+# spawned on this host: 1024 is several times the cores of the largest servers.
+MAX_NPROC = 1024
+# Timed or untimed passes: a million passes of even the smallest layer is hours.
+MAX_REPEATS = 1_000_000
+# A week: the limit bounds a hung rank's wait, so it must be finite (inf would wait forever).
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def parse_scale(text: str) -> float:
+    """A scale written as a fraction (1/32) or a decimal (0.03125), in (0, 1]."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"cannot read scale {text!r}; write 1/32 or 0.03125"
+        ) from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"scale {text} must be in (0, 1]")
+    return value

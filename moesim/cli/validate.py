@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from moesim.cli.commands import command_help
 from moesim.cli.flags import ENGINE_FIELDS, add_scenario_flags, scenario_from_args
-from moesim.cli.numbers import float_in, int_in, positive_int
+from moesim.cli.numbers import (
+    MAX_NPROC,
+    MAX_REPEATS,
+    MAX_TIMEOUT_S,
+    float_in,
+    int_in,
+    parse_scale,
+    positive_int,
+)
 from moesim.errors import ConfigError
-from moesim.inputs.options import Fidelity
+from validate.compare import compare_summary
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 __all__ = ["add_parser", "parse_scale", "compare_summary", "MAX_NPROC", "MAX_REPEATS",
            "MAX_TIMEOUT_S"]
-
-# Limits of the live harness's flags (also `moesim calibrate live`'s). Ranks are processes
-# spawned on this host: 1024 is several times the cores of the largest servers.
-MAX_NPROC = 1024
-# Timed or untimed passes: a million passes of even the smallest layer is hours.
-MAX_REPEATS = 1_000_000
-# A week: the limit bounds a hung rank's wait, so it must be finite (inf would wait forever).
-MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 # Scenario fields `validate live` takes as flags, as `moesim run` does (moesim.cli.flags): EPLB
 # placements run live; an all-to-all other than direct, TBO and MTP are refused.
@@ -39,9 +38,6 @@ MAX_TIMEOUT_S = 7 * 24 * 3600.0
 _ENGINE_FIELDS = tuple(f for f in ENGINE_FIELDS if f not in ("rebalance_steps", "mtp_acceptance"))
 _REFUSED = {"a2a": "direct", "overlap": "none", "mtp": "0",
             "dispatch_dtype": "--act-dtype's dtype"}
-_OTHER_COMM = ("sp_exchange", "attn_reduce_scatter", "moe_tp_gather", "moe_tp_scatter",
-               "attn_all_gather")
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `moesim validate live` and `moesim validate compare`."""
@@ -166,19 +162,6 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     suite.set_defaults(handler=_suite)
 
 
-def parse_scale(text: str) -> float:
-    """A scale written as a fraction (1/32) or a decimal (0.03125), in (0, 1]."""
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"cannot read scale {text!r}; write 1/32 or 0.03125"
-        ) from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"scale {text} must be in (0, 1]")
-    return value
-
-
 def _parse_injection(text: str | None) -> tuple[int, str] | None:
     """`RANK` or `RANK:hang` -> (rank, mode)."""
     if text is None:
@@ -239,61 +222,6 @@ def _suite(args: argparse.Namespace) -> int:
     from validate.suite import run_suite_command
 
     return run_suite_command(args, Path(args.output))
-
-
-def compare_summary(measurement: dict[str, Any], topology: str | None = None,
-                    fidelity: Fidelity = "des", statistic: str = "mean") -> dict[str, Any]:
-    """Measured vs predicted bytes and times per layer, the mismatches, and the errors:
-    `bytes_match`, `a2a_mape` / `layer_mape` / `overall_mape` (percent), `phase_mape`."""
-    from validate.measurement import (
-        PHASES,
-        check_bytes,
-        expected_bytes,
-        measured_bytes,
-        traffic_for_inputs,
-    )
-    from validate.predict import predicted_times, time_comparison
-
-    traffic = traffic_for_inputs(measurement["inputs"])
-    mismatches = check_bytes(measurement, traffic)
-    measured, predicted = measured_bytes(measurement), expected_bytes(traffic)
-    a2a = [PHASES.index(p) for p in ("dispatch", "combine")]
-    other = [PHASES.index(p) for p in _OTHER_COMM]
-
-    def layer_bytes(counts: np.ndarray, layer: int) -> dict[str, int]:
-        return {"a2a_bytes": int(counts[layer, :, a2a, 0].sum()),
-                "local_bytes": int(counts[layer, :, a2a, 2].sum()),
-                "other_comm_bytes": int(counts[layer, :, other, 0].sum())}
-
-    prediction = predicted_times(measurement, traffic, topology, fidelity)
-    times = time_comparison(measurement, prediction, statistic)
-    per_layer = [
-        {"layer": layer, "measured": layer_bytes(measured, layer),
-         "predicted": layer_bytes(predicted, layer),
-         "measured_time_s": _layer_time_s(measurement["per_layer"][layer]),
-         "bytes_match": not any(m.layer == layer for m in mismatches),
-         **{k: v for k, v in times["per_layer"][layer].items() if k != "layer"}}
-        for layer in range(measured.shape[0])
-    ]
-    return {
-        "bytes_match": not mismatches,
-        "mismatches": [vars(m) for m in mismatches],
-        "a2a_mape": times["a2a_mape"],
-        "layer_mape": times["layer_mape"],
-        "overall_mape": times["overall_mape"],
-        "phase_mape": times["phase_mape"],
-        "local_only_phases": times["local_only_phases"],
-        "statistic": statistic,
-        "topology": prediction["topology_source"],
-        "per_layer": per_layer,
-        "predicted_times": prediction,
-    }
-
-
-def _layer_time_s(layer_entry: dict[str, Any]) -> float:
-    """Sum over phases of the slowest rank's median time."""
-    phases = layer_entry["ranks"][0]["phases"]
-    return float(sum(max(r["phases"][p]["time_s"] for r in layer_entry["ranks"]) for p in phases))
 
 
 def _compare(args: argparse.Namespace) -> int:
