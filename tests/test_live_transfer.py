@@ -148,3 +148,86 @@ def test_harness_prediction_sums_one_expert_ops_on_the_curves() -> None:
 def test_comm_bands() -> None:
     assert [comm_band(s) for s in (4096, 16384, 16385, 262144, 1 << 20, 8 << 20)] == [
         "<=16K", "<=16K", "16K-256K", "16K-256K", "256K-4M", ">4M"]
+
+
+def test_straggler_wait_is_recovered_from_all_to_alls_after_compute() -> None:
+    """Sync rows of 4 ranks made as `plain all-to-all + 0.3 x E[max of 4 normals] x compute`
+    (compute 0.5 to 30 ms) give back a straggler_wait_fraction of 0.3, written into the spec;
+    with none the spec keeps 0; the held-out error of the wait is reported per compute band
+    and is ~0 here."""
+    from validate.microbench import _plain_alltoall_s, fit_straggler, sync_rows
+    from validate.predict import expected_max_normal
+
+    truth = with_loopback_latency(_spec(0.4, 2e-4), 5e-4)
+    bench = _live_bench()
+    computes = [5e-4, 2e-3, 8e-3, 3e-2, 1e-3, 4e-3]
+    rows = [{"op": "sync", "num_ranks": 4, "size_bytes": 65536.0, "compute_s": c,
+             "time_s": 1.0} for c in computes]
+    plain = _plain_alltoall_s(truth, rows, "analytic")
+    for row, base in zip(rows, plain, strict=True):
+        row["time_s"] = float(base + 0.3 * expected_max_normal(4) * row["compute_s"])
+    assert fit_straggler(truth, {"rows": rows}) == pytest.approx(0.3, rel=1e-9)
+    assert fit_straggler(truth, {"rows": []}) is None
+    bench["rows"] += rows
+    assert len(sync_rows(bench)) == len(computes)
+    fit = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), bench)
+    assert fit.spec.straggler_wait_fraction == pytest.approx(0.3, rel=0.05)
+    waits = [e for e in fit.held_out if e.op == "a2a after compute x4"]
+    assert {e.band for e in waits} == {"<1ms", "1-10ms", ">10ms"}
+    assert all(e.mape < 0.05 for e in waits), waits
+
+
+def test_prediction_adds_the_straggler_wait_after_the_experts() -> None:
+    """The first collective after the experts (EP: the combine) gets fraction x E[max of 2
+    normals] (its 2 ranks: 0.5642) x the slowest rank's expert time on every rank; the
+    dispatch and the experts are unchanged."""
+    from validate.measurement import PHASES, live_inputs, traffic_for_inputs
+    from validate.predict import predict_phase_times, prediction_topology
+
+    inputs = live_inputs(model="mixtral-8x7b", trace="bundled:mixtral8x7b_humaneval_decode",
+                         placement="EP2", backend="gloo", scale=1 / 32, layers=2, tokens=64,
+                         act_dtype="bf16", dedup="none", phase="decode", sp_variant="ring",
+                         warmup=0, repeats=1, barrier="step")
+    traffic = traffic_for_inputs(inputs)
+    topo = prediction_topology(None, 2)
+    plain = predict_phase_times(inputs, traffic, topo, "analytic")
+    spec = topo.spec.model_copy(update={"straggler_wait_fraction": 0.5})
+    from moesim.inputs.topology import build_topology
+
+    waited = predict_phase_times(inputs, traffic, build_topology(spec), "analytic")
+    experts, combine = PHASES.index("experts"), PHASES.index("combine")
+    expected = plain.copy()
+    expected[:, :, combine] += 0.5 * 0.5642 * plain[:, :, experts].max(axis=1)[:, None]
+    np.testing.assert_allclose(waited, expected, rtol=1e-4)  # 0.5642: E[max] to 4 digits
+
+
+def test_expected_max_of_normals_matches_the_tables() -> None:
+    """E[max of n standard normals]: 0 for 1, 1/sqrt(pi) for 2, 3/(2 sqrt(pi)) for 3, and the
+    tabulated 1.0294 (4), 1.4236 (8), 1.7660 (16)."""
+    import math
+
+    from validate.predict import expected_max_normal
+
+    assert expected_max_normal(1) == 0.0
+    assert expected_max_normal(2) == pytest.approx(1 / math.sqrt(math.pi), rel=1e-6)
+    assert expected_max_normal(3) == pytest.approx(1.5 / math.sqrt(math.pi), rel=1e-6)
+    for count, value in ((4, 1.0294), (8, 1.4236), (16, 1.7660)):
+        assert expected_max_normal(count) == pytest.approx(value, abs=1e-4)
+
+
+def test_all_to_all_groups_follow_the_traffic() -> None:
+    """EP2xDP2: each DP replica's two EP ranks form the dispatch group; EP4 is one group; TP4
+    moves no dispatch bytes, so every rank is its own group."""
+    from validate.launch import a2a_groups
+    from validate.measurement import live_inputs, traffic_for_inputs
+
+    def groups(placement: str) -> list[int]:
+        inputs = live_inputs(model="mixtral-8x7b", trace="bundled:mixtral8x7b_humaneval_decode",
+                             placement=placement, backend="gloo", scale=1 / 32, layers=2,
+                             tokens=64, act_dtype="bf16", dedup="none", phase="decode",
+                             sp_variant="ring", warmup=0, repeats=1, barrier="step")
+        return a2a_groups(traffic_for_inputs(inputs))[1].tolist()
+
+    assert groups("EP2xDP2") == [0, 0, 2, 2]
+    assert groups("EP4") == [0, 0, 0, 0]
+    assert groups("TP4") == [0, 1, 2, 3]

@@ -20,13 +20,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_matrix_on_four_ranks_covers_every_layout_size_and_width() -> None:
     """4 ranks: EP4, EP2xDP2, TP4, SP4, TP2xEP2, each decode- and prefill-sized at 1/32 and
-    1/16 width (20 runs); quick keeps one width per size (10 runs)."""
+    1/16 width, and decode at 1/8, a width the calibration does not time (25 runs); quick
+    keeps one width per size (10 runs)."""
     configs, notes = suite.suite_matrix(4)
     assert notes == []
-    assert [c.layout for c in configs[::4]] == ["EP4", "EP2xDP2", "TP4", "SP4", "TP2xEP2"]
-    assert len(configs) == 20 and len({c.name for c in configs}) == 20
+    assert [c.layout for c in configs[::5]] == ["EP4", "EP2xDP2", "TP4", "SP4", "TP2xEP2"]
+    assert len(configs) == 25 and len({c.name for c in configs}) == 25
     assert {(c.size, c.scale) for c in configs} == {
-        (s, w) for s in ("decode", "prefill") for w in (1 / 32, 1 / 16)}
+        (s, w) for s in ("decode", "prefill") for w in (1 / 32, 1 / 16)} | {("decode", 1 / 8)}
     decode = [c for c in configs if c.size == "decode"]
     assert {c.trace for c in decode} == {suite.DECODE_TRACE} and {c.phase for c in decode} == {
         "decode"}

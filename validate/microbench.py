@@ -451,14 +451,17 @@ def fit_straggler(spec: TopologySpec, bench: dict[str, Any], fidelity: str = "an
                   ) -> float | None:
     """The straggler wait per second of compute (`TopologySpec.straggler_wait_fraction`): the
     all-to-alls timed right after compute, less their time after a collective on `spec` (the
-    communication fit), fitted as `fraction x compute` by least squares on relative error
-    (at least 0); None without such rows."""
+    communication fit), fitted as `fraction x expected_max_normal(ranks) x compute` by least
+    squares on relative error (at least 0); None without such rows."""
+    from validate.predict import expected_max_normal
+
     rows = sync_rows(bench)
     if not rows:
         return None
     plain = _plain_alltoall_s(spec, rows, fidelity)
     measured = np.array([r["time_s"] for r in rows])
-    compute = np.array([r["compute_s"] for r in rows])
+    compute = np.array([r["compute_s"] * expected_max_normal(int(r["num_ranks"]))
+                        for r in rows])
     weight = 1.0 / measured**2
     fraction = float(np.sum(weight * compute * (measured - plain)) / np.sum(weight * compute**2))
     return min(max(fraction, 0.0), 10.0)
@@ -556,9 +559,11 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
         if len(syncs) >= 3:
             def sync_fit_predict(train: list[dict[str, Any]], held: list[dict[str, Any]]
                                  ) -> np.ndarray:
+                from validate.predict import expected_max_normal
+
                 fraction = fit_straggler(fitted, {"rows": train}, fidelity) or 0.0
-                return (_plain_alltoall_s(fitted, held, fidelity)
-                        + fraction * np.array([r["compute_s"] for r in held]))
+                return (_plain_alltoall_s(fitted, held, fidelity) + fraction * np.array(
+                    [r["compute_s"] * expected_max_normal(int(r["num_ranks"])) for r in held]))
 
             held_out += k_fold(syncs, folds=folds, size=lambda r: r["compute_s"],
                                group=lambda r: f"a2a after compute x{r['num_ranks']}",

@@ -20,6 +20,8 @@ left out of the per-phase and all-to-all errors (`time_comparison`).
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -182,8 +184,39 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
         share = np.divide(weights, total, out=np.full_like(weights, 1 / len(members)),
                           where=total > 0)
         out[:, :, members] = engine_s[:, :, None] * share
-    _add_straggler_wait(out, runs, active, topo.spec.straggler_wait_fraction)
+    _add_straggler_wait(out, runs, active, topo.spec.straggler_wait_fraction,
+                        _group_sizes(traffic))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def expected_max_normal(count: int) -> float:
+    """E[max of `count` independent standard normal draws] (0 for one, 0.564 for two, 1.029
+    for four, 1.424 for eight): how far the last of `count` ranks falls behind, in units of
+    one rank's spread (numeric integral of x count phi(x) Phi(x)^(count-1))."""
+    if count < 2:
+        return 0.0
+    x = np.linspace(-9.0, 9.0, 6001)
+    cdf = 0.5 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in x]))
+    density = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return float(np.trapezoid(x * count * density * cdf ** (count - 1), x))
+
+
+def _group_sizes(traffic: Traffic) -> dict[str, np.ndarray]:
+    """`[W]` ranks in each rank's group of the collectives that can follow the experts: the
+    MoE-TP scatter (the gather's group), the combine (the dispatch's), the attention-TP ring."""
+    from validate.launch import A2A_GROUP_PHASES, a2a_groups
+
+    labels = dict(zip(A2A_GROUP_PHASES, a2a_groups(traffic), strict=True))
+    ring = np.ones(traffic.world, dtype=np.int64)
+    for coll in traffic.attn_collectives:
+        ring[list(coll.ranks)] = len(coll.ranks)
+
+    def sizes(label: np.ndarray) -> np.ndarray:
+        return np.bincount(label, minlength=traffic.world)[label]
+
+    return {"moe_tp_scatter": sizes(labels["moe_tp_gather"]),
+            "combine": sizes(labels["dispatch"]), "attn_all_gather": ring}
 
 
 # Harness phases that follow the experts in a layer, in order (a collective among them is the
@@ -192,17 +225,19 @@ _AFTER_EXPERTS = ("moe_tp_scatter", "combine", "attn_all_gather")
 
 
 def _add_straggler_wait(out: np.ndarray, runs: np.ndarray, active: np.ndarray,
-                        fraction: float) -> None:
+                        fraction: float, group_sizes: dict[str, np.ndarray]) -> None:
     """Add the topology's straggler wait to the first collective after the experts in each
-    layer, on every rank: `fraction` x the slowest rank's expert time (ranks sharing CPU cores
-    drift apart while they compute; `TopologySpec.straggler_wait_fraction`)."""
+    layer: on each rank `fraction` x `expected_max_normal(g)` (g: the ranks of its group in
+    that collective) x the slowest rank's expert time (ranks sharing CPU cores drift apart
+    while they compute; `TopologySpec.straggler_wait_fraction`)."""
     if fraction <= 0:
         return
     experts_s = out[:, :, _P["experts"]].max(axis=1)  # [L]
     for layer in range(out.shape[0]):
-        after = [_P[p] for p in _AFTER_EXPERTS if active[_P[p]] and runs[layer, _P[p]]]
+        after = [p for p in _AFTER_EXPERTS if active[_P[p]] and runs[layer, _P[p]]]
         if after:
-            out[layer, :, after[0]] += fraction * experts_s[layer]
+            spread = np.array([expected_max_normal(int(g)) for g in group_sizes[after[0]]])
+            out[layer, :, _P[after[0]]] += fraction * spread * experts_s[layer]
 
 
 def predicted_times(measurement: dict[str, Any], traffic: Traffic,

@@ -8,7 +8,8 @@ live runs of the harness (`validate.launch.run_live`) over a matrix of
   need 4 or more ranks, and are left out, with a line saying so, on fewer);
 - token counts: decode-sized (the real HumanEval/0 trace, 94 tokens, never used by the
   calibration) and prefill-sized (the first 1,024 tokens of the synthetic HumanEval trace);
-- widths: 1/32 and 1/16 of Mixtral's on CPUs (gloo), full width on GPUs (nccl);
+- widths: 1/32 and 1/16 of Mixtral's on CPUs (gloo), the widths the default calibration
+  times, and decode-sized runs also at 1/8, a width it never timed; full width on GPUs (nccl);
 
 each compared with the prediction on the calibrated topology (`moesim validate compare`:
 bytes per layer, rank and phase must match; per-layer time and all-to-all time errors).
@@ -43,6 +44,9 @@ DECODE_TRACE = "bundled:mixtral8x7b_humaneval0_prefill_decode"  # real, 94 token
 PREFILL_TRACE = "bundled:mixtral8x7b_humaneval_synth"  # synthetic, fitted to the real one
 PREFILL_TOKENS, QUICK_PREFILL_TOKENS = 1024, 512
 GLOO_SCALES, NCCL_SCALES = (1 / 32, 1 / 16), (1.0,)
+# A width the default calibration never timed (it times 1/32 and 1/16): decode-sized runs
+# also go to it, to show what the fit does beyond its rows (CPU only; GPUs run full width).
+GLOO_TRANSFER_SCALE = 1 / 8
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,8 @@ def suite_layouts(nproc: int) -> tuple[list[str], list[str]]:
 def suite_matrix(nproc: int, backend: str = "gloo", quick: bool = False
                  ) -> tuple[list[SuiteConfig], list[str]]:
     """The configurations of a suite on `nproc` ranks, and the notes on what was left out.
-    Quick: per layout decode at the narrower width and prefill (512 tokens) at the wider."""
+    Quick: per layout decode at the narrower width and prefill (512 tokens) at the wider;
+    no 1/8."""
     layouts, notes = suite_layouts(nproc)
     scales = GLOO_SCALES if backend == "gloo" else NCCL_SCALES
     prefill = QUICK_PREFILL_TOKENS if quick else PREFILL_TOKENS
@@ -115,6 +120,8 @@ def suite_matrix(nproc: int, backend: str = "gloo", quick: bool = False
     for layout in layouts:
         for size, (trace, tokens, phase) in sizes.items():
             widths = scales if not quick else (scales[0] if size == "decode" else scales[-1],)
+            if backend == "gloo" and size == "decode" and not quick:
+                widths = (*widths, GLOO_TRANSFER_SCALE)
             for scale in widths:
                 configs.append(SuiteConfig(layout, size, scale, trace, tokens, phase))
     return configs, notes
@@ -383,7 +390,7 @@ def calibrate(out_dir: Path, *, backend: str, nproc: int, base: str | None, quic
     if base:
         argv += ["-t", base]
     if quick:  # half the repeats, the four smaller sizes, the tokens decode and 512 use
-        argv += ["--repeats", "80", "--sizes", "4K,16K,64K,256K", "--gemm-tokens",
+        argv += ["--repeats", "100", "--sizes", "4K,16K,64K,256K", "--gemm-tokens",
                  "1,4,16,64,256,512"]
     args = parser.parse_args(argv)
     text = io.StringIO()
@@ -410,8 +417,8 @@ def run_suite_command(args: Any, out_dir: Path) -> int:
         raise ConfigError(f"-o {out_dir}: cannot create the folder ({exc.strerror}); name a "
                           "folder you can write") from None
     nproc = args.nproc or default_nproc(args.backend)
-    layers = args.layers or (2 if args.quick else 4)
-    repeats = args.repeats or (15 if args.quick else 40)
+    layers = args.layers or (3 if args.quick else 4)
+    repeats = args.repeats or (25 if args.quick else 40)
     start = time.perf_counter()
     if args.topology:
         from moesim.inputs.topology import load_topology

@@ -150,9 +150,9 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="base topology the calibration fits (default: cpu-loopback on "
                        "gloo; required on nccl, e.g. dgx-h100)")
     suite.add_argument("--layers", type=int_in(1, 1024), default=None,
-                       help="MoE layers per run (default 4; quick 2)")
+                       help="MoE layers per run (default 4; quick 3)")
     suite.add_argument("--repeats", type=int_in(1, MAX_REPEATS), default=None,
-                       help="timed passes per run (default 40; quick 15)")
+                       help="timed passes per run (default 40; quick 25)")
     suite.add_argument("--timeout-s", dest="timeout_s", default=300.0,
                        type=float_in(0.0, MAX_TIMEOUT_S, low_open=True),
                        help="limit of each run and of the calibration; a run predicted to "
