@@ -178,8 +178,8 @@ def test_straggler_wait_is_recovered_from_all_to_alls_after_compute() -> None:
 
 
 def test_prediction_adds_the_straggler_wait_after_the_experts() -> None:
-    """The first collective after the experts (EP: the combine) gets fraction x E[max of 2
-    normals] (its 2 ranks: 0.5642) x the slowest rank's expert time on every rank; the
+    """The first collective after the experts (EP: the combine, a world call of 2 ranks) gets
+    fraction x E[max of 2 normals] (0.5642) x the slowest rank's expert time on every rank; the
     dispatch and the experts are unchanged."""
     from validate.measurement import PHASES, live_inputs, traffic_for_inputs
     from validate.predict import predict_phase_times, prediction_topology
@@ -213,21 +213,3 @@ def test_expected_max_of_normals_matches_the_tables() -> None:
     assert expected_max_normal(3) == pytest.approx(1.5 / math.sqrt(math.pi), rel=1e-6)
     for count, value in ((4, 1.0294), (8, 1.4236), (16, 1.7660)):
         assert expected_max_normal(count) == pytest.approx(value, abs=1e-4)
-
-
-def test_all_to_all_groups_follow_the_traffic() -> None:
-    """EP2xDP2: each DP replica's two EP ranks form the dispatch group; EP4 is one group; TP4
-    moves no dispatch bytes, so every rank is its own group."""
-    from validate.launch import a2a_groups
-    from validate.measurement import live_inputs, traffic_for_inputs
-
-    def groups(placement: str) -> list[int]:
-        inputs = live_inputs(model="mixtral-8x7b", trace="bundled:mixtral8x7b_humaneval_decode",
-                             placement=placement, backend="gloo", scale=1 / 32, layers=2,
-                             tokens=64, act_dtype="bf16", dedup="none", phase="decode",
-                             sp_variant="ring", warmup=0, repeats=1, barrier="step")
-        return a2a_groups(traffic_for_inputs(inputs))[1].tolist()
-
-    assert groups("EP2xDP2") == [0, 0, 2, 2]
-    assert groups("EP4") == [0, 0, 0, 0]
-    assert groups("TP4") == [0, 1, 2, 3]

@@ -82,27 +82,15 @@ def _row_bytes(tensor: torch.Tensor) -> int:
     return tensor.element_size() * (int(np.prod(tensor.shape[1:])) if tensor.dim() > 1 else 1)
 
 
-Group = tuple[Any, list[int]]  # a process group and its ranks in order (None: the world)
-
-
 def _all_to_all(out: torch.Tensor, inp: torch.Tensor, recv_rows: np.ndarray,
-                send_rows: np.ndarray, rank: int, exchange: bool = True,
-                group: Group | None = None) -> ByteCount:
+                send_rows: np.ndarray, rank: int, exchange: bool = True) -> ByteCount:
     """all_to_all_single with the given splits; bytes from the splits and the row size.
 
     Without `exchange` (no rank sends another anything in this layer's phase) only this
-    rank's own rows are copied and no collective is called. With `group` the collective runs
-    among its ranks only (the splits to every other rank are zero), as an all-to-all over an
-    EP group does; a group of one rank copies locally."""
+    rank's own rows are copied and no collective is called."""
     send, recv = [int(n) for n in send_rows], [int(n) for n in recv_rows]
     out, inp = out[: sum(recv)], inp[: sum(send)]
-    if group is not None and len(group[1]) < 2:
-        exchange = False
-    if exchange and group is not None:
-        handle, members = group
-        dist.all_to_all_single(out, inp, output_split_sizes=[recv[m] for m in members],
-                               input_split_sizes=[send[m] for m in members], group=handle)
-    elif exchange:
+    if exchange:
         dist.all_to_all_single(out, inp, output_split_sizes=recv, input_split_sizes=send)
     else:
         src, dst = sum(send[:rank]), sum(recv[:rank])
@@ -180,11 +168,6 @@ class _Rank:
         self.expert_in = rand(int(tokens.max(initial=0)), hidden)
         self.weights = [[(rand(hidden, ffn), rand(hidden, ffn), rand(ffn, hidden))
                          for _ in range(tokens.shape[1])] for _ in range(tokens.shape[0])]
-        self.groups = _a2a_groups(plan)
-
-    def _group(self, phase: str) -> Group | None:
-        """The process group this rank's all-to-all of `phase` runs in (None: the world)."""
-        return self.groups.get(phase)
 
     def _exchange(self, layer: int, phase: str) -> bool:
         """Whether the layer's phase crosses ranks (plan `exchange[L, P]`, the same on all)."""
@@ -199,8 +182,7 @@ class _Rank:
         """SP attention exchange: the sp_bytes row and column of this rank, as raw bytes."""
         p = self.plan
         return _all_to_all(self.sp_out, self.sp_in, p["sp_recv_bytes"], p["sp_send_bytes"],
-                           self.rank, self._exchange(layer, "sp_exchange"),
-                           self._group("sp_exchange"))
+                           self.rank, self._exchange(layer, "sp_exchange"))
 
     def attn_reduce_scatter(self, layer: int) -> ByteCount:
         """Attention-TP ring reduce-scatter of the group's token block."""
@@ -219,32 +201,28 @@ class _Rank:
         p = self.plan
         return _all_to_all(self.dispatch_out, self.dispatch_in, p["dispatch_recv_rows"][layer],
                            p["dispatch_send_rows"][layer], self.rank,
-                           self._exchange(layer, "dispatch"),
-                           self._group("dispatch"))
+                           self._exchange(layer, "dispatch"))
 
     def combine(self, layer: int) -> ByteCount:
         """MoE combine: the dispatch reversed."""
         p = self.plan
         return _all_to_all(self.combine_out, self.dispatch_out, p["dispatch_send_rows"][layer],
                            p["dispatch_recv_rows"][layer], self.rank,
-                           self._exchange(layer, "combine"),
-                           self._group("dispatch"))
+                           self._exchange(layer, "combine"))
 
     def moe_tp_gather(self, layer: int) -> ByteCount:
         """MoE-TP all-gather of the rows each shard received."""
         p = self.plan
         return _all_to_all(self.gather_out, self.gather_in, p["gather_recv_rows"][layer],
                            p["gather_send_rows"][layer], self.rank,
-                           self._exchange(layer, "moe_tp_gather"),
-                           self._group("moe_tp_gather"))
+                           self._exchange(layer, "moe_tp_gather"))
 
     def moe_tp_scatter(self, layer: int) -> ByteCount:
         """MoE-TP reduce-scatter: the gather reversed."""
         p = self.plan
         return _all_to_all(self.scatter_out, self.gather_out, p["gather_send_rows"][layer],
                            p["gather_recv_rows"][layer], self.rank,
-                           self._exchange(layer, "moe_tp_scatter"),
-                           self._group("moe_tp_gather"))
+                           self._exchange(layer, "moe_tp_scatter"))
 
     def experts(self, layer: int) -> ByteCount:
         """SwiGLU of every local expert on its tokens: down(silu(x W_gate) * (x W_up))."""
@@ -254,29 +232,6 @@ class _Rank:
                 w_gate, w_up, w_down = self.weights[layer][e]
                 _ = (F.silu(x @ w_gate) * (x @ w_up)) @ w_down  # [n, D]
         return 0, 0, 0
-
-
-# Rows of the plan's `a2a_groups` (validate.launch.A2A_GROUP_PHASES).
-_GROUP_PHASES = ("sp_exchange", "dispatch", "moe_tp_gather")
-
-
-def _a2a_groups(plan: dict[str, Any]) -> dict[str, Group]:
-    """Per all-to-all phase whose ranks split into several groups (plan `a2a_groups`: a label
-    per rank), this rank's process group and its members. Every rank creates every group of
-    two or more ranks, in the same order (torch.distributed requires it)."""
-    labels = plan.get("a2a_groups")
-    if labels is None:
-        return {}
-    rank, out = int(plan["rank"]), {}
-    for phase, row in zip(_GROUP_PHASES, np.asarray(labels), strict=True):
-        if len(set(row.tolist())) < 2:
-            continue  # one group: the world
-        for label in sorted(set(row.tolist())):
-            members = [int(r) for r in np.flatnonzero(row == label)]
-            handle = dist.new_group(members) if len(members) > 1 else None
-            if rank in members:
-                out[phase] = (handle, members)
-    return out
 
 
 def _maybe_fail(plan: dict[str, Any]) -> None:

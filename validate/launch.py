@@ -83,7 +83,6 @@ def rank_plans(
     active[PHASES.index("experts")] = True
     exchange = exchange_layers(traffic)  # [L, P]: all ranks call the collective, or none
     moe_tp = int(inputs["parallelism"]["moe_tp"])
-    groups = a2a_groups(traffic)
     plans = []
     for rank in range(traffic.world):
         attn_ranks, attn_rows = _attn_group(traffic, rank)
@@ -105,35 +104,8 @@ def rank_plans(
             "attn_chunk_rows": attn_rows,
             "active_phases": active,
             "exchange": exchange,
-            "a2a_groups": groups,
         })
     return plans
-
-
-# The all-to-all phases of the harness, each with the byte matrix that decides its groups
-# (the combine and the MoE-TP scatter reverse the dispatch and the gather: same groups).
-A2A_GROUP_PHASES = ("sp_exchange", "dispatch", "moe_tp_gather")
-
-
-def a2a_groups(traffic: Traffic) -> np.ndarray:
-    """`[3, W]` for the SP exchange, the dispatch and the MoE-TP gather: each rank's group,
-    the connected parts of the ranks that exchange bytes in any layer (EP4xDP2: each DP
-    replica's EP ranks), labelled by their lowest rank. The harness runs each all-to-all
-    within its group, as an engine's all-to-all over its EP group does, not over the world."""
-    matrices = phase_byte_matrices(traffic)
-    out = np.empty((len(A2A_GROUP_PHASES), traffic.world), dtype=np.int64)
-    for row, phase in enumerate(A2A_GROUP_PHASES):
-        linked = np.asarray(matrices[phase]).reshape(-1, traffic.world, traffic.world)
-        linked = linked.any(axis=0)
-        linked = linked | linked.T | np.eye(traffic.world, dtype=bool)
-        label = np.arange(traffic.world)
-        for _ in range(traffic.world):  # lowest reachable rank: at most W relaxations
-            new = np.where(linked, label[None, :], traffic.world).min(axis=1)
-            if np.array_equal(new, label):
-                break
-            label = new
-        out[row] = label
-    return out
 
 
 def _loopback_interface() -> str | None:

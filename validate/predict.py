@@ -203,20 +203,14 @@ def expected_max_normal(count: int) -> float:
 
 
 def _group_sizes(traffic: Traffic) -> dict[str, np.ndarray]:
-    """`[W]` ranks in each rank's group of the collectives that can follow the experts: the
-    MoE-TP scatter (the gather's group), the combine (the dispatch's), the attention-TP ring."""
-    from validate.launch import A2A_GROUP_PHASES, a2a_groups
-
-    labels = dict(zip(A2A_GROUP_PHASES, a2a_groups(traffic), strict=True))
+    """`[W]` ranks each rank waits for in the collectives that can follow the experts: the
+    harness's all-to-alls (MoE-TP scatter, combine) are world calls, as the engine prices every
+    exchange; the attention-TP ring all-gather waits for its group."""
+    world = np.full(traffic.world, traffic.world, dtype=np.int64)
     ring = np.ones(traffic.world, dtype=np.int64)
     for coll in traffic.attn_collectives:
         ring[list(coll.ranks)] = len(coll.ranks)
-
-    def sizes(label: np.ndarray) -> np.ndarray:
-        return np.bincount(label, minlength=traffic.world)[label]
-
-    return {"moe_tp_scatter": sizes(labels["moe_tp_gather"]),
-            "combine": sizes(labels["dispatch"]), "attn_all_gather": ring}
+    return {"moe_tp_scatter": world, "combine": world, "attn_all_gather": ring}
 
 
 # Harness phases that follow the experts in a layer, in order (a collective among them is the

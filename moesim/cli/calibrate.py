@@ -18,11 +18,14 @@ efficiency and `collective_launch_s` on log time instead.
     moesim calibrate live --backend gloo|nccl --nproc N [--sizes 4K,16K,...] -o OUT.yaml
 
 runs microbenchmarks on N spawned ranks exactly as `moesim validate live` spawns them
-(all-to-all and ring point-to-point exchanges over message sizes, expert SwiGLU GEMMs; see
+(all-to-all and ring point-to-point exchanges over message sizes, expert SwiGLU GEMMs at each
+width of --scale and 1 to 1,024 rows per expert, an all-to-all right after each GEMM run; see
 `validate.microbench`), fits the links' efficiency, the collective launch latency and (for a
-loopback fabric) the links' latency with the same fit as nccl-tests, and the GPU spec's
-compute efficiency and kernel launch from the GEMMs; writes the topology (base: cpu-loopback
-for gloo, resized to N ranks) with a `sources` entry describing the run.
+loopback fabric) the links' latency with the same fit as nccl-tests, the expert GEMMs' kernel
+curves with the fit of `calibrate kernels` (kept as the GPU spec's own `kernels`), the
+roofline efficiencies, and the straggler wait of a collective after compute; prints each
+fit's k-fold held-out error per op and size band; writes the topology (base: cpu-loopback for
+gloo, resized to N ranks) with a `sources` entry describing the run.
 """
 
 from __future__ import annotations
