@@ -141,3 +141,34 @@ def test_suite_on_two_gloo_ranks(tmp_path: Path) -> None:
     assert all((out / "runs" / f"{c['name']}.json").is_file() for c in data["configs"])
     for name in ("suite.md", "errors.png", "layers.png", "index.html"):
         assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--topology", "no-such-topology.yaml"], "no-such-topology"),
+    (["--nproc", "1"], "--nproc"),
+    (["--backend", "nccl"], "--backend nccl"),
+    (["--repeats", "0"], "--repeats"),
+])
+def test_bad_flags_are_one_error_line(argv: list[str], message: str, tmp_path: Path,
+                                      capsys) -> None:  # type: ignore[no-untyped-def]
+    """Bad input: exit 2, one error line naming the flag, nothing started (a missing topology
+    fails before any rank; this host has no CUDA GPU)."""
+    from moesim.cli import main
+
+    try:
+        import torch
+
+        if argv[:2] == ["--backend", "nccl"] and torch.cuda.is_available():
+            pytest.skip("this host has a CUDA GPU")
+    except ImportError:
+        pass
+    try:
+        code = main(["validate", "suite", *argv, "-o", str(tmp_path / "out")])
+    except SystemExit as exit_info:  # argparse's own refusals
+        code = exit_info.code  # type: ignore[assignment]
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    # one error line (argparse's refusals print the usage above it, as for every command)
+    assert err[-1].startswith("moesim") and "error:" in err[-1] and message in err[-1], err
+    assert sum("error:" in line for line in err) == 1

@@ -416,7 +416,15 @@ def run_suite_command(args: Any, out_dir: Path) -> int:
     except OSError as exc:
         raise ConfigError(f"-o {out_dir}: cannot create the folder ({exc.strerror}); name a "
                           "folder you can write") from None
+    if args.backend == "nccl":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--backend nccl: torch sees no CUDA GPU here; use --backend gloo")
     nproc = args.nproc or default_nproc(args.backend)
+    if nproc < 2:
+        raise ConfigError(f"--nproc {nproc}: the suite's layouts need 2 or more ranks (this host "
+                          "has one GPU); run `moesim validate live --placement EP1` there")
     layers = args.layers or (3 if args.quick else 4)
     repeats = args.repeats or (25 if args.quick else 40)
     start = time.perf_counter()
