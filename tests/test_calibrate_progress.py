@@ -76,3 +76,17 @@ def test_a_torn_or_missing_file_reads_as_nothing_done(tmp_path: Path) -> None:
     assert source.read() == 0
     source.write(4)
     assert source.read() == 4
+
+
+def test_row_budget_caps_long_rows_and_keeps_short_ones() -> None:
+    """A GEMM row's timed iterations: all `repeats` when they fit the budget; else what fits,
+    from the warm-up's time per iteration, but never under 20 (or `repeats` if fewer); no
+    budget or no warm-up keeps `repeats`."""
+    from validate.microbench import _affordable
+
+    assert _affordable(0.003, 3, 200, 3.0) == 200  # 1 ms an iteration: 0.2 s
+    assert _affordable(0.3, 3, 200, 3.0) == 30  # 100 ms an iteration: 30 fit in 3 s
+    assert _affordable(3.0, 3, 200, 3.0) == 20  # 1 s an iteration: the floor
+    assert _affordable(3.0, 3, 10, 3.0) == 10  # fewer repeats than the floor: all of them
+    assert _affordable(0.3, 3, 200, 0.0) == 200  # no budget
+    assert _affordable(0.3, 0, 200, 3.0) == 200  # no warm-up to measure

@@ -114,8 +114,13 @@ def run_microbench(
     rank_commands: Any = None,
     statistic: str = "mean",
     progress: Any = None,
+    row_budget_s: float = 0.0,
 ) -> dict[str, Any]:
     """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time).
+
+    `row_budget_s` > 0 caps a GEMM row's timed iterations at what fits in that many seconds
+    (measured on its warm-up, at least 20): wide rows of a thousand tokens are tens of
+    milliseconds an iteration, and their mean settles in far fewer repeats.
 
     `gemm_shapes` are (FFN width, experts run back to back) or (hidden width, FFN width,
     experts) of the GEMM rows (default: `hidden` x `ffn`, one expert); each row's time is per
@@ -145,7 +150,8 @@ def run_microbench(
             "gemm_tokens": np.asarray(gemm_tokens, dtype=np.int64),
             "gemm_shapes": shaped,
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
-            "load_experts": load_experts, "load_layers": load_layers}
+            "load_experts": load_experts, "load_layers": load_layers,
+            "row_budget_s": float(row_budget_s)}
     plan_dir = Path(tempfile.mkdtemp(prefix="moesim-bench-", dir=workdir))
     progress_file = ProgressFile(plan_dir / "progress")
     plan["progress_path"] = str(progress_file.path)
@@ -170,7 +176,8 @@ def run_microbench(
     return {"backend": backend, "nproc": nproc, "device": device, "threads_per_rank": threads,
             "hidden": hidden, "ffn": ffn, "act_dtype": act_dtype, "load_tokens": load_tokens,
             "load_experts": load_experts, "load_layers": load_layers, "warmup": warmup,
-            "statistic": statistic, "repeats": repeats, "rows": rows,
+            "statistic": statistic, "repeats": repeats, "row_budget_s": float(row_budget_s),
+            "rows": rows,
             "wall_s": time.perf_counter() - start}
 
 
@@ -653,9 +660,31 @@ class ProgressWatch:
 # ---- rank side (torch) ----------------------------------------------------------------------
 
 
+_MIN_REPEATS = 20  # a row's timed iterations under a time budget, at least (or `repeats`)
+
+
+def _affordable(warmup_s: float, warmup: int, repeats: int, budget_s: float) -> int:
+    """Timed iterations a row gets: `repeats`, or fewer (at least _MIN_REPEATS) where its
+    warm-up iterations say `repeats` would take more than `budget_s` (0: no budget). Every
+    rank passes the same `warmup_s` (the slowest rank's), so all run the same count."""
+    if budget_s <= 0 or warmup <= 0 or warmup_s <= 0:
+        return repeats
+    return max(min(repeats, _MIN_REPEATS), min(repeats, int(budget_s * warmup / warmup_s)))
+
+
+def _slowest(seconds: float) -> float:
+    """The largest of every rank's `seconds` (all-reduce max)."""
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value.item())
+
+
 def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int = 1,
-           between: Any = None, sync: list[tuple[float, float]] | None = None
-           ) -> tuple[float, float, float]:
+           between: Any = None, sync: list[tuple[float, float]] | None = None,
+           budget_s: float = 0.0) -> tuple[float, float, float]:
     """Median, min and mean seconds of `fn()` (divided by `per_call`) over `repeats` iterations.
 
     With `between` (a collective), iterations run back to back as `between, fn` after one
@@ -668,12 +697,19 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int =
 
     `sync` gets (compute seconds, collective seconds) per timed iteration of a collective that
     followed compute on every rank: the call after `load` (with the load's time), or `between`
-    after the previous iteration's `fn` (with that call's whole time)."""
+    after the previous iteration's `fn` (with that call's whole time).
+
+    With `budget_s` > 0 a row whose warm-up shows `repeats` iterations would take longer gets
+    fewer (`_affordable`), so long GEMM rows do not set the calibration's time."""
     import torch.distributed as dist
 
     times = []
     previous_s = None
-    for i in range(warmup + repeats):
+    total, i, started = warmup + repeats, 0, time.perf_counter()
+    while i < total:
+        if i == warmup and budget_s > 0 and warmup > 0:
+            warmup_s = _slowest(time.perf_counter() - started)
+            total = warmup + _affordable(warmup_s, warmup, repeats, budget_s)
         if (load is None and between is None) or i in (0, warmup):
             dist.barrier()
             previous_s = None
@@ -699,6 +735,7 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int =
                     sync.append((load_s, second_s))
         if i >= warmup:
             times.append(first_s / per_call)
+        i += 1
     return float(np.median(times)), float(np.min(times)), float(np.mean(times))
 
 
@@ -803,7 +840,7 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
             pairs = []
             out["gemm"].append(_timed(lambda x=x, p=pool, k=int(run): _expert_run(x, p, k),
                                       warmup, repeats, per_call=int(run), between=dispatch,
-                                      sync=pairs))
+                                      sync=pairs, budget_s=float(plan["row_budget_s"])))
             if pairs:
                 sync.append(_sync_stats(pairs))
                 sync_sizes.append(int(plan["sizes_bytes"][middle]))
