@@ -213,3 +213,29 @@ def test_expected_max_of_normals_matches_the_tables() -> None:
     assert expected_max_normal(3) == pytest.approx(1.5 / math.sqrt(math.pi), rel=1e-6)
     for count, value in ((4, 1.0294), (8, 1.4236), (16, 1.7660)):
         assert expected_max_normal(count) == pytest.approx(value, abs=1e-4)
+
+
+def test_auto_keeps_the_shipped_profile_for_what_the_device_did_not_time() -> None:
+    """A calibrated GPU's own `moe` curves replace the vllm profile's MoE entry only: its
+    attention and dense GEMM curves stay (a live calibration times expert GEMMs alone)."""
+    from moesim.inputs.kernel_profile import load_kernel_profile
+    from moesim.inputs.topology_spec import load_gpu
+
+    gpu = load_gpu("h100-sxm")
+    shipped = load_kernel_profile("vllm").for_gpu(gpu.kernel_key)
+    assert shipped is not None and shipped.attention_decode is not None
+    calibrated = gpu.model_copy(update={"kernels": GpuKernels(moe=TRUE_CURVES)})
+    model = compute_model("auto", calibrated)
+    assert model.kernels is not None and model.kernels.moe == TRUE_CURVES
+    assert model.kernels.attention_decode == shipped.attention_decode
+    assert model.kernels.gemm == shipped.gemm
+
+
+def test_bands_have_no_gaps() -> None:
+    """Sizes between two bands' bounds (a fractional byte count from a saved file) fall in the
+    upper band instead of no band."""
+    from validate.microbench import compute_band
+
+    assert comm_band(16384.5) == "16K-256K" and comm_band(0.5) == "<=16K"
+    assert compute_band(0.0) == "<1ms" and compute_band(1e-3) == "1-10ms"
+    assert compute_band(0.5) == ">10ms"

@@ -172,3 +172,36 @@ def test_bad_flags_are_one_error_line(argv: list[str], message: str, tmp_path: P
     # one error line (argparse's refusals print the usage above it, as for every command)
     assert err[-1].startswith("moesim") and "error:" in err[-1] and message in err[-1], err
     assert sum("error:" in line for line in err) == 1
+
+
+def test_failed_runs_are_rows_and_no_finished_run_exits_1(tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:  # type: ignore[no-untyped-def]
+    """A run that fails is a row saying why; the others go on, the outputs are still written,
+    and a suite in which no run finished exits 1."""
+    import validate.launch
+    from validate.launch import LiveRunError
+
+    def broken(*_: object, **__: object) -> None:
+        raise LiveRunError("rank 1 failed: injected for the test")
+
+    monkeypatch.setattr(validate.launch, "_spawn", broken)
+    out = tmp_path / "suite"
+    args = _parser().parse_args(["validate", "suite", "--nproc", "2", "--quick", "--topology",
+                                 "cpu-loopback", "--layers", "1", "--repeats", "2", "-o",
+                                 str(out)])
+    assert args.handler(args) == 1
+    data = json.loads((out / "suite.json").read_text())
+    assert len(data["configs"]) == 6
+    assert all(c["status"] == "failed: rank 1 failed: injected for the test"
+               for c in data["configs"])
+    assert (out / "index.html").is_file()
+    assert "no run of the suite finished" in capsys.readouterr().out
+
+
+def test_a_topology_smaller_than_the_suite_is_refused(tmp_path: Path) -> None:
+    from moesim.errors import ConfigError
+
+    args = _parser().parse_args(["validate", "suite", "--nproc", "8", "--topology",
+                                 "cpu-loopback", "-o", str(tmp_path / "out")])
+    with pytest.raises(ConfigError, match="fewer than the suite's 8"):
+        suite.run_suite_command(args, tmp_path / "out")

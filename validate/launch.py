@@ -320,7 +320,8 @@ def run_live(
                            f"pass --nproc {world} or a placement of {nproc} ranks")
     device = _check_backend(backend, world)
     traffic = traffic_for_inputs(inputs)
-    _check_time(inputs, traffic, timeout_s, estimate_topology)
+    if backend == "gloo" or estimate_topology is not None:  # cpu-loopback prices CPU ranks only
+        _check_time(inputs, traffic, timeout_s, estimate_topology)
     threads = max(1, (os.cpu_count() or 1) // world)
     fail_rank, fail_mode = inject_failure or (-1, "raise")
     settings = {"backend": backend, "port": free_port(), "timeout_s": float(timeout_s),

@@ -33,6 +33,12 @@ setting (`load_tokens=0`: idle collectives). Each rank records the median, minim
 over repeats; a row's time is the slowest rank's (per `statistic`), as the harness reports
 layers. torch is imported only in the rank processes.
 
+Every all-to-all right after compute on every rank (the second call after the load, and the
+one before each GEMM run) is also kept as a `sync` row: its time and the compute before it,
+from which `fit_straggler` fits the straggler wait. A GEMM shape may name its own hidden width
+(`gemm_shapes` of (hidden, ffn, experts)), and a row gets at most `row_budget_s` of timed
+iterations (at least 20).
+
 Fitting (`fit_live`, no torch): the communication rows become `moesim.calibrate.fit.Measurement`
 objects fitted by `fit_topology` (link efficiency of the fitted media and collective launch
 latency), inside a golden-section search over the loopback links' latency where the topology
@@ -266,7 +272,8 @@ def check_bench(bench: Any, source: str = "microbenchmark results") -> None:
     (>= 1), `act_dtype` (fp32, bf16, fp16, fp8) and a non-empty list `rows` of mappings, each
     with a text `op`; an all-to-all or ring row needs `num_ranks` >= 2 and finite `size_bytes`
     and `time_s` > 0, a GEMM row `tokens` >= 1, `time_s` > 0 and, when given, `ffn` and
-    `experts` >= 1. Rows of other ops are ignored."""
+    `experts` >= 1 and `hidden` >= 1, a sync row `num_ranks` >= 2 and `size_bytes`,
+    `compute_s` and `time_s` > 0. Rows of other ops are ignored."""
     from moesim.inputs.options import ACT_DTYPE_BYTES
 
     if not isinstance(bench, dict):
@@ -307,6 +314,7 @@ def check_bench(bench: Any, source: str = "microbenchmark results") -> None:
             _positive(row, "compute_s", where)
         elif op == "gemm":
             _count(row, "tokens", where, 1)
+            _count(row, "hidden", where, 1, required=False)
             _count(row, "ffn", where, 1, required=False)
             _count(row, "experts", where, 1, required=False)
         else:
@@ -328,7 +336,8 @@ def _gemm_rows(bench: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     from moesim.inputs.options import ACT_DTYPE_BYTES
 
     rows = [r for r in bench["rows"] if r["op"] == "gemm"]
-    act, hidden = ACT_DTYPE_BYTES[bench["act_dtype"]], int(bench["hidden"])
+    act = ACT_DTYPE_BYTES[bench["act_dtype"]]
+    hidden = np.array([r.get("hidden", bench["hidden"]) for r in rows], dtype=np.float64)
     tokens = np.array([r["tokens"] for r in rows], dtype=np.float64)
     ffn = np.array([r.get("ffn", bench["ffn"]) for r in rows], dtype=np.float64)
     flops = 2.0 * 3 * hidden * ffn * tokens
@@ -491,8 +500,8 @@ COMPUTE_BANDS: tuple[tuple[str, float, float], ...] = (
 
 
 def compute_band(compute_s: float) -> str:
-    """The held-out error band of a sync row's compute time."""
-    return next(name for name, lo, hi in COMPUTE_BANDS if lo <= compute_s < hi)
+    """The held-out error band of a sync row's compute time (each band ends before `hi`)."""
+    return next(name for name, _, hi in COMPUTE_BANDS if compute_s < hi)
 
 
 # Size bands of the all-to-all / ring held-out errors: bytes per rank.
@@ -502,8 +511,8 @@ COMM_BANDS: tuple[tuple[str, float, float], ...] = (
 
 
 def comm_band(size_bytes: float) -> str:
-    """The held-out error band of a collective's buffer size."""
-    return next(name for name, lo, hi in COMM_BANDS if lo <= size_bytes <= hi)
+    """The held-out error band of a collective's buffer size (each band ends at its `hi`)."""
+    return next(name for name, _, hi in COMM_BANDS if size_bytes <= hi)
 
 
 def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | None = None,
@@ -677,7 +686,8 @@ def _slowest(seconds: float) -> float:
     import torch
     import torch.distributed as dist
 
-    value = torch.tensor([seconds], dtype=torch.float64)
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([seconds], dtype=torch.float64, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return float(value.item())
 

@@ -161,14 +161,14 @@ def run_suite(
                 backend=backend, scale=config.scale, layers=layers, tokens=config.tokens,
                 phase=config.phase, warmup=warmup, repeats=repeats, timeout_s=timeout_s,
                 nproc=nproc, estimate_topology=topology)
+            write_json(measurement, str(runs / f"{config.name}.json"))
+            summary = compare_summary(measurement, topology)
         except MoesimError as exc:  # one failed run is a row of the table, not the end
             first = str(exc).splitlines()[0][:300]
             row.status = (f"skipped: {first}" if "would take about" in first
                           else f"failed: {first}")
             log(f"run {index}/{len(configs)} {config.name}: {row.status}")
             continue
-        write_json(measurement, str(runs / f"{config.name}.json"))
-        summary = compare_summary(measurement, topology)
         row.wall_s = time.perf_counter() - begin
         row.status = "ok" if summary["bytes_match"] else "bytes differ"
         row.layer_mape, row.a2a_mape = summary["layer_mape"], summary["a2a_mape"]
@@ -285,7 +285,10 @@ def plot_suite(rows: list[SuiteRow], out_dir: Path) -> list[Path]:
             axis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="measured layer time, ms", ylabel="predicted layer time, ms",
            title="every layer of every run")
-    ax.legend(fontsize=7)
+    if every.size:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no run finished", ha="center", transform=ax.transAxes)
     paths.append(out_dir / "layers.png")
     write_atomic_with(paths[-1], lambda tmp: fig.savefig(tmp, format="png", dpi=110,
                                                          bbox_inches="tight"))
@@ -431,7 +434,11 @@ def run_suite_command(args: Any, out_dir: Path) -> int:
     if args.topology:
         from moesim.inputs.topology import load_topology
 
-        load_topology(args.topology)  # a bad file fails here, before any run
+        given = load_topology(args.topology)  # a bad file fails here, before any run
+        if given.num_gpus < nproc:
+            raise ConfigError(f"--topology {args.topology}: {given.num_gpus} ranks, fewer than "
+                              f"the suite's {nproc}; calibrate with --nproc {nproc} or pass "
+                              f"--nproc {given.num_gpus}")
         topology, calibration = args.topology, f"given: {args.topology}"
         calibration_s = 0.0
     else:
@@ -459,4 +466,7 @@ def run_suite_command(args: Any, out_dir: Path) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {', '.join(str(p) for p in paths)} ({meta['total_s']:.0f} s in all)")
+    if not any(r.status in ("ok", "bytes differ") for r in rows):
+        print("moesim: no run of the suite finished; see the reasons in the table", flush=True)
+        return 1
     return 1 if any(r.status == "bytes differ" for r in rows) else 0

@@ -366,6 +366,9 @@ def _size_list(text: str, flag: str, parse) -> tuple[int, ...]:  # type: ignore[
 def _run_live(args: argparse.Namespace) -> int:
     from validate.microbench import fit_live
 
+    if args.folds == 1:
+        raise ConfigError("--folds 1: cross-validation needs 2 or more folds (0 skips it)")
+
     spec, path = _live_base(args)
     gpus = spec.nodes * spec.gpus_per_node
     if args.nproc > gpus:

@@ -135,7 +135,8 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "suite", help="calibrate, run a matrix of live layouts and sizes, report the errors",
         description="Calibrate this host (`moesim calibrate live`) or take --topology, then run "
         "the harness over EP, EP+DP, TP, SP and TP x EP layouts, decode- and prefill-sized "
-        "token counts and (on CPUs) two widths, on traces the calibration did not use; write "
+        "token counts and (on CPUs) two widths, decode also at 1/8, on traces the calibration "
+        "did not use; write "
         "the error table per configuration, plots and an HTML page to DIR. Exit 1 when any "
         "run's bytes differ from the prediction.")
     suite.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")

@@ -29,7 +29,7 @@ import numpy as np
 
 from moesim.engine.kernels import attention_time, elementwise_time, gemm_time, moe_time
 from moesim.errors import ConfigError
-from moesim.inputs.kernel_profile import GpuKernels, KernelCurves, load_kernel_profile
+from moesim.inputs.kernel_profile import OP_KINDS, GpuKernels, KernelCurves, load_kernel_profile
 from moesim.inputs.models import ModelSpec
 from moesim.inputs.options import WEIGHT_DTYPE_BYTES, ActDtype, Precision, compute_dtype
 from moesim.inputs.topology_spec import GpuSpec
@@ -283,8 +283,13 @@ def compute_model(kernels: str, gpu: GpuSpec, *, warm_l2: bool = False) -> Compu
     YAML, which must cover the GPU (`GpuSpec.kernel_key`)."""
     if kernels == "roofline":
         return ComputeModel(gpu, warm_l2=warm_l2)
-    if kernels == "auto" and gpu.kernels is not None:  # curves measured on this very device
-        return ComputeModel(gpu, gpu.kernels, f"{gpu.name} (calibrated)", warm_l2)
+    if kernels == "auto" and gpu.kernels is not None:  # curves measured on this very device,
+        shipped = load_kernel_profile("vllm").for_gpu(gpu.kernel_key)  # the profile's for the rest
+        own = {kind: getattr(gpu.kernels, kind) for kind in OP_KINDS
+               if getattr(gpu.kernels, kind) is not None}
+        merged = own if shipped is None else {
+            **{kind: getattr(shipped, kind) for kind in OP_KINDS}, **own}
+        return ComputeModel(gpu, GpuKernels(**merged), f"{gpu.name} (calibrated)", warm_l2)
     profile = load_kernel_profile("vllm" if kernels == "auto" else kernels)
     entry = profile.for_gpu(gpu.kernel_key)
     if entry is None:

@@ -286,8 +286,9 @@ class TopologySpec(_Frozen):
         "per second of that compute and per unit of E[max of g standard normals] for its g "
         "ranks (0.56 for 2, 1.03 for 4, 1.42 for 8): ranks that share CPU cores drift apart "
         "while they compute, and the collective waits for the last (`moesim calibrate live` "
-        "fits it from all-to-alls timed right after expert GEMMs; 0 on GPUs and by default). "
-        "Live-harness predictions (`moesim validate compare`) add it; deployment steps do not")
+        "fits it from all-to-alls timed right after expert GEMMs; 0 by default, near 0 with a "
+        "core or a GPU per rank). Live-harness predictions (`moesim validate compare`) add it; "
+        "deployment steps do not")
     protocols: dict[Protocol, ProtocolSpec] = Field(
         default_factory=dict,
         description="NCCL protocol costs (LL, LL128, Simple) over NCCL's defaults "
