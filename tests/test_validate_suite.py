@@ -18,6 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quick_suite(out: Path, repeats: int) -> int:
+    """`validate suite --quick` on 2 ranks, 1 layer, on the uncalibrated cpu-loopback."""
+    args = _parser().parse_args(["validate", "suite", "--nproc", "2", "--quick", "--topology",
+                                 "cpu-loopback", "--layers", "1", "--repeats", str(repeats),
+                                 "-o", str(out)])
+    return int(args.handler(args))
+
+
 def test_matrix_on_four_ranks_covers_every_layout_size_and_width() -> None:
     """4 ranks: EP4, EP2xDP2, TP4, SP4, TP2xEP2, each decode- and prefill-sized at 1/32 and
     1/16 width, and decode at 1/8, a width the calibration does not time (25 runs); quick
@@ -125,10 +133,7 @@ def test_suite_on_two_gloo_ranks(tmp_path: Path) -> None:
     cpu-loopback topology to keep it short): every run's bytes match (exit 0), each
     configuration has finite errors, and the outputs are written."""
     out = tmp_path / "suite"
-    args = _parser().parse_args(["validate", "suite", "--nproc", "2", "--quick", "--topology",
-                                 "cpu-loopback", "--layers", "1", "--repeats", "3", "-o",
-                                 str(out)])
-    assert args.handler(args) == 0
+    assert _quick_suite(out, repeats=3) == 0
     data = json.loads((out / "suite.json").read_text())
     assert [c["name"] for c in data["configs"]] == [
         "EP2_decode_w32", "EP2_prefill_w16", "TP2_decode_w32", "TP2_prefill_w16",
@@ -186,10 +191,7 @@ def test_failed_runs_are_rows_and_no_finished_run_exits_1(tmp_path: Path, monkey
 
     monkeypatch.setattr(validate.launch, "_spawn", broken)
     out = tmp_path / "suite"
-    args = _parser().parse_args(["validate", "suite", "--nproc", "2", "--quick", "--topology",
-                                 "cpu-loopback", "--layers", "1", "--repeats", "2", "-o",
-                                 str(out)])
-    assert args.handler(args) == 1
+    assert _quick_suite(out, repeats=2) == 1
     data = json.loads((out / "suite.json").read_text())
     assert len(data["configs"]) == 6
     assert all(c["status"] == "failed: rank 1 failed: injected for the test"
