@@ -239,3 +239,39 @@ def test_bands_have_no_gaps() -> None:
     assert comm_band(16384.5) == "16K-256K" and comm_band(0.5) == "<=16K"
     assert compute_band(0.0) == "<1ms" and compute_band(1e-3) == "1-10ms"
     assert compute_band(0.5) == ">10ms"
+
+
+@pytest.mark.parametrize(("row", "field"), [
+    ({"op": "sync", "num_ranks": 4, "size_bytes": 65536, "compute_s": -1.0, "time_s": 1e-3},
+     "compute_s"),
+    ({"op": "sync", "num_ranks": 4, "size_bytes": 65536, "time_s": 1e-3}, "compute_s"),
+    ({"op": "sync", "num_ranks": 1, "size_bytes": 65536, "compute_s": 1e-3, "time_s": 1e-3},
+     "num_ranks"),
+    ({"op": "gemm", "num_ranks": 4, "tokens": 8, "hidden": 0, "time_s": 1e-3}, "hidden"),
+    ({"op": "gemm", "num_ranks": 4, "tokens": 8, "hidden": 12.5, "time_s": 1e-3}, "hidden"),
+])
+def test_saved_sync_and_width_rows_are_checked(row: dict, field: str) -> None:
+    """`--from-bench` files: a sync row or a GEMM row's own width that no fit can use is one
+    ConfigError naming the row and the field."""
+    from moesim.errors import ConfigError
+    from validate.microbench import check_bench
+
+    bench = _live_bench()
+    bench["rows"] = bench["rows"] + [row]
+    with pytest.raises(ConfigError, match=rf"rows\[{len(bench['rows']) - 1}\]: field '{field}'"):
+        check_bench(bench)
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--scale", "1/32,,2"), ("--scale", ","), ("--scale", "1/32,0"),
+    ("--row-budget-s", "-1"), ("--row-budget-s", "nan"), ("--folds", "-1"),
+])
+def test_calibrate_live_flags_are_refused_at_parse_time(flag: str, value: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Bad `calibrate live` widths, row budget or folds: argparse's one error line, exit 2."""
+    from moesim.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "live", flag, value, "-o", "x.yaml"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error:" in err[-1] and flag in err[-1] and "Traceback" not in "\n".join(err)

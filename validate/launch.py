@@ -346,14 +346,14 @@ def run_live(
 def _check_time(inputs: dict[str, Any], traffic: Traffic, timeout_s: float,
                 topology: str | None) -> None:
     """Refuse, before starting, a run whose timed passes alone would outlast `timeout_s`."""
-    from validate.predict import STARTUP_S, estimated_run_s
+    from validate.predict import estimated_run_s
 
     estimate_s = estimated_run_s(inputs, traffic, topology)
     passes = int(inputs["warmup"]) + int(inputs["repeats"])
-    if estimate_s - STARTUP_S > timeout_s:  # the passes alone: start-up varies by host
+    if estimate_s > timeout_s:
         raise LiveRunError(
             f"the run would take about {estimate_s:.0f} s ({passes} passes over "
-            f"{inputs['layers']} layers at the predicted step time, plus start-up), beyond "
+            f"{inputs['layers']} layers at the predicted step time), beyond "
             f"--timeout-s {timeout_s:g}; lower --repeats or --layers, or raise --timeout-s")
 
 

@@ -214,9 +214,9 @@ def _group_sizes(traffic: Traffic) -> dict[str, np.ndarray]:
     return {"moe_tp_scatter": world, "combine": world, "attn_all_gather": ring}
 
 
-# Harness phases that follow the experts in a layer, in order (a collective among them is the
-# first sync point after compute).
-_AFTER_EXPERTS = ("moe_tp_scatter", "combine", "attn_all_gather")
+# Harness phases that follow the experts in a layer, in the harness's order (a collective among
+# them is the first sync point after compute).
+_AFTER_EXPERTS = PHASES[PHASES.index("experts") + 1:]
 
 
 def _add_straggler_wait(out: np.ndarray, runs: np.ndarray, active: np.ndarray,
@@ -254,19 +254,14 @@ def predicted_times(measurement: dict[str, Any], traffic: Traffic,
     }
 
 
-# Seconds a live run spends outside its timed passes (spawning ranks, importing torch,
-# joining the group, building weights): 2-5 s measured for 2-4 gloo ranks on a 2-core host;
-# 6 s leaves room.
-STARTUP_S = 6.0
-
-
 def estimated_run_s(inputs: dict[str, Any], traffic: Traffic, topology: str | None = None
                     ) -> float:
-    """Wall seconds a live run of `inputs` should take: its passes (warmup + repeats) at the
-    predicted step time on `topology` (analytic), plus the ranks' start-up."""
+    """Seconds the timed work of a live run of `inputs` should take: its passes (warmup +
+    repeats) at the predicted step time on `topology` (analytic); the ranks' start-up, which
+    varies by host, is not counted."""
     prediction = predicted_times({"inputs": inputs}, traffic, topology, "analytic")
     passes = int(inputs["warmup"]) + int(inputs["repeats"])
-    return STARTUP_S + passes * float(prediction["step_time_s"])
+    return passes * float(prediction["step_time_s"])
 
 
 def measured_phase_times(measurement: dict[str, Any], statistic: str = "mean") -> np.ndarray:

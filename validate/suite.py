@@ -17,10 +17,10 @@ It writes `DIR/suite.json` (every configuration's errors and times), `DIR/suite.
 table), `DIR/errors.png` (layer and all-to-all MAPE per configuration against the 20% bar),
 `DIR/layers.png` (predicted vs measured layer time of every layer of every run),
 `DIR/index.html` (all of it on one page), and each run's measurement under `DIR/runs/`.
-Exit 1 when any run's bytes differ from the prediction.
+Exit 1 when any run's bytes differ from the prediction, or when no run finished.
 
-Before each run its time is estimated from the prediction (passes x predicted step, plus the
-ranks' start-up); a run that would not finish within `--timeout-s` is not started, and the
+Before each run its passes are timed on the prediction (`validate.launch.run_live`: passes x
+predicted step); a run that would not finish within `--timeout-s` is not started, and the
 table says so.
 """
 
