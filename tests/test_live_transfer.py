@@ -6,6 +6,9 @@ report a k-fold held-out error; the harness's prediction uses the device's own c
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -150,55 +153,122 @@ def test_comm_bands() -> None:
         "<=16K", "<=16K", "16K-256K", "16K-256K", "256K-4M", ">4M"]
 
 
-def test_straggler_wait_is_recovered_from_all_to_alls_after_compute() -> None:
+def _sync(computes: list[float], wait: Any, position: str = "after") -> list[dict]:
+    """Sync rows of 4 ranks: the plain all-to-all on `TRUTH_WAITS` plus `wait(row)` seconds."""
+    from validate.microbench import _plain_alltoall_s
+
+    rows = [{"op": "sync", "num_ranks": 4, "size_bytes": 65536.0, "compute_s": c,
+             "position": position, "time_s": 1.0} for c in computes]
+    for row, plain in zip(rows, _plain_alltoall_s(TRUTH_WAITS, rows, "analytic"), strict=True):
+        row["time_s"] = float(plain + wait(row))
+    return rows
+
+
+TRUTH_WAITS = with_loopback_latency(_spec(0.4, 2e-4), 5e-4)
+COMPUTES = [5e-4, 2e-3, 8e-3, 3e-2, 1e-3, 4e-3]
+
+
+def test_waits_are_recovered_from_all_to_alls_after_and_before_compute() -> None:
     """Sync rows of 4 ranks made as `plain all-to-all + 0.3 x E[max of 4 normals] x compute`
-    (compute 0.5 to 30 ms) give back a straggler_wait_fraction of 0.3, written into the spec;
-    with none the spec keeps 0; the held-out error of the wait is reported per compute band
-    and is ~0 here."""
-    from validate.microbench import _plain_alltoall_s, fit_straggler, sync_rows
+    after compute and `plain + 0.2 x compute` before it (compute 0.5 to 30 ms) give back a
+    straggler_wait_fraction of 0.3 and a precompute_wait_fraction of 0.2 without caps, each from
+    its own rows, written into the spec; rows saved without a position count as after compute;
+    with none the spec keeps 0; the held-out error of each wait is reported per compute band and
+    is ~0 here."""
+    from validate.microbench import fit_wait, sync_rows
     from validate.predict import expected_max_normal
 
-    truth = with_loopback_latency(_spec(0.4, 2e-4), 5e-4)
+    rows = _sync(COMPUTES, lambda r: 0.3 * expected_max_normal(4) * r["compute_s"])
+    before = _sync(COMPUTES, lambda r: 0.2 * r["compute_s"], "before")
+    unplaced = [{k: v for k, v in r.items() if k != "position"} for r in rows]
+    for found, fraction in ((fit_wait(TRUTH_WAITS, {"rows": unplaced}), 0.3),
+                            (fit_wait(TRUTH_WAITS, {"rows": rows + before}), 0.3),
+                            (fit_wait(TRUTH_WAITS, {"rows": rows + before}, position="before"),
+                             0.2)):
+        assert found is not None and found.cap_s is None
+        assert found.fraction == pytest.approx(fraction, rel=1e-9)
+    assert fit_wait(TRUTH_WAITS, {"rows": []}) is None
+    assert fit_wait(TRUTH_WAITS, {"rows": rows}, position="before") is None
+    assert sync_rows({"rows": rows + before}, "before") == before
     bench = _live_bench()
-    computes = [5e-4, 2e-3, 8e-3, 3e-2, 1e-3, 4e-3]
-    rows = [{"op": "sync", "num_ranks": 4, "size_bytes": 65536.0, "compute_s": c,
-             "time_s": 1.0} for c in computes]
-    plain = _plain_alltoall_s(truth, rows, "analytic")
-    for row, base in zip(rows, plain, strict=True):
-        row["time_s"] = float(base + 0.3 * expected_max_normal(4) * row["compute_s"])
-    assert fit_straggler(truth, {"rows": rows}) == pytest.approx(0.3, rel=1e-9)
-    assert fit_straggler(truth, {"rows": []}) is None
-    bench["rows"] += rows
-    assert len(sync_rows(bench)) == len(computes)
+    bench["rows"] += rows + before
+    assert len(sync_rows(bench)) == len(COMPUTES)
     fit = fit_live(_spec().model_copy(update={"gpu_spec": _gpu()}), bench)
     assert fit.spec.straggler_wait_fraction == pytest.approx(0.3, rel=0.05)
-    waits = [e for e in fit.held_out if e.op == "a2a after compute x4"]
-    assert {e.band for e in waits} == {"<1ms", "1-10ms", ">10ms"}
-    assert all(e.mape < 0.05 for e in waits), waits
+    assert fit.spec.precompute_wait_fraction == pytest.approx(0.2, rel=0.05)
+    for group in ("a2a after compute x4", "a2a before compute x4"):
+        waits = [e for e in fit.held_out if e.op == group]
+        assert {e.band for e in waits} == {"<1ms", "1-10ms", ">10ms"}
+        assert all(e.mape < 0.05 for e in waits), waits
 
 
-def test_prediction_adds_the_straggler_wait_after_the_experts() -> None:
-    """The first collective after the experts (EP: the combine, a world call of 2 ranks) gets
-    fraction x E[max of 2 normals] (0.5642) x the slowest rank's expert time on every rank; the
-    dispatch and the experts are unchanged."""
-    from validate.measurement import PHASES, live_inputs, traffic_for_inputs
+def test_a_wait_that_levels_off_is_fitted_with_its_cap() -> None:
+    """Rows made as `plain + 3 ms x (1 - exp(-0.45 x compute / 3 ms))` before compute (a rank
+    waits for a core at most about a time slice) give back the slope 0.45 and the cap 3 ms to
+    within the fit's grid (0.5%), and the waits it predicts match the rows' (a line of that
+    slope would overshoot the long rows several times over)."""
+    from validate.microbench import WaitFit, fit_wait
+
+    def truth(row: dict) -> float:
+        return 3e-3 * -math.expm1(-0.45 * row["compute_s"] / 3e-3)
+
+    rows = _sync(COMPUTES + [6e-3, 1.5e-3], truth, "before")
+    found = fit_wait(TRUTH_WAITS, {"rows": rows}, position="before")
+    assert found is not None and found.cap_s is not None
+    assert found.fraction == pytest.approx(0.45, rel=5e-3)
+    assert found.cap_s == pytest.approx(3e-3, rel=5e-3)
+    np.testing.assert_allclose(found.wait_s(rows), [truth(r) for r in rows], rtol=1e-2)
+    line = WaitFit(found.fraction, None).wait_s(rows)
+    assert np.max(np.abs(line / [truth(r) for r in rows] - 1)) > 1
+
+
+def _waited_phase_times(placement: str, **fractions: float) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted `[L, W, P]` of a 2-layer, 2-rank live run without and with `fractions`."""
+    from moesim.inputs.topology import build_topology
+    from validate.measurement import live_inputs, traffic_for_inputs
     from validate.predict import predict_phase_times, prediction_topology
 
     inputs = live_inputs(model="mixtral-8x7b", trace="bundled:mixtral8x7b_humaneval_decode",
-                         placement="EP2", backend="gloo", scale=1 / 32, layers=2, tokens=64,
-                         act_dtype="bf16", dedup="none", phase="decode", sp_variant="ring",
-                         warmup=0, repeats=1, barrier="step")
+                         placement=placement, backend="gloo", scale=1 / 32, layers=2,
+                         tokens=64, act_dtype="bf16", dedup="none", phase="decode",
+                         sp_variant="ring", warmup=0, repeats=1, barrier="step")
     traffic = traffic_for_inputs(inputs)
     topo = prediction_topology(None, 2)
     plain = predict_phase_times(inputs, traffic, topo, "analytic")
-    spec = topo.spec.model_copy(update={"straggler_wait_fraction": 0.5})
-    from moesim.inputs.topology import build_topology
+    spec = topo.spec.model_copy(update=fractions)
+    return plain, predict_phase_times(inputs, traffic, build_topology(spec), "analytic")
 
-    waited = predict_phase_times(inputs, traffic, build_topology(spec), "analytic")
+
+def test_prediction_adds_the_waits_around_the_experts() -> None:
+    """EP2: the first collective after the experts (the combine, a world call of 2 ranks) gets
+    straggler fraction x E[max of 2 normals] (0.5642) x the slowest rank's expert time on every
+    rank (no cap: linear), the last before them (the dispatch) the precompute wait of that
+    time, capped at 0.1 ms: 0.1 ms x (1 - exp(-0.25 x time / 0.1 ms)); the experts are
+    unchanged."""
+    from validate.measurement import PHASES
+
+    plain, waited = _waited_phase_times("EP2", straggler_wait_fraction=0.5,
+                                        precompute_wait_fraction=0.25,
+                                        precompute_wait_cap_s=1e-4)
     experts, combine = PHASES.index("experts"), PHASES.index("combine")
+    slowest = plain[:, :, experts].max(axis=1)[:, None]
     expected = plain.copy()
-    expected[:, :, combine] += 0.5 * 0.5642 * plain[:, :, experts].max(axis=1)[:, None]
+    expected[:, :, combine] += 0.5 * 0.5642 * slowest
+    expected[:, :, PHASES.index("dispatch")] += 1e-4 * (1 - np.exp(-0.25 * slowest / 1e-4))
     np.testing.assert_allclose(waited, expected, rtol=1e-4)  # 0.5642: E[max] to 4 digits
+
+
+def test_precompute_wait_goes_to_the_last_collective_that_runs_before_the_experts() -> None:
+    """TP2: the dispatch only copies rows on each rank (no collective runs), so the wait before
+    compute lands on the MoE-TP gather, the last collective before the experts."""
+    from validate.measurement import PHASES
+
+    plain, waited = _waited_phase_times("TP2", precompute_wait_fraction=0.25)
+    experts, gather = PHASES.index("experts"), PHASES.index("moe_tp_gather")
+    expected = plain.copy()
+    expected[:, :, gather] += 0.25 * plain[:, :, experts].max(axis=1)[:, None]
+    np.testing.assert_allclose(waited, expected, rtol=1e-12)
+    assert plain[:, :, gather].min() > 0
 
 
 def test_expected_max_of_normals_matches_the_tables() -> None:
@@ -247,6 +317,8 @@ def test_bands_have_no_gaps() -> None:
     ({"op": "sync", "num_ranks": 4, "size_bytes": 65536, "time_s": 1e-3}, "compute_s"),
     ({"op": "sync", "num_ranks": 1, "size_bytes": 65536, "compute_s": 1e-3, "time_s": 1e-3},
      "num_ranks"),
+    ({"op": "sync", "num_ranks": 4, "size_bytes": 65536, "compute_s": 1e-3, "time_s": 1e-3,
+      "position": "during"}, "position"),
     ({"op": "gemm", "num_ranks": 4, "tokens": 8, "hidden": 0, "time_s": 1e-3}, "hidden"),
     ({"op": "gemm", "num_ranks": 4, "tokens": 8, "hidden": 12.5, "time_s": 1e-3}, "hidden"),
 ])

@@ -18,8 +18,9 @@ iteration:
   host's cores as they do in a live run; the time is per expert. `moesim calibrate live` times
   an EP rank's experts (full width) and a TP rank's (every expert, 1/N of the width): the
   harness's experts phase is such a run, and a run's later experts cost less than a lone one.
-  Each run follows an all-to-all, back to back, as the experts phase follows the dispatch:
-  a rank computes while its peers' transport threads still finish that collective.
+  Each run sits between two all-to-alls, back to back, as the experts phase sits between the
+  dispatch and the combine: a rank computes while its peers still finish the first, and the
+  second waits for the last rank's compute.
 
 With `load_tokens > 0` (the default) each communication iteration is `barrier, op, expert
 GEMMs, op` and both ops are timed, the GEMMs being `load_experts` SwiGLU experts of
@@ -33,9 +34,12 @@ setting (`load_tokens=0`: idle collectives). Each rank records the median, minim
 over repeats; a row's time is the slowest rank's (per `statistic`), as the harness reports
 layers. torch is imported only in the rank processes.
 
-Every all-to-all right after compute on every rank (the second call after the load, and the
-one before each GEMM run) is also kept as a `sync` row: its time and the compute before it,
-from which `fit_straggler` fits the straggler wait. A GEMM shape may name its own hidden width
+Every all-to-all right after compute on every rank (the call after the load, the one after
+each GEMM run) is also kept as a `sync` row of position "after": its time and the compute before
+it; every one right before compute (the call before the load, the one before each GEMM run) as
+one of position "before", with the compute after it. From these `fit_wait` fits the waits
+around compute (`TopologySpec.straggler_wait_fraction`, `precompute_wait_fraction` and their
+caps). A GEMM shape may name its own hidden width
 (`gemm_shapes` of (hidden, ffn, experts)), and a row gets at most `row_budget_s` of timed
 iterations (at least 20).
 
@@ -93,6 +97,8 @@ __all__ = [
 
 BENCH_OPS = ("alltoall", "allgather", "gemm")
 STATISTICS = ("median", "min", "mean")
+# Where a sync row's collective sits: right after compute on every rank, or right before it.
+SYNC_POSITIONS = ("after", "before")
 DEFAULT_SIZES_BYTES: tuple[int, ...] = (1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20,
                                         1 << 22)
 DEFAULT_GEMM_TOKENS: tuple[int, ...] = (8, 32, 128, 512)
@@ -176,7 +182,7 @@ def run_microbench(
     plan_dir.rmdir()
     suffix = "" if statistic == "median" else "_" + statistic
     picked = [{op: m[op + suffix] for op in (*BENCH_OPS, "sync")} | {
-        "sync_compute": m["sync_compute"], "sync_size": m["sync_size"]} for m in medians]
+        key: m[key] for key in ("sync_compute", "sync_size", "sync_position")} for m in medians]
     shapes = [(int(h), int(w), int(k)) for h, w, k in shaped.tolist()]
     rows = _rows(picked, nproc, sizes_bytes, gemm_tokens, shapes)
     return {"backend": backend, "nproc": nproc, "device": device, "threads_per_rank": threads,
@@ -200,12 +206,14 @@ def _rows(medians: list[dict[str, np.ndarray]], nproc: int, sizes: tuple[int, ..
     rows += [{"op": "gemm", "num_ranks": nproc, "tokens": int(n), "hidden": h, "ffn": w,
               "experts": k, "time_s": float(t)}
              for (h, w, k, n), t in zip(shaped, slowest, strict=True)]
-    # a collective right after compute on every rank: the slowest rank's time and compute
+    # a collective right after (or before) compute on every rank: the slowest rank's time and
+    # compute
     slowest, compute = (np.max([m[key] for m in medians], axis=0) for key in ("sync",
                                                                              "sync_compute"))
     rows += [{"op": "sync", "num_ranks": nproc, "size_bytes": int(s), "compute_s": float(c),
-              "time_s": float(t)}
-             for s, c, t in zip(medians[0]["sync_size"], compute, slowest, strict=True)]
+              "position": SYNC_POSITIONS[int(p)], "time_s": float(t)}
+             for s, c, p, t in zip(medians[0]["sync_size"], compute,
+                                   medians[0]["sync_position"], slowest, strict=True)]
     return rows
 
 
@@ -312,6 +320,9 @@ def check_bench(bench: Any, source: str = "microbenchmark results") -> None:
             _count(row, "num_ranks", where, 2)
             _positive(row, "size_bytes", where)
             _positive(row, "compute_s", where)
+            if row.get("position", "after") not in SYNC_POSITIONS:
+                raise ConfigError(f"{where}: field 'position' must be one of "
+                                  f"{', '.join(SYNC_POSITIONS)}, got {_show(row['position'])}")
         elif op == "gemm":
             _count(row, "tokens", where, 1)
             _count(row, "hidden", where, 1, required=False)
@@ -458,29 +469,81 @@ def fit_gemm_curves(rows: list[KernelRow], gpu: GpuSpec,
     return gpu.model_copy(update={"kernels": GpuKernels(moe=curves)})
 
 
-def sync_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of an all-to-all timed right after compute on every rank (`compute_s`)."""
-    return [r for r in bench["rows"] if r["op"] == "sync" and r.get("compute_s", 0) > 0]
+def sync_rows(bench: dict[str, Any], position: str = "after") -> list[dict[str, Any]]:
+    """The rows of an all-to-all timed right after compute on every rank (`position` "after";
+    rows saved without a position are such) or right before it ("before"), with the
+    compute's seconds (`compute_s`)."""
+    return [r for r in bench["rows"] if r["op"] == "sync" and r.get("compute_s", 0) > 0
+            and r.get("position", "after") == position]
 
 
-def fit_straggler(spec: TopologySpec, bench: dict[str, Any], fidelity: str = "analytic"
-                  ) -> float | None:
-    """The straggler wait per second of compute (`TopologySpec.straggler_wait_fraction`): the
-    all-to-alls timed right after compute, less their time after a collective on `spec` (the
-    communication fit), fitted as `fraction x expected_max_normal(ranks) x compute` by least
-    squares on relative error (at least 0); None without such rows."""
+def wait_per_compute_s(row: dict[str, Any]) -> float:
+    """The seconds of compute a sync row's wait grows with: for a collective after compute,
+    that compute x `expected_max_normal(ranks)` (`TopologySpec.straggler_wait_fraction`); before
+    it, the compute itself (`TopologySpec.precompute_wait_fraction`)."""
     from validate.predict import expected_max_normal
 
-    rows = sync_rows(bench)
+    if row.get("position", "after") == "before":
+        return float(row["compute_s"])
+    return float(row["compute_s"]) * expected_max_normal(int(row["num_ranks"]))
+
+
+@dataclass(frozen=True)
+class WaitFit:
+    """A fitted wait around compute: `fraction` per second of compute, levelling off at `cap_s`
+    (None: no cap), as `validate.predict.capped_wait_s` applies it."""
+
+    fraction: float
+    cap_s: float | None
+
+    def wait_s(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """The wait of each sync row."""
+        from validate.predict import capped_wait_s
+
+        return np.asarray(capped_wait_s(self.fraction, self.cap_s,
+                                        [wait_per_compute_s(r) for r in rows]))
+
+
+_MAX_WAIT_FRACTION = 10.0  # TopologySpec's bound on both fractions
+
+
+def fit_wait(spec: TopologySpec, bench: dict[str, Any], fidelity: str = "analytic",
+             position: str = "after") -> WaitFit | None:
+    """The wait of the all-to-alls timed right after compute (`position` "after":
+    `TopologySpec.straggler_wait_fraction` / `_cap_s`, growing with E[max of g normals] too) or
+    right before it ("before": `precompute_wait_fraction` / `_cap_s`): their times less their
+    time after a collective on `spec` (the communication fit), fitted as
+    `capped_wait_s(fraction, cap, wait_per_compute_s(row))` by least squares on relative error.
+    The linear wait (no cap) is fitted in closed form; a cap is kept only where it fits better
+    (a log grid, then a finer one around the best point). None without such rows."""
+    rows = sync_rows(bench, position)
     if not rows:
         return None
-    plain = _plain_alltoall_s(spec, rows, fidelity)
-    measured = np.array([r["time_s"] for r in rows])
-    compute = np.array([r["compute_s"] * expected_max_normal(int(r["num_ranks"]))
-                        for r in rows])
-    weight = 1.0 / measured**2
-    fraction = float(np.sum(weight * compute * (measured - plain)) / np.sum(weight * compute**2))
-    return min(max(fraction, 0.0), 10.0)
+    excess = np.array([r["time_s"] for r in rows]) - _plain_alltoall_s(spec, rows, fidelity)
+    weight = 1.0 / np.array([r["time_s"] for r in rows]) ** 2
+    compute = np.array([wait_per_compute_s(r) for r in rows])  # [R]
+
+    def loss(fraction: np.ndarray, cap_s: np.ndarray) -> np.ndarray:
+        wait = cap_s[..., None] * -np.expm1(-fraction[..., None] * compute / cap_s[..., None])
+        return np.sum(weight * (excess - wait) ** 2, axis=-1)
+
+    linear = float(np.sum(weight * compute * excess) / np.sum(weight * compute**2))
+    linear = min(max(linear, 0.0), _MAX_WAIT_FRACTION)
+    best = WaitFit(linear, None)
+    best_loss = float(np.sum(weight * (excess - linear * compute) ** 2))
+    if linear <= 0 or len(rows) < 3:
+        return best
+    fractions = np.geomspace(1e-3, _MAX_WAIT_FRACTION, 161)
+    caps = np.geomspace(1e-5, 10.0, 121)
+    for _ in range(2):  # a coarse grid, then a fine one around its best point
+        f, c = np.meshgrid(fractions, caps, indexing="ij")
+        values = loss(f, c)
+        i, j = np.unravel_index(int(np.argmin(values)), values.shape)
+        if values[i, j] < best_loss:
+            best, best_loss = WaitFit(float(f[i, j]), float(c[i, j])), float(values[i, j])
+        fractions = np.geomspace(fractions[max(i - 1, 0)], fractions[min(i + 1, 160)], 161)
+        caps = np.geomspace(caps[max(j - 1, 0)], caps[min(j + 1, 120)], 121)
+    return best
 
 
 def _plain_alltoall_s(spec: TopologySpec, rows: list[dict[str, Any]], fidelity: str
@@ -493,6 +556,10 @@ def _plain_alltoall_s(spec: TopologySpec, rows: list[dict[str, Any]], fidelity: 
         [Measurement("alltoall", int(r["num_ranks"]), float(r["size_bytes"]), 1.0)
          for r in rows], launch_s=spec.collective_launch_s or 0.0, fidelity=fidelity)
 
+
+# The topology fields each sync position's wait is fitted into (fraction, cap).
+_WAIT_FIELDS = {"after": ("straggler_wait_fraction", "straggler_wait_cap_s"),
+                "before": ("precompute_wait_fraction", "precompute_wait_cap_s")}
 
 # Compute bands of the straggler wait's held-out error: the compute before the all-to-all.
 COMPUTE_BANDS: tuple[tuple[str, float, float], ...] = (
@@ -549,9 +616,11 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
 
     comm, latency_s = fit_comm(measurements)
     fitted = comm_spec(comm, latency_s)
-    straggler = fit_straggler(fitted, bench, fidelity)
-    if straggler is not None:
-        fitted = fitted.model_copy(update={"straggler_wait_fraction": straggler})
+    for position, (fraction_key, cap_key) in _WAIT_FIELDS.items():
+        wait = fit_wait(fitted, bench, fidelity, position)
+        if wait is not None:
+            fitted = fitted.model_copy(update={fraction_key: wait.fraction,
+                                               cap_key: wait.cap_s})
     gpu = fit_gemm(bench, spec.gpu_spec)
     kernel_rows = gemm_kernel_rows(bench)
     curves = bench["act_dtype"] in _CURVE_DTYPES and len({r.get("tokens") for r in kernel_rows}) > 1
@@ -571,18 +640,19 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
                            measured_s=lambda m: m.time_s, fit_predict=comm_fit_predict,
                            band_order=lambda b: [n for n, _, _ in COMM_BANDS].index(b),
                            pooled=True)
-        syncs = sync_rows(bench)
-        if len(syncs) >= 3:
-            def sync_fit_predict(train: list[dict[str, Any]], held: list[dict[str, Any]]
-                                 ) -> np.ndarray:
-                from validate.predict import expected_max_normal
+        for position in _WAIT_FIELDS:
+            syncs = sync_rows(bench, position)
+            if len(syncs) < 3:
+                continue
 
-                fraction = fit_straggler(fitted, {"rows": train}, fidelity) or 0.0
-                return (_plain_alltoall_s(fitted, held, fidelity) + fraction * np.array(
-                    [r["compute_s"] * expected_max_normal(int(r["num_ranks"])) for r in held]))
+            def sync_fit_predict(train: list[dict[str, Any]], held: list[dict[str, Any]],
+                                 position: str = position) -> np.ndarray:
+                wait = fit_wait(fitted, {"rows": train}, fidelity, position)
+                plain = _plain_alltoall_s(fitted, held, fidelity)
+                return plain if wait is None else plain + wait.wait_s(held)
 
             held_out += k_fold(syncs, folds=folds, size=lambda r: r["compute_s"],
-                               group=lambda r: f"a2a after compute x{r['num_ranks']}",
+                               group=lambda r, p=position: f"a2a {p} compute x{r['num_ranks']}",
                                band=lambda r: compute_band(r["compute_s"]),
                                measured_s=lambda r: r["time_s"], fit_predict=sync_fit_predict,
                                band_order=lambda b: [n for n, _, _ in COMPUTE_BANDS].index(b))
@@ -694,27 +764,34 @@ def _slowest(seconds: float) -> float:
 
 def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int = 1,
            between: Any = None, sync: list[tuple[float, float]] | None = None,
+           before: list[tuple[float, float]] | None = None,
            budget_s: float = 0.0) -> tuple[float, float, float]:
     """Median, min and mean seconds of `fn()` (divided by `per_call`) over `repeats` iterations.
 
-    With `between` (a collective), iterations run back to back as `between, fn` after one
-    barrier: `fn` starts as a rank leaves a collective, as the harness's experts phase does.
+    With `between` (a collective), iterations run back to back as `between, fn, between` after
+    one barrier, as a live MoE layer runs dispatch, experts, combine: `fn` starts as a rank
+    leaves the first collective, the second follows `fn` and precedes the next iteration's first.
 
     Without a `load` each iteration is `barrier, fn`. With one, iterations run back to back
     as a live run's MoE layers do, `fn, load, fn` (both calls timed) after one barrier: one
-    call follows the previous iteration's, the other follows the expert GEMMs (both count in
-    the statistics, as a live layer has collectives in both places).
+    call follows the previous iteration's and precedes the load, the other follows the load
+    (both count in the statistics, as a live layer has collectives in both places).
 
     `sync` gets (compute seconds, collective seconds) per timed iteration of a collective that
-    followed compute on every rank: the call after `load` (with the load's time), or `between`
-    after the previous iteration's `fn` (with that call's whole time).
+    followed compute on every rank (the call after `load`, or `between` after `fn`), `before`
+    the same of a collective that compute followed (the call before `load`, or `between` before
+    `fn`, with the compute's time).
 
     With `budget_s` > 0 a row whose warm-up shows `repeats` iterations would take longer gets
     fewer (`_affordable`), so long GEMM rows do not set the calibration's time."""
     import torch.distributed as dist
 
+    def clocked(call: Any) -> float:
+        begin = time.perf_counter()
+        call()
+        return time.perf_counter() - begin
+
     times = []
-    previous_s = None
     total, i, started = warmup + repeats, 0, time.perf_counter()
     while i < total:
         if i == warmup and budget_s > 0 and warmup > 0:
@@ -722,29 +799,25 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int =
             total = warmup + _affordable(warmup_s, warmup, repeats, budget_s)
         if (load is None and between is None) or i in (0, warmup):
             dist.barrier()
-            previous_s = None
+        timed = i >= warmup
+        pairs: list[tuple[list[tuple[float, float]] | None, float, float]] = []
         if between is not None:
-            begin = time.perf_counter()
-            between()
-            if sync is not None and previous_s is not None and i >= warmup:
-                sync.append((previous_s, time.perf_counter() - begin))
-        begin = time.perf_counter()
-        fn()
-        first_s = time.perf_counter() - begin
-        previous_s = first_s
+            pre_s = clocked(between)
+            first_s = clocked(fn)
+            pairs += [(before, first_s, pre_s), (sync, first_s, clocked(between))]
+        else:
+            first_s = clocked(fn)
         if load is not None:
-            begin = time.perf_counter()
-            load()
-            load_s = time.perf_counter() - begin
-            begin = time.perf_counter()
-            fn()
-            second_s = time.perf_counter() - begin
-            if i >= warmup:
+            load_s = clocked(load)
+            second_s = clocked(fn)
+            pairs += [(before, load_s, first_s), (sync, load_s, second_s)]
+            if timed:
                 times.append(second_s / per_call)
-                if sync is not None:
-                    sync.append((load_s, second_s))
-        if i >= warmup:
+        if timed:
             times.append(first_s / per_call)
+            for sink, compute_s, collective_s in pairs:
+                if sink is not None:
+                    sink.append((compute_s, collective_s))
         i += 1
     return float(np.median(times)), float(np.min(times)), float(np.mean(times))
 
@@ -809,8 +882,18 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
 
     ranks = np.arange(world)
     exchanges: list[Any] = []
-    sync: list[tuple[float, float, float, float]] = []  # a collective after compute
+    # a collective after compute (position 0) or before it (1): stats, size, position
+    sync: list[tuple[float, float, float, float]] = []
     sync_sizes: list[int] = []
+    sync_positions: list[int] = []
+
+    def keep_sync(size: int, after: list[tuple[float, float]],
+                  before: list[tuple[float, float]]) -> None:
+        for position, pairs in enumerate((after, before)):
+            if pairs:
+                sync.append(_sync_stats(pairs))
+                sync_sizes.append(int(size))
+                sync_positions.append(position)
     for size in plan["sizes_bytes"]:
         per_peer = max(1, int(size) // world)
         # rows of `hidden` activations per (src, dst) as a MoE dispatch sends them: an even
@@ -825,10 +908,10 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
         exchanges.append(
             lambda r=recv_x, s=send_x, c=counts: _all_to_all(r, s, c[:, rank], c[rank], rank))
         pairs: list[tuple[float, float]] = []
-        out["alltoall"].append(_timed(exchanges[-1], warmup, repeats, load, sync=pairs))
-        if pairs:
-            sync.append(_sync_stats(pairs))
-            sync_sizes.append(int(size))
+        pre: list[tuple[float, float]] = []
+        out["alltoall"].append(_timed(exchanges[-1], warmup, repeats, load, sync=pairs,
+                                      before=pre))
+        keep_sync(int(size), pairs, pre)
         report()
         rows = np.full(world, per_peer)
         buf = torch.zeros(per_peer * world, 1, dtype=torch.uint8)
@@ -837,7 +920,7 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
             warmup, repeats, load))
         report()
     middle = len(exchanges) // 2
-    dispatch = exchanges[middle]  # a mid-sized all-to-all before every GEMM run
+    dispatch = exchanges[middle]  # a mid-sized all-to-all before and after every GEMM run
     for width_in, width, run in plan["gemm_shapes"]:
         # distinct weights per expert and layer, as many as a live run visits (its experts
         # times `load_layers`, within _POOL_BYTES), so they are as cold in cache as there
@@ -847,13 +930,12 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
                 for _ in range(max(int(run), sets))]
         for tokens in plan["gemm_tokens"]:
             x = rand(int(tokens), d)  # [n, D]
-            pairs = []
+            pairs, pre = [], []
             out["gemm"].append(_timed(lambda x=x, p=pool, k=int(run): _expert_run(x, p, k),
                                       warmup, repeats, per_call=int(run), between=dispatch,
-                                      sync=pairs, budget_s=float(plan["row_budget_s"])))
-            if pairs:
-                sync.append(_sync_stats(pairs))
-                sync_sizes.append(int(plan["sizes_bytes"][middle]))
+                                      sync=pairs, before=pre,
+                                      budget_s=float(plan["row_budget_s"])))
+            keep_sync(int(plan["sizes_bytes"][middle]), pairs, pre)
             report()
     dist.barrier()
     dist.destroy_process_group()
@@ -862,7 +944,8 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
         result.update({op + suffix: np.asarray([t[i] for t in times]) for op, times in out.items()})
     stats = np.asarray(sync, dtype=np.float64).reshape(-1, 4)
     result.update(sync_compute=stats[:, 0], sync=stats[:, 1], sync_min=stats[:, 2],
-                  sync_mean=stats[:, 3], sync_size=np.asarray(sync_sizes, dtype=np.int64))
+                  sync_mean=stats[:, 3], sync_size=np.asarray(sync_sizes, dtype=np.int64),
+                  sync_position=np.asarray(sync_positions, dtype=np.int64))
     return result
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_TOPOLOGY",
     "ENGINE_GROUPS",
     "active_phases",
+    "capped_wait_s",
     "local_only_phases",
     "harness_experts_s",
     "harness_costs",
@@ -184,8 +185,7 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
         share = np.divide(weights, total, out=np.full_like(weights, 1 / len(members)),
                           where=total > 0)
         out[:, :, members] = engine_s[:, :, None] * share
-    _add_straggler_wait(out, runs, active, topo.spec.straggler_wait_fraction,
-                        _group_sizes(traffic))
+    _add_straggler_wait(out, runs, active, topo.spec, _group_sizes(traffic))
     return out
 
 
@@ -214,25 +214,42 @@ def _group_sizes(traffic: Traffic) -> dict[str, np.ndarray]:
     return {"moe_tp_scatter": world, "combine": world, "attn_all_gather": ring}
 
 
-# Harness phases that follow the experts in a layer, in the harness's order (a collective among
-# them is the first sync point after compute).
+# Harness phases that precede and follow the experts in a layer, in the harness's order (the
+# last collective before them and the first after them are the sync points around compute).
+_BEFORE_EXPERTS = PHASES[:PHASES.index("experts")]
 _AFTER_EXPERTS = PHASES[PHASES.index("experts") + 1:]
 
 
+def capped_wait_s(fraction: float, cap_s: float | None, compute_s: Any) -> Any:
+    """A wait of `fraction` per second of `compute_s` that levels off at `cap_s`:
+    cap x (1 - exp(-fraction x compute / cap)), or fraction x compute without a cap."""
+    if cap_s is None:
+        return fraction * np.asarray(compute_s, dtype=np.float64)
+    return cap_s * -np.expm1(-fraction * np.asarray(compute_s, dtype=np.float64) / cap_s)
+
+
 def _add_straggler_wait(out: np.ndarray, runs: np.ndarray, active: np.ndarray,
-                        fraction: float, group_sizes: dict[str, np.ndarray]) -> None:
-    """Add the topology's straggler wait to the first collective after the experts in each
-    layer: on each rank `fraction` x `expected_max_normal(g)` (g: the ranks of its group in
-    that collective) x the slowest rank's expert time (ranks sharing CPU cores drift apart
-    while they compute; `TopologySpec.straggler_wait_fraction`)."""
-    if fraction <= 0:
+                        spec: TopologySpec, group_sizes: dict[str, np.ndarray]) -> None:
+    """Add the topology's waits around the experts in each layer, on each rank, from the
+    slowest rank's expert time (`capped_wait_s`): to the first collective after them the
+    straggler wait of `expected_max_normal(g)` x that time (g: the ranks of its group in that
+    collective; ranks sharing CPU cores drift apart while they compute), to the last collective
+    before them the precompute wait of that time (the ranks that leave it first compute on the
+    cores the others need to finish it)."""
+    after_f, before_f = spec.straggler_wait_fraction, spec.precompute_wait_fraction
+    if after_f <= 0 and before_f <= 0:
         return
     experts_s = out[:, :, _P["experts"]].max(axis=1)  # [L]
     for layer in range(out.shape[0]):
-        after = [p for p in _AFTER_EXPERTS if active[_P[p]] and runs[layer, _P[p]]]
-        if after:
+        after, before = ([p for p in phases if active[_P[p]] and runs[layer, _P[p]]]
+                         for phases in (_AFTER_EXPERTS, _BEFORE_EXPERTS))
+        if after and after_f > 0:
             spread = np.array([expected_max_normal(int(g)) for g in group_sizes[after[0]]])
-            out[layer, :, _P[after[0]]] += fraction * spread * experts_s[layer]
+            out[layer, :, _P[after[0]]] += capped_wait_s(
+                after_f, spec.straggler_wait_cap_s, spread * experts_s[layer])
+        if before and before_f > 0:
+            out[layer, :, _P[before[-1]]] += capped_wait_s(
+                before_f, spec.precompute_wait_cap_s, experts_s[layer])
 
 
 def predicted_times(measurement: dict[str, Any], traffic: Traffic,

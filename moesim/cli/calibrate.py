@@ -383,11 +383,18 @@ def _run_live(args: argparse.Namespace) -> int:
     print(format_table(fit.measurements, fit.comm))
     if fit.loopback_latency_s is not None:
         print(f"fitted loopback latency_s: {fit.loopback_latency_s * 1e6:.1f} us per link")
-    straggler = fit.spec.straggler_wait_fraction
-    if straggler:
-        print(f"fitted straggler_wait_fraction: {straggler:.3f} (a collective of g ranks right "
-              f"after compute waits {straggler:.3f} x E[max of g normals] s more per second of "
-              "that compute: 0.56 for 2 ranks, 1.03 for 4)")
+    spec = fit.spec
+    if spec.straggler_wait_fraction:
+        print(f"fitted straggler_wait_fraction: {spec.straggler_wait_fraction:.3f}"
+              f"{_cap(spec.straggler_wait_cap_s)} (a collective of g ranks right after compute "
+              f"waits {spec.straggler_wait_fraction:.3f} x E[max of g normals] s more per second "
+              "of that compute, 0.56 for 2 ranks and 1.03 for 4, levelling off at the cap)")
+    if spec.precompute_wait_fraction:
+        print(f"fitted precompute_wait_fraction: {spec.precompute_wait_fraction:.3f}"
+              f"{_cap(spec.precompute_wait_cap_s)} (a collective right before compute waits "
+              f"{spec.precompute_wait_fraction:.3f} s more per second of that compute, levelling "
+              "off at the cap: the ranks that leave it first compute on the cores the others "
+              "need to finish it)")
     gpu = fit.spec.gpu_spec
     print(f"fitted compute_efficiency {gpu.compute_efficiency:.4f} of "
           f"{gpu.peak_bf16_flops_per_s:.3g} FLOP/s, memory_efficiency "
@@ -421,7 +428,9 @@ def _run_live(args: argparse.Namespace) -> int:
         f"{bench.get('repeats')} repeats, {bench.get('statistic', 'median')}: "
         f"collective_launch_s {fit.comm.launch_s:.3e} s, "
         f"link_efficiency {fit.comm.efficiency_by_medium}, straggler_wait_fraction "
-        f"{fit.spec.straggler_wait_fraction:.3f}, compute_efficiency "
+        f"{fit.spec.straggler_wait_fraction:.3f}{_cap(fit.spec.straggler_wait_cap_s)}, "
+        f"precompute_wait_fraction {fit.spec.precompute_wait_fraction:.3f}"
+        f"{_cap(fit.spec.precompute_wait_cap_s)}, compute_efficiency "
         f"{gpu.compute_efficiency:.4f}, memory_efficiency {gpu.memory_efficiency:.4f}, "
         f"kernel_launch_s {gpu.kernel_launch_s:.3e} s"
         + (f", expert GEMM curves ({moe.family}, launch {moe.launch_s:.3e} s per expert)"
@@ -431,6 +440,11 @@ def _run_live(args: argparse.Namespace) -> int:
     _write_live(fit.spec, note, Path(args.output), path)
     print(f"wrote {args.output}")
     return 0
+
+
+def _cap(cap_s: float | None) -> str:
+    """' (cap X ms)' for a fitted wait's cap, '' without one."""
+    return "" if cap_s is None else f" (cap {cap_s * 1e3:.2f} ms)"
 
 
 def _widths(bench: dict[str, Any]) -> str:
@@ -452,8 +466,9 @@ def _write_live(spec: TopologySpec, note: str, out: Path, original: Path) -> Non
     header = (
         f"# {spec.name}, calibrated by `moesim calibrate live` (microbenchmarks on live ranks).\n"
         f"# Base topology: {original}. Fitted: link_efficiency, collective_launch_s, loopback\n"
-        "# latency_s, gpu_spec compute_efficiency, memory_efficiency, kernel_launch_s and the\n"
-        "# expert GEMM curves (gpu_spec.kernels); see the last `sources`.\n"
+        "# latency_s, the waits around compute (straggler_wait_fraction and\n"
+        "# precompute_wait_fraction), gpu_spec compute_efficiency, memory_efficiency,\n"
+        "# kernel_launch_s and the expert GEMM curves (gpu_spec.kernels); see the last `sources`.\n"
     )
     _write_fitted(out, header + yaml.safe_dump(data, sort_keys=False))
 

@@ -289,6 +289,24 @@ class TopologySpec(_Frozen):
         "fits it from all-to-alls timed right after expert GEMMs; 0 by default, near 0 with a "
         "core or a GPU per rank). Live-harness predictions (`moesim validate compare`) add it; "
         "deployment steps do not")
+    precompute_wait_fraction: float = Field(
+        default=0.0, ge=0.0, le=10.0, allow_inf_nan=False,
+        description="expected extra wait of a collective that compute follows on every rank, "
+        "per second of that compute: the ranks that leave it first start computing and hold "
+        "the CPU cores the others still need to finish it (`moesim calibrate live` fits it from "
+        "all-to-alls timed right before expert GEMMs; 0 by default, near 0 with a core or a "
+        "GPU per rank). Live-harness predictions (`moesim validate compare`) add it to the last "
+        "collective before the experts; deployment steps do not")
+    straggler_wait_cap_s: float | None = Field(
+        default=None, gt=0.0, le=60.0, allow_inf_nan=False,
+        description="the most the straggler wait reaches: the wait is cap x (1 - exp(-fraction "
+        "x E[max] x compute / cap)), the linear fraction x E[max] x compute while that is "
+        "small against the cap; None: no cap (fitted with the fraction)")
+    precompute_wait_cap_s: float | None = Field(
+        default=None, gt=0.0, le=60.0, allow_inf_nan=False,
+        description="the most the wait before compute reaches (a rank waits for a core about "
+        "one scheduler time slice at most): cap x (1 - exp(-fraction x compute / cap)); None: "
+        "no cap (fitted with the fraction)")
     protocols: dict[Protocol, ProtocolSpec] = Field(
         default_factory=dict,
         description="NCCL protocol costs (LL, LL128, Simple) over NCCL's defaults "
