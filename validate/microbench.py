@@ -54,6 +54,7 @@ roofline per expert).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -557,6 +558,11 @@ def _plain_alltoall_s(spec: TopologySpec, rows: list[dict[str, Any]], fidelity: 
          for r in rows], launch_s=spec.collective_launch_s or 0.0, fidelity=fidelity)
 
 
+def _sync_group(row: dict[str, Any], position: str) -> str:
+    """A sync row's held-out error group: "a2a after compute x4"."""
+    return f"a2a {position} compute x{row['num_ranks']}"
+
+
 # The topology fields each sync position's wait is fitted into (fraction, cap).
 _WAIT_FIELDS = {"after": ("straggler_wait_fraction", "straggler_wait_cap_s"),
                 "before": ("precompute_wait_fraction", "precompute_wait_cap_s")}
@@ -652,7 +658,7 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
                 return plain if wait is None else plain + wait.wait_s(held)
 
             held_out += k_fold(syncs, folds=folds, size=lambda r: r["compute_s"],
-                               group=lambda r, p=position: f"a2a {p} compute x{r['num_ranks']}",
+                               group=functools.partial(_sync_group, position=position),
                                band=lambda r: compute_band(r["compute_s"]),
                                measured_s=lambda r: r["time_s"], fit_predict=sync_fit_predict,
                                band_order=lambda b: [n for n, _, _ in COMPUTE_BANDS].index(b))
