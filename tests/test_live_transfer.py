@@ -347,3 +347,50 @@ def test_calibrate_live_flags_are_refused_at_parse_time(flag: str, value: str, c
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "error:" in err[-1] and flag in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_world_calls_after_the_experts_end_together_on_every_rank() -> None:
+    """Hand-worked, 2 ranks: experts 1 and 3 ms, then the MoE-TP scatter (engine: 1 and 0.5 ms,
+    ending at 2 and 3.5 ms), the combine (engine: 2.5 and 1 ms, ending at 4.5 ms on both) and
+    the attention ring (0.2, 0.3 ms). As world calls the scatter ends at 3.5 ms on both ranks
+    (2.5 and 0.5 ms), the combine at 4.5 ms (1 ms each); the ring, a group call, and the phases
+    before the experts keep their seconds."""
+    from validate.measurement import PHASES
+    from validate.predict import _world_sync_after_experts
+
+    out = np.zeros((1, 2, len(PHASES)))
+    given = {"dispatch": [0.7, 0.9], "experts": [1.0, 3.0], "moe_tp_scatter": [1.0, 0.5],
+             "combine": [2.5, 1.0], "attn_all_gather": [0.2, 0.3]}
+    for phase, ms in given.items():
+        out[0, :, PHASES.index(phase)] = np.array(ms) * 1e-3
+    active = np.ones(len(PHASES), dtype=bool)
+    runs = np.ones((1, len(PHASES)), dtype=bool)
+    _world_sync_after_experts(out, runs, active)
+    expected = dict(given, moe_tp_scatter=[2.5, 0.5], combine=[1.0, 1.0])
+    for phase, ms in expected.items():
+        np.testing.assert_allclose(out[0, :, PHASES.index(phase)], np.array(ms) * 1e-3,
+                                   rtol=1e-12, err_msg=phase)
+
+
+def test_gloo_predictions_end_world_calls_together_and_nccl_keeps_the_engines() -> None:
+    """TP2xEP2 on 4 ranks: on gloo every rank ends the MoE-TP scatter and the combine at the
+    same time from the experts' common start (experts + scatter + combine equal on all ranks);
+    on nccl the engine's per-rank ends stay as they are."""
+    from validate.measurement import PHASES, live_inputs, traffic_for_inputs
+    from validate.predict import predict_phase_times, prediction_topology
+
+    def predict(backend: str) -> np.ndarray:
+        inputs = live_inputs(model="mixtral-8x7b", trace="bundled:mixtral8x7b_humaneval_decode",
+                             placement="TP2xEP2", backend=backend, scale=1 / 32, layers=2,
+                             tokens=64, act_dtype="bf16", dedup="none", phase="decode",
+                             sp_variant="ring", warmup=0, repeats=1, barrier="step")
+        return predict_phase_times(inputs, traffic_for_inputs(inputs),
+                                   prediction_topology(None, 4), "analytic")
+
+    through = [PHASES.index(p) for p in ("experts", "moe_tp_scatter", "combine")]
+    gloo, nccl = predict("gloo"), predict("nccl")
+    ends = gloo[:, :, through].sum(axis=2)  # [L, W]
+    np.testing.assert_allclose(ends, ends[:, :1].repeat(4, axis=1), rtol=1e-12)
+    assert not np.allclose(nccl[:, :, through].sum(axis=2), ends)
+    before = [PHASES.index(p) for p in PHASES[:PHASES.index("experts") + 1]]
+    np.testing.assert_array_equal(gloo[:, :, before], nccl[:, :, before])

@@ -16,6 +16,12 @@ split in proportion to each one's stand-alone time (`predict_collective`, analyt
 A phase that moves no cross-rank bytes in a layer (TP's all-local dispatch and combine) is
 skipped by the engine and the harness only copies the rank's own rows: predicted 0 s, and it is
 left out of the per-phase and all-to-all errors (`time_comparison`).
+
+On gloo the collectives after the experts are re-timed as the world calls they are
+(`_world_sync_after_experts`), and the topology's waits around compute are added
+(`_add_straggler_wait`: the straggler wait on the first collective after the experts, the
+precompute wait on the last one before them, each `capped_wait_s` of the slowest rank's expert
+time; both fitted by `moesim calibrate live`, 0 on a preset).
 """
 
 from __future__ import annotations
@@ -185,6 +191,8 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
         share = np.divide(weights, total, out=np.full_like(weights, 1 / len(members)),
                           where=total > 0)
         out[:, :, members] = engine_s[:, :, None] * share
+    if inputs.get("backend", "gloo") == "gloo":
+        _world_sync_after_experts(out, runs, active)
     _add_straggler_wait(out, runs, active, topo.spec, _group_sizes(traffic))
     return out
 
@@ -218,6 +226,37 @@ def _group_sizes(traffic: Traffic) -> dict[str, np.ndarray]:
 # last collective before them and the first after them are the sync points around compute).
 _BEFORE_EXPERTS = PHASES[:PHASES.index("experts")]
 _AFTER_EXPERTS = PHASES[PHASES.index("experts") + 1:]
+
+
+# The harness phases that are world all_to_all_single calls (`validate.harness._all_to_all`).
+_WORLD_CALLS = frozenset({"sp_exchange", "dispatch", "moe_tp_gather", "moe_tp_scatter",
+                          "combine"})
+
+
+def _world_sync_after_experts(out: np.ndarray, runs: np.ndarray, active: np.ndarray) -> None:
+    """Re-time the collectives after the experts in each layer as world calls: gloo's
+    all-to-all exchanges a message with every peer, empty ones too, so it ends at about the
+    same time on every rank, when it would end on the last one. The engine ends an exchange on
+    each rank with that rank's own flows (as NCCL, which skips empty peers, does), so the wait
+    for the slowest rank's experts can pass through a pairwise first exchange (TP x EP's MoE-TP
+    scatter) into the next one (the combine). From a common start of the experts (the world
+    call before them aligns the ranks), each world call after them ends on every rank at the
+    engine's latest end of it, and its seconds on a rank run from that rank's end of the phase
+    before; a group collective (the attention-TP ring) keeps its seconds."""
+    for layer in range(out.shape[0]):
+        engine_end = out[layer, :, _P["experts"]].copy()  # [W]
+        synced_end = engine_end.copy()
+        for phase in _AFTER_EXPERTS:
+            p = _P[phase]
+            if not (active[p] and runs[layer, p]):
+                continue
+            engine_end = engine_end + out[layer, :, p]
+            if phase in _WORLD_CALLS:
+                end = float(engine_end.max())
+                out[layer, :, p] = end - synced_end
+                synced_end = np.full_like(synced_end, end)
+            else:
+                synced_end = synced_end + out[layer, :, p]
 
 
 def capped_wait_s(fraction: float, cap_s: float | None, compute_s: Any) -> Any:
