@@ -388,13 +388,14 @@ def _run_live(args: argparse.Namespace) -> int:
         print(f"fitted straggler_wait_fraction: {spec.straggler_wait_fraction:.3f}"
               f"{_cap(spec.straggler_wait_cap_s)} (a collective of g ranks right after compute "
               f"waits {spec.straggler_wait_fraction:.3f} x E[max of g normals] s more per second "
-              "of that compute, 0.56 for 2 ranks and 1.03 for 4, levelling off at the cap)")
+              f"of that compute, 0.56 for 2 ranks and 1.03 for 4"
+              f"{_levelling(spec.straggler_wait_cap_s)})")
     if spec.precompute_wait_fraction:
         print(f"fitted precompute_wait_fraction: {spec.precompute_wait_fraction:.3f}"
               f"{_cap(spec.precompute_wait_cap_s)} (a collective right before compute waits "
-              f"{spec.precompute_wait_fraction:.3f} s more per second of that compute, levelling "
-              "off at the cap: the ranks that leave it first compute on the cores the others "
-              "need to finish it)")
+              f"{spec.precompute_wait_fraction:.3f} s more per second of that compute"
+              f"{_levelling(spec.precompute_wait_cap_s)}: the ranks that leave it first compute "
+              "on the cores the others need to finish it)")
     gpu = fit.spec.gpu_spec
     print(f"fitted compute_efficiency {gpu.compute_efficiency:.4f} of "
           f"{gpu.peak_bf16_flops_per_s:.3g} FLOP/s, memory_efficiency "
@@ -445,6 +446,11 @@ def _run_live(args: argparse.Namespace) -> int:
 def _cap(cap_s: float | None) -> str:
     """' (cap X ms)' for a fitted wait's cap, '' without one."""
     return "" if cap_s is None else f" (cap {cap_s * 1e3:.2f} ms)"
+
+
+def _levelling(cap_s: float | None) -> str:
+    """', levelling off at X ms' for a fitted wait's cap, '' without one."""
+    return "" if cap_s is None else f", levelling off at {cap_s * 1e3:.2f} ms"
 
 
 def _widths(bench: dict[str, Any]) -> str:
