@@ -392,9 +392,9 @@ def calibrate(out_dir: Path, *, backend: str, nproc: int, base: str | None, quic
             "--timeout-s", f"{timeout_s:g}"]
     if base:
         argv += ["-t", base]
-    if quick:  # half the repeats, the four smaller sizes, the tokens decode and 512 use
-        argv += ["--repeats", "100", "--sizes", "4K,16K,64K,256K", "--gemm-tokens",
-                 "1,4,16,64,256,512"]
+    if quick:  # the four smaller sizes, the tokens decode and 512 use (all the repeats: the
+        # waits around compute are fitted from row means, and 100 repeats left them noisy)
+        argv += ["--sizes", "4K,16K,64K,256K", "--gemm-tokens", "1,4,16,64,256,512"]
     args = parser.parse_args(argv)
     text = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, text)):  # type: ignore[type-var]
