@@ -133,6 +133,29 @@ def test_cli_refit_from_saved_bench_writes_a_loadable_topology(tmp_path: Path) -
     assert "moesim calibrate live" in yaml.safe_load(out.read_text())["sources"][-1]
 
 
+def test_refit_of_sync_rows_without_a_position_says_what_they_hold(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Sync rows saved before rows carried a position are refitted as after compute, with a
+    note that they held both waits and that no wait before compute is fitted from them; the
+    written topology has none (not the base topology's)."""
+    rows = _bench(with_loopback_latency(_spec(0.4, 2e-4), 5e-4), 1 / 2e10, 3e-5)
+    rows["rows"] += [{"op": "sync", "num_ranks": 4, "size_bytes": 65536, "compute_s": c,
+                      "time_s": 3e-3 + 0.2 * c} for c in (1e-3, 4e-3, 2e-2)]
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(rows))
+    base = tmp_path / "base.yaml"  # a base calibrated earlier, with a wait before compute
+    base.write_text(yaml.safe_dump(_spec().model_dump(mode="json") | {
+        "precompute_wait_fraction": 0.3, "precompute_wait_cap_s": 2e-3}))
+    out = tmp_path / "cal.yaml"
+    args = _parser().parse_args(["calibrate", "live", "--from-bench", str(bench), "-o", str(out),
+                                 "--folds", "0", "-t", str(base)])
+    assert args.handler(args) == 0
+    assert "note: sync rows without a position" in capsys.readouterr().out
+    spec = load_topology(out).spec
+    assert spec.straggler_wait_fraction > 0
+    assert spec.precompute_wait_fraction == 0 and spec.precompute_wait_cap_s is None
+
+
 @pytest.mark.live
 def test_live_calibration_then_validation_on_gloo(tmp_path: Path) -> None:
     """On 2 gloo ranks: calibrate live, then a live EP2 run compared on the calibrated topology

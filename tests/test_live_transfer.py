@@ -372,10 +372,12 @@ def test_world_calls_after_the_experts_end_together_on_every_rank() -> None:
                                    rtol=1e-12, err_msg=phase)
 
 
-def test_gloo_predictions_end_world_calls_together_and_nccl_keeps_the_engines() -> None:
+def test_gloo_predictions_end_world_calls_together_and_nccl_keeps_the_engines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """TP2xEP2 on 4 ranks: on gloo every rank ends the MoE-TP scatter and the combine at the
     same time from the experts' common start (experts + scatter + combine equal on all ranks);
-    on nccl the engine's per-rank ends stay as they are."""
+    on nccl the engine's per-rank seconds stay as they are (gloo's without the re-timing)."""
+    import validate.predict
     from validate.measurement import PHASES, live_inputs, traffic_for_inputs
     from validate.predict import predict_phase_times, prediction_topology
 
@@ -394,3 +396,97 @@ def test_gloo_predictions_end_world_calls_together_and_nccl_keeps_the_engines() 
     assert not np.allclose(nccl[:, :, through].sum(axis=2), ends)
     before = [PHASES.index(p) for p in PHASES[:PHASES.index("experts") + 1]]
     np.testing.assert_array_equal(gloo[:, :, before], nccl[:, :, before])
+    monkeypatch.setattr(validate.predict, "_world_sync_after_experts", lambda *a: None)
+    np.testing.assert_array_equal(predict("gloo"), nccl)
+
+
+def test_noisy_rows_of_a_line_keep_the_line() -> None:
+    """Rows of a linear wait (0.3 x E[max of 4] x compute) with 5% noise on every time, 20
+    draws: a two-parameter cap fits each a little better, but none lowers the error enough to
+    be kept (`_cap_is_shown`), and the line's fraction stays within 10% of 0.3. A wait that
+    does not grow with compute (1 ms at every compute) gives a small line, not a fraction at
+    the grid's edge."""
+    from validate.microbench import fit_wait
+    from validate.predict import expected_max_normal
+
+    computes = [3e-4, 5e-4, 6e-4, 7e-4, 9e-4, 1.2e-3, 2e-3, 6e-3, 3e-2, 2.8e-2]
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        rows = _sync(computes, lambda r: 0.3 * expected_max_normal(4) * r["compute_s"])
+        for row in rows:
+            row["time_s"] *= 1 + 0.05 * rng.standard_normal()
+        found = fit_wait(TRUTH_WAITS, {"rows": rows})
+        assert found is not None and found.cap_s is None, (seed, found)
+        assert found.fraction == pytest.approx(0.3, rel=0.1), seed
+    flat = fit_wait(TRUTH_WAITS, {"rows": _sync(computes, lambda r: 1e-3)})
+    assert flat is not None and flat.cap_s is None and 0 < flat.fraction < 0.2
+
+
+def test_a_cap_needs_its_fraction() -> None:
+    """A topology with a wait's cap but no fraction is refused, naming both fields."""
+    from pydantic import ValidationError
+
+    spec = _spec()
+    with pytest.raises(ValidationError, match="precompute_wait_cap_s is set but "
+                       "precompute_wait_fraction is 0"):
+        type(spec).model_validate(spec.model_dump() | {"precompute_wait_cap_s": 1e-3})
+    type(spec).model_validate(spec.model_dump() | {"precompute_wait_cap_s": 1e-3,
+                                                   "precompute_wait_fraction": 0.1})
+
+
+def test_timed_pairs_each_collective_with_the_compute_next_to_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_timed` on a fake clock (a collective takes 2 s, the GEMMs 5 s, the load 3 s), warm-up
+    1 and 3 repeats. GEMM rows (`between`): each iteration `a2a, GEMMs, a2a`; the a2a after
+    the GEMMs is an "after" pair (5, 2) every timed iteration, the one before them a "before"
+    pair (5, 2) except right after the barrier at the first timed iteration; nothing from the
+    warm-up. Collective rows with a load: `a2a, load, a2a`; "after" (3, 2) thrice, "before"
+    (3, 2) twice. The statistics hold the timed calls only."""
+    import validate.microbench as microbench
+
+    clock = [0.0]
+    monkeypatch.setattr(microbench.time, "perf_counter", lambda: clock[0])
+
+    def takes(seconds: float) -> Any:
+        def call() -> None:
+            clock[0] += seconds
+        return call
+
+    barriers: list[float] = []
+    after: list[tuple[float, float]] = []
+    before: list[tuple[float, float]] = []
+    stats = microbench._timed(takes(5.0), 1, 3, between=takes(2.0), sync=after, before=before,
+                              barrier=lambda: barriers.append(clock[0]))
+    assert stats == (5.0, 5.0, 5.0)
+    assert after == [(5.0, 2.0)] * 3 and before == [(5.0, 2.0)] * 2
+    assert len(barriers) == 2  # before the warm-up and before the first timed iteration
+    after, before = [], []
+    stats = microbench._timed(takes(2.0), 1, 3, load=takes(3.0), sync=after, before=before,
+                              barrier=lambda: None)
+    assert stats == (2.0, 2.0, 2.0)
+    assert after == [(3.0, 2.0)] * 3 and before == [(3.0, 2.0)] * 2
+
+
+def test_rows_name_each_sync_rows_position() -> None:
+    """`_rows` turns the ranks' sync arrays into rows: the slowest rank's time and compute, the
+    position code 0 as "after" and 1 as "before"; such rows pass `check_bench`, as do rows
+    saved without a position."""
+    from validate.microbench import _rows, check_bench
+
+    def rank(scale: float) -> dict[str, np.ndarray]:
+        return {"alltoall": np.array([1e-3]) * scale, "allgather": np.array([2e-3]) * scale,
+                "gemm": np.array([3e-3]) * scale, "sync": np.array([4e-3, 5e-3]) * scale,
+                "sync_compute": np.array([6e-3, 7e-3]) * scale,
+                "sync_size": np.array([4096, 4096]), "sync_position": np.array([0, 1])}
+
+    rows = _rows([rank(1.0), rank(2.0)], 2, (4096,), (8,), [(64, 128, 2)])
+    syncs = [r for r in rows if r["op"] == "sync"]
+    assert syncs == [
+        {"op": "sync", "num_ranks": 2, "size_bytes": 4096, "compute_s": 12e-3,
+         "position": "after", "time_s": 8e-3},
+        {"op": "sync", "num_ranks": 2, "size_bytes": 4096, "compute_s": 14e-3,
+         "position": "before", "time_s": 10e-3}]
+    bench = _live_bench()
+    check_bench(bench | {"rows": bench["rows"] + syncs}, "rows")
+    unplaced = [{k: v for k, v in r.items() if k != "position"} for r in syncs]
+    check_bench(bench | {"rows": bench["rows"] + unplaced}, "rows")

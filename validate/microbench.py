@@ -22,17 +22,18 @@ iteration:
   dispatch and the combine: a rank computes while its peers still finish the first, and the
   second waits for the last rank's compute.
 
-With `load_tokens > 0` (the default) each communication iteration is `barrier, op, expert
-GEMMs, op` and both ops are timed, the GEMMs being `load_experts` SwiGLU experts of
-`load_tokens` rows each, with their own weights per layer, cycling over `load_layers` layers
-as a live run's experts phase does (`moesim calibrate live` sizes them like a live run of its
-trace: experts per rank and rows per expert of an even routing). A live MoE layer computes
-between its collectives, and on a host with fewer cores than ranks the ranks that finished a
-collective compute while the others still wait to be scheduled to finish it. That scheduling
-delay is part of every collective the harness times, so calibration measures it in the same
-setting (`load_tokens=0`: idle collectives). Each rank records the median, minimum and mean
-over repeats; a row's time is the slowest rank's (per `statistic`), as the harness reports
-layers. torch is imported only in the rank processes.
+With `load_tokens > 0` (the default) each communication iteration is `op, expert GEMMs, op`,
+back to back after one barrier (the first op follows the previous iteration's last, as a live
+layer's dispatch follows the previous layer's combine), and both ops are timed, the GEMMs being
+`load_experts` SwiGLU experts of `load_tokens` rows each, with their own weights per layer,
+cycling over `load_layers` layers as a live run's experts phase does (`moesim calibrate live`
+sizes them like a live run of its trace: experts per rank and rows per expert of an even
+routing). A live MoE layer computes between its collectives, and on a host with fewer cores than
+ranks the ranks that finished a collective compute while the others still wait to be scheduled
+to finish it. That scheduling delay is part of every collective the harness times, so
+calibration measures it in the same setting (`load_tokens=0`: idle collectives). Each rank
+records the median, minimum and mean over repeats; a row's time is the slowest rank's (per
+`statistic`), as the harness reports layers. torch is imported only in the rank processes.
 
 Every all-to-all right after compute on every rank (the call after the load, the one after
 each GEMM run) is also kept as a `sync` row of position "after": its time and the compute before
@@ -515,13 +516,17 @@ def fit_wait(spec: TopologySpec, bench: dict[str, Any], fidelity: str = "analyti
     right before it ("before": `precompute_wait_fraction` / `_cap_s`): their times less their
     time after a collective on `spec` (the communication fit), fitted as
     `capped_wait_s(fraction, cap, wait_per_compute_s(row))` by least squares on relative error.
-    The linear wait (no cap) is fitted in closed form; a cap is kept only where it fits better
-    (a log grid, then a finer one around the best point). None without such rows."""
+
+    The linear wait (no cap) is fitted in closed form. A cap (a log grid, then a finer one
+    around its best point) replaces it only where the rows show one (`_cap_is_shown`): a
+    two-parameter curve fits noisy rows of a line a little better too, and a cap beyond the
+    rows' waits would only guess how longer compute extrapolates. None without such rows."""
     rows = sync_rows(bench, position)
     if not rows:
         return None
-    excess = np.array([r["time_s"] for r in rows]) - _plain_alltoall_s(spec, rows, fidelity)
-    weight = 1.0 / np.array([r["time_s"] for r in rows]) ** 2
+    measured = np.array([r["time_s"] for r in rows])
+    excess = measured - _plain_alltoall_s(spec, rows, fidelity)
+    weight = 1.0 / measured**2
     compute = np.array([wait_per_compute_s(r) for r in rows])  # [R]
 
     def loss(fraction: np.ndarray, cap_s: np.ndarray) -> np.ndarray:
@@ -530,21 +535,44 @@ def fit_wait(spec: TopologySpec, bench: dict[str, Any], fidelity: str = "analyti
 
     linear = float(np.sum(weight * compute * excess) / np.sum(weight * compute**2))
     linear = min(max(linear, 0.0), _MAX_WAIT_FRACTION)
-    best = WaitFit(linear, None)
-    best_loss = float(np.sum(weight * (excess - linear * compute) ** 2))
-    if linear <= 0 or len(rows) < 3:
-        return best
-    fractions = np.geomspace(1e-3, _MAX_WAIT_FRACTION, 161)
-    caps = np.geomspace(1e-5, 10.0, 121)
+    line = WaitFit(linear, None)
+    if linear <= 0 or len(rows) < _MIN_CAP_ROWS:
+        return line
+    line_loss = float(np.sum(weight * (excess - linear * compute) ** 2))
+    fractions = np.geomspace(_FRACTION_GRID[0], _FRACTION_GRID[1], 161)
+    caps = np.geomspace(_CAP_GRID_S[0], _CAP_GRID_S[1], 121)
     for _ in range(2):  # a coarse grid, then a fine one around its best point
         f, c = np.meshgrid(fractions, caps, indexing="ij")
         values = loss(f, c)
         i, j = np.unravel_index(int(np.argmin(values)), values.shape)
-        if values[i, j] < best_loss:
-            best, best_loss = WaitFit(float(f[i, j]), float(c[i, j])), float(values[i, j])
+        best, best_loss = WaitFit(float(f[i, j]), float(c[i, j])), float(values[i, j])
         fractions = np.geomspace(fractions[max(i - 1, 0)], fractions[min(i + 1, 160)], 161)
         caps = np.geomspace(caps[max(j - 1, 0)], caps[min(j + 1, 120)], 121)
-    return best
+    shown = _cap_is_shown(best, best_loss, line_loss, len(rows), float(np.max(excess)))
+    return best if shown else line
+
+
+# A cap needs this many rows, must lower the weighted squared error by the Akaike criterion
+# (one more parameter: n ln(loss ratio) < -2) and by at least _CAP_GAIN, lie within
+# _CAP_REACH x the largest wait measured and off the grid's edges.
+_MIN_CAP_ROWS = 4
+_CAP_GAIN = 0.1
+_CAP_REACH = 2.0
+_FRACTION_GRID = (1e-3, _MAX_WAIT_FRACTION)
+_CAP_GRID_S = (1e-5, 10.0)
+
+
+def _cap_is_shown(fit: WaitFit, loss: float, line_loss: float, rows: int,
+                  largest_wait_s: float) -> bool:
+    """Whether a capped wait fitted well enough to replace the line (`fit_wait`)."""
+    if fit.cap_s is None or line_loss <= 0 or loss >= line_loss * (1 - _CAP_GAIN):
+        return False
+    aic_gain = rows * math.log(max(loss, 1e-300) / line_loss) + 2
+    on_edge = (math.isclose(fit.fraction, _FRACTION_GRID[1], rel_tol=1e-3)
+               or math.isclose(fit.fraction, _FRACTION_GRID[0], rel_tol=1e-3)
+               or math.isclose(fit.cap_s, _CAP_GRID_S[0], rel_tol=1e-3)
+               or math.isclose(fit.cap_s, _CAP_GRID_S[1], rel_tol=1e-3))
+    return aic_gain < 0 and not on_edge and fit.cap_s <= _CAP_REACH * largest_wait_s
 
 
 def _plain_alltoall_s(spec: TopologySpec, rows: list[dict[str, Any]], fidelity: str
@@ -567,7 +595,7 @@ def _sync_group(row: dict[str, Any], position: str) -> str:
 _WAIT_FIELDS = {"after": ("straggler_wait_fraction", "straggler_wait_cap_s"),
                 "before": ("precompute_wait_fraction", "precompute_wait_cap_s")}
 
-# Compute bands of the straggler wait's held-out error: the compute before the all-to-all.
+# Compute bands of the waits' held-out error: the compute next to the all-to-all.
 COMPUTE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<1ms", 0, 1e-3), ("1-10ms", 1e-3, 1e-2), (">10ms", 1e-2, math.inf))
 
@@ -593,8 +621,9 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
              source: str = "microbenchmark results", folds: int = 5) -> LiveFit:
     """Fit `spec` to microbenchmark results: link efficiency, collective launch, loopback
     latency (where the spec has a loopback fabric), the GPU's roofline efficiencies and launch,
-    and its expert GEMM curves (`GpuSpec.kernels`, bf16/fp16 runs); with `folds` >= 2 the
-    held-out error of both fits (k-fold: each row predicted by a fit made without it).
+    its expert GEMM curves (`GpuSpec.kernels`, bf16/fp16 runs) and the waits around compute
+    (`fit_wait`); with `folds` >= 2 the held-out error of each (k-fold: each row predicted by
+    a fit made without it).
     Results `check_bench` refuses are one ConfigError naming `source` and the field."""
     from moesim.calibrate.cross_validation import cross_validate, k_fold
     from moesim.inputs.topology import build_topology
@@ -623,10 +652,10 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
     comm, latency_s = fit_comm(measurements)
     fitted = comm_spec(comm, latency_s)
     for position, (fraction_key, cap_key) in _WAIT_FIELDS.items():
-        wait = fit_wait(fitted, bench, fidelity, position)
-        if wait is not None:
-            fitted = fitted.model_copy(update={fraction_key: wait.fraction,
-                                               cap_key: wait.cap_s})
+        # a position without rows gets no wait, not the base topology's (fitted elsewhere)
+        wait = fit_wait(fitted, bench, fidelity, position) or WaitFit(0.0, None)
+        fitted = fitted.model_copy(update={fraction_key: wait.fraction, cap_key: wait.cap_s})
+    fitted = TopologySpec.model_validate(fitted.model_dump())
     gpu = fit_gemm(bench, spec.gpu_spec)
     kernel_rows = gemm_kernel_rows(bench)
     curves = bench["act_dtype"] in _CURVE_DTYPES and len({r.get("tokens") for r in kernel_rows}) > 1
@@ -771,7 +800,7 @@ def _slowest(seconds: float) -> float:
 def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int = 1,
            between: Any = None, sync: list[tuple[float, float]] | None = None,
            before: list[tuple[float, float]] | None = None,
-           budget_s: float = 0.0) -> tuple[float, float, float]:
+           budget_s: float = 0.0, barrier: Any = None) -> tuple[float, float, float]:
     """Median, min and mean seconds of `fn()` (divided by `per_call`) over `repeats` iterations.
 
     With `between` (a collective), iterations run back to back as `between, fn, between` after
@@ -786,11 +815,16 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int =
     `sync` gets (compute seconds, collective seconds) per timed iteration of a collective that
     followed compute on every rank (the call after `load`, or `between` after `fn`), `before`
     the same of a collective that compute followed (the call before `load`, or `between` before
-    `fn`, with the compute's time).
+    `fn`, with the compute's time), except right after a barrier, where the ranks start
+    aligned (a live layer's first collective follows the previous layer's last).
 
     With `budget_s` > 0 a row whose warm-up shows `repeats` iterations would take longer gets
-    fewer (`_affordable`), so long GEMM rows do not set the calibration's time."""
-    import torch.distributed as dist
+    fewer (`_affordable`), so long GEMM rows do not set the calibration's time. `barrier`
+    replaces `torch.distributed.barrier` (tests)."""
+    if barrier is None:
+        import torch.distributed as dist
+
+        barrier = dist.barrier
 
     def clocked(call: Any) -> float:
         begin = time.perf_counter()
@@ -803,20 +837,22 @@ def _timed(fn: Any, warmup: int, repeats: int, load: Any = None, per_call: int =
         if i == warmup and budget_s > 0 and warmup > 0:
             warmup_s = _slowest(time.perf_counter() - started)
             total = warmup + _affordable(warmup_s, warmup, repeats, budget_s)
-        if (load is None and between is None) or i in (0, warmup):
-            dist.barrier()
+        aligned = (load is None and between is None) or i in (0, warmup)
+        if aligned:
+            barrier()
         timed = i >= warmup
         pairs: list[tuple[list[tuple[float, float]] | None, float, float]] = []
         if between is not None:
             pre_s = clocked(between)
             first_s = clocked(fn)
-            pairs += [(before, first_s, pre_s), (sync, first_s, clocked(between))]
+            pairs += [(None if aligned else before, first_s, pre_s),
+                      (sync, first_s, clocked(between))]
         else:
             first_s = clocked(fn)
         if load is not None:
             load_s = clocked(load)
             second_s = clocked(fn)
-            pairs += [(before, load_s, first_s), (sync, load_s, second_s)]
+            pairs += [(None if aligned else before, load_s, first_s), (sync, load_s, second_s)]
             if timed:
                 times.append(second_s / per_call)
         if timed:

@@ -19,7 +19,7 @@ left out of the per-phase and all-to-all errors (`time_comparison`).
 
 On gloo the collectives after the experts are re-timed as the world calls they are
 (`_world_sync_after_experts`), and the topology's waits around compute are added
-(`_add_straggler_wait`: the straggler wait on the first collective after the experts, the
+(`_add_waits`: the straggler wait on the first collective after the experts, the
 precompute wait on the last one before them, each `capped_wait_s` of the slowest rank's expert
 time; both fitted by `moesim calibrate live`, 0 on a preset).
 """
@@ -193,7 +193,7 @@ def predict_phase_times(inputs: dict[str, Any], traffic: Traffic, topo: Topology
         out[:, :, members] = engine_s[:, :, None] * share
     if inputs.get("backend", "gloo") == "gloo":
         _world_sync_after_experts(out, runs, active)
-    _add_straggler_wait(out, runs, active, topo.spec, _group_sizes(traffic))
+    _add_waits(out, runs, active, topo.spec, _group_sizes(traffic))
     return out
 
 
@@ -251,8 +251,8 @@ def _world_sync_after_experts(out: np.ndarray, runs: np.ndarray, active: np.ndar
             if not (active[p] and runs[layer, p]):
                 continue
             engine_end = engine_end + out[layer, :, p]
-            if phase in _WORLD_CALLS:
-                end = float(engine_end.max())
+            if phase in _WORLD_CALLS:  # never before a rank got there (a group call first)
+                end = max(float(engine_end.max()), float(synced_end.max()))
                 out[layer, :, p] = end - synced_end
                 synced_end = np.full_like(synced_end, end)
             else:
@@ -267,7 +267,7 @@ def capped_wait_s(fraction: float, cap_s: float | None, compute_s: Any) -> Any:
     return cap_s * -np.expm1(-fraction * np.asarray(compute_s, dtype=np.float64) / cap_s)
 
 
-def _add_straggler_wait(out: np.ndarray, runs: np.ndarray, active: np.ndarray,
+def _add_waits(out: np.ndarray, runs: np.ndarray, active: np.ndarray,
                         spec: TopologySpec, group_sizes: dict[str, np.ndarray]) -> None:
     """Add the topology's waits around the experts in each layer, on each rank, from the
     slowest rank's expert time (`capped_wait_s`): to the first collective after them the

@@ -384,6 +384,10 @@ def _run_live(args: argparse.Namespace) -> int:
     if fit.loopback_latency_s is not None:
         print(f"fitted loopback latency_s: {fit.loopback_latency_s * 1e6:.1f} us per link")
     spec = fit.spec
+    if any(r.get("op") == "sync" and "position" not in r for r in bench["rows"]):
+        print("note: sync rows without a position (saved by an older moesim) count as after "
+              "compute, but each held the waits on both sides of it; no wait before compute is "
+              "fitted from them: rerun `moesim calibrate live` for both")
     if spec.straggler_wait_fraction:
         print(f"fitted straggler_wait_fraction: {spec.straggler_wait_fraction:.3f}"
               f"{_cap(spec.straggler_wait_cap_s)} (a collective of g ranks right after compute "

@@ -325,6 +325,11 @@ class TopologySpec(_Frozen):
             raise ValueError(f"nodes {self.nodes} x gpus_per_node {self.gpus_per_node} = {gpus:,} "
                              f"GPUs, above the {MAX_TOPOLOGY_GPUS:,} a topology may have; "
                              "describe the GPUs one deployment (replica) spans")
+        for wait in ("straggler_wait", "precompute_wait"):
+            if getattr(self, f"{wait}_cap_s") is not None and getattr(
+                    self, f"{wait}_fraction") <= 0:
+                raise ValueError(f"{wait}_cap_s is set but {wait}_fraction is 0: a cap bounds "
+                                 f"a wait; set {wait}_fraction or drop the cap")
         return self
 
     @model_validator(mode="before")
