@@ -130,7 +130,7 @@ def _bench() -> dict[str, Any]:
     (lambda b: b["rows"][0].update(time_s="slow"), "rows[0]: field 'time_s' must be a finite"),
     (lambda b: b["rows"][0].pop("size_bytes"), "rows[0]: field 'size_bytes' is missing"),
     (lambda b: b["rows"][1].update(tokens=2.5), "rows[1]: field 'tokens' must be a whole"),
-    (lambda b: b.update(nproc="four"), "field 'nproc' must be a whole number >= 2"),
+    (lambda b: b.update(nproc="four"), "field 'nproc' must be a whole number >= 1"),
     (lambda b: b.update(act_dtype="int3"), "field 'act_dtype' must be one of"),
 ])
 def test_from_bench_refuses_bad_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str],

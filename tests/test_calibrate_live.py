@@ -133,6 +133,24 @@ def test_cli_refit_from_saved_bench_writes_a_loadable_topology(tmp_path: Path) -
     assert "moesim calibrate live" in yaml.safe_load(out.read_text())["sources"][-1]
 
 
+def test_one_rank_fits_the_gemms_and_keeps_the_links() -> None:
+    """One rank times no collective: its bench has GEMM rows only, the fit keeps the base's link
+    efficiency, launch and latency and fits the GEMMs; with two or more ranks the same rows are
+    refused for want of collective timings."""
+    from moesim.errors import ConfigError
+
+    bench = _bench(with_loopback_latency(_spec(0.4, 2e-4), 5e-4), 1 / 2e10, 3e-5)
+    bench["rows"] = [r for r in bench["rows"] if r["op"] == "gemm"]
+    base = _spec()
+    fit = fit_live(base, bench | {"nproc": 1})
+    assert fit.comm is None and fit.measurements == [] and fit.loopback_latency_s is None
+    assert fit.spec.link_efficiency == base.link_efficiency
+    assert fit.spec.collective_launch_s == base.collective_launch_s
+    assert fit.spec.gpu_spec.kernel_launch_s != base.gpu_spec.kernel_launch_s
+    with pytest.raises(ConfigError, match="all-to-all or ring timings"):
+        fit_live(base, bench)
+
+
 def test_refit_of_sync_rows_without_a_position_says_what_they_hold(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Sync rows saved before rows carried a position are refitted as after compute, with a

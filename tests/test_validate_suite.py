@@ -51,6 +51,16 @@ def test_matrix_on_two_ranks_says_what_it_leaves_out() -> None:
     assert len(notes) == 2 and "EP+DP" in notes[0] and "TP x EP" in notes[1]
 
 
+def test_matrix_on_one_rank_is_ep1_and_says_so() -> None:
+    """The one-rank form (a host with one GPU): EP1 at every size and width, nothing else, and a
+    note that no collective runs between ranks."""
+    configs, notes = suite.suite_matrix(1)
+    assert {c.layout for c in configs} == {"EP1"} and len(configs) == 5
+    assert len(notes) == 1 and "no collective between ranks" in notes[0]
+    configs, _ = suite.suite_matrix(1, backend="nccl")
+    assert {c.layout for c in configs} == {"EP1"} and {c.scale for c in configs} == {1.0}
+
+
 def test_nccl_runs_full_width() -> None:
     configs, _ = suite.suite_matrix(8, backend="nccl")
     assert {c.scale for c in configs} == {1.0} and len(configs) == 10
@@ -148,9 +158,26 @@ def test_suite_on_two_gloo_ranks(tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.live
+def test_suite_on_one_gloo_rank_calibrates_the_gemms_alone(tmp_path: Path) -> None:
+    """The one-rank form end to end on gloo (quick, 1 layer, few repeats, its own calibration):
+    the calibration times no collective and fits the expert GEMM curves, every run's bytes
+    match (exit 0), and neither run has an all-to-all error."""
+    out = tmp_path / "suite"
+    args = _parser().parse_args(["validate", "suite", "--nproc", "1", "--quick", "--layers", "1",
+                                 "--repeats", "3", "-o", str(out)])
+    assert int(args.handler(args)) == 0
+    calibration = (out / "calibration.txt").read_text()
+    assert "one rank: no collective to time" in calibration
+    assert "fitted expert GEMM curves" in calibration
+    data = json.loads((out / "suite.json").read_text())
+    assert [c["name"] for c in data["configs"]] == ["EP1_decode_w32", "EP1_prefill_w16"]
+    assert all(c["status"] == "ok" and c["a2a_mape_pct"] is None for c in data["configs"])
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--topology", "no-such-topology.yaml"], "no-such-topology"),
-    (["--nproc", "1"], "--nproc"),
+    (["--nproc", "0"], "--nproc"),
     (["--backend", "nccl"], "--backend nccl"),
     (["--repeats", "0"], "--repeats"),
 ])

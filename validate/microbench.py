@@ -130,7 +130,8 @@ def run_microbench(
     progress: Any = None,
     row_budget_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time).
+    """Run the microbenchmarks on `nproc` ranks; rows of (op, ranks, size/tokens, time). One
+    rank has no peer: it runs the GEMM rows only (the one-rank form, e.g. a host with one GPU).
 
     `row_budget_s` > 0 caps a GEMM row's timed iterations at what fits in that many seconds
     (measured on its warm-up, at least 20): wide rows of a thousand tokens are tens of
@@ -151,8 +152,10 @@ def run_microbench(
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     from validate.launch import LiveRunError, _check_backend, _spawn, free_port
 
-    if nproc < 2:
-        raise LiveRunError(f"--nproc {nproc}: calibration needs at least 2 ranks")
+    if nproc < 1:
+        raise LiveRunError(f"--nproc {nproc}: calibration needs at least 1 rank")
+    if nproc == 1:  # one rank has no peer: its form times the expert GEMMs only
+        sizes_bytes = ()
     start = time.perf_counter()
     device = _check_backend(backend, nproc)
     threads = max(1, (os.cpu_count() or 1) // nproc)
@@ -228,7 +231,7 @@ class LiveFit:
     (None: not fitted) and the GEMM rows' predicted seconds before and after."""
 
     spec: TopologySpec
-    comm: FitResult
+    comm: FitResult | None  # None: no collective was timed (one rank)
     measurements: list[Measurement]
     loopback_latency_s: float | None
     gemm_tokens: np.ndarray  # [G]
@@ -291,7 +294,7 @@ def check_bench(bench: Any, source: str = "microbenchmark results") -> None:
     if not isinstance(bench.get("backend"), str):
         raise ConfigError(f"{source}: field 'backend' must be the backend's name (gloo, nccl), "
                           f"got {_show(bench.get('backend'))}")
-    _count(bench, "nproc", source, 2)
+    _count(bench, "nproc", source, 1)
     _count(bench, "hidden", source, 1)
     _count(bench, "ffn", source, 1)
     dtype = bench.get("act_dtype")
@@ -630,7 +633,8 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
 
     check_bench(bench, source)
     measurements = bench_measurements(bench)
-    if not measurements:
+    one_rank = bench.get("nproc") == 1  # no peer: the GEMM rows only, the links as they were
+    if not measurements and not one_rank:
         raise ConfigError("calibration needs all-to-all or ring timings (--sizes)")
 
     def fit_comm(rows: list[Measurement]) -> tuple[FitResult, float | None]:
@@ -649,8 +653,12 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
         base = spec if latency_s is None else with_loopback_latency(spec, latency_s)
         return calibrated_spec(base, comm.efficiency_by_medium, comm.launch_s)
 
-    comm, latency_s = fit_comm(measurements)
-    fitted = comm_spec(comm, latency_s)
+    comm: FitResult | None = None
+    latency_s = None
+    fitted = spec
+    if measurements:
+        comm, latency_s = fit_comm(measurements)
+        fitted = comm_spec(comm, latency_s)
     for position, (fraction_key, cap_key) in _WAIT_FIELDS.items():
         # a position without rows gets no wait, not the base topology's (fitted elsewhere)
         wait = fit_wait(fitted, bench, fidelity, position) or WaitFit(0.0, None)
@@ -663,7 +671,7 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
         gpu = fit_gemm_curves(kernel_rows, gpu, (source,))
     fitted = fitted.model_copy(update={"gpu_spec": gpu})
     held_out: list[HeldOutError] = []
-    if folds >= 2:
+    if folds >= 2 and measurements:
         def comm_fit_predict(train: list[Measurement], held: list[Measurement]) -> np.ndarray:
             result, latency = fit_comm(train)
             topo = build_topology(comm_spec(result, latency))
@@ -675,10 +683,9 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
                            measured_s=lambda m: m.time_s, fit_predict=comm_fit_predict,
                            band_order=lambda b: [n for n, _, _ in COMM_BANDS].index(b),
                            pooled=True)
-        for position in _WAIT_FIELDS:
-            syncs = sync_rows(bench, position)
-            if len(syncs) < 3:
-                continue
+    for position in _WAIT_FIELDS if folds >= 2 else ():
+        syncs = sync_rows(bench, position)
+        if len(syncs) >= 3:
 
             def sync_fit_predict(train: list[dict[str, Any]], held: list[dict[str, Any]],
                                  position: str = position) -> np.ndarray:
@@ -691,10 +698,10 @@ def fit_live(spec: TopologySpec, bench: dict[str, Any], *, media: list[str] | No
                                band=lambda r: compute_band(r["compute_s"]),
                                measured_s=lambda r: r["time_s"], fit_predict=sync_fit_predict,
                                band_order=lambda b: [n for n, _, _ in COMPUTE_BANDS].index(b))
-        if curves:
-            held_out += cross_validate(kernel_rows, _curve_peaks(gpu, kernel_rows), folds=folds,
-                                       group=lambda r: "expert_gemm", family=GEMM_FAMILY,
-                                       grouped=False)
+    if curves and folds >= 2:
+        held_out += cross_validate(kernel_rows, _curve_peaks(gpu, kernel_rows), folds=folds,
+                                   group=lambda r: "expert_gemm", family=GEMM_FAMILY,
+                                   grouped=False)
     tokens, _, _, measured = _gemm_rows(bench)
     after = (predict_rows_s(kernel_rows, gpu.kernels.moe, gpu) if gpu.kernels and
              gpu.kernels.moe else _gemm_time_s(bench, gpu))
@@ -962,7 +969,8 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
             warmup, repeats, load))
         report()
     middle = len(exchanges) // 2
-    dispatch = exchanges[middle]  # a mid-sized all-to-all before and after every GEMM run
+    # a mid-sized all-to-all before and after every GEMM run (none on one rank)
+    dispatch = exchanges[middle] if exchanges else None
     for width_in, width, run in plan["gemm_shapes"]:
         # distinct weights per expert and layer, as many as a live run visits (its experts
         # times `load_layers`, within _POOL_BYTES), so they are as cold in cache as there
@@ -977,7 +985,8 @@ def _bench_rank(plan: dict[str, Any]) -> dict[str, np.ndarray]:
                                       warmup, repeats, per_call=int(run), between=dispatch,
                                       sync=pairs, before=pre,
                                       budget_s=float(plan["row_budget_s"])))
-            keep_sync(int(plan["sizes_bytes"][middle]), pairs, pre)
+            if dispatch is not None:
+                keep_sync(int(plan["sizes_bytes"][middle]), pairs, pre)
             report()
     dist.barrier()
     dist.destroy_process_group()

@@ -90,7 +90,12 @@ class SuiteRow:
 
 
 def suite_layouts(nproc: int) -> tuple[list[str], list[str]]:
-    """(layouts run on `nproc` ranks, lines saying which were left out and why)."""
+    """(layouts run on `nproc` ranks, lines saying which were left out and why). One rank (a
+    host with one GPU) runs EP1 alone: no collective between ranks, the expert GEMMs and the
+    layer only."""
+    if nproc == 1:
+        return ["EP1"], ["one rank: EP1 only (TP1 and SP1 run the same work); no collective "
+                         "between ranks, so the layer is the expert GEMMs and local copies"]
     layouts, notes = [f"EP{nproc}"], []
     if nproc >= 4 and nproc % 2 == 0:
         layouts.append(f"EP{nproc // 2}xDP2")
@@ -425,9 +430,6 @@ def run_suite_command(args: Any, out_dir: Path) -> int:
         if not torch.cuda.is_available():
             raise ConfigError("--backend nccl: torch sees no CUDA GPU here; use --backend gloo")
     nproc = args.nproc or default_nproc(args.backend)
-    if nproc < 2:
-        raise ConfigError(f"--nproc {nproc}: the suite's layouts need 2 or more ranks (this host "
-                          "has one GPU); run `moesim validate live --placement EP1` there")
     layers = args.layers or (3 if args.quick else 4)
     repeats = args.repeats or (25 if args.quick else 40)
     start = time.perf_counter()

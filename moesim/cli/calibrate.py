@@ -380,7 +380,11 @@ def _run_live(args: argparse.Namespace) -> int:
         raise ConfigError(f"--from-bench {args.from_bench}: {ranks} ranks, but topology {path} "
                           f"has {gpus} GPUs; calibrate a topology of at least {ranks} GPUs")
     fit = fit_live(spec, bench, fidelity=args.fidelity, folds=args.folds)
-    print(format_table(fit.measurements, fit.comm))
+    if fit.comm is not None:
+        print(format_table(fit.measurements, fit.comm))
+    else:
+        print("one rank: no collective to time; the links keep the base topology's figures, "
+              "the expert GEMMs are fitted")
     if fit.loopback_latency_s is not None:
         print(f"fitted loopback latency_s: {fit.loopback_latency_s * 1e6:.1f} us per link")
     spec = fit.spec
@@ -426,13 +430,17 @@ def _run_live(args: argparse.Namespace) -> int:
     note = (
         f"Calibrated by `moesim calibrate live` on {datetime.date.today()}: {bench['backend']}, "
         f"{bench['nproc']} ranks on {bench.get('device', '?')} ({bench.get('threads_per_rank')} "
-        f"threads per rank), all-to-all + ring sizes {args.sizes} B, GEMM {bench['hidden']}x"
+        f"threads per rank), "
+        + (f"all-to-all + ring sizes {args.sizes} B, " if fit.comm is not None else "")
+        + f"GEMM {bench['hidden']}x"
         f"{bench['ffn']} {bench['act_dtype']} (widths {_widths(bench)}), load "
         f"{bench.get('load_experts', 1)} experts x "
         f"{bench.get('load_tokens')} rows over {bench.get('load_layers', 1)} layers, "
         f"{bench.get('repeats')} repeats, {bench.get('statistic', 'median')}: "
-        f"collective_launch_s {fit.comm.launch_s:.3e} s, "
-        f"link_efficiency {fit.comm.efficiency_by_medium}, straggler_wait_fraction "
+        + (f"collective_launch_s {fit.comm.launch_s:.3e} s, link_efficiency "
+           f"{fit.comm.efficiency_by_medium}, " if fit.comm is not None else
+           "no collective (one rank), ")
+        + f"straggler_wait_fraction "
         f"{fit.spec.straggler_wait_fraction:.3f}{_cap(fit.spec.straggler_wait_cap_s)}, "
         f"precompute_wait_fraction {fit.spec.precompute_wait_fraction:.3f}"
         f"{_cap(fit.spec.precompute_wait_cap_s)}, compute_efficiency "

@@ -140,9 +140,10 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "the error table per configuration, plots and an HTML page to DIR. Exit 1 when any "
         "run's bytes differ from the prediction.")
     suite.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
-    suite.add_argument("--nproc", type=int_in(2, MAX_NPROC), default=None,
+    suite.add_argument("--nproc", type=int_in(1, MAX_NPROC), default=None,
                        help="ranks of every run (default: this host's cores, 4 to 8, on gloo "
-                       "(EP+DP and TP x EP need 4); the GPUs on nccl)")
+                       "(EP+DP and TP x EP need 4); the GPUs on nccl; 1: the one-rank form, "
+                       "EP1's expert GEMMs only)")
     suite.add_argument("--quick", action="store_true",
                        help="a shorter calibration and matrix (minutes on a 2-core host)")
     suite.add_argument("--topology", metavar="CAL.yaml",
