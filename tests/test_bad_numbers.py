@@ -198,6 +198,10 @@ def test_absurd_topology_numbers_are_refused_by_field(
     (("gpu_spec", "memory_bytes"), math.inf),
     (("gpu_spec", "kernel_launch_s"), math.nan),
     (("gpu_price_per_hour_usd",), math.nan),
+    (("straggler_wait_cap_s",), -1e-3),
+    (("precompute_wait_cap_s",), math.inf),
+    (("precompute_wait_fraction",), math.nan),
+    (("precompute_wait_fraction",), -0.1),
 ])
 def test_topology_spec_refuses_non_finite_and_absurd_values(path: tuple, value: float) -> None:  # type: ignore[type-arg]
     """The schema itself refuses them (a spec built in code, not only one read from a file)."""

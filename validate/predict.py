@@ -153,7 +153,7 @@ def _standalone_s(traffic: Traffic, topo: Topology, launch_s: float) -> np.ndarr
     out = np.zeros((traffic.num_layers, traffic.world, len(PHASES)))
     ranks = list(range(traffic.world))
     for p, (phase, matrices) in enumerate(phase_byte_matrices(traffic).items()):
-        if phase in ("attn_reduce_scatter", "attn_all_gather"):
+        if phase in _RING_PHASES:
             op = "reducescatter" if phase == "attn_reduce_scatter" else "allgather"
             for coll in (c for c in traffic.attn_collectives if c.op == op):
                 result = predict_collective(topo, op, coll.ranks, size_bytes=coll.buffer_bytes,
@@ -228,9 +228,10 @@ _BEFORE_EXPERTS = PHASES[:PHASES.index("experts")]
 _AFTER_EXPERTS = PHASES[PHASES.index("experts") + 1:]
 
 
-# The harness phases that are world all_to_all_single calls (`validate.harness._all_to_all`).
-_WORLD_CALLS = frozenset({"sp_exchange", "dispatch", "moe_tp_gather", "moe_tp_scatter",
-                          "combine"})
+# The harness's attention-TP rings (`validate.harness._ring`, within each TP group); every
+# other phase but the experts is a world all_to_all_single call (`validate.harness._all_to_all`).
+_RING_PHASES = ("attn_reduce_scatter", "attn_all_gather")
+_WORLD_CALLS = frozenset(PHASES) - {"experts", *_RING_PHASES}
 
 
 def _world_sync_after_experts(out: np.ndarray, runs: np.ndarray, active: np.ndarray) -> None:
